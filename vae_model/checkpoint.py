@@ -85,18 +85,26 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if glob:
             raise NotACheckpointError(
-                f"{path}: holds Python objects that safe loading (weights_only=True) refuses to run: {first}. "
-                "Re-save it as a plain dict of tensors (e.g. torch.save(model.state_dict(), path))."
+                f"{path}: holds Python objects that safe loading (weights_only=True) refuses to run "
+                f"(global {glob.group(1)}). Re-save it as a plain dict of tensors, "
+                "e.g. torch.save(model.state_dict(), path)."
             ) from None
-        raise CorruptCheckpointError(f"{path}: not a torch checkpoint ({size} bytes; unpickling failed: {first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
+        reason = detail.group(1) if detail else _first_line(text, e)
+        raise CorruptCheckpointError(f"{path}: not a torch checkpoint ({size} bytes; unpickling failed: {reason})") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CorruptCheckpointError(
-            f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated or corrupt?): {first}"
+            f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated or corrupt?): {_first_line(str(e), e)}"
         ) from None
+
+
+def _first_line(text: str, e: BaseException) -> str:
+    text = text.strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _tensor_dict(obj: Any) -> bool:

@@ -1,0 +1,341 @@
+"""Train a VanillaVAE: `python -m vae_model.train [--data DIR] [--out DIR] [--epochs N] ...`.
+
+Defaults reproduce PyTorch-VAE's recipe (Adam lr 0.005, ExponentialLR gamma 0.95, kld weight 0.00025, batch 64) on
+the embedded shapes dataset, with images scaled to the Tanh range [-1, 1]. Writes into --out:
+    last.pt, best.pt          checkpoints (atomic; best by validation loss)
+    metrics.csv, steps.csv    per-epoch and per-step loss terms
+    loss_curve.png            the curves; samples_eNNN.png (prior samples), recons_eNNN.png (input | reconstruction)
+Every epoch's randomness (shuffle order, reparameterisation noise) is seeded from (--seed, epoch), so the same seed
+gives the same result on the CPU, and --resume continues exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import TANH_RANGE, load_checkpoint, save_checkpoint
+from .config import ConfigError, DEFAULT_HIDDEN_DIMS, VAEConfig
+from .data import ArrayDataset, DataError, ImageFolderDataset, make_shapes, to_model_range
+from .errors import CheckpointError
+from .model import VanillaVAE, vae_loss
+from . import viz
+
+METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "train_recon", "train_kld", "val_loss", "val_recon", "val_kld",
+                 "val_psnr", "seconds"]
+STEP_FIELDS = ["step", "epoch", "loss", "recon", "kld"]
+
+
+class TrainError(ValueError):
+    """A training option or resume state cannot be used."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    out: Path = Path("runs/train")
+    data: Path | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.005
+    gamma: float = 0.95
+    kld_weight: float = 0.00025
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    train_size: int = 8192
+    val_size: int = 512
+    model: VAEConfig = field(default_factory=VAEConfig)
+    center_crop: int = 148
+    resume: Path | None = None
+    progress: bool = True   # the tqdm bar
+    verbose: bool = True    # one summary line per epoch
+    num_samples: int = 64
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    step: int
+    lr: float
+    train_loss: float
+    train_recon: float
+    train_kld: float
+    val_loss: float
+    val_recon: float
+    val_kld: float
+    val_psnr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    last: Path
+    best: Path
+    history: tuple[EpochMetrics, ...]
+    seconds: float
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise TrainError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def _datasets(opt: TrainOptions) -> tuple[Dataset, Dataset]:
+    cfg = opt.model
+    if opt.data is None:
+        train = make_shapes(opt.train_size, cfg.image_size, cfg.in_channels, seed=opt.seed * 2 + 1000).images
+        val = make_shapes(opt.val_size, cfg.image_size, cfg.in_channels, seed=opt.seed * 2 + 1001).images
+        return ArrayDataset(train), ArrayDataset(val)
+    return ImageFolderDataset(opt.data, cfg.image_size, opt.center_crop, cfg.in_channels).split()
+
+
+def _seeded(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 31 + stream) % (2**63))
+
+
+@torch.no_grad()
+def evaluate(model: VanillaVAE, loader: DataLoader, device: torch.device, kld_weight: float,
+             pixel_range: tuple[float, float], seed: int) -> dict[str, float]:
+    """Validation loss terms (fixed noise, so comparable across epochs) and the PSNR of the mean reconstruction."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    totals = {"loss": 0.0, "recon": 0.0, "kld": 0.0, "mse_mean": 0.0}
+    n = 0
+    for batch in loader:
+        x = to_model_range(batch, pixel_range).to(device)
+        post = model.encode(x)
+        eps = torch.randn(post.mu.shape, generator=gen).to(device)
+        out = model.decode(post.mu + eps * torch.exp(0.5 * post.logvar))
+        terms = vae_loss(out, x, post, kld_weight=kld_weight)
+        mse_mean = torch.mean((model.decode(post.mu) - x) ** 2).item()
+        b = len(x)
+        totals["loss"] += terms.loss.item() * b
+        totals["recon"] += terms.reconstruction.item() * b
+        totals["kld"] += terms.kld.item() * b
+        totals["mse_mean"] += mse_mean * b
+        n += b
+    avg = {k: v / n for k, v in totals.items()}
+    span = pixel_range[1] - pixel_range[0]
+    avg["psnr"] = 10 * math.log10(span**2 / max(avg.pop("mse_mean"), 1e-12))
+    return avg
+
+
+def _truncate_csv(path: Path, fields: list[str], keep) -> None:
+    """Drop rows written after the checkpoint we resume from (they belong to a run that did not finish)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if keep(r)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_csv(path: Path, fields: list[str], rows: Sequence[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def train(opt: TrainOptions) -> TrainResult:
+    """Run training and return where the checkpoints are. Raises TrainError / DataError / CheckpointError."""
+    t_start = time.perf_counter()
+    device = _device(opt.device)
+    out = Path(opt.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pixel_range = TANH_RANGE
+    cfg = opt.model
+
+    torch.manual_seed(opt.seed)
+    model = VanillaVAE(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=opt.gamma)
+    start_epoch, step, best_val = 0, 0, math.inf
+    history: list[EpochMetrics] = []
+
+    if opt.resume is not None:
+        ck = load_checkpoint(opt.resume)
+        if ck.kind != "vae-deploy" or ck.optimizer_state is None or ck.scheduler_state is None:
+            raise TrainError(f"--resume {opt.resume}: not a training checkpoint of this tool (no optimizer state)")
+        if ck.config != cfg:
+            raise TrainError(f"--resume {opt.resume}: model config {ck.config} differs from the requested {cfg}")
+        model.load_state_dict(ck.model.state_dict())
+        optimizer.load_state_dict(ck.optimizer_state)
+        scheduler.load_state_dict(ck.scheduler_state)
+        start_epoch, step = int(ck.training["epoch"]), int(ck.training["step"])
+        best_val = float(ck.training.get("best_val", math.inf))
+        history = [EpochMetrics(**h) for h in ck.training.get("history", [])]
+        _truncate_csv(out / "metrics.csv", METRIC_FIELDS, lambda r: int(r["epoch"]) <= start_epoch)
+        _truncate_csv(out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= step)
+    else:
+        for name in ("metrics.csv", "steps.csv"):
+            (out / name).unlink(missing_ok=True)
+
+    model.to(device)
+    for state in optimizer.state.values():  # optimizer state loaded on CPU follows the model to its device
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+    train_set, val_set = _datasets(opt)
+    if len(train_set) < opt.batch_size:
+        raise TrainError(f"training set has {len(train_set)} images, fewer than --batch-size {opt.batch_size}")
+    val_loader = DataLoader(val_set, batch_size=opt.batch_size, shuffle=False)
+    fixed_val = torch.stack([val_set[i] for i in range(min(16, len(val_set)))])
+    fixed_z = torch.randn(opt.num_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(opt.seed + 7))
+    train_opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opt).items()
+                  if k not in ("model", "resume", "progress", "out")}
+    last_path, best_path = out / "last.pt", out / "best.pt"
+
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, opt.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        loader = DataLoader(train_set, batch_size=opt.batch_size, shuffle=True, drop_last=True,
+                            generator=_seeded(opt.seed, epoch, 0))
+        noise = _seeded(opt.seed, epoch, 1)
+        sums = {"loss": 0.0, "recon": 0.0, "kld": 0.0}
+        steps_rows = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opt.epochs}", disable=not opt.progress, leave=True,
+                   dynamic_ncols=True)
+        for batch in bar:
+            x = to_model_range(batch, pixel_range).to(device)
+            post = model.encode(x)
+            eps = torch.randn(post.mu.shape, generator=noise).to(device)
+            z = post.mu + eps * torch.exp(0.5 * post.logvar)
+            terms = vae_loss(model.decode(z), x, post, kld_weight=opt.kld_weight)
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            optimizer.step()
+            step += 1
+            row = {"step": step, "epoch": epoch + 1, "loss": terms.loss.item(),
+                   "recon": terms.reconstruction.item(), "kld": terms.kld.item()}
+            steps_rows.append(row)
+            for k in sums:
+                sums[k] += row[k]
+            bar.set_postfix(loss=f"{row['loss']:.4f}", recon=f"{row['recon']:.4f}", kld=f"{row['kld']:.1f}")
+        bar.close()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        nb = len(steps_rows)
+        val = evaluate(model, val_loader, device, opt.kld_weight, pixel_range, seed=opt.seed + 99)
+        m = EpochMetrics(epoch=epoch + 1, step=step, lr=lr, train_loss=sums["loss"] / nb,
+                         train_recon=sums["recon"] / nb, train_kld=sums["kld"] / nb, val_loss=val["loss"],
+                         val_recon=val["recon"], val_kld=val["kld"], val_psnr=val["psnr"],
+                         seconds=time.perf_counter() - t0)
+        history.append(m)
+        _append_csv(out / "steps.csv", STEP_FIELDS, steps_rows)
+        _append_csv(out / "metrics.csv", METRIC_FIELDS, [asdict(m)])
+
+        model.eval()
+        with torch.no_grad():
+            samples = model.decode(fixed_z.to(device)).cpu().numpy()
+            xv = to_model_range(fixed_val, pixel_range).to(device)
+            recons = model.reconstruct(xv).cpu().numpy()
+        viz.save_grid(samples, out / f"samples_e{epoch + 1:03d}.png", nrow=8, pixel_range=pixel_range)
+        viz.save_pairs(xv.cpu().numpy(), recons, out / f"recons_e{epoch + 1:03d}.png", pixel_range=pixel_range)
+        viz.plot_losses(out / "metrics.csv", out / "loss_curve.png", out / "steps.csv")
+
+        improved = m.val_loss < best_val
+        best_val = min(best_val, m.val_loss)
+        meta = {"epoch": epoch + 1, "step": step, "seed": opt.seed, "best_val": best_val,
+                "metrics": asdict(m), "history": [asdict(h) for h in history], "options": train_opts,
+                "torch": str(torch.__version__)}
+        model_cpu_state = dict(training=meta, pixel_range=pixel_range)
+        save_checkpoint(last_path, model, optimizer_state=optimizer.state_dict(),
+                        scheduler_state=scheduler.state_dict(), **model_cpu_state)
+        if improved:
+            save_checkpoint(best_path, model, **model_cpu_state)
+        if opt.verbose:
+            print(f"epoch {epoch + 1}: train loss {m.train_loss:.5f} (recon {m.train_recon:.5f}, kld {m.train_kld:.2f}) "
+                  f"| val loss {m.val_loss:.5f} psnr {m.val_psnr:.2f} dB | {m.seconds:.1f}s"
+                  f"{' | best' if improved else ''}", flush=True)
+    if not best_path.exists() and last_path.exists():
+        save_checkpoint(best_path, load_checkpoint(last_path).model, pixel_range=pixel_range,
+                        training=load_checkpoint(last_path).training)
+    return TrainResult(last=last_path, best=best_path, history=tuple(history), seconds=time.perf_counter() - t_start)
+
+
+def _parse_dims(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainOptions()
+    p = argparse.ArgumentParser(prog="python -m vae_model.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=d.out, help="output folder")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder of images (e.g. CelebA img_align_celeba); default: the embedded shapes dataset")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--gamma", type=float, default=d.gamma, help="ExponentialLR decay per epoch")
+    p.add_argument("--kld-weight", type=float, default=d.kld_weight)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
+    p.add_argument("--train-size", type=int, default=d.train_size, help="embedded dataset: training images")
+    p.add_argument("--val-size", type=int, default=d.val_size, help="embedded dataset: validation images")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--latent-dim", type=int, default=128)
+    p.add_argument("--hidden-dims", type=_parse_dims, default=DEFAULT_HIDDEN_DIMS, help="e.g. 32,64,128,256,512")
+    p.add_argument("--center-crop", type=int, default=d.center_crop, help="--data: centre crop before resizing")
+    p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for name in ("epochs", "batch_size", "train_size", "val_size"):
+            if getattr(args, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        model_cfg = VAEConfig(in_channels=args.in_channels, out_channels=args.in_channels,
+                              image_size=args.image_size, latent_dim=args.latent_dim, hidden_dims=args.hidden_dims)
+        opt = TrainOptions(out=args.out, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           gamma=args.gamma, kld_weight=args.kld_weight, weight_decay=args.weight_decay,
+                           seed=args.seed, device=args.device, train_size=args.train_size, val_size=args.val_size,
+                           model=model_cfg, center_crop=args.center_crop, resume=args.resume,
+                           progress=not args.no_progress)
+        result = train(opt)
+    except KeyboardInterrupt:
+        last = Path(args.out) / "last.pt"
+        print(f"\ninterrupted; the last complete checkpoint is {last if last.exists() else 'none yet'} "
+              f"(continue with --resume {last})", file=sys.stderr)
+        return 130
+    except (TrainError, DataError, CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    h = result.history[-1] if result.history else None
+    print(f"done in {result.seconds:.1f}s: {result.last} and {result.best}"
+          + (f" (val loss {h.val_loss:.5f}, PSNR {h.val_psnr:.2f} dB)" if h else ""))
+    print(f"samples and reconstructions: {Path(args.out)}/samples_e*.png, recons_e*.png; curves: loss_curve.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
