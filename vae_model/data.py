@@ -44,7 +44,7 @@ def make_shapes(n: int, image_size: int = 64, channels: int = 3, seed: int = 0, 
     rng = np.random.default_rng(seed)
     s = float(image_size)
     kind = rng.integers(0, len(SHAPE_KINDS), n)
-    size = rng.uniform(0.12, 0.30, n) * s
+    size = rng.uniform(0.15, 0.32, n) * s
     center = rng.uniform(0.0, 1.0, (n, 2)) * (s - 2.4 * size[:, None]) + 1.2 * size[:, None]
     background = (rng.uniform(0.05, 0.45, (n, 3)) * 255).astype(np.uint8)
     # Foreground: a saturated colour from a random hue, bright enough to stand out against the dark backgrounds.

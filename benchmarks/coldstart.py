@@ -1,0 +1,100 @@
+"""Cold start: a new Python process, from exec to the first decoded image, and that process's peak RSS.
+
+Each path runs in a fresh interpreter (so imports, session creation and first-call allocations are all counted) and
+is timed from just before spawn to the child's exit (wall). The child also reports, on its own clock, when its first
+result was ready; first_result_s adds the bare interpreter start-up (`python -c pass`, best of 3) to that, so
+interpreter shutdown is not billed. Peak RSS comes from os.wait4's rusage for exactly that child.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# The child prints one JSON line: seconds from its own start to the first decoded image.
+_RUNTIME_CHILD = """
+import time, json, sys
+t0 = time.perf_counter()
+import numpy as np
+import runtime
+rt = runtime.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3])
+z = np.random.default_rng(0).standard_normal((1, rt.latent_dim), dtype=np.float32)
+img = rt.decode(z)
+assert img.shape[0] == 1
+print(json.dumps({"first_result_s": time.perf_counter() - t0}))
+"""
+
+_TORCH_CHILD = """
+import time, json, sys
+t0 = time.perf_counter()
+import torch
+from vae_model import load_checkpoint
+model = load_checkpoint(sys.argv[1]).model
+with torch.no_grad():
+    img = model.decode(torch.randn(1, model.latent_dim, generator=torch.Generator().manual_seed(0)))
+assert img.shape[0] == 1
+print(json.dumps({"first_result_s": time.perf_counter() - t0}))
+"""
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    path: str                 # "torch" or "<backend>/<precision>"
+    wall_s: float             # spawn -> child exit
+    first_result_s: float     # spawn -> first decoded image (child's own clock plus interpreter start-up)
+    peak_rss_mib: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ColdStartError(RuntimeError):
+    pass
+
+
+def _run_child(code: str, args: list[str], label: str, env: dict | None = None) -> ColdStart:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=Path(__file__).resolve().parent.parent)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.stdout and proc.stdout.close()
+    proc.stderr and proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = err.strip().splitlines()[-1] if err.strip() else "no output"
+        raise ColdStartError(f"cold start of {label} failed (exit {proc.returncode}): {tail}")
+    child = json.loads(out.strip().splitlines()[-1])
+    # The child's clock starts after the interpreter is up: add the bare interpreter start-up, measured here.
+    first = child["first_result_s"] + _interpreter_startup()
+    return ColdStart(path=label, wall_s=wall, first_result_s=first, peak_rss_mib=usage.ru_maxrss / 1024.0)
+
+
+_STARTUP: float | None = None
+
+
+def _interpreter_startup() -> float:
+    """Time for `python -c pass` here (best of 3): the part of a cold start before the child's own clock runs."""
+    global _STARTUP
+    if _STARTUP is None:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            best = min(best, time.perf_counter() - t0)
+        _STARTUP = best
+    return _STARTUP
+
+
+def cold_start_runtime(bundle: str | os.PathLike, backend: str = "onnxruntime", precision: str = "fp32") -> ColdStart:
+    return _run_child(_RUNTIME_CHILD, [str(bundle), backend, precision], f"{backend}/{precision}")
+
+
+def cold_start_torch(checkpoint: str | os.PathLike) -> ColdStart:
+    return _run_child(_TORCH_CHILD, [str(checkpoint)], "torch")

@@ -1,0 +1,85 @@
+"""Latency statistics in the style of trtexec: percentiles, spread, throughput, and noise-aware comparisons.
+
+Pure numpy, so the numbers can be checked against synthetic timings in tests.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of per-call latencies in milliseconds for one configuration (batch images per call)."""
+
+    n: int
+    batch: int
+    mean_ms: float
+    stdev_ms: float
+    cv: float            # stdev / mean
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    throughput: float    # images per second at the median latency (batch / p50)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(latencies_ms: Sequence[float], batch: int) -> LatencyStats:
+    """Statistics of a sample of latencies (ms). Percentiles use linear interpolation, like numpy's default."""
+    x = np.asarray(latencies_ms, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"summarize: expected a non-empty 1-D sequence of latencies, got shape {x.shape}")
+    if not np.all(np.isfinite(x)) or np.any(x < 0):
+        raise ValueError("summarize: latencies must be finite and non-negative")
+    if batch < 1:
+        raise ValueError(f"summarize: batch must be >= 1, got {batch}")
+    mean = float(x.mean())
+    stdev = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    p = {q: float(np.percentile(x, q)) for q in PERCENTILES}
+    return LatencyStats(n=int(x.size), batch=batch, mean_ms=mean, stdev_ms=stdev,
+                        cv=stdev / mean if mean > 0 else 0.0, min_ms=float(x.min()), p50_ms=p[50], p90_ms=p[90],
+                        p95_ms=p[95], p99_ms=p[99], max_ms=float(x.max()),
+                        throughput=batch * 1000.0 / p[50] if p[50] > 0 else math.inf)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of a comparison: how the median moved, and whether that is beyond the measured noise."""
+
+    key: str
+    old_p50_ms: float
+    new_p50_ms: float
+    ratio: float         # new / old
+    noise: float         # relative change explainable by noise (from the rows' own spread)
+    significant: bool
+    verdict: str         # "regression", "improvement" or "same"
+
+
+def noise_band(old: LatencyStats, new: LatencyStats, floor: float = 0.05) -> float:
+    """Relative change that the two samples' own spread can explain.
+
+    The spread is the interquartile-like distance p90 - p50 relative to p50 of each run, combined; at least `floor`
+    (5%), since on shared machines even quiet runs drift by a few percent between processes.
+    """
+    spread_old = (old.p90_ms - old.p50_ms) / old.p50_ms if old.p50_ms > 0 else 0.0
+    spread_new = (new.p90_ms - new.p50_ms) / new.p50_ms if new.p50_ms > 0 else 0.0
+    return max(floor, math.hypot(spread_old, spread_new))
+
+
+def compare(key: str, old: LatencyStats, new: LatencyStats, floor: float = 0.05) -> Change:
+    ratio = new.p50_ms / old.p50_ms if old.p50_ms > 0 else math.inf
+    band = noise_band(old, new, floor)
+    significant = abs(ratio - 1.0) > band
+    verdict = "same" if not significant else ("regression" if ratio > 1 else "improvement")
+    return Change(key=key, old_p50_ms=old.p50_ms, new_p50_ms=new.p50_ms, ratio=ratio, noise=band,
+                  significant=significant, verdict=verdict)
