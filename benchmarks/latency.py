@@ -1,0 +1,398 @@
+"""Latency harness: `python -m benchmarks.latency BUNDLE [--backends ...] [--graphs ...] [--batch 1,8,64] ...`.
+
+Every selected (backend, graph, precision, batch) is measured in one run, on one seeded input set, in interleaved
+rounds (the order alternates each round), so machine drift shows up as a spread between rounds instead of as a bias
+against whichever configuration ran last. The FP32 matmul ceiling is measured in every round too, and the best value
+is used. Outputs: a table on the terminal, latency.json, latency.csv, latency_percentiles.png and throughput.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import environment
+from .ceiling import measure_matmul_gflops
+from .stats import LatencyStats, compare, summarize
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "cpp")
+SCHEMA = "vae-deploy/latency"
+SCHEMA_VERSION = 1
+
+
+class BenchError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    backend: str
+    graph: str
+    precision: str
+    batch: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.graph}/{self.precision}/b{self.batch}"
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    config: BenchConfig
+    status: str                      # "ok", "skipped" or "error"
+    reason: str = ""
+    stats: LatencyStats | None = None
+    round_p50_ms: tuple[float, ...] = ()
+    gflop_per_call: float = 0.0      # useful GFLOP per call, from the PyTorch model (see flops.py)
+    gflops: float = 0.0              # useful GFLOP/s at the median latency
+    ceiling_share: float = 0.0       # gflops / best measured FP32 matmul GFLOP/s
+
+    @property
+    def drift(self) -> float:
+        """max/min of the per-round medians: how much the machine moved during the run."""
+        r = [x for x in self.round_p50_ms if x > 0]
+        return max(r) / min(r) if len(r) > 1 else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"key": self.config.key, **asdict(self.config), "status": self.status, "reason": self.reason,
+             "round_p50_ms": list(self.round_p50_ms), "drift": self.drift, "gflop_per_call": self.gflop_per_call,
+             "gflops": self.gflops, "ceiling_share": self.ceiling_share}
+        d["stats"] = self.stats.to_dict() if self.stats else None
+        return d
+
+
+@dataclass
+class Plan:
+    bundle: Path
+    backends: list[str]
+    graphs: list[str]
+    precisions: list[str]
+    batches: list[int]
+    warmup_s: float = 1.0
+    duration_s: float | None = 3.0
+    iterations: int | None = None
+    rounds: int = 3
+    threads: int | None = None
+    checkpoint: Path | None = None
+    cold_start: bool = True
+    progress: bool = True
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def timed_calls(fn: Callable[[], Any], *, duration_s: float | None, iterations: int | None,
+                min_calls: int = 3) -> list[float]:
+    """Call fn repeatedly; return per-call latencies in ms. Stops after `iterations` or once `duration_s` is spent."""
+    out: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        out.append((t1 - t0) * 1e3)
+        if iterations is not None:
+            if len(out) >= iterations:
+                return out
+        elif len(out) >= min_calls and t1 - start >= (duration_s or 0.0):
+            return out
+
+
+def _inputs(manifest, graph: str, batch: int, seed: int) -> np.ndarray:
+    """One seeded input per (graph, batch), shared by every backend. Images are in the bundle's pixel range."""
+    rng = np.random.default_rng([seed, batch, 0 if graph == "encoder" else 1])
+    m = manifest.model
+    if graph == "decoder":
+        return rng.standard_normal((batch, m.latent_dim), dtype=np.float32)
+    lo, hi = manifest.pixel_range
+    return (rng.random((batch, *m.image_shape), dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
+
+
+def _load(plan: Plan, backend: str, precision: str):
+    import runtime
+
+    kwargs: dict[str, Any] = {"backend": backend, "precision": precision}
+    if plan.threads:
+        kwargs["threads"] = plan.threads
+    if backend == "torch" and plan.checkpoint:
+        kwargs["checkpoint"] = plan.checkpoint
+    return runtime.load(plan.bundle, **kwargs)
+
+
+def run(plan: Plan) -> dict[str, Any]:
+    """Measure everything in the plan and return the report dict (also what latency.json holds)."""
+    from runtime.bundle import read_manifest
+
+    from .flops import count_flops
+
+    manifest = read_manifest(plan.bundle)
+    cfg_json = json.dumps({k: v for k, v in manifest.model.to_dict().items() if k != "family"}, sort_keys=True)
+    configs = [BenchConfig(b, g, p, n) for b, p, g, n in
+               itertools.product(plan.backends, plan.precisions, plan.graphs, plan.batches)]
+    results: dict[str, BenchResult] = {}
+    runtimes: dict[tuple[str, str], Any] = {}
+    load_errors: dict[tuple[str, str], str] = {}
+    for backend, precision in dict.fromkeys((c.backend, c.precision) for c in configs):
+        try:
+            runtimes[(backend, precision)] = _load(plan, backend, precision)
+        except Exception as e:  # noqa: BLE001 - any load failure means "skip this backend", with its message
+            load_errors[(backend, precision)] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    active = []
+    for c in configs:
+        if (c.backend, c.precision) in load_errors:
+            results[c.key] = BenchResult(c, "skipped", load_errors[(c.backend, c.precision)])
+        elif c.graph not in manifest.graphs:
+            results[c.key] = BenchResult(c, "skipped", f"bundle has no {c.graph} graph")
+        else:
+            active.append(c)
+
+    samples: dict[str, list[list[float]]] = {c.key: [] for c in active}
+    ceilings: list[float] = []
+    interrupted = False
+    per_round_s = plan.duration_s / plan.rounds if plan.duration_s is not None else None
+    per_round_n = max(1, math.ceil(plan.iterations / plan.rounds)) if plan.iterations is not None else None
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(active) * plan.rounds, desc="benchmark", disable=not plan.progress, dynamic_ncols=True)
+    try:
+        for c in active:  # warm-up once per config: first-call allocations, thread pools, lazy init
+            fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
+            timed_calls(fn, duration_s=plan.warmup_s, iterations=None, min_calls=2)
+        for r in range(plan.rounds):
+            ceilings.append(measure_matmul_gflops().gflops)
+            order = active if r % 2 == 0 else active[::-1]
+            for c in order:
+                bar.set_postfix_str(c.key)
+                fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
+                samples[c.key].append(timed_calls(fn, duration_s=per_round_s, iterations=per_round_n))
+                bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: reporting what was measured so far", file=sys.stderr)
+    finally:
+        bar.close()
+        for rt in runtimes.values():
+            rt.close()
+
+    best_ceiling = max(ceilings) if ceilings else 0.0
+    for c in active:
+        rounds = [s for s in samples[c.key] if s]
+        if not rounds:
+            results[c.key] = BenchResult(c, "skipped", "interrupted before it was measured")
+            continue
+        stats = summarize([x for s in rounds for x in s], c.batch)
+        gflop = count_flops(cfg_json, c.graph, c.batch) / 1e9
+        gflops = gflop / (stats.p50_ms / 1e3)
+        results[c.key] = BenchResult(c, "ok", stats=stats, round_p50_ms=tuple(float(np.median(s)) for s in rounds),
+                                     gflop_per_call=gflop, gflops=gflops,
+                                     ceiling_share=gflops / best_ceiling if best_ceiling else 0.0)
+
+    cold = []
+    if plan.cold_start and not interrupted:
+        cold = _cold_starts(plan, manifest)
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bundle": str(plan.bundle),
+        "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
+                 "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
+                 "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed},
+        "environment": environment.collect(plan.threads),
+        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings},
+        "interrupted": interrupted,
+        "results": [results[c.key].to_dict() for c in configs],
+        "cold_start": cold,
+    }
+
+
+def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
+    return (lambda: rt.decode(x)) if graph == "decoder" else (lambda: rt.encode(x))
+
+
+def _cold_starts(plan: Plan, manifest) -> list[dict[str, Any]]:
+    from .coldstart import ColdStartError, cold_start_runtime, cold_start_torch
+
+    out = []
+    for backend in plan.backends:
+        if "decoder" not in manifest.graphs:
+            break
+        try:
+            if backend == "torch":
+                if plan.checkpoint is None:
+                    out.append({"path": "torch", "status": "skipped", "reason": "needs --checkpoint"})
+                    continue
+                r = cold_start_torch(plan.checkpoint)
+            elif backend == "cpp":
+                continue
+            else:
+                r = cold_start_runtime(plan.bundle, backend, plan.precisions[0])
+            out.append({**r.to_dict(), "status": "ok"})
+        except ColdStartError as e:
+            out.append({"path": backend, "status": "error", "reason": str(e)})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+
+def format_table(report: dict[str, Any]) -> str:
+    head = (f"{'backend':<12} {'graph':<8} {'prec':<5} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+            f"{'mean ms':>9} {'cv':>6} {'img/s':>9} {'GFLOP/s':>8} {'%ceil':>6} {'drift':>6}")
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['backend']:<12} {r['graph']:<8} {r['precision']:<5} {r['batch']:>5}  "
+                         f"{r['status']}: {r['reason']}")
+            continue
+        s = r["stats"]
+        lines.append(f"{r['backend']:<12} {r['graph']:<8} {r['precision']:<5} {r['batch']:>5} {s['p50_ms']:>9.3f} "
+                     f"{s['p90_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['mean_ms']:>9.3f} {s['cv']:>6.2f} "
+                     f"{s['throughput']:>9.1f} {r['gflops']:>8.2f} {100 * r['ceiling_share']:>5.1f}% "
+                     f"{r['drift']:>6.2f}")
+    c = report["matmul_ceiling_gflops"]
+    lines.append(f"FP32 matmul ceiling: best {c['best']:.1f} GFLOP/s over {len(c['samples'])} rounds "
+                 f"({', '.join(f'{x:.1f}' for x in c['samples'])})")
+    for cs in report.get("cold_start", []):
+        if cs.get("status") == "ok":
+            lines.append(f"cold start {cs['path']:<20} first image {cs['first_result_s']:.3f} s, "
+                         f"peak RSS {cs['peak_rss_mib']:.1f} MiB")
+        else:
+            lines.append(f"cold start {cs['path']:<20} {cs['status']}: {cs.get('reason', '')}")
+    return "\n".join(lines)
+
+
+def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list]:
+    """Per-row change of the median between two reports, flagged where it is beyond the rows' measured noise."""
+    old_rows = {r["key"]: r for r in old.get("results", []) if r.get("status") == "ok"}
+    changes = []
+    lines = [f"{'config':<36} {'old p50':>9} {'new p50':>9} {'change':>8} {'noise':>7}  verdict"]
+    for r in new["results"]:
+        if r["status"] != "ok" or r["key"] not in old_rows:
+            continue
+        ch = compare(r["key"], LatencyStats(**old_rows[r["key"]]["stats"]), LatencyStats(**r["stats"]))
+        changes.append(ch)
+        flag = "  <-- " + ch.verdict.upper() if ch.significant else ""
+        lines.append(f"{ch.key:<36} {ch.old_p50_ms:>9.3f} {ch.new_p50_ms:>9.3f} {100 * (ch.ratio - 1):>+7.1f}% "
+                     f"{100 * ch.noise:>6.1f}%  {ch.verdict}{flag}")
+    return "\n".join(lines), changes
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
+    from runtime.bundle import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_json_atomic(out / "latency.json", report)]
+    csv_path = out / "latency.csv"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    fields = ["key", "backend", "graph", "precision", "batch", "status", "reason", "n", "mean_ms", "stdev_ms", "cv",
+              "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput", "gflops", "ceiling_share",
+              "drift"]
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in report["results"]:
+            w.writerow({**r, **(r["stats"] or {})})
+    tmp.replace(csv_path)
+    paths.append(csv_path)
+    from .plots import plot_percentiles, plot_throughput
+
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    if ok:
+        paths.append(plot_percentiles(ok, out / "latency_percentiles.png"))
+        paths.append(plot_throughput(ok, out / "throughput.png"))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--backends", type=_csv_list, default=["torch", "onnxruntime"], help=f"some of {BACKENDS}")
+    p.add_argument("--graphs", type=_csv_list, default=["encoder", "decoder"])
+    p.add_argument("--batch", type=_int_list, default=[1, 8, 64])
+    p.add_argument("--precision", type=_csv_list, default=["fp32"])
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per configuration")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration", type=float, default=None, help="seconds of timed calls per configuration (default 3)")
+    g.add_argument("--iterations", type=int, default=None, help="timed calls per configuration")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds the time is split into")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the torch backend and its cold start")
+    p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
+    p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from runtime.bundle import BundleError, read_manifest
+
+    try:
+        read_manifest(args.bundle)
+        bad = [b for b in args.backends if b not in BACKENDS]
+        if bad:
+            raise BenchError(f"--backends: unknown {bad}; expected some of {list(BACKENDS)}")
+        bad = [g for g in args.graphs if g not in ("encoder", "decoder")]
+        if bad:
+            raise BenchError(f"--graphs: unknown {bad}; expected encoder and/or decoder")
+        bad = [p for p in args.precision if p not in ("fp32", "fp16", "int8")]
+        if bad:
+            raise BenchError(f"--precision: unknown {bad}; expected some of fp32, fp16, int8")
+        if args.rounds < 1 or (args.iterations is not None and args.iterations < 1):
+            raise BenchError("--rounds and --iterations must be >= 1")
+        old = None
+        if args.compare is not None:
+            try:
+                old = json.loads(args.compare.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise BenchError(f"--compare {args.compare}: cannot read a latency.json: {e}") from None
+            if old.get("schema") != SCHEMA:
+                raise BenchError(f"--compare {args.compare}: schema {old.get('schema')!r}, expected {SCHEMA!r}")
+    except (BundleError, BenchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    duration = args.duration if args.duration is not None else (None if args.iterations else 3.0)
+    plan = Plan(bundle=args.bundle, backends=args.backends, graphs=args.graphs, precisions=args.precision,
+                batches=args.batch, warmup_s=args.warmup, duration_s=duration, iterations=args.iterations,
+                rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
+                cold_start=not args.no_cold_start, progress=not args.no_progress, seed=args.seed)
+    report = run(plan)
+    print(format_table(report))
+    if args.out is not None:
+        paths = write_outputs(report, args.out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+    if old is not None:
+        text, changes = compare_reports(old, report)
+        print(text)
+        if any(c.verdict == "regression" for c in changes):
+            print("regressions beyond the measured noise were found", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
