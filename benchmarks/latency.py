@@ -285,21 +285,19 @@ def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list
 
 
 def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
-    from runtime.bundle import write_json_atomic
+    from runtime.files import atomic_path, write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_json_atomic(out / "latency.json", report)]
     csv_path = out / "latency.csv"
-    tmp = csv_path.with_suffix(".csv.tmp")
     fields = ["key", "backend", "graph", "precision", "batch", "status", "reason", "n", "mean_ms", "stdev_ms", "cv",
               "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput", "gflops", "ceiling_share",
               "drift"]
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in report["results"]:
             w.writerow({**r, **(r["stats"] or {})})
-    tmp.replace(csv_path)
     paths.append(csv_path)
     from .plots import plot_percentiles, plot_throughput
 

@@ -12,13 +12,13 @@ Layout of BUNDLE/:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from .files import sha256_file, write_json_atomic  # noqa: F401 - re-exported: part of the bundle API
 
 SCHEMA = "vae-deploy/bundle"
 SCHEMA_VERSION = 1
@@ -198,14 +198,6 @@ class Manifest:
         return v.file, v.sha256
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(bundle: str | os.PathLike) -> Manifest:
     """Read and validate BUNDLE/vae.json (or a path to the json itself)."""
     path = Path(bundle)
@@ -234,23 +226,6 @@ def resolve_file(bundle: str | os.PathLike, name: str, sha256: str | None = None
         if actual != sha256:
             raise BundleError(f"{path}: sha256 {actual[:12]}..., manifest says {sha256[:12]}...: "
                               "the file changed after export; re-export the bundle")
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
