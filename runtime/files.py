@@ -26,10 +26,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_dir_public(path: str | os.PathLike) -> None:
+    """mkdtemp makes 0700 folders; give a finished output folder the usual permissions."""
+    os.chmod(path, 0o777 & ~_umask())
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -1,0 +1,390 @@
+"""Export a VAE checkpoint to a verified encoder/decoder ONNX bundle.
+
+    python -m export.to_onnx CKPT [--out DIR] [--opset N] [--graphs encoder,decoder] [--no-verify]
+
+Writes DIR/{encoder.onnx, decoder.onnx, vae.json, reference.npz} (contract: runtime/bundle.py). Steps per graph:
+BatchNorm folded into the convolutions on a copy of the model (export/passes.py, checked against the unfolded model);
+the torch.export-based ("dynamo") exporter with a dynamic `batch` axis; onnxslim constant folding and simplification;
+onnx.checker full check and shape inference; metadata props. The bundle is then gated on parity: both graphs run on
+ONNX Runtime CPU on the seeded golden inputs and on realistic ones (decoded prior samples and embedded dataset images
+into the encoder; prior latents and the encoder's means of those images into the decoder), compared with PyTorch FP32.
+
+Why the dynamo exporter: it is the supported exporter of current torch (the TorchScript one is deprecated), and it
+keeps input names from the forward() signature. Its own optimizer also folds BatchNorm, but we fold explicitly so
+the graph does not depend on what one exporter version happens to do, and so the fold is verified.
+
+The bundle is built in a temporary folder next to DIR and renamed into place only when everything passed: a failed
+gate or a crash leaves no bundle (and an existing bundle at DIR is replaced only by a complete new one).
+Exit codes: 0 ok, 1 parity failure, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from runtime import bundle as B
+from runtime.files import make_dir_public, sha256_file
+from runtime.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance
+
+DEFAULT_OPSET = 18
+PRODUCER = "vae-deploy"
+PRODUCER_VERSION = "0.1.0"
+
+
+class ExportError(ValueError):
+    """The export could not be done (bad option, invalid graph); the message says what and where."""
+
+
+class ParityError(ExportError):
+    """The exported graphs do not match PyTorch within tolerance; carries the report."""
+
+    def __init__(self, report: ComparisonReport) -> None:
+        super().__init__("parity gate failed:\n  " + "\n  ".join(report.failures()))
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle: Path
+    report: ComparisonReport | None
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------- graphs
+
+def _graph_modules(model):
+    import torch
+
+    class EncoderGraph(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, image):  # the argument name becomes the ONNX input name
+            post = self.vae.encode(image)
+            return post.mu, post.logvar
+
+    class DecoderGraph(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z):
+            return self.vae.decode(z)
+
+    return {B.ENCODER: EncoderGraph(model).eval(), B.DECODER: DecoderGraph(model).eval()}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress banners and emits deprecation chatter; keep the CLI output ours."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def export_graph(module, graph: str, example, path: Path, opset: int, metadata: Mapping[str, str]) -> None:
+    """Export one graph wrapper to a self-contained, simplified, checked ONNX file at `path`."""
+    import onnx
+    import onnxslim
+    import torch
+
+    ins, outs = B.GRAPH_IO[graph]
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, output_names=list(outs),
+                                    dynamic_shapes={ins[0]: {0: torch.export.Dim(B.BATCH_AXIS)}}, verbose=False,
+                                    external_data=False)
+    model = program.model_proto
+    with _quiet():
+        model = onnxslim.slim(model)
+    bn = [n.name for n in model.graph.node if n.op_type == "BatchNormalization"]
+    if bn:
+        raise ExportError(f"{graph}: BatchNormalization nodes left after folding: {bn}")
+    del model.metadata_props[:]
+    for k, v in {**metadata, "graph": graph}.items():
+        model.metadata_props.add(key=k, value=str(v))
+    model.producer_name, model.producer_version = PRODUCER, PRODUCER_VERSION
+    model.doc_string = f"VanillaVAE {graph} exported by {PRODUCER} {PRODUCER_VERSION}"
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    if tuple(names[0]) != ins or tuple(names[1]) != outs:
+        raise ExportError(f"{graph}: graph inputs/outputs are {names}, expected {(list(ins), list(outs))}")
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dim0 = vi.type.tensor_type.shape.dim[0]
+        if dim0.dim_param != B.BATCH_AXIS:
+            dim0.Clear()
+            dim0.dim_param = B.BATCH_AXIS
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def _tensor_specs(path: Path) -> tuple[tuple[B.TensorSpec, ...], tuple[B.TensorSpec, ...], int]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    def spec(vi):
+        dims = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
+        return B.TensorSpec(vi.name, dims, onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name)
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    return tuple(spec(v) for v in m.graph.input), tuple(spec(v) for v in m.graph.output), int(opset)
+
+
+# ----------------------------------------------------------------------------------------------- reference data
+
+def reference_inputs(model, pixel_range: tuple[float, float], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Golden (seeded) and realistic inputs for both graphs, keyed like reference.npz.
+
+    golden:    decoder z ~ N(0, I); encoder images uniform in the pixel range (seeded).
+    realistic: encoder images = embedded shapes dataset + decoded prior samples (clipped to the pixel range);
+               decoder z = the encoder's means of those images + fresh prior draws.
+    """
+    import torch
+
+    from vae_model.data import make_shapes, to_model_range
+
+    cfg = model.config
+    lo, hi = pixel_range
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, cfg.latent_dim)).astype(np.float32)
+    img = (rng.random((batch, *cfg.image_shape)) * (hi - lo) + lo).astype(np.float32)
+    shapes = make_shapes(batch, cfg.image_size, 3 if cfg.in_channels == 3 else 1, seed=seed + 1).images
+    data = to_model_range(shapes, pixel_range).numpy()
+    if cfg.in_channels not in (1, 3):
+        data = np.repeat(data[:, :1], cfg.in_channels, axis=1)
+    with torch.no_grad():
+        prior = torch.from_numpy(rng.standard_normal((batch, cfg.latent_dim)).astype(np.float32))
+        decoded = model.decode(prior).clamp(lo, hi).numpy()
+        if decoded.shape[1] != cfg.in_channels:
+            decoded = np.repeat(decoded.mean(axis=1, keepdims=True), cfg.in_channels, axis=1)
+        real_img = np.concatenate([data, decoded]).astype(np.float32)
+        mu = model.encode(torch.from_numpy(real_img)).mu.numpy()
+    real_z = np.concatenate([mu, rng.standard_normal((batch, cfg.latent_dim)).astype(np.float32)])
+    return {B.reference_key(B.DECODER, B.Z): z, B.reference_key(B.ENCODER, B.IMAGE): img,
+            "realistic." + B.reference_key(B.DECODER, B.Z): real_z,
+            "realistic." + B.reference_key(B.ENCODER, B.IMAGE): real_img}
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """'realistic.decoder.z' -> ('realistic.', 'decoder'); 'encoder.image' -> ('', 'encoder')."""
+    parts = key.split(".")
+    return "".join(p + "." for p in parts[:-2]), parts[-2]
+
+
+def torch_outputs(model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """PyTorch FP32 outputs (on the unfolded model) for every input in `inputs`."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for key, x in inputs.items():
+            base, graph = _split_key(key)
+            t = torch.from_numpy(x)
+            if graph == B.ENCODER:
+                post = model.encode(t)
+                out[f"{base}{graph}.{B.MU}"] = post.mu.numpy()
+                out[f"{base}{graph}.{B.LOGVAR}"] = post.logvar.numpy()
+            else:
+                out[f"{base}{graph}.{B.IMAGE}"] = model.decode(t).numpy()
+    return out
+
+
+def ort_outputs(bundle_dir: Path, graphs: Sequence[str], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run each graph on ONNX Runtime CPU (all graph optimisations on, as deployed) for every matching input."""
+    import onnxruntime as ort
+
+    out = {}
+    for graph in graphs:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(bundle_dir / f"{graph}.onnx"), so, providers=["CPUExecutionProvider"])
+        in_name = B.GRAPH_IO[graph][0][0]
+        for key, x in inputs.items():
+            if key.endswith(f"{graph}.{in_name}"):
+                base = key[: -len(f"{graph}.{in_name}")]
+                for name, value in zip(B.GRAPH_IO[graph][1], sess.run(None, {in_name: x})):
+                    out[f"{base}{graph}.{name}"] = value
+    return out
+
+
+def parity_report(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
+                  tolerances: Mapping[str, Tolerance] | None = None, label: str = "onnxruntime-cpu fp32") -> ComparisonReport:
+    tol = {k: (tolerances or {}).get(k.rsplit(".", 1)[-1], default_tolerance("fp32", k)) for k in expected}
+    # Decoder images are Tanh outputs: PSNR over the Tanh range [-1, 1], whatever the encoder's input pixel range.
+    images = {k: (-1.0, 1.0) for k in expected if k.endswith(f"{B.DECODER}.{B.IMAGE}")}
+    return compare_outputs(actual, expected, tol, image_outputs=images, label=label)
+
+
+# ----------------------------------------------------------------------------------------------- the bundle
+
+def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float, float], source: Mapping | None = None,
+                 opset: int = DEFAULT_OPSET, graphs: Sequence[str] = B.GRAPHS, verify: bool = True,
+                 batch_for_reference: int = 4, seed: int = 0, tolerances: Mapping[str, Tolerance] | None = None,
+                 log=print) -> ExportResult:
+    """Export an in-memory VanillaVAE (left untouched) to a bundle at out_dir. See the module docstring."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from export.passes import count_batchnorm, fold_batchnorm
+
+    t0 = time.perf_counter()
+    graphs = list(dict.fromkeys(graphs))
+    bad = [g for g in graphs if g not in B.GRAPHS]
+    if bad or not graphs:
+        raise ExportError(f"--graphs: expected some of {list(B.GRAPHS)}, got {graphs}")
+    if opset < 18:
+        raise ExportError(f"--opset {opset}: the torch.export-based exporter needs opset >= 18")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / B.MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
+        raise ExportError(f"--out {out_dir}: exists, is not empty and is not a bundle; refusing to replace it")
+    cfg = model.config
+    source = dict(source or {})
+
+    folded = fold_batchnorm(model)
+    if count_batchnorm(folded):
+        raise ExportError("BatchNorm layers left after folding")
+    inputs = reference_inputs(model, pixel_range, batch_for_reference, seed)
+    reference = torch_outputs(model, inputs)
+    fold_check = parity_report(torch_outputs(folded, inputs), reference,
+                               {k: Tolerance(max_abs=1e-4) for k in (B.IMAGE, B.MU, B.LOGVAR)}, "folded PyTorch")
+    if not fold_check:
+        raise ParityError(fold_check)
+
+    metadata = {"producer": PRODUCER, "producer_version": PRODUCER_VERSION, "model": "VanillaVAE",
+                "latent_dim": cfg.latent_dim, "image_size": cfg.image_size, "in_channels": cfg.in_channels,
+                "out_channels": cfg.out_channels, "pixel_range": f"{pixel_range[0]:g},{pixel_range[1]:g}",
+                "source_sha256": source.get("sha256", ""), "source_checkpoint": source.get("checkpoint", "")}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        modules = _graph_modules(folded)
+        examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
+        specs = {}
+        for graph in graphs:
+            t = time.perf_counter()
+            path = tmp / f"{graph}.onnx"
+            export_graph(modules[graph], graph, examples[graph], path, opset, metadata)
+            specs[graph] = _graph_spec(graph, path)
+            log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
+
+        keep = {k: v for k, v in {**inputs, **reference}.items() if k.split(".")[-2] in graphs}
+        np.savez(tmp / B.REFERENCE_NAME, **keep)
+        report = None
+        if verify:
+            report = parity_report(ort_outputs(tmp, graphs, inputs), {k: v for k, v in reference.items()
+                                                                       if k.split(".")[-2] in graphs},
+                                   tolerances)
+            log(report.table())
+            if not report:
+                raise ParityError(report)
+        else:
+            log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
+                "run `python -m runtime.parity BUNDLE` before trusting them")
+        manifest = B.Manifest(
+            model=B.ModelSpec(cfg.in_channels, cfg.out_channels, cfg.image_size, cfg.latent_dim, cfg.hidden_dims),
+            pixel_range=(float(pixel_range[0]), float(pixel_range[1])), graphs=specs,
+            source=source,
+            versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
+                      "onnxruntime": onnxruntime.__version__, "vae_deploy": PRODUCER_VERSION},
+            reference={"file": B.REFERENCE_NAME, "sha256": sha256_file(tmp / B.REFERENCE_NAME),
+                       "batch": batch_for_reference, "seed": seed},
+            parity=({"verified": True, "backend": "onnxruntime-cpu", "passed": report.passed,
+                     "outputs": {o.name: {"max_abs": o.max_abs, "rel_l2": o.rel_l2, "psnr": o.psnr}
+                                 for o in report.outputs}} if report else {"verified": False}),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        B.write_manifest(tmp, manifest)
+        make_dir_public(tmp)
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out_dir, report, time.perf_counter() - t0)
+
+
+def _graph_spec(graph: str, path: Path) -> B.GraphSpec:
+    ins, outs, opset = _tensor_specs(path)
+    return B.GraphSpec(name=graph, file=path.name, sha256=sha256_file(path), opset=opset, inputs=ins, outputs=outs)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move a finished bundle into place; an old bundle at `target` is removed only after the new one is there."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int | None = None,
+                  graphs: Sequence[str] = B.GRAPHS, verify: bool = True, batch_for_reference: int = 4, seed: int = 0,
+                  tolerances: Mapping[str, Tolerance] | None = None, log=print) -> Path:
+    """Load any checkpoint vae_model.load_checkpoint accepts and export it; returns the bundle folder."""
+    from vae_model import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    source = {"checkpoint": Path(checkpoint).name, "sha256": ck.sha256, "kind": ck.kind,
+              "path": str(Path(checkpoint).resolve())}
+    return export_model(ck.model, out_dir, pixel_range=ck.pixel_range, source=source,
+                        opset=opset or DEFAULT_OPSET, graphs=graphs, verify=verify,
+                        batch_for_reference=batch_for_reference, seed=seed, tolerances=tolerances, log=log).bundle
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.to_onnx", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="bundle folder (default: bundle/ next to the checkpoint)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--graphs", default=",".join(B.GRAPHS), help="encoder,decoder or one of them")
+    p.add_argument("--no-verify", action="store_true", help="skip the parity gate (loudly)")
+    p.add_argument("--reference-batch", type=int, default=4, help="rows per golden / realistic input set")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from vae_model import CheckpointError
+
+    out = args.out or args.checkpoint.parent / "bundle"
+    try:
+        if args.reference_batch < 1:
+            raise ExportError(f"--reference-batch must be >= 1, got {args.reference_batch}")
+        bundle = export_bundle(args.checkpoint, out, opset=args.opset, graphs=args.graphs.split(","),
+                               verify=not args.no_verify, batch_for_reference=args.reference_batch, seed=args.seed)
+    except ParityError as e:
+        print(f"error: {e}\nno bundle was written", file=sys.stderr)
+        return 1
+    except (CheckpointError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"bundle written to {bundle}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
