@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@# A short schedule: batch 32 and lr 1e-3 (instead of the original 64 / 5e-3) learn recognisable shapes in ~3 min on 2 cores.
 	$(PY) -m vae_model.train --out $(DEMO)/train --epochs 8 --train-size 4096 --val-size 256 --batch-size 32 --lr 0.001 --seed 0
+	$(PY) -m export.to_onnx $(DEMO)/train/best.pt --out $(DEMO)/bundle
 
 test: $(STAMP)
 	$(PY) -m pytest -q
