@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -261,7 +262,9 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
         raise ExportError(f"--out {out_dir}: exists, is not empty and is not a bundle; refusing to replace it")
     cfg = model.config
     source = dict(source or {})
-
+    # Work on an eval-mode copy: the caller's model keeps its mode and weights, and a model handed over in train
+    # mode is exported (and compared) as it runs in inference, with BatchNorm's running statistics.
+    model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model)
     if count_batchnorm(folded):
         raise ExportError("BatchNorm layers left after folding")

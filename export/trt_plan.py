@@ -1,0 +1,326 @@
+"""The TensorRT build plan: what to build, from which ONNX file, with which flags — pure functions, no TensorRT.
+
+One plan per (graph, precision) is computed from the TensorRT flavour and version, the bundle manifest and the build
+options. The Python builder (export/trt_build.py) and the printed trtexec command (`--print-trtexec`) both read the
+same plan, so they cannot drift apart, and every rule below is unit-tested per version without a GPU.
+
+Rules, by version:
+- TensorRT 10.x (JetPack 6: 10.3): weakly typed network from the FP32 graph. fp16 sets BuilderFlag.FP16; the
+  manifest's kept-FP32 nodes (chosen by measurement when the FP16 variant was made) become layer precisions, enforced
+  with OBEY_PRECISION_CONSTRAINTS. int8 builds the Q/DQ variant with BuilderFlag.INT8 (explicit quantization).
+- TensorRT 11.x and TensorRT-RTX: strongly typed networks only (the precision flags, layer precisions and calibrators
+  are gone), so fp16 / int8 build from the already-reduced ONNX variants listed in vae.json.
+- TF32 is cleared unless asked for: FP32 engines are compared with a CPU FP32 reference at 1e-4, and TF32's 10-bit
+  mantissa would fail that; FP32-kept layers of an FP16 engine stay real FP32 for the same reason.
+- One optimization profile over the batch axis. A timing cache per GPU and TensorRT version is reused across builds
+  (TensorRT-RTX ignores timing caches, so none is planned for it). DLA only on TensorRT 10.x, never for fp32.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from runtime import bundle as B
+from runtime.engines import (ENGINES_DIR, FLAVOURS, GpuInfo, Profile, TrtInfo, engine_stem, gpu_slug,
+                             ENGINE_SUFFIX, SIDECAR_SUFFIX)
+
+MIN_VERSION = {"trt": (10, 0), "trt_rtx": (1, 0)}
+CLI = {"trt": "trtexec", "trt_rtx": "tensorrt_rtx"}
+
+
+class PlanError(ValueError):
+    """The requested build cannot be planned (bad option, missing variant, unsupported version); says why."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_mib: int | None = None      # None: TensorRT's default (the device's memory)
+    timing_cache: str | None = None       # None: BUNDLE/engines/timing.<gpu>.<trt>.cache
+    dla_core: int | None = None           # Jetson DLA core, with GPU fallback for layers DLA cannot run
+    allow_tf32: bool = False
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    graph: str
+    precision: str
+    target: TrtInfo
+    gpu: GpuInfo | None
+    onnx_file: str                        # relative to the bundle
+    onnx_sha256: str
+    strongly_typed: bool
+    set_flags: tuple[str, ...]            # BuilderFlag names
+    clear_flags: tuple[str, ...]
+    layer_precisions: tuple[str, ...]     # ONNX node names forced to FP32 (TensorRT 10 fp16 only)
+    profile: Profile
+    engine_file: str                      # relative to the bundle: engines/<stem>.plan
+    sidecar_file: str
+    timing_cache: str | None              # relative to the bundle, or an absolute path
+    workspace_mib: int | None
+    dla_core: int | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def stem(self) -> str:
+        return Path(self.engine_file).name[: -len(ENGINE_SUFFIX)]
+
+    def build_options(self) -> dict[str, Any]:
+        """What goes into the sidecar's build_options."""
+        return {"strongly_typed": self.strongly_typed, "set_flags": list(self.set_flags),
+                "clear_flags": list(self.clear_flags), "layer_precisions_fp32": list(self.layer_precisions),
+                "workspace_mib": self.workspace_mib, "dla_core": self.dla_core, "timing_cache": self.timing_cache,
+                "batch": list(self.profile.batch)}
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    if not re.fullmatch(r"\d+(\.\d+)*", text.strip()):
+        raise PlanError(f"TensorRT version: expected digits and dots like '10.3.0', got {text!r}")
+    return tuple(int(x) for x in text.strip().split("."))
+
+
+def parse_target(text: str) -> TrtInfo:
+    """'trt:10.3.0.30' / 'trt_rtx:1.7.1' -> TrtInfo (for planning without that TensorRT installed here)."""
+    flavour, sep, version = text.partition(":")
+    if not sep or flavour not in FLAVOURS:
+        raise PlanError(f"--target: expected FLAVOUR:VERSION with FLAVOUR in {list(FLAVOURS)}, got {text!r}")
+    parse_version(version)
+    return TrtInfo(flavour, version.strip())
+
+
+def strongly_typed_only(target: TrtInfo) -> bool:
+    """TensorRT 11+ and TensorRT-RTX have no weak typing: no FP16/INT8 flags, no layer precisions."""
+    return target.flavour == "trt_rtx" or target.version_tuple[0] >= 11
+
+
+def check_supported(target: TrtInfo) -> None:
+    lowest = MIN_VERSION[target.flavour]
+    if target.version_tuple[: len(lowest)] < lowest:
+        hint = (" (JetPack 6.0 brings TensorRT 8.6; use JetPack 6.1 or newer, which brings TensorRT 10.3)"
+                if target.flavour == "trt" else "")
+        raise PlanError(f"{target.label}: this toolkit builds with {target.flavour} >= "
+                        f"{'.'.join(map(str, lowest))}{hint}")
+
+
+def batch_shapes(spec: B.TensorSpec, batch: int) -> tuple[int, ...]:
+    dims = tuple(spec.shape[1:])
+    if not all(isinstance(d, int) for d in dims):
+        raise PlanError(f"input {spec.name!r} has symbolic non-batch axes {spec.shape}; only the batch axis may vary")
+    return (batch, *dims)
+
+
+def default_timing_cache(gpu: GpuInfo | None, target: TrtInfo) -> str:
+    return f"{ENGINES_DIR}/timing.{gpu_slug(gpu)}.{target.tag}.cache"
+
+
+def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest, options: BuildOptions = BuildOptions(),
+               gpu: GpuInfo | None = None) -> BuildPlan:
+    """The build plan for one graph at one precision; raises PlanError naming what is wrong."""
+    check_supported(target)
+    spec = manifest.graph(graph) if graph in manifest.graphs else None
+    if spec is None:
+        raise PlanError(f"--graphs {graph}: the bundle has {sorted(manifest.graphs)}")
+    if precision not in B.PRECISIONS:
+        raise PlanError(f"--precision: expected one of {list(B.PRECISIONS)}, got {precision!r}")
+    o = options
+    if not 1 <= o.min_batch <= o.opt_batch <= o.max_batch:
+        raise PlanError(f"batch profile: need 1 <= min ({o.min_batch}) <= opt ({o.opt_batch}) <= max ({o.max_batch})")
+    if o.workspace_mib is not None and o.workspace_mib < 1:
+        raise PlanError(f"--workspace: expected a size in MiB >= 1, got {o.workspace_mib}")
+    strong = strongly_typed_only(target)
+    notes: list[str] = []
+    set_flags: list[str] = []
+    clear_flags = [] if o.allow_tf32 else ["TF32"]
+    kept: tuple[str, ...] = ()
+    variant = spec.variants.get(precision)
+
+    if precision == "fp32":
+        onnx_file, onnx_sha = spec.file, spec.sha256
+    elif strong:
+        if variant is None:
+            raise PlanError(f"{target.label} builds strongly typed networks only: a {precision} engine of {graph!r} "
+                            f"is built from the bundle's {precision} ONNX variant, and vae.json lists none "
+                            f"(it has {['fp32', *sorted(spec.variants)]}); create it first with "
+                            + ("`python -m export.to_fp16 BUNDLE`" if precision == "fp16"
+                               else "`python -m export.quantize BUNDLE --int8`"))
+        onnx_file, onnx_sha = variant.file, variant.sha256
+    elif precision == "fp16":
+        # TensorRT 10: FP32 graph + FP16 flag; the measured kept-FP32 nodes become layer precision constraints.
+        onnx_file, onnx_sha = spec.file, spec.sha256
+        set_flags.append("FP16")
+        if variant is None:
+            notes.append(f"vae.json has no fp16 variant of {graph!r}, so no kept-FP32 node list: every layer may run "
+                         "in FP16; the parity check after the build decides (run `python -m export.to_fp16` first "
+                         "to apply measured choices)")
+        else:
+            kept = tuple(variant.kept_fp32_nodes)
+            if kept:
+                set_flags.append("OBEY_PRECISION_CONSTRAINTS")
+    else:  # int8 on TensorRT 10: explicit quantization from the Q/DQ variant
+        if variant is None:
+            raise PlanError(f"an int8 engine of {graph!r} is built from the bundle's Q/DQ int8 variant, and vae.json "
+                            "lists none; create it with `python -m export.quantize BUNDLE --int8`")
+        onnx_file, onnx_sha = variant.file, variant.sha256
+        set_flags.append("INT8")
+
+    dla = o.dla_core
+    if dla is not None:
+        if dla < 0:
+            raise PlanError(f"--dla-core: expected a core index >= 0, got {dla}")
+        if target.flavour != "trt" or strong:
+            raise PlanError(f"--dla-core: DLA builds are supported here on TensorRT 10.x (JetPack 6) only, "
+                            f"not on {target.label}")
+        if precision == "fp32":
+            raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
+        set_flags.append("GPU_FALLBACK")
+        notes.append("DLA: layers DLA cannot run (e.g. the decoder's Tanh output layer and the encoder's Gemm on some "
+                     "releases) fall back to the GPU; each fallback costs a DLA<->GPU transfer")
+
+    timing_cache: str | None
+    if target.flavour == "trt_rtx":
+        timing_cache = None
+        if o.timing_cache:
+            notes.append("TensorRT-RTX ignores timing caches (it compiles kernels when the engine is loaded); "
+                         "--timing-cache is not used")
+    else:
+        timing_cache = o.timing_cache or default_timing_cache(gpu, target)
+
+    if target.flavour == "trt" and gpu is None:
+        notes.append("no GPU visible here: the engine name carries no GPU; build on the target for the runtime "
+                     "to find it")
+
+    inp = spec.inputs[0]
+    profile = Profile(inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch),
+                      batch_shapes(inp, o.max_batch))
+    stem = engine_stem(graph, precision, gpu, target) if (gpu is not None or target.flavour == "trt_rtx") else \
+        f"{graph}.{precision}.unknown-gpu.{target.tag}"
+    return BuildPlan(graph=graph, precision=precision, target=target, gpu=gpu, onnx_file=onnx_file,
+                     onnx_sha256=onnx_sha, strongly_typed=strong, set_flags=tuple(set_flags),
+                     clear_flags=tuple(clear_flags), layer_precisions=kept, profile=profile,
+                     engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
+                     sidecar_file=f"{ENGINES_DIR}/{stem}{SIDECAR_SUFFIX}", timing_cache=timing_cache,
+                     workspace_mib=o.workspace_mib, dla_core=dla, notes=tuple(notes))
+
+
+# ----------------------------------------------------------------------------------------------- trtexec
+
+def _shape_arg(name: str, shape: Sequence[int]) -> str:
+    return f"{name}:{'x'.join(str(d) for d in shape)}"
+
+
+def trtexec_args(plan: BuildPlan, bundle: str | Path) -> list[str]:
+    """The trtexec (TensorRT) / tensorrt_rtx (TensorRT-RTX) arguments equivalent to the plan."""
+    bundle = Path(bundle)
+    p = plan.profile
+    args = [CLI[plan.target.flavour], f"--onnx={bundle / plan.onnx_file}", f"--saveEngine={bundle / plan.engine_file}",
+            f"--minShapes={_shape_arg(p.input, p.min)}", f"--optShapes={_shape_arg(p.input, p.opt)}",
+            f"--maxShapes={_shape_arg(p.input, p.max)}"]
+    if not plan.strongly_typed:
+        if "FP16" in plan.set_flags:
+            args.append("--fp16")
+        if "INT8" in plan.set_flags:
+            args.append("--int8")
+        if plan.layer_precisions:
+            args.append("--precisionConstraints=obey")
+            args.append("--layerPrecisions=" + ",".join(f"{n}:fp32" for n in plan.layer_precisions))
+    elif plan.target.flavour == "trt" and plan.target.version_tuple[0] < 11:
+        args.append("--stronglyTyped")  # only reachable for a 10.x plan built strongly typed; 11.x: always on
+    if "TF32" in plan.clear_flags:
+        args.append("--noTF32")
+    if plan.workspace_mib is not None:
+        args.append(f"--memPoolSize=workspace:{plan.workspace_mib}")  # MiB
+    if plan.timing_cache:
+        tc = Path(plan.timing_cache)
+        args.append(f"--timingCacheFile={tc if tc.is_absolute() else bundle / tc}")
+    if plan.dla_core is not None:
+        args += [f"--useDLACore={plan.dla_core}", "--allowGPUFallback"]
+    args += ["--profilingVerbosity=detailed", "--skipInference"]
+    return args
+
+
+def format_command(args: Sequence[str]) -> str:
+    """A copy-pasteable shell command, one option per line."""
+    return " \\\n    ".join(shlex.quote(a) for a in args)
+
+
+# ----------------------------------------------------------------------------------------------- layers
+
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+
+
+def onnx_nodes_of_layer(name: str, metadata: str, node_names: Iterable[str]) -> tuple[str, ...]:
+    """The ONNX node(s) a TensorRT network layer came from.
+
+    The ONNX parser writes "[ONNX Layer: <node>]" into each layer's metadata (TensorRT 10+); that is authoritative,
+    because layer names alone are ambiguous: the parser names the second layer of node `node_linear` as
+    `node_linear_1`, which may also be another node's name. Without metadata, an exact node name match is used, then
+    the name with parser suffixes (`_<n>`) stripped.
+    """
+    found = tuple(dict.fromkeys(m.strip() for m in _ONNX_LAYER.findall(metadata or "")))
+    if found:
+        return found
+    names = set(node_names)
+    base = name
+    while True:
+        if base in names:
+            return (base,)
+        stripped = re.sub(r"_\d+$", "", base)
+        if stripped == base:
+            return ()
+        base = stripped
+
+
+def layers_to_constrain(layers: Iterable[tuple[str, str]], kept: Iterable[str],
+                        node_names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(network layer names to force to FP32, kept nodes that matched no layer) for (name, metadata) pairs."""
+    kept_set, node_names = set(kept), list(node_names)
+    chosen, matched = [], set()
+    for name, meta in layers:
+        hit = kept_set.intersection(onnx_nodes_of_layer(name, meta, node_names))
+        if hit:
+            chosen.append(name)
+            matched |= hit
+    return chosen, sorted(kept_set - matched)
+
+
+# ----------------------------------------------------------------------------------------------- inspector
+
+_HEAVY = ("Convolution", "Deconvolution", "Gemm", "MatrixMultiply", "FullyConnected", "Matmul", "MatMul")
+_FP32 = re.compile(r"\bFP32\b|\bFloat\b", re.IGNORECASE)
+
+
+def _dtype_text(io: Mapping[str, Any]) -> str:
+    # TensorRT 10: "Format/Datatype": "Row major linear FP32 format (kLINEAR)"; 11: separate "DataType": "Float".
+    return str(io.get("DataType") or io.get("Format/Datatype") or "")
+
+
+def fp32_compute_layers(engine_info_json: str, kept: Iterable[str] = ()) -> list[str]:
+    """Names of compute-heavy engine layers (conv, deconv, gemm) whose activations stayed FP32, minus those that
+    are FP32 on purpose (the kept-FP32 nodes). Input: IEngineInspector.get_engine_information(JSON) at DETAILED
+    profiling verbosity. Used to warn when an FP16 build silently ran layers in FP32."""
+    data = json.loads(engine_info_json)
+    kept = set(kept)
+    out = []
+    for layer in data.get("Layers", []):
+        if not isinstance(layer, dict):
+            continue  # LAYER_NAMES_ONLY verbosity: nothing to judge
+        kind = str(layer.get("LayerType", ""))
+        if not any(h.lower() in kind.lower() for h in _HEAVY):
+            continue
+        ios = layer.get("Inputs") or layer.get("Outputs") or []
+        if not ios or not _FP32.search(_dtype_text(ios[0])):
+            continue
+        name = str(layer.get("Name", ""))
+        # Fused layers are named "a + b"; their metadata lists each ONNX node, which is exact where present.
+        nodes = {n.strip() for n in _ONNX_LAYER.findall(str(layer.get("Metadata", "")))}
+        nodes = nodes or {p.strip() for p in name.split("+")}
+        if nodes & kept:
+            continue
+        out.append(name)
+    return out
