@@ -3,7 +3,7 @@
 Each path runs in a fresh interpreter (so imports, session creation and first-call allocations are all counted) and
 is timed from just before spawn to the child's exit (wall). The child also reports, on its own clock, when its first
 result was ready; first_result_s adds the bare interpreter start-up (`python -c pass`, best of 3) to that, so
-interpreter shutdown is not billed. Peak RSS comes from os.wait4's rusage for exactly that child.
+interpreter shutdown is not billed. Peak RSS is the child's own VmHWM.
 """
 from __future__ import annotations
 
@@ -16,7 +16,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # The child prints one JSON line: seconds from its own start to the first decoded image.
-_RUNTIME_CHILD = """
+# Peak RSS of the child's own image: VmHWM starts afresh at exec. (rusage's ru_maxrss would not do: on Linux it keeps
+# the parent's RSS at fork time, so a harness holding torch would bill every child for torch.)
+_VMHWM = """
+def _vmhwm():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+
+_RUNTIME_CHILD = _VMHWM + """
 import time, json, sys
 t0 = time.perf_counter()
 import numpy as np
@@ -25,10 +39,11 @@ rt = runtime.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3])
 z = np.random.default_rng(0).standard_normal((1, rt.latent_dim), dtype=np.float32)
 img = rt.decode(z)
 assert img.shape[0] == 1
-print(json.dumps({"first_result_s": time.perf_counter() - t0}))
+t1 = time.perf_counter() - t0
+print(json.dumps({"first_result_s": t1, "vmhwm_kib": _vmhwm()}))
 """
 
-_TORCH_CHILD = """
+_TORCH_CHILD = _VMHWM + """
 import time, json, sys
 t0 = time.perf_counter()
 import torch
@@ -37,7 +52,8 @@ model = load_checkpoint(sys.argv[1]).model
 with torch.no_grad():
     img = model.decode(torch.randn(1, model.latent_dim, generator=torch.Generator().manual_seed(0)))
 assert img.shape[0] == 1
-print(json.dumps({"first_result_s": time.perf_counter() - t0}))
+t1 = time.perf_counter() - t0
+print(json.dumps({"first_result_s": t1, "vmhwm_kib": _vmhwm()}))
 """
 
 
@@ -60,7 +76,7 @@ def _run_child(code: str, args: list[str], label: str, env: dict | None = None) 
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=Path(__file__).resolve().parent.parent)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     out = proc.stdout.read().decode() if proc.stdout else ""
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -73,7 +89,7 @@ def _run_child(code: str, args: list[str], label: str, env: dict | None = None) 
     child = json.loads(out.strip().splitlines()[-1])
     # The child's clock starts after the interpreter is up: add the bare interpreter start-up, measured here.
     first = child["first_result_s"] + _interpreter_startup()
-    return ColdStart(path=label, wall_s=wall, first_result_s=first, peak_rss_mib=usage.ru_maxrss / 1024.0)
+    return ColdStart(path=label, wall_s=wall, first_result_s=first, peak_rss_mib=child["vmhwm_kib"] / 1024.0)
 
 
 _STARTUP: float | None = None

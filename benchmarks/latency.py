@@ -276,7 +276,9 @@ def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list
     for r in new["results"]:
         if r["status"] != "ok" or r["key"] not in old_rows:
             continue
-        ch = compare(r["key"], LatencyStats(**old_rows[r["key"]]["stats"]), LatencyStats(**r["stats"]))
+        o = old_rows[r["key"]]
+        ch = compare(r["key"], LatencyStats(**o["stats"]), LatencyStats(**r["stats"]),
+                     old_drift=o.get("drift", 1.0), new_drift=r.get("drift", 1.0))
         changes.append(ch)
         flag = "  <-- " + ch.verdict.upper() if ch.significant else ""
         lines.append(f"{ch.key:<36} {ch.old_p50_ms:>9.3f} {ch.new_p50_ms:>9.3f} {100 * (ch.ratio - 1):>+7.1f}% "

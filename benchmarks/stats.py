@@ -65,20 +65,21 @@ class Change:
     verdict: str         # "regression", "improvement" or "same"
 
 
-def noise_band(old: LatencyStats, new: LatencyStats, floor: float = 0.05) -> float:
-    """Relative change that the two samples' own spread can explain.
+def noise_band(old_drift: float = 1.0, new_drift: float = 1.0, floor: float = 0.05) -> float:
+    """Relative change of the median that the measured noise can explain.
 
-    The spread is the interquartile-like distance p90 - p50 relative to p50 of each run, combined; at least `floor`
-    (5%), since on shared machines even quiet runs drift by a few percent between processes.
+    Each run measures every configuration in several interleaved rounds; `drift` is max/min of its per-round
+    medians, i.e. how far the same configuration's median moved within one run. A change between two runs is only
+    believable beyond the larger of the two drifts, and never below `floor` (5%): on shared machines even quiet
+    runs differ by a few percent between processes.
     """
-    spread_old = (old.p90_ms - old.p50_ms) / old.p50_ms if old.p50_ms > 0 else 0.0
-    spread_new = (new.p90_ms - new.p50_ms) / new.p50_ms if new.p50_ms > 0 else 0.0
-    return max(floor, math.hypot(spread_old, spread_new))
+    return max(floor, old_drift - 1.0, new_drift - 1.0)
 
 
-def compare(key: str, old: LatencyStats, new: LatencyStats, floor: float = 0.05) -> Change:
+def compare(key: str, old: LatencyStats, new: LatencyStats, *, old_drift: float = 1.0, new_drift: float = 1.0,
+            floor: float = 0.05) -> Change:
     ratio = new.p50_ms / old.p50_ms if old.p50_ms > 0 else math.inf
-    band = noise_band(old, new, floor)
+    band = noise_band(old_drift, new_drift, floor)
     significant = abs(ratio - 1.0) > band
     verdict = "same" if not significant else ("regression" if ratio > 1 else "improvement")
     return Change(key=key, old_p50_ms=old.p50_ms, new_p50_ms=new.p50_ms, ratio=ratio, noise=band,
