@@ -87,8 +87,9 @@ class OutputComparison:
         d["tolerance"] = asdict(self.tolerance)
         d["passed"] = self.passed
         d["needed"] = self.needed()
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "psnr" else v)
-                for k, v in d.items()}
+        # Strict JSON has no Infinity/NaN: non-finite numbers (e.g. the PSNR of identical outputs) become null.
+        d["needed"] = {k: (v if math.isfinite(v) else None) for k, v in d["needed"].items()}
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def compare_arrays(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance,

@@ -1,0 +1,187 @@
+"""ONNX Runtime backend: one InferenceSession per graph, execution provider chosen by the device.
+
+    device="cpu"                                  -> CPUExecutionProvider
+    device="cuda[:N]"                             -> CUDAExecutionProvider (device_id N), CPU for unsupported ops
+    device="cuda[:N]", execution_provider="tensorrt" -> TensorrtExecutionProvider, then CUDA, then CPU
+
+Options (load(..., **options)):
+    threads                   intra-op threads (default: ONNX Runtime's choice, one per physical core)
+    inter_op_threads          inter-op threads (default: ONNX Runtime's choice)
+    graph_optimization_level  "disable" | "basic" | "extended" | "all" (default "all", as deployed)
+    execution_provider        "cpu" | "cuda" | "tensorrt" (default: from the device)
+    io_binding                bind inputs/outputs explicitly (default: True on CUDA, False on CPU). On a GPU this
+                              lets ONNX Runtime place outputs where we say instead of guessing; one binding per call,
+                              so it is thread-safe. It works on CPU too, which is how the code path is tested here.
+    provider_options          dict of extra options for the chosen provider (e.g. trt_engine_cache_enable)
+    max_batch                 largest batch per session call (default: unlimited); bigger batches are chunked by the
+                              base class, which bounds peak activation memory on small devices
+
+Precision variants (fp16 / int8 files listed in vae.json) load by `precision=`; their inputs/outputs are normally
+float32, but if a graph declares float16 inputs the feeds are cast here and the outputs cast back to float32.
+
+An installed build that lacks the provider, or a session that silently fell back to the CPU (ONNX Runtime does that
+when the CUDA libraries fail to load), is refused with BackendUnavailableError rather than run slowly by surprise.
+`onnxruntime` is imported in open(), never at module import.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..bundle import BundleError, Manifest, resolve_file
+from ..errors import BackendError, BackendUnavailableError
+from .base import Backend, Device
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"backend 'onnxruntime': the onnxruntime package is not installed ({e}); "
+            "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT providers)") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    options = ("threads", "inter_op_threads", "graph_optimization_level", "execution_provider", "io_binding",
+               "provider_options", "max_batch")
+    thread_safe = True  # InferenceSession.run is safe to call concurrently; bindings are per call
+
+    def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
+                 check_finite: bool, sessions: dict[str, Any], files: dict[str, Path], io_binding: bool,
+                 providers: list[str], ort_module: Any, max_batch: int | None = None) -> None:
+        super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
+        self._sessions = sessions
+        self._files = files
+        self.io_binding = io_binding
+        self.providers = providers
+        self._ort = ort_module
+        self._max_batch = max_batch
+        self._input_types = {g: {i.name: _NP_TYPES.get(i.type, np.float32) for i in s.get_inputs()}
+                             for g, s in sessions.items()}
+        self._output_names = {g: [o.name for o in s.get_outputs()] for g, s in sessions.items()}
+        state = ort_module.capi.onnxruntime_pybind11_state
+        self.engine_errors = tuple(v for v in vars(state).values()
+                                   if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__)
+
+    @classmethod
+    def unavailable_reason(cls, bundle: Path, manifest: Manifest, device: Device, precision: str) -> str | None:
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "the onnxruntime package is not installed"
+        return None
+
+    @classmethod
+    def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
+             check_finite: bool = True, threads: int | None = None, inter_op_threads: int | None = None,
+             graph_optimization_level: str = "all", execution_provider: str | None = None,
+             io_binding: bool | None = None, provider_options: Mapping[str, Any] | None = None,
+             max_batch: int | None = None) -> "OnnxRuntimeBackend":
+        for opt, value in (("threads", threads), ("inter_op_threads", inter_op_threads), ("max_batch", max_batch)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
+        if graph_optimization_level not in OPT_LEVELS:
+            raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
+                               f"got {graph_optimization_level!r}")
+        ep = execution_provider or device.kind
+        if ep not in PROVIDERS:
+            raise BackendError(f"option execution_provider: expected one of {sorted(PROVIDERS)}, got {ep!r}")
+        if (ep == "cpu") != (device.kind == "cpu"):
+            raise BackendError(f"option execution_provider={ep!r} does not run on device {str(device)!r}")
+        ort = _import_ort()
+        available = ort.get_available_providers()
+        if PROVIDERS[ep] not in available:
+            raise BackendUnavailableError(
+                f"backend 'onnxruntime' on {device}: {PROVIDERS[ep]} is not in this onnxruntime build "
+                f"(available: {available}); install onnxruntime-gpu for CUDA / TensorRT")
+        # Providers in priority order; on a GPU the CPU provider stays last for ops the GPU providers lack.
+        chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[ep]
+        providers: list[Any] = []
+        for i, p in enumerate(chain):
+            opts: dict[str, Any] = {} if p == "cpu" else {"device_id": device.index}
+            if i == 0 and provider_options:
+                opts.update(provider_options)
+            providers.append((PROVIDERS[p], opts))
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # warnings go to stderr unasked; our own checks below report what matters
+        if threads is not None:
+            so.intra_op_num_threads = threads
+        if inter_op_threads is not None:
+            so.inter_op_num_threads = inter_op_threads
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization_level]
+
+        state = ort.capi.onnxruntime_pybind11_state
+        sessions: dict[str, Any] = {}
+        files: dict[str, Path] = {}
+        for graph in graphs:
+            name, sha = manifest.graph_file(graph, precision)
+            path = resolve_file(bundle, name, sha)
+            try:
+                sess = ort.InferenceSession(str(path), so, providers=providers)
+            except (state.Fail, state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.NotImplemented,
+                    state.InvalidArgument, state.RuntimeException, state.EPFail) as e:
+                raise BundleError(f"{path}: ONNX Runtime cannot load it: {type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0][:300]}") from None
+            got = sess.get_providers()
+            if got[0] != PROVIDERS[ep]:
+                raise BackendUnavailableError(
+                    f"backend 'onnxruntime' on {device}: asked for {PROVIDERS[ep]} but the session for {path.name} "
+                    f"runs on {got} (CUDA/TensorRT libraries missing or no GPU?)")
+            _check_io(path, sess, manifest.graphs[graph])
+            sessions[graph], files[graph] = sess, path
+        return cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
+                   sessions=sessions, files=files, io_binding=device.is_cuda if io_binding is None else bool(io_binding),
+                   providers=[p for p, _ in providers], ort_module=ort, max_batch=max_batch)
+
+    def max_batch(self, graph: str) -> int | None:
+        return self._max_batch
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        sess = self._sessions[graph]
+        types = self._input_types[graph]
+        feeds = {k: (v if types[k] is np.float32 else v.astype(types[k])) for k, v in feeds.items()}
+        names = self._output_names[graph]
+        if not self.io_binding:
+            return dict(zip(names, sess.run(names, feeds)))
+        binding = sess.io_binding()  # one per call: an IOBinding is not shareable between threads
+        for k, v in feeds.items():
+            binding.bind_cpu_input(k, v)
+        for k in names:
+            binding.bind_output(k, self.device.kind, self.device.index)
+        sess.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+    def _close(self) -> None:
+        self._sessions.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,
+                "io_binding": self.io_binding, "files": {g: p.name for g, p in self._files.items()}}
+
+
+def _check_io(path: Path, sess: Any, spec) -> None:
+    """The session's inputs/outputs must be the manifest's: same names, same static dims."""
+    for kind, actual, declared in (("inputs", sess.get_inputs(), spec.inputs), ("outputs", sess.get_outputs(), spec.outputs)):
+        got = [a.name for a in actual]
+        want = [t.name for t in declared]
+        if got != want:
+            raise BundleError(f"{path}: graph {kind} are {got}, vae.json says {want}")
+        for a, t in zip(actual, declared):
+            static = [(i, d, w) for i, (d, w) in enumerate(zip(a.shape, t.shape)) if isinstance(w, int) and d != w
+                      and not (isinstance(d, str) or d is None)]
+            if len(a.shape) != len(t.shape) or static:
+                raise BundleError(f"{path}: {kind[:-1]} {a.name!r} has shape {list(a.shape)}, vae.json says {list(t.shape)}")

@@ -1,0 +1,213 @@
+"""The VAE runtime applications embed: `runtime.load(BUNDLE)` -> encode / decode / reconstruct / sample / interpolate.
+
+From a PNG to latents and back, in three lines (Pillow only for the file I/O)::
+
+    with runtime.load("bundle/") as vae:                                     # ONNX Runtime, CPU, FP32
+        z = vae.encode(vae.from_uint8(np.asarray(Image.open("in.png").convert("RGB")))).mu   # (1, latent_dim)
+        Image.fromarray(vae.to_uint8(vae.decode(z), layout="HWC")).save("out.png")
+
+Arrays in and out are NumPy: images are float32 NCHW batches in the bundle's pixel range (vae.pixel_range, from
+vae.json), latents are float32 (N, latent_dim). Inputs are checked once at the boundary (runtime.validation: float64
+is converted, non-contiguous arrays are copied, integers / NaN / Inf / empty batches / wrong shapes are refused with
+an error naming the tensor, the expected and the actual value). Batches larger than the engine's limit are chunked.
+One runtime may be shared by many threads. close() (or leaving a `with` block) releases the engine.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import images as _images
+from .backends import Backend, Device, resolve
+from .bundle import DECODER, ENCODER, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest, read_manifest
+from .errors import BackendError, ShapeError
+from .validation import check_input
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """The encoder's diagonal Gaussian q(z|x): mu and logvar, each float32 (N, latent_dim)."""
+
+    mu: np.ndarray
+    logvar: np.ndarray
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.exp(0.5 * self.logvar)
+
+    def sample(self, seed: int | np.random.Generator | None = None) -> np.ndarray:
+        """z = mu + eps * std with eps ~ N(0, I) from a seeded NumPy generator (reparameterisation, outside graphs)."""
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        eps = rng.standard_normal(self.mu.shape, dtype=np.float32)
+        return (self.mu + eps * self.std).astype(np.float32)
+
+
+class VAERuntime:
+    """A loaded bundle on one backend. Build it with runtime.load(); see the module docstring."""
+
+    def __init__(self, backend: Backend, manifest: Manifest, bundle: Path, *, chosen: str = "requested") -> None:
+        self.backend = backend
+        self.manifest = manifest
+        self.bundle = bundle
+        self.chosen = chosen  # why this backend (for backend="auto")
+
+    # ------------------------------------------------------------------ facts from the manifest
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.model.latent_dim
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of encoder inputs."""
+        return self.manifest.model.image_shape
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of decoded images."""
+        return self.manifest.model.output_shape
+
+    @property
+    def pixel_range(self) -> tuple[float, float]:
+        return self.manifest.pixel_range
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return str(self.backend.device)
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        return self.backend.graphs
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.backend.describe(), "bundle": str(self.bundle), "chosen": self.chosen,
+                "source_sha256": self.manifest.source.get("sha256", "")}
+
+    # ------------------------------------------------------------------ the model
+    def encode(self, images: Any) -> Posterior:
+        """float images (N, C, H, W) in pixel_range -> Posterior(mu, logvar), each (N, latent_dim)."""
+        out = self.backend.run(ENCODER, {IMAGE: images})
+        return Posterior(mu=out[MU], logvar=out[LOGVAR])
+
+    def decode(self, z: Any) -> np.ndarray:
+        """latents (N, latent_dim) -> float32 images (N, C, H, W) (the decoder's Tanh range)."""
+        return self.backend.run(DECODER, {Z: z})[IMAGE]
+
+    def reconstruct(self, images: Any) -> np.ndarray:
+        """Decode the posterior mean: deterministic (no sampling)."""
+        return self.decode(self.encode(images).mu)
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """Decode n latents drawn from the prior N(0, I) with a seeded NumPy generator."""
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ShapeError(f"sample: n must be a positive integer, got {n!r}")
+        z = np.random.default_rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
+        return self.decode(z)
+
+    def interpolate(self, a: Any, b: Any, steps: int = 8, *, method: str = "linear") -> np.ndarray:
+        """Decode `steps` latents from a to b, both ends included. a, b: (latent_dim,) or (1, latent_dim).
+
+        method "linear" walks the straight line; "slerp" follows the great circle, which keeps the norm typical of
+        Gaussian latents (a straight line between two prior draws passes through low-norm, atypical latents).
+        """
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 2:
+            raise ShapeError(f"interpolate: steps must be an integer >= 2, got {steps!r}")
+        if method not in ("linear", "slerp"):
+            raise ValueError(f"interpolate: method must be 'linear' or 'slerp', got {method!r}")
+        spec = self.manifest.graph(DECODER).inputs[0]
+        ends = []
+        for label, v in (("a", a), ("b", b)):
+            arr = np.asarray(v)
+            if arr.ndim == 1:
+                arr = arr[None]
+            if arr.ndim != 2 or arr.shape[0] != 1:
+                raise ShapeError(f"interpolate: {label} must be one latent, shape ({self.latent_dim},) or "
+                                 f"(1, {self.latent_dim}), got {np.shape(v)}")
+            ends.append(check_input(spec, arr, check_finite=True)[0].astype(np.float64))
+        t = np.linspace(0.0, 1.0, int(steps))[:, None]
+        za, zb = ends
+        if method == "slerp":
+            na, nb = np.linalg.norm(za), np.linalg.norm(zb)
+            omega = np.arccos(np.clip(np.dot(za, zb) / (na * nb), -1.0, 1.0)) if na > 0 and nb > 0 else 0.0
+            if omega > 1e-6:
+                s = np.sin(omega)
+                z = np.sin((1 - t) * omega) / s * za + np.sin(t * omega) / s * zb
+            else:  # (anti)parallel or zero: the great circle is undefined, the line is the answer
+                z = (1 - t) * za + t * zb
+        else:
+            z = (1 - t) * za + t * zb
+        return self.decode(z.astype(np.float32))
+
+    # ------------------------------------------------------------------ uint8 helpers in this bundle's range
+    def from_uint8(self, pixels: np.ndarray, layout: str = "HWC") -> np.ndarray:
+        """uint8 pixels (HWC / CHW image or NHWC / NCHW batch) -> float32 NCHW batch in pixel_range."""
+        return _images.from_uint8(pixels, self.pixel_range, layout)
+
+    def to_uint8(self, images: np.ndarray, layout: str = "NHWC") -> np.ndarray:
+        """Decoded float NCHW batch -> uint8 pixels in `layout` (HWC / CHW: a batch of one -> one image).
+
+        Decoded images are mapped from the bundle's pixel range, the range the model was trained to reproduce.
+        """
+        return _images.to_uint8(images, self.pixel_range, layout)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        self.backend.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.backend.closed
+
+    def __enter__(self) -> "VAERuntime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<VAERuntime {self.bundle} {self.backend!r}>"
+
+
+def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str = "fp32", *,
+         graphs: Iterable[str] | None = None, check_finite: bool = True, **options: Any) -> VAERuntime:
+    """Load a bundle (folder or its vae.json) on a backend.
+
+    backend: "auto" (cpu: onnxruntime; cuda: tensorrt when its engines are usable here, else onnxruntime),
+             "onnxruntime", "tensorrt" or "torch" (the PyTorch reference; parity and benchmarks only).
+    device: "cpu", "cuda" or "cuda:N".  precision: "fp32", "fp16" or "int8" (a variant listed in vae.json).
+    graphs: the graphs to load (default: all in the bundle), e.g. ("decoder",) for a decoder-only app.
+    options: backend options, checked by name (onnxruntime: threads, inter_op_threads, graph_optimization_level,
+             execution_provider, io_binding, provider_options; torch: checkpoint, threads; tensorrt: its own).
+    Raises BundleError (files / manifest), BackendError or BackendUnavailableError (choice, options, engine).
+    """
+    path = Path(bundle)
+    root = path if path.is_dir() or path.name != MANIFEST_NAME else path.parent
+    manifest = read_manifest(root)
+    dev = Device.parse(device)
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    wanted = tuple(dict.fromkeys(graphs)) if graphs is not None else tuple(manifest.graphs)
+    missing = [g for g in wanted if g not in manifest.graphs]
+    if missing or not wanted:
+        raise BackendError(f"graphs: asked for {list(wanted)}, the bundle {root} has {sorted(manifest.graphs)}")
+    cls, chosen = resolve(backend, root, manifest, dev, precision)
+    if precision not in cls.precisions:
+        raise BackendError(f"backend {cls.name!r} runs precisions {list(cls.precisions)}, got {precision!r}")
+    if dev.kind not in cls.device_kinds:
+        raise BackendError(f"backend {cls.name!r} runs on {list(cls.device_kinds)}, got device {str(dev)!r}")
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        raise BackendError(f"backend {cls.name!r}: unknown option(s) {unknown}; it accepts {list(cls.options)}")
+    be = cls.open(root, manifest, device=dev, precision=precision, graphs=wanted, check_finite=check_finite, **options)
+    return VAERuntime(be, manifest, root, chosen=chosen)

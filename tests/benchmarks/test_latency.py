@@ -1,0 +1,100 @@
+"""A short real benchmark run on a tiny bundle: every field, the JSON/CSV/PNG outputs, and --compare."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+
+from benchmarks.latency import SCHEMA, compare_reports, main
+from export.to_onnx import export_bundle
+
+STAT_FIELDS = {"n", "batch", "mean_ms", "stdev_ms", "cv", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
+               "throughput"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    bundle = export_bundle(tiny_checkpoint, root / "bundle", log=lambda *a: None)
+    out = root / "out"
+    rc = main([str(bundle), "--backends", "torch,onnxruntime", "--batch", "1,4", "--iterations", "6", "--rounds", "2",
+               "--warmup", "0.05", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return bundle, out, json.loads((out / "latency.json").read_text())
+
+
+def test_report_has_every_field(bench_run):
+    _, _, report = bench_run
+    assert report["schema"] == SCHEMA and report["schema_version"] == 1
+    env = report["environment"]
+    assert env["cpu"] and env["cpu_count"] >= 1 and "numpy" in env["versions"] and "onnxruntime" in env["versions"]
+    ceiling = report["matmul_ceiling_gflops"]
+    assert len(ceiling["samples"]) == 2 and ceiling["best"] == max(ceiling["samples"]) > 0
+    rows = report["results"]
+    assert {(r["backend"], r["graph"], r["batch"]) for r in rows} == {
+        (b, g, n) for b in ("torch", "onnxruntime") for g in ("encoder", "decoder") for n in (1, 4)}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert set(r["stats"]) == STAT_FIELDS
+        s = r["stats"]
+        assert s["n"] == 6 and s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
+        assert len(r["round_p50_ms"]) == 2 and r["drift"] >= 1.0
+        assert r["gflop_per_call"] > 0 and r["gflops"] > 0 and 0 < r["ceiling_share"]
+    # FLOPs come from the PyTorch model: identical for every backend at the same graph and batch
+    flops = {(r["graph"], r["batch"]): set() for r in rows}
+    for r in rows:
+        flops[(r["graph"], r["batch"])].add(r["gflop_per_call"])
+    assert all(len(v) == 1 for v in flops.values())
+    cold = {c["path"]: c for c in report["cold_start"]}
+    assert cold["torch"]["status"] == "ok" and cold["onnxruntime/fp32"]["status"] == "ok"
+    assert cold["onnxruntime/fp32"]["peak_rss_mib"] > 10 and cold["onnxruntime/fp32"]["first_result_s"] > 0
+
+
+def test_csv_and_pngs(bench_run):
+    _, out, report = bench_run
+    rows = list(csv.DictReader(open(out / "latency.csv")))
+    assert len(rows) == len(report["results"]) and float(rows[0]["p50_ms"]) > 0
+    for png in ("latency_percentiles.png", "throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_flags_an_injected_regression(bench_run, tmp_path, capsys):
+    bundle, out, report = bench_run
+    slow = copy.deepcopy(report)
+    target = slow["results"][0]
+    factor = 2.0 * max(r["drift"] for r in report["results"])  # well beyond whatever noise this machine showed
+    for k in ("mean_ms", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"):
+        target["stats"][k] *= factor
+    text, changes = compare_reports(report, slow)
+    verdicts = {c.key: c.verdict for c in changes}
+    assert verdicts[target["key"]] == "regression"
+    assert all(v == "same" for k, v in verdicts.items() if k != target["key"])
+    assert "REGRESSION" in text
+    text, changes = compare_reports(slow, report)
+    assert {c.key: c.verdict for c in changes}[target["key"]] == "improvement"
+
+
+def test_missing_variant_is_skipped_with_a_reason(bench_run, capsys):
+    bundle, _, _ = bench_run
+    assert main([str(bundle), "--backends", "onnxruntime", "--graphs", "decoder", "--precision", "int8",
+                 "--batch", "1", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-cold-start",
+                 "--no-progress"]) == 0
+    assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "jax"], "--backends: unknown ['jax']"),
+    (["--graphs", "middle"], "--graphs: unknown ['middle']"),
+    (["--precision", "fp8"], "--precision: unknown ['fp8']"),
+])
+def test_bad_options_exit_2(bench_run, capsys, args, message):
+    bundle, _, _ = bench_run
+    assert main([str(bundle), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_bundle_exits_2(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "vae.json" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+"""runtime.load: backend / device / precision / option choice, bundle integrity, each failure typed and named."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import runtime
+
+
+def test_auto_on_cpu_is_onnxruntime(bundle):
+    with runtime.load(bundle) as r:
+        assert r.backend_name == "onnxruntime"
+        assert r.chosen.startswith("auto:")
+        info = r.describe()
+        assert info["providers"] == ["CPUExecutionProvider"] and info["files"] == {"encoder": "encoder.onnx",
+                                                                                     "decoder": "decoder.onnx"}
+
+
+def test_manifest_path_is_accepted(bundle, reference):
+    with runtime.load(bundle / "vae.json", backend="onnxruntime") as r:
+        r.decode(reference["decoder.z"])
+
+
+def test_unknown_backend_device_precision_option(bundle):
+    with pytest.raises(runtime.BackendError, match=r"backend: expected 'auto' or one of \[.*\], got 'tflite'"):
+        runtime.load(bundle, backend="tflite")
+    with pytest.raises(runtime.BackendError, match=r"device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        runtime.load(bundle, device="gpu")
+    with pytest.raises(runtime.BackendError, match=r"device: .* got 'cpu:1'"):
+        runtime.load(bundle, device="cpu:1")
+    with pytest.raises(runtime.BackendError, match=r"precision: expected one of \['fp32', 'fp16', 'int8'\], got 'bf16'"):
+        runtime.load(bundle, precision="bf16")
+    with pytest.raises(runtime.BackendError, match=r"unknown option\(s\) \['thread'\]; it accepts \['threads'"):
+        runtime.load(bundle, backend="onnxruntime", thread=2)
+    with pytest.raises(runtime.BackendError, match=r"option threads: expected a positive integer, got 0"):
+        runtime.load(bundle, backend="onnxruntime", threads=0)
+    with pytest.raises(runtime.BackendError, match=r"graph_optimization_level: expected one of"):
+        runtime.load(bundle, backend="onnxruntime", graph_optimization_level="max")
+    with pytest.raises(runtime.BackendError, match=r"graphs: asked for \['vae'\]"):
+        runtime.load(bundle, graphs=("vae",))
+
+
+def test_missing_precision_variant(bundle):
+    with pytest.raises(runtime.BundleError, match=r"graph 'encoder' has no 'fp16' variant \(it has \['fp32'\]\)"):
+        runtime.load(bundle, backend="onnxruntime", precision="fp16")
+    with pytest.raises(runtime.BackendError, match=r"backend 'torch' runs precisions \['fp32'\], got 'int8'"):
+        runtime.load(bundle, backend="torch", precision="int8")
+
+
+def test_cuda_without_a_gpu_build_is_refused(bundle):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has the CUDA provider; the refusal is for CPU-only builds")
+    with pytest.raises(runtime.BackendUnavailableError, match=r"CUDAExecutionProvider is not in this onnxruntime build"):
+        runtime.load(bundle, backend="onnxruntime", device="cuda:0")
+    with pytest.raises(runtime.BackendError, match=r"execution_provider='tensorrt' does not run on device 'cpu'"):
+        runtime.load(bundle, backend="onnxruntime", execution_provider="tensorrt")
+
+
+def test_tensorrt_backend_without_tensorrt_says_what_to_install(bundle):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    # Either missing piece is named with its install command (cuda-python is checked first when both are absent).
+    with pytest.raises(runtime.BackendUnavailableError, match=r"(tensorrt|cuda-python).* install|install.*(tensorrt|cuda-python)"):
+        runtime.load(bundle, backend="tensorrt", device="cuda")
+
+
+def test_changed_graph_file_is_refused(bundle_copy):
+    with open(bundle_copy / "decoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(runtime.BundleError, match=r"decoder.onnx: sha256 .* the file changed after export"):
+        runtime.load(bundle_copy)
+
+
+def test_missing_graph_file(bundle_copy):
+    (bundle_copy / "encoder.onnx").unlink()
+    with pytest.raises(runtime.BundleError, match=r"encoder.onnx: listed in .*vae.json but missing"):
+        runtime.load(bundle_copy)
+
+
+def test_corrupt_graph_file_names_the_file(bundle_copy):
+    from runtime.bundle import read_manifest, sha256_file, write_manifest
+    import dataclasses
+
+    path = bundle_copy / "decoder.onnx"
+    path.write_bytes(b"this is not an onnx model")
+    m = read_manifest(bundle_copy)
+    graphs = {**m.graphs, "decoder": dataclasses.replace(m.graphs["decoder"], sha256=sha256_file(path))}
+    write_manifest(bundle_copy, dataclasses.replace(m, graphs=graphs))
+    with pytest.raises(runtime.BundleError, match=r"decoder.onnx: ONNX Runtime cannot load it"):
+        runtime.load(bundle_copy, backend="onnxruntime")
+
+
+def test_manifest_that_disagrees_with_the_graph(bundle_copy):
+    data = json.loads((bundle_copy / "vae.json").read_text())
+    data["graphs"]["decoder"]["inputs"][0]["shape"] = ["batch", 16]
+    (bundle_copy / "vae.json").write_text(json.dumps(data))
+    with pytest.raises(runtime.BundleError, match=r"decoder.onnx: input 'z' has shape \['batch', 8\], vae.json says \['batch', 16\]"):
+        runtime.load(bundle_copy, backend="onnxruntime")
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(runtime.BundleError, match="no bundle manifest here"):
+        runtime.load(tmp_path)
+
+
+def test_torch_backend_needs_a_checkpoint_it_can_find(bundle_copy):
+    data = json.loads((bundle_copy / "vae.json").read_text())
+    data["source"]["path"] = str(bundle_copy / "gone.pt")
+    data["source"]["checkpoint"] = "gone.pt"
+    (bundle_copy / "vae.json").write_text(json.dumps(data))
+    with pytest.raises(runtime.BackendUnavailableError, match=r"source checkpoint is not here .*pass checkpoint=PATH"):
+        runtime.load(bundle_copy, backend="torch")
+    with pytest.raises(runtime.BackendError, match=r"option checkpoint: .*nope.pt is not a file"):
+        runtime.load(bundle_copy, backend="torch", checkpoint=bundle_copy / "nope.pt")
+
+
+def test_engine_failure_becomes_a_backend_error(bundle_copy):
+    """A graph that loads but fails at run time (a Reshape to an impossible shape) gives BackendError, not ORT's own."""
+    import dataclasses
+
+    import onnx
+    from onnx import numpy_helper
+
+    from runtime.bundle import read_manifest, sha256_file, write_manifest
+
+    path = bundle_copy / "decoder.onnx"
+    model = onnx.load(str(path))
+    reshape = next(n for n in model.graph.node if n.op_type == "Reshape")
+    shape_init = next(i for i in model.graph.initializer if i.name == reshape.input[1])
+    target = numpy_helper.to_array(shape_init).copy()
+    target[1] += 1  # channels that the Gemm output cannot fill
+    shape_init.CopyFrom(numpy_helper.from_array(target, shape_init.name))
+    onnx.save(model, str(path))
+    m = read_manifest(bundle_copy)
+    write_manifest(bundle_copy, dataclasses.replace(
+        m, graphs={**m.graphs, "decoder": dataclasses.replace(m.graphs["decoder"], sha256=sha256_file(path))}))
+    with runtime.load(bundle_copy, backend="onnxruntime", graph_optimization_level="disable") as r:
+        with pytest.raises(runtime.BackendError, match=r"onnxruntime backend failed on graph 'decoder' \(batch 2\)"):
+            r.decode(np.zeros((2, r.latent_dim), np.float32))
