@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
-EXTRAS := train,export,ort,bench,dev
+EXTRAS := train,export,ort,bench,trt-cpu,dev
 
 .PHONY: demo test venv clean
 venv: $(STAMP)

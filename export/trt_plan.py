@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from runtime import bundle as B
-from runtime.engines import (ENGINES_DIR, FLAVOURS, GpuInfo, Profile, TrtInfo, engine_stem, gpu_slug,
-                             ENGINE_SUFFIX, SIDECAR_SUFFIX)
+from runtime.engines import (ENGINE_SUFFIX, ENGINES_DIR, FLAVOURS, SIDECAR_SUFFIX, GpuInfo, Profile, TrtInfo,
+                             gpu_slug)
 
 MIN_VERSION = {"trt": (10, 0), "trt_rtx": (1, 0)}
 CLI = {"trt": "trtexec", "trt_rtx": "tensorrt_rtx"}
@@ -115,8 +115,15 @@ def batch_shapes(spec: B.TensorSpec, batch: int) -> tuple[int, ...]:
     return (batch, *dims)
 
 
+def machine_slug(gpu: GpuInfo | None, target: TrtInfo) -> str:
+    """The GPU part of engine and cache names: 'portable' only for TensorRT-RTX, which needs no GPU to build."""
+    if gpu is None and target.flavour == "trt":
+        return "unknown-gpu"
+    return gpu_slug(gpu)
+
+
 def default_timing_cache(gpu: GpuInfo | None, target: TrtInfo) -> str:
-    return f"{ENGINES_DIR}/timing.{gpu_slug(gpu)}.{target.tag}.cache"
+    return f"{ENGINES_DIR}/timing.{machine_slug(gpu, target)}.{target.tag}.cache"
 
 
 def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest, options: BuildOptions = BuildOptions(),
@@ -134,6 +141,8 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
     if o.workspace_mib is not None and o.workspace_mib < 1:
         raise PlanError(f"--workspace: expected a size in MiB >= 1, got {o.workspace_mib}")
     strong = strongly_typed_only(target)
+    if target.flavour == "trt_rtx":
+        gpu = None  # TensorRT-RTX engines are portable: built ahead of time for every supported GPU, JIT on load
     notes: list[str] = []
     set_flags: list[str] = []
     clear_flags = [] if o.allow_tf32 else ["TF32"]
@@ -179,8 +188,8 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
         if precision == "fp32":
             raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
         set_flags.append("GPU_FALLBACK")
-        notes.append("DLA: layers DLA cannot run (e.g. the decoder's Tanh output layer and the encoder's Gemm on some "
-                     "releases) fall back to the GPU; each fallback costs a DLA<->GPU transfer")
+        notes.append("DLA: layers DLA cannot run fall back to the GPU (TensorRT logs each one while building); every "
+                     "switch between DLA and GPU costs a transfer")
 
     timing_cache: str | None
     if target.flavour == "trt_rtx":
@@ -198,8 +207,7 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
     inp = spec.inputs[0]
     profile = Profile(inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch),
                       batch_shapes(inp, o.max_batch))
-    stem = engine_stem(graph, precision, gpu, target) if (gpu is not None or target.flavour == "trt_rtx") else \
-        f"{graph}.{precision}.unknown-gpu.{target.tag}"
+    stem = f"{graph}.{precision}.{machine_slug(gpu, target)}.{target.tag}"
     return BuildPlan(graph=graph, precision=precision, target=target, gpu=gpu, onnx_file=onnx_file,
                      onnx_sha256=onnx_sha, strongly_typed=strong, set_flags=tuple(set_flags),
                      clear_flags=tuple(clear_flags), layer_precisions=kept, profile=profile,
@@ -231,6 +239,10 @@ def trtexec_args(plan: BuildPlan, bundle: str | Path) -> list[str]:
             args.append("--layerPrecisions=" + ",".join(f"{n}:fp32" for n in plan.layer_precisions))
     elif plan.target.flavour == "trt" and plan.target.version_tuple[0] < 11:
         args.append("--stronglyTyped")  # only reachable for a 10.x plan built strongly typed; 11.x: always on
+    if plan.target.flavour == "trt_rtx":
+        # tensorrt_rtx documents --onnx/--saveEngine/shapes for its ahead-of-time build; other trtexec options are not
+        # assumed. (The Python builder still clears TF32; --adopt's parity check covers the difference.)
+        return args
     if "TF32" in plan.clear_flags:
         args.append("--noTF32")
     if plan.workspace_mib is not None:

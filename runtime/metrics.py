@@ -116,8 +116,9 @@ def compare_arrays(name: str, actual: np.ndarray, expected: np.ndarray, toleranc
     psnr = None
     if pixel_range is not None:
         span = pixel_range[1] - pixel_range[0]
-        mse = float(np.mean(np.where(finite, a - e, np.inf) ** 2))
-        psnr = float("inf") if mse == 0 else 10.0 * math.log10(span * span / mse)
+        mse = float(np.mean(np.where(finite, a - e, np.inf) ** 2))  # any NaN/Inf makes the MSE infinite
+        psnr = float("inf") if mse == 0 else (float("-inf") if not math.isfinite(mse)
+                                               else 10.0 * math.log10(span * span / mse))
     failures = []
     if nan_count or inf_count:
         failures.append(f"{nan_count} NaN and {inf_count} Inf values")

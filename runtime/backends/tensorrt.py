@@ -67,6 +67,17 @@ def import_tensorrt(flavour: str | None = None) -> tuple[Any, TrtInfo]:
     raise BackendUnavailableError("TensorRT is not importable here (" + "; ".join(errors) + "); " + INSTALL_TENSORRT)
 
 
+_LOGGERS: dict[str, Any] = {}
+
+
+def trt_logger(trt: Any) -> Any:
+    """One logger per TensorRT module for the whole process: TensorRT keeps the first logger it is given and warns
+    when builders or runtimes are created with another."""
+    if trt.__name__ not in _LOGGERS:
+        _LOGGERS[trt.__name__] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt.__name__]
+
+
 def import_cudart() -> Any:
     """cuda-python's runtime API module (cuda.bindings.runtime in cuda-python >= 12.6, cuda.cudart before)."""
     try:
@@ -260,7 +271,7 @@ class EngineRunner:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
-    options = ("engines", "cuda_graph", "flavour")
+    options = ("engines", "cuda_graph", "flavour", "check_sidecar")
     device_kinds = ("cuda",)
     thread_safe = False  # one context and one set of buffers per graph; the base class's lock serialises calls
 
@@ -291,7 +302,12 @@ class TensorRTBackend(Backend):
     @classmethod
     def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
              check_finite: bool = True, **options: Any) -> "TensorRTBackend":
-        """Find each graph's engine for this machine (or options['engines'][graph]), check its sidecar, load it."""
+        """Find each graph's engine for this machine (or options['engines'][graph]), check its sidecar, load it.
+
+        options: engines {graph: plan file} (default: BUNDLE/engines/<name for this machine>); cuda_graph (bool);
+        flavour "trt" | "trt_rtx" (which TensorRT when both are installed); check_sidecar (default True; False
+        only for the builder, which verifies an engine it has just built and has not yet given a sidecar).
+        """
         unknown = sorted(set(options) - set(cls.options))
         if unknown:
             raise BackendError(f"tensorrt backend: unknown option(s) {unknown}; it accepts {list(cls.options)}")
@@ -304,28 +320,19 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(f"tensorrt backend: no CUDA GPU {device} visible "
                                           f"(cuda-python sees {gpu_count()} device(s))")
         given = dict(options.get("engines") or {})
-        files = {}
+        check = bool(options.get("check_sidecar", True))
+        files, sidecars = {}, {}
         for g in graphs:
             path = Path(given[g]) if g in given else locate_engine(bundle, machine=machine, graph=g,
                                                                   precision=precision)
-            files[g] = (path, require_usable(bundle, path, machine=machine, manifest=manifest, graph=g,
-                                             precision=precision).to_dict())
-        return cls._load(trt, info, manifest, {g: p for g, (p, _) in files.items()},
-                         {g: s for g, (_, s) in files.items()}, device=device, precision=precision,
+            if check:
+                sidecars[g] = require_usable(bundle, path, machine=machine, manifest=manifest, graph=g,
+                                             precision=precision).to_dict()
+            else:
+                sidecars[g] = read_sidecar(sidecar_path(path)).to_dict() if sidecar_path(path).is_file() else {}
+            files[g] = path
+        return cls._load(trt, info, manifest, files, sidecars, device=device, precision=precision,
                          check_finite=check_finite, cuda_graph=bool(options.get("cuda_graph", False)))
-
-    @classmethod
-    def from_engine_files(cls, manifest: Manifest, files: Mapping[str, str | Path], *, device: Device, precision: str,
-                          flavour: str | None = None, cuda_graph: bool = False) -> "TensorRTBackend":
-        """Load engines without the sidecar check: for the builder, verifying an engine it has just built."""
-        trt, info = import_tensorrt(flavour)
-        import_cudart()
-        if cuda_gpu_info(device.index) is None:
-            raise BackendUnavailableError(f"tensorrt backend: no CUDA GPU {device} visible")
-        sidecars = {g: (read_sidecar(sidecar_path(p)).to_dict() if sidecar_path(p).is_file() else {})
-                    for g, p in files.items()}
-        return cls._load(trt, info, manifest, {g: Path(p) for g, p in files.items()}, sidecars, device=device,
-                         precision=precision, check_finite=True, cuda_graph=cuda_graph)
 
     @classmethod
     def _load(cls, trt: Any, info: TrtInfo, manifest: Manifest, files: Mapping[str, Path],
@@ -337,8 +344,7 @@ class TensorRTBackend(Backend):
         self.trt_info, self.cuda_graph, self.sidecars = info, cuda_graph, dict(sidecars)
         try:
             _call(cudart, "cudaSetDevice", device.index)
-            self._logger = trt.Logger(trt.Logger.WARNING)
-            self._runtime = trt.Runtime(self._logger)  # only ever created after a GPU was seen
+            self._runtime = trt.Runtime(trt_logger(trt))  # only ever created after a GPU was seen
             for g, path in files.items():
                 spec = manifest.graph(g)
                 self.runners[g] = EngineRunner(trt, cudart, self._runtime, Path(path).read_bytes(), graph=g,

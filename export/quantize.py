@@ -1,0 +1,348 @@
+"""Static INT8 (QDQ) variants of a bundle's graphs, calibrated on realistic inputs, gated on measured accuracy.
+
+    python -m export.quantize BUNDLE --int8 [--graphs encoder,decoder] [--calibration DIR] [--samples N]
+                              [--method minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1]
+                              [--max-kept 2] [--force] [--no-progress]
+
+Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json.
+
+Quantization (onnxruntime.quantization.quantize_static): QuantFormat.QDQ; INT8 activations and weights, both
+symmetric (zero point 0: TensorRT rejects any other); weights per output channel (axis 0 for Conv / Gemm, axis 1
+for ConvTranspose, whose weight is (C_in, C_out, k, k)); biases left in FP32 (QuantizeBias=False), because TensorRT's
+parser refuses an INT32 DequantizeLinear ("only activation types allowed"). No ORT pre-processing pass: it may fuse
+and rename nodes, and the node names must stay those of the FP32 graph.
+
+Calibration data (realistic, never the golden noise): encoder: --samples images from --calibration DIR (recursively,
+PyTorch-VAE's centre crop) or the embedded shapes dataset, scaled to the bundle's pixel range; decoder: the FP32
+encoder's means of those images plus prior draws N(0, I). The accuracy is measured on other inputs (other seeds) than
+the calibration's: the golden and realistic sets of reference.npz and fresh realistic inputs.
+
+If the all-INT8 graph misses the budget, the same search as the FP16 tool (export.precision_common.
+search_kept_nodes) looks for the fewest nodes to leave unquantized, at most --max-kept of them: an "INT8" graph
+that is mostly FP32 is not an INT8 graph. Default budget: decoder images PSNR >= 30 dB against FP32 over [-1, 1];
+mu / logvar relative L2 <= 0.1. A variant that misses its budget is not written unless --force (then it is
+registered with passed: false). Unlike FP16, ONNX Runtime CPU measures INT8 faithfully: the Q/DQ nodes perform the
+INT8 rounding and clipping explicitly.
+Exit codes: 0 ok, 1 a budget missed (nothing written for that graph unless --force), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from runtime import bundle as B
+from runtime.metrics import ComparisonReport, Tolerance
+
+from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, dataset_images,
+                               evaluation_sets, float_nodes, make_budget, measure, open_bundle, precision_table,
+                               quiet, realistic_inputs, register_variant, save_model_atomic, search_kept_nodes,
+                               summarize, timestamp, variant_file)
+
+PRECISION = "int8"
+METHODS = ("minmax", "percentile", "entropy")
+WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}  # op -> output-channel axis of its weight
+
+
+@dataclass(frozen=True)
+class QdqCheck:
+    """Properties of a QDQ graph that TensorRT relies on; true when all hold."""
+
+    quantize_nodes: int
+    dequantize_nodes: int
+    nonzero_zero_points: tuple[str, ...]     # Q/DQ nodes whose zero point is not 0
+    non_int8: tuple[str, ...]                # Q/DQ nodes whose quantized type is not int8
+    per_tensor_weights: tuple[str, ...]      # Conv/ConvTranspose/Gemm whose weight scale is not per output channel
+    quantized_weight_nodes: tuple[str, ...]  # nodes with an INT8 weight
+
+    def __bool__(self) -> bool:
+        return not (self.nonzero_zero_points or self.non_int8 or self.per_tensor_weights) and self.quantize_nodes > 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.quantize_nodes == 0:
+            out.append("no QuantizeLinear node: nothing was quantized")
+        if self.nonzero_zero_points:
+            out.append(f"non-zero zero points in {list(self.nonzero_zero_points)}")
+        if self.non_int8:
+            out.append(f"non-int8 quantized type in {list(self.non_int8)}")
+        if self.per_tensor_weights:
+            out.append(f"weights not quantized per output channel in {list(self.per_tensor_weights)}")
+        return out
+
+
+def check_qdq(model) -> QdqCheck:
+    """Inspect every QuantizeLinear / DequantizeLinear of a QDQ ModelProto."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    nonzero, non_int8 = [], []
+    for n in (*q, *dq):
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is not None:
+            if np.any(numpy_helper.to_array(zp) != 0):
+                nonzero.append(n.name)
+            if zp.data_type != TensorProto.INT8:
+                non_int8.append(n.name)
+        elif n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type != TensorProto.INT8:
+            non_int8.append(n.name)
+    per_tensor, quantized = [], []
+    for node in model.graph.node:
+        axis_expected = WEIGHT_OPS.get(node.op_type)
+        if axis_expected is None or len(node.input) < 2:
+            continue
+        src = producers.get(node.input[1])
+        if src is None or src.op_type != "DequantizeLinear" or src.input[0] not in inits:
+            continue
+        quantized.append(node.name)
+        w = inits[src.input[0]]
+        scale = numpy_helper.to_array(inits[src.input[1]]) if src.input[1] in inits else np.zeros(())
+        axis = next((a.i for a in src.attribute if a.name == "axis"), 1)
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis_expected = 0 if trans_b else 1
+        channels = w.dims[axis_expected]
+        if scale.size != channels or scale.size < 2 or axis % len(w.dims) != axis_expected:
+            per_tensor.append(node.name)
+    return QdqCheck(len(q), len(dq), tuple(nonzero), tuple(non_int8), tuple(per_tensor), tuple(quantized))
+
+
+# ----------------------------------------------------------------------------------------------- quantization
+
+def calibration_inputs(bundle, graph: str, samples: int, seed: int, folder: Path | None = None) -> np.ndarray:
+    """Realistic calibration inputs for `graph` (see the module docstring)."""
+    data, _ = open_bundle(bundle, [graph])
+    if graph == B.ENCODER:
+        return dataset_images(samples, data.manifest, seed, folder)
+    return realistic_inputs(data, samples, seed, folder)[B.DECODER]
+
+
+class Quantizer:
+    """Calibrates once (ranges cached in a temporary file), then quantizes with any set of nodes left in FP32."""
+
+    def __init__(self, fp32_path: Path, graph: str, calibration: np.ndarray, *, method: str = "minmax",
+                 batch: int = 16, workdir: Path) -> None:
+        if method not in METHODS:
+            raise PrecisionError(f"--method: expected one of {list(METHODS)}, got {method!r}")
+        self.fp32_path, self.graph, self.method, self.workdir = Path(fp32_path), graph, method, Path(workdir)
+        self.calibration, self.batch = calibration, batch
+        self.cache = self.workdir / f"{graph}.calibration.json"
+        self._count = 0
+
+    def _reader(self):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        name, x, batch = B.GRAPH_IO[self.graph][0][0], self.calibration, self.batch
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
+
+            def get_next(self):
+                return next(self._it, None)
+
+        return Reader()
+
+    def quantize(self, keep_fp32: Iterable[str] = ()):
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[self.method]
+        self._count += 1
+        out = self.workdir / f"{self.graph}.int8.{self._count}.onnx"
+        with quiet():
+            quantize_static(str(self.fp32_path), str(out),
+                            calibration_data_reader=None if self.cache.is_file() else self._reader(),
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=sorted(keep_fp32), calibrate_method=method,
+                            calibration_cache_path=str(self.cache),
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "QuantizeBias": False,
+                                           # symmetric ranges straight from calibration, not widened afterwards
+                                           "CalibTensorRangeSymmetric": True})
+        model = strip_output_qdq(onnx.load(str(out)))
+        out.unlink()
+        return model
+
+
+def strip_output_qdq(model):
+    """Remove the QuantizeLinear -> DequantizeLinear pair in front of each graph output.
+
+    The contract says outputs are float32; an INT8 round trip on mu / logvar / image only adds error (logvar's few
+    large values set the scale, and the many small ones lose their precision) and TensorRT would have to emit INT8
+    from the last layer. The producer then writes the graph output directly.
+    """
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    drop = set()
+    for dq in g.node:
+        if dq.op_type != "DequantizeLinear" or dq.output[0] not in outputs:
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
+            continue
+        src = producers.get(q.input[0])
+        if src is None or consumers.get(q.input[0], 0) != 1 or q.input[0] in outputs:
+            continue
+        src.output[list(src.output).index(q.input[0])] = dq.output[0]
+        drop.update((id(q), id(dq)))
+    if drop:
+        kept = [n for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(kept)
+    return model
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    graph: str
+    model: object                     # onnx.ModelProto
+    kept_fp32_nodes: tuple[str, ...]
+    search: SearchResult
+    report: ComparisonReport          # of `model` on ONNX Runtime CPU
+    qdq: QdqCheck
+    passed: bool
+
+
+def search_int8(quantizer: Quantizer, model_fp32, graph: str, sets: Sequence[EvalSet],
+                budget: Mapping[str, Tolerance], *, max_kept: int = 2, progress: bool = True) -> Int8Result:
+    """All-INT8 first; if it misses the budget, the fewest unquantized nodes (at most max_kept) that meet it."""
+    def evaluate(keep: frozenset[str]) -> ComparisonReport:
+        return measure(graph, quantizer.quantize(keep), sets, budget, label=f"{graph} int8, {len(keep)} kept")
+
+    try:
+        result = search_kept_nodes(float_nodes(model_fp32), evaluate, desc=f"{graph} int8 search", progress=progress)
+    except BudgetError as e:
+        result = SearchResult(tuple(float_nodes(model_fp32)), e.report, 0, (), (str(e),))
+    passed = result.report.passed and len(result.kept) <= max_kept
+    kept = result.kept if passed else ()
+    model = quantizer.quantize(kept)
+    report = measure(graph, model, sets, budget, label=f"{graph} int8 on onnxruntime-cpu")
+    if not passed:  # the variant --force writes: all nodes INT8
+        result = SearchResult(result.kept, result.report, result.evaluations, result.ranking,
+                              (*result.log, f"needs {len(result.kept)} unquantized node(s) {list(result.kept)}, "
+                                            f"more than --max-kept {max_kept}" if result.report.passed else
+                               "the budget is missed"))
+    return Int8Result(graph, model, kept, result, report, check_qdq(model), passed and report.passed)
+
+
+def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
+                      budget_rel_l2: float | None = None, samples: int = 128, eval_samples: int = 32,
+                      seed: int = 1, calibration: Path | None = None, method: str = "minmax", max_kept: int = 2,
+                      force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Int8Result:
+    """Calibrate, search, verify and (if the budget is met, or forced) write and register BUNDLE/<graph>.int8.onnx."""
+    import onnx
+    from tqdm import tqdm
+
+    data, _ = open_bundle(bundle, [graph])
+    if samples < 1:
+        raise PrecisionError(f"--samples must be >= 1, got {samples}")
+    budget = make_budget(PRECISION, graph, psnr=budget_psnr, rel_l2=budget_rel_l2)
+    fp32_path = data.graph_path(graph)
+    # Calibration and evaluation use different seeds: accuracy is measured on inputs the ranges were not fitted to.
+    calib = calibration_inputs(bundle, graph, samples, seed + 1000, calibration)
+    sets = evaluation_sets(data, graph, samples=eval_samples, seed=seed, folder=calibration)
+    model_fp32 = onnx.load(str(fp32_path))
+    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=Path(bundle)) as tmp:
+        quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=Path(tmp))
+        with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,
+                  leave=False, file=sys.stderr) as bar:
+            quantizer.quantize(())  # computes and caches the calibration ranges
+            bar.update(1)
+        res = search_int8(quantizer, model_fp32, graph, sets, budget, max_kept=max_kept, progress=progress)
+    log(f"{graph}: INT8 ({method} calibration on {len(calib)} inputs), unquantized: "
+        f"{list(res.kept_fp32_nodes) or 'none'} ({res.search.evaluations} graphs measured)")
+    for line in res.search.log:
+        log(f"  {line}")
+    log(res.report.table())
+    if not res.qdq:
+        raise PrecisionError(f"{graph}: the quantized graph is not TensorRT-compatible: {'; '.join(res.qdq.problems())}")
+    if not res.passed and not force:
+        raise BudgetError(f"{graph}: the INT8 variant misses its budget: {'; '.join(res.report.failures()) or res.search.log[-1]}",
+                          res.report)
+    name = variant_file(graph, PRECISION)
+    sha = save_model_atomic(res.model, Path(bundle) / name)
+    accuracy = {"passed": res.passed, "forced": bool(force and not res.passed), "measured": timestamp(),
+                "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
+                "onnxruntime_cpu": summarize(res.report),
+                "calibration": {"method": method, "samples": int(len(calib)), "seed": seed + 1000,
+                                "data": str(calibration) if calibration else "embedded shapes"
+                                + (" + encoder latents + prior" if graph == B.DECODER else "")},
+                "quantization": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric "
+                                 "per-channel", "bias": "fp32", "quantized_weight_nodes": list(res.qdq.quantized_weight_nodes)},
+                "search": {"evaluations": res.search.evaluations, "log": list(res.search.log), "max_kept": max_kept,
+                           "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
+                "samples": eval_samples, "seed": seed}
+    register_variant(bundle, graph, B.VariantSpec(precision=PRECISION, file=name, sha256=sha,
+                                                  kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
+                                                  budget=budget_to_dict(budget)))
+    log(f"wrote {Path(bundle) / name}" + ("" if res.passed else " (FORCED: it misses its budget)"))
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--int8", action="store_true", help="make INT8 QDQ variants (the only mode so far)")
+    p.add_argument("--graphs", default=None, help="encoder,decoder (default: every graph of the bundle)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="folder of images (default: the embedded shapes dataset)")
+    p.add_argument("--samples", type=int, default=128, help="calibration inputs per graph (default 128)")
+    p.add_argument("--eval-samples", type=int, default=32, help="fresh realistic evaluation inputs (default 32)")
+    p.add_argument("--method", default="minmax", choices=METHODS, help="calibration method (default minmax)")
+    p.add_argument("--budget-psnr", type=float, default=None, help="decoder image PSNR floor in dB (default 30)")
+    p.add_argument("--budget-rel-l2", type=float, default=None, help="encoder mu/logvar rel L2 ceiling (default 0.1)")
+    p.add_argument("--max-kept", type=int, default=2, help="most nodes left unquantized to meet the budget")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="write (and register as failed) a variant that misses")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if not args.int8:
+            raise PrecisionError("nothing to do: pass --int8")
+        if args.max_kept < 0 or args.eval_samples < 0:
+            raise PrecisionError(f"--max-kept and --eval-samples must be >= 0, got {args.max_kept}, "
+                                 f"{args.eval_samples}")
+        if args.calibration is not None and not args.calibration.is_dir():
+            raise PrecisionError(f"--calibration {args.calibration}: not a directory")
+        _, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
+    except (PrecisionError, B.BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    missed = []
+    for graph in graphs:
+        try:
+            res = make_int8_variant(args.bundle, graph, budget_psnr=args.budget_psnr,
+                                    budget_rel_l2=args.budget_rel_l2, samples=args.samples,
+                                    eval_samples=args.eval_samples, seed=args.seed, calibration=args.calibration,
+                                    method=args.method, max_kept=args.max_kept, force=args.force,
+                                    progress=not args.no_progress)
+            if not res.passed:
+                missed.append(graph)
+        except BudgetError as e:
+            print(f"error: {e}; {graph}.int8.onnx not written", file=sys.stderr)
+            missed.append(graph)
+        except (PrecisionError, B.BundleError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(precision_table(args.bundle))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Our exported graphs through a real TensorRT parser and builder: TensorRT for RTX (`tensorrt-rtx-cu12`), whose
+ONNX parser and ahead-of-time builder run on a CPU. No TensorRT runtime object is created here (that needs a GPU).
+
+Also the builder's own path on a CPU: engine + sidecar written atomically, --no-verify recorded, a build that needs
+verification refused without a GPU, and the runtime's sidecar check refusing the engine after a re-export."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu12 is not installed "
+                                                 "(pip install tensorrt-rtx-cu12==1.7.1.116, ~220 MB)")
+
+from export.trt_build import TrtBuildError, build_engine, parse_onnx  # noqa: E402
+from export.trt_plan import BuildOptions, plan_build  # noqa: E402
+from runtime import bundle as B  # noqa: E402
+from runtime.engines import (EngineMismatchError, MachineInfo, TrtInfo, host_platform, read_sidecar,  # noqa: E402
+                             require_usable)
+from runtime.files import sha256_file  # noqa: E402
+
+RTX = TrtInfo("trt_rtx", trt.__version__)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    from export.to_onnx import export_bundle
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("trt") / "tiny", log=lambda *a: None)
+
+
+@pytest.fixture
+def bundle_copy(bundle, tmp_path) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
+
+
+def add_fp16_variant(bundle: Path, graph: str) -> B.VariantSpec:
+    """An FP16 variant made the simplest way (all-FP16 weights, FP32 I/O), listed in vae.json like export.to_fp16
+    lists its own: enough to prove the strongly typed FP16 path parses and builds."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(bundle / f"{graph}.onnx")), keep_io_types=True)
+    path = bundle / f"{graph}.fp16.onnx"
+    onnx.save(model, str(path))
+    m = B.read_manifest(bundle)
+    v = B.VariantSpec("fp16", path.name, sha256_file(path))
+    graphs = dict(m.graphs)
+    graphs[graph] = dataclasses.replace(graphs[graph], variants={**graphs[graph].variants, "fp16": v})
+    B.write_manifest(bundle, dataclasses.replace(m, graphs=graphs))
+    return v
+
+
+@pytest.mark.parametrize("graph", B.GRAPHS)
+def test_fp32_graphs_parse_with_zero_errors(bundle, graph):
+    _logger, _builder, network, parser = parse_onnx(trt, bundle / f"{graph}.onnx")
+    assert parser.num_errors == 0
+    ins, outs = B.GRAPH_IO[graph]
+    assert [network.get_input(i).name for i in range(network.num_inputs)] == list(ins)
+    assert [network.get_output(i).name for i in range(network.num_outputs)] == list(outs)
+    assert network.get_input(0).shape[0] == -1  # the batch axis stayed dynamic
+    # Every layer traces back to an ONNX node (or is a weight constant / parser broadcast helper).
+    metas = [network.get_layer(i).metadata for i in range(network.num_layers)]
+    assert sum(m.startswith("[ONNX Layer: ") for m in metas) >= len(metas) // 2
+
+
+def test_fp16_variant_parses_strongly_typed(bundle_copy):
+    add_fp16_variant(bundle_copy, B.DECODER)
+    _logger, _builder, network, _parser = parse_onnx(trt, bundle_copy / "decoder.fp16.onnx", strongly_typed=True)
+    assert network.get_input(0).dtype == trt.float32 and network.get_output(0).dtype == trt.float32
+
+
+def test_parser_errors_are_listed(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], name="mystery", domain="vae.custom")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                      helper.make_opsetid("vae.custom", 1)]), str(path))
+    with pytest.raises(TrtBuildError, match=r"(?s)bad\.onnx: the TensorRT ONNX parser reported \d+ error\(s\).*NoSuchOp"):
+        parse_onnx(trt, path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_without_gpu_writes_unverified_engine_and_sidecar(bundle_copy, precision):
+    if precision == "fp16":
+        add_fp16_variant(bundle_copy, B.DECODER)
+    manifest = B.read_manifest(bundle_copy)
+    plan = plan_build(RTX, B.DECODER, precision, manifest, BuildOptions(min_batch=1, opt_batch=2, max_batch=4))
+    res = build_engine(bundle_copy, plan, trt=trt, verify=False, log=lambda *a: None)
+
+    assert res.engine == bundle_copy / f"engines/decoder.{precision}.portable.rtx{trt.__version__}.plan"
+    assert res.engine.stat().st_size > 0 and not res.verified
+    assert sorted(p.name for p in res.engine.parent.iterdir()) == sorted([res.engine.name, res.sidecar.name])
+    side = read_sidecar(res.sidecar)
+    assert side.parity == {"verified": False}
+    assert side.engine_sha256 == sha256_file(res.engine)
+    assert (side.source_file, side.source_sha256) == (plan.onnx_file, plan.onnx_sha256)
+    assert side.profile.batch == (1, 2, 4) and side.gpu is None and side.trt == RTX
+    assert side.build_options["strongly_typed"] is True and side.build_options["clear_flags"] == ["TF32"]
+    assert json.loads(res.sidecar.read_text())["platform"]["machine"] == host_platform().machine
+
+    # The runtime accepts it on a machine with this TensorRT-RTX ... and refuses it once the graph is re-exported.
+    here = MachineInfo(RTX, None, host_platform())
+    assert require_usable(bundle_copy, res.engine, machine=here, manifest=manifest, graph="decoder",
+                          precision=precision) == side
+    src = bundle_copy / plan.onnx_file
+    src.write_bytes(src.read_bytes() + b"\0")
+    spec = manifest.graphs["decoder"]
+    spec = (dataclasses.replace(spec, sha256=sha256_file(src)) if precision == "fp32" else dataclasses.replace(
+        spec, variants={"fp16": dataclasses.replace(spec.variants["fp16"], sha256=sha256_file(src))}))
+    B.write_manifest(bundle_copy, dataclasses.replace(manifest, graphs={**manifest.graphs, "decoder": spec}))
+    with pytest.raises(EngineMismatchError, match="the graph changed since the build") as info:
+        require_usable(bundle_copy, res.engine, machine=here, manifest=B.read_manifest(bundle_copy),
+                       graph="decoder", precision=precision)
+    assert info.value.rebuild == (f"python -m export.to_tensorrt {bundle_copy} --graphs decoder --precision "
+                                  f"{precision} --min-batch 1 --opt-batch 2 --max-batch 4")
+
+
+def test_build_that_needs_verification_is_refused_without_gpu(bundle_copy):
+    from runtime.backends.tensorrt import gpu_count
+
+    if gpu_count():
+        pytest.skip("a GPU is visible: verification would run")
+    plan = plan_build(RTX, B.DECODER, "fp32", B.read_manifest(bundle_copy), BuildOptions())
+    with pytest.raises(TrtBuildError, match="no CUDA GPU visible.*--no-verify"):
+        build_engine(bundle_copy, plan, trt=trt, verify=True, log=lambda *a: None)
+    assert not (bundle_copy / "engines").exists() or not any((bundle_copy / "engines").iterdir())
+
+
+def test_cli_builds_and_prints(bundle_copy, capsys):
+    from export.to_tensorrt import main
+
+    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--precision", "fp32", "--no-verify",
+                 "--max-batch", "4", "--opt-batch", "2"]) == 0
+    names = sorted(p.name for p in (bundle_copy / "engines").iterdir())
+    tag = f"rtx{trt.__version__}"
+    assert names == [f"decoder.fp32.portable.{tag}.json", f"decoder.fp32.portable.{tag}.plan",
+                     f"encoder.fp32.portable.{tag}.json", f"encoder.fp32.portable.{tag}.plan"]
+    capsys.readouterr()
+    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--graphs", "encoder", "--precision", "fp32",
+                 "--print-trtexec"]) == 0
+    out = capsys.readouterr().out
+    assert "tensorrt_rtx \\\n" in out and "--maxShapes=image:32x3x32x32" in out
+    # fp16 on a strongly typed TensorRT without the variant: one line, exit 2
+    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--precision", "fp16", "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: TensorRT-RTX") and "export.to_fp16" in err and "Traceback" not in err
+
+
+def test_kept_nodes_map_to_the_parser_layers(bundle):
+    """The layer-precision matching (used on TensorRT 10) against a real parser's layer names and metadata."""
+    import onnx
+
+    from export.trt_plan import layers_to_constrain
+
+    path = bundle / "encoder.onnx"
+    nodes = [n.name for n in onnx.load(str(path)).graph.node]
+    gemms = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 2  # fc_mu and fc_var
+    _logger, _builder, network, _parser = parse_onnx(trt, path)
+    layers = [(network.get_layer(i).name, network.get_layer(i).metadata) for i in range(network.num_layers)]
+    chosen, unmatched = layers_to_constrain(layers, [gemms[1]], nodes)
+    assert unmatched == [] and chosen
+    meta = dict(layers)
+    assert all(meta[name] == f"[ONNX Layer: {gemms[1]}]" for name in chosen)
+    assert len(chosen) == sum(m == f"[ONNX Layer: {gemms[1]}]" for m in meta.values())
+    _, unmatched = layers_to_constrain(layers, ["node_not_there"], nodes)
+    assert unmatched == ["node_not_there"]
