@@ -19,9 +19,13 @@ demo: $(STAMP)
 	@# A short schedule: batch 32 and lr 1e-3 (instead of the original 64 / 5e-3) learn recognisable shapes in ~3 min on 2 cores.
 	$(PY) -m vae_model.train --out $(DEMO)/train --epochs 8 --train-size 4096 --val-size 256 --batch-size 32 --lr 0.001 --seed 0
 	$(PY) -m export.to_onnx $(DEMO)/train/best.pt --out $(DEMO)/bundle
-	$(PY) -m runtime.parity $(DEMO)/bundle --json $(DEMO)/parity.json
-	$(PY) -m benchmarks.latency $(DEMO)/bundle --backends torch,onnxruntime --batch 1,64 --duration 2 \
-		--checkpoint $(DEMO)/train/best.pt --out $(DEMO)/bench
+	$(PY) -m export.to_fp16 $(DEMO)/bundle
+	$(PY) -m export.quantize $(DEMO)/bundle --int8
+	$(PY) -m runtime.parity $(DEMO)/bundle --precision fp32 --json $(DEMO)/parity.fp32.json
+	$(PY) -m runtime.parity $(DEMO)/bundle --precision fp16 --json $(DEMO)/parity.fp16.json
+	$(PY) -m runtime.parity $(DEMO)/bundle --precision int8 --json $(DEMO)/parity.int8.json
+	$(PY) -m benchmarks.latency $(DEMO)/bundle --backends torch,onnxruntime --precision fp32,fp16,int8 \
+		--batch 1,64 --duration 1.5 --checkpoint $(DEMO)/train/best.pt --out $(DEMO)/bench
 	@echo "demo done: samples in $(DEMO)/train/samples_e008.png, bundle in $(DEMO)/bundle, plots in $(DEMO)/bench/*.png"
 
 test: $(STAMP)
