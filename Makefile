@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
 EXTRAS := train,export,ort,bench,trt-cpu,dev
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean cpp
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -31,5 +31,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+cpp: $(STAMP)
+	cmake -S runtime/cpp -B runtime/cpp/build -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(PY)
+	cmake --build runtime/cpp/build -j2
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs runtime/cpp/build third_party

@@ -1,0 +1,185 @@
+// vae_decode - decode latents with the C++ runtime and write images, timing each stage.
+//
+//   vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]
+//              [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]
+//              [--precision fp32|fp16|int8] [--threads N] [--repeat R]
+//
+// Latents: a float32/float64 .npy of shape (N, latent_dim), or N seeded standard-normal draws (std::mt19937 with
+// std::normal_distribution: reproducible with one standard library, not across different ones). Images: one file per
+// item, DIR/image_000.png ... mapped from the bundle's pixel range to 8 bits like runtime.images.to_uint8.
+// Timing: load (read vae.json, hash and open the graphs), latents, decode (best and mean of R runs), to_uint8, write.
+// Exit codes: 0 ok, 1 a runtime error (bad bundle, shapes, NaN ...), 2 a usage error. Errors are one line on stderr.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+#include "image_write.hpp"
+#include "npy.hpp"
+#include "vae/runtime.hpp"
+
+namespace {
+
+struct Args {
+    std::string bundle, latents, out, format = "png", save_npy;
+    long count = 0;
+    unsigned long seed = 0;
+    int repeat = 1;
+    vae::Options options;
+};
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+const char* kUsage =
+    "usage: vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]\n"
+    "                  [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]\n"
+    "                  [--precision fp32|fp16|int8] [--threads N] [--repeat R]\n";
+
+long to_long(const std::string& flag, const std::string& v, long lo, long hi) {
+    char* end = nullptr;
+    const long x = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || x < lo || x > hi)
+        throw UsageError(flag + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                         "], got '" + v + "'");
+    return x;
+}
+
+Args parse(int argc, char** argv) {
+    Args a;
+    std::vector<std::string> pos;
+    for (int i = 1; i < argc; ++i) {
+        const std::string k = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw UsageError(k + ": missing value");
+            return argv[++i];
+        };
+        if (k == "-h" || k == "--help") {
+            std::fputs(kUsage, stdout);
+            std::exit(0);
+        } else if (k == "--latents") a.latents = value();
+        else if (k == "--count") a.count = to_long(k, value(), 1, 1 << 20);
+        else if (k == "--seed") a.seed = static_cast<unsigned long>(to_long(k, value(), 0, 2147483647L));
+        else if (k == "--out") a.out = value();
+        else if (k == "--format") a.format = value();
+        else if (k == "--save-npy") a.save_npy = value();
+        else if (k == "--backend") a.options.backend = value();
+        else if (k == "--device") a.options.device = value();
+        else if (k == "--precision") a.options.precision = value();
+        else if (k == "--threads") a.options.threads = static_cast<int>(to_long(k, value(), 0, 1024));
+        else if (k == "--repeat") a.repeat = static_cast<int>(to_long(k, value(), 1, 100000));
+        else if (!k.empty() && k[0] == '-') throw UsageError("unknown option " + k);
+        else pos.push_back(k);
+    }
+    if (pos.size() != 1) throw UsageError("expected one BUNDLE argument");
+    a.bundle = pos[0];
+    if (a.latents.empty() == (a.count == 0)) throw UsageError("give exactly one of --latents FILE or --count N");
+    if (a.format != "png" && a.format != "ppm" && a.format != "none")
+        throw UsageError("--format: expected png, ppm or none, got '" + a.format + "'");
+    if (a.format != "none" && a.out.empty()) throw UsageError("--out DIR is required unless --format none");
+    a.options.graphs = {"decoder"};  // a decoder-only app never needs the encoder loaded
+    return a;
+}
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+int run(const Args& a) {
+    auto t0 = Clock::now();
+    vae::Runtime rt(a.bundle, a.options);
+    const double t_load = ms_since(t0);
+    const vae::ModelInfo& info = rt.info();
+
+    t0 = Clock::now();
+    std::vector<float> z;
+    std::int64_t batch;
+    if (!a.latents.empty()) {
+        npy::Array arr = npy::load(a.latents);
+        if (arr.shape.size() != 2 || arr.shape[1] != info.latent_dim) {
+            std::string hint = arr.shape.size() == 1 ? " (a single latent needs a batch axis: z[None])" : "";
+            throw vae::ShapeError(a.latents + ": shape " + npy::shape_str(arr.shape) + ", expected (N, " +
+                                  std::to_string(info.latent_dim) + ")" + hint);
+        }
+        batch = arr.shape[0];
+        z = std::move(arr.data);
+    } else {
+        batch = a.count;
+        std::mt19937 gen(static_cast<std::mt19937::result_type>(a.seed));
+        std::normal_distribution<float> normal(0.f, 1.f);
+        z.resize(rt.latent_elements(batch));
+        for (float& v : z) v = normal(gen);
+    }
+    const double t_latents = ms_since(t0);
+
+    std::vector<float> images(rt.image_elements(batch));
+    double best = 1e300, total = 0;
+    for (int r = 0; r < a.repeat; ++r) {
+        t0 = Clock::now();
+        rt.decode(z.data(), z.size(), batch, images.data(), images.size());
+        const double t = ms_since(t0);
+        best = std::min(best, t);
+        total += t;
+    }
+
+    const int C = info.out_channels, S = info.image_size;
+    const std::size_t per = static_cast<std::size_t>(C) * S * S;
+    t0 = Clock::now();
+    std::vector<std::vector<std::uint8_t>> pixels;
+    if (a.format != "none")
+        for (std::int64_t i = 0; i < batch; ++i)
+            pixels.push_back(imgio::to_uint8_hwc(images.data() + i * per, C, S, S, info.pixel_min, info.pixel_max));
+    const double t_convert = ms_since(t0);
+
+    t0 = Clock::now();
+    if (a.format != "none") {
+        ::mkdir(a.out.c_str(), 0755);  // an existing folder is fine; a failure shows up when the first file is written
+        for (std::int64_t i = 0; i < batch; ++i) {
+            char name[32];
+            std::snprintf(name, sizeof name, "image_%03lld.%s", static_cast<long long>(i), a.format.c_str());
+            const std::string path = a.out + "/" + name;
+            if (a.format == "png") imgio::write_png(path, pixels[i], S, S, C);
+            else imgio::write_pnm(path, pixels[i], S, S, C);
+        }
+    }
+    if (!a.save_npy.empty()) npy::save(a.save_npy, {batch, C, S, S}, images.data());
+    const double t_write = ms_since(t0);
+
+    std::printf("vae_decode: %s, %lld latent(s) of %d -> %d x %d x %d images\n", rt.backend_description().c_str(),
+                static_cast<long long>(batch), info.latent_dim, C, S, S);
+    std::printf("  %-10s %10.3f ms\n", "load", t_load);
+    std::printf("  %-10s %10.3f ms  (%s)\n", "latents", t_latents, a.latents.empty() ? "seeded" : a.latents.c_str());
+    std::printf("  %-10s %10.3f ms  best of %d, mean %.3f ms, %.3f ms/item\n", "decode", best, a.repeat,
+                total / a.repeat, best / static_cast<double>(batch));
+    std::printf("  %-10s %10.3f ms\n", "to_uint8", t_convert);
+    std::printf("  %-10s %10.3f ms  (%s)\n", "write", t_write,
+                a.format == "none" ? (a.save_npy.empty() ? "nothing" : a.save_npy.c_str()) : a.out.c_str());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Args args;
+    try {
+        args = parse(argc, argv);
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "vae_decode: error: %s\n%s", e.what(), kUsage);
+        return 2;
+    }
+    try {
+        return run(args);
+    } catch (const vae::Error& e) {
+        std::fprintf(stderr, "vae_decode: error: %s\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {  // file errors from npy / image writing
+        std::fprintf(stderr, "vae_decode: error: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,161 @@
+// c_api.cpp - the C ABI (vae_runtime.h) over vae::Runtime. Every entry point catches everything: a C++ exception
+// never crosses into C, and nothing here calls exit or abort. Errors become a status plus a thread-local message.
+#include <new>
+#include <sstream>
+#include <string>
+
+#include "vae/runtime.hpp"
+#include "vae_runtime.h"
+
+struct vae_runtime {
+    vae::Runtime rt;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+vae_status fail(vae_status status, const std::string& message) noexcept {
+    try {
+        g_last_error = message;
+    } catch (...) {
+        g_last_error.clear();  // out of memory while storing the message: the status still says what happened
+    }
+    return status;
+}
+
+// Runs f, turning every exception into a status; clears the last error on success.
+template <class F>
+vae_status guarded(F&& f) noexcept {
+    try {
+        f();
+        g_last_error.clear();
+        return VAE_OK;
+    } catch (const vae::Error& e) {
+        return fail(e.status(), e.what());
+    } catch (const std::bad_alloc&) {
+        return fail(VAE_ERR_INTERNAL, "out of memory");
+    } catch (const std::exception& e) {
+        return fail(VAE_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return fail(VAE_ERR_INTERNAL, "internal error: unknown exception");
+    }
+}
+
+std::vector<std::string> split_graphs(const char* s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        auto b = item.find_first_not_of(' '), e = item.find_last_not_of(' ');
+        if (b == std::string::npos) throw vae::InvalidArgumentError(std::string("graphs: empty entry in '") + s + "'");
+        out.push_back(item.substr(b, e - b + 1));
+    }
+    return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+void vae_options_init(vae_options* options) {
+    if (!options) return;
+    *options = vae_options{};
+    options->struct_size = sizeof(vae_options);
+    options->check_finite = 1;
+    options->verify_sha256 = 1;
+}
+
+vae_status vae_runtime_create(const char* bundle, const vae_options* options, vae_runtime** out) {
+    if (out) *out = nullptr;
+    return guarded([&] {
+        if (!out) throw vae::InvalidArgumentError("vae_runtime_create: out is NULL");
+        if (!bundle) throw vae::InvalidArgumentError("vae_runtime_create: bundle is NULL");
+        vae::Options opt;
+        if (options) {
+            // ABI version 1 has one layout; any other size is an uninitialised struct or a header mismatch.
+            if (options->struct_size != sizeof(vae_options))
+                throw vae::InvalidArgumentError("vae_options.struct_size is " + std::to_string(options->struct_size) +
+                                                ", expected " + std::to_string(sizeof(vae_options)) +
+                                                " (call vae_options_init first)");
+            if (options->backend) opt.backend = options->backend;
+            if (options->device) opt.device = options->device;
+            if (options->precision) opt.precision = options->precision;
+            if (options->execution_provider) opt.execution_provider = options->execution_provider;
+            if (options->graphs) opt.graphs = split_graphs(options->graphs);
+            opt.threads = options->threads;
+            opt.check_finite = options->check_finite != 0;
+            opt.verify_sha256 = options->verify_sha256 != 0;
+        }
+        *out = new vae_runtime{vae::Runtime(bundle, opt)};
+    });
+}
+
+void vae_runtime_destroy(vae_runtime* runtime) {
+    // Destructors of the engines do not throw; the guard is for the impossible case only.
+    try {
+        delete runtime;
+    } catch (...) {
+    }
+}
+
+vae_status vae_runtime_info(const vae_runtime* runtime, vae_model_info* info) {
+    return guarded([&] {
+        if (!runtime || !info) throw vae::InvalidArgumentError("vae_runtime_info: runtime or info is NULL");
+        if (info->struct_size != sizeof(vae_model_info))
+            throw vae::InvalidArgumentError("vae_model_info.struct_size is " + std::to_string(info->struct_size) +
+                                            ", expected " + std::to_string(sizeof(vae_model_info)));
+        const vae::ModelInfo& m = runtime->rt.info();
+        info->in_channels = m.in_channels;
+        info->out_channels = m.out_channels;
+        info->image_size = m.image_size;
+        info->latent_dim = m.latent_dim;
+        info->pixel_min = m.pixel_min;
+        info->pixel_max = m.pixel_max;
+        info->has_encoder = m.has_encoder;
+        info->has_decoder = m.has_decoder;
+    });
+}
+
+const char* vae_runtime_backend(const vae_runtime* runtime) {
+    return runtime ? runtime->rt.backend_description().c_str() : "";
+}
+
+vae_status vae_decode(vae_runtime* runtime, const float* z, int64_t batch, size_t z_count, float* image,
+                      size_t image_capacity) {
+    return guarded([&] {
+        if (!runtime) throw vae::InvalidArgumentError("vae_decode: runtime is NULL");
+        runtime->rt.decode(z, z_count, batch, image, image_capacity);
+    });
+}
+
+vae_status vae_encode(vae_runtime* runtime, const float* image, int64_t batch, size_t image_count, float* mu,
+                      size_t mu_capacity, float* logvar, size_t logvar_capacity) {
+    return guarded([&] {
+        if (!runtime) throw vae::InvalidArgumentError("vae_encode: runtime is NULL");
+        runtime->rt.encode(image, image_count, batch, mu, mu_capacity, logvar, logvar_capacity);
+    });
+}
+
+const char* vae_last_error(void) { return g_last_error.c_str(); }
+
+const char* vae_status_name(vae_status status) {
+    switch (status) {
+        case VAE_OK: return "VAE_OK";
+        case VAE_ERR_INVALID_ARGUMENT: return "VAE_ERR_INVALID_ARGUMENT";
+        case VAE_ERR_BUNDLE: return "VAE_ERR_BUNDLE";
+        case VAE_ERR_SHAPE: return "VAE_ERR_SHAPE";
+        case VAE_ERR_NON_FINITE: return "VAE_ERR_NON_FINITE";
+        case VAE_ERR_BACKEND: return "VAE_ERR_BACKEND";
+        case VAE_ERR_UNAVAILABLE: return "VAE_ERR_UNAVAILABLE";
+        case VAE_ERR_ENGINE_MISMATCH: return "VAE_ERR_ENGINE_MISMATCH";
+        case VAE_ERR_INTERNAL: return "VAE_ERR_INTERNAL";
+    }
+    return "VAE_ERR_UNKNOWN";
+}
+
+const char* vae_version(void) { return vae::version(); }
+
+int32_t vae_abi_version(void) { return VAE_RUNTIME_ABI_VERSION; }
+
+}  // extern "C"
