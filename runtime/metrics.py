@@ -4,6 +4,14 @@ Shared by the export parity gate, the runtime parity tool, the precision variant
 comparison knows whether it passed (`bool(report)`), keeps every output's numbers (max / mean / p99 absolute error,
 relative L2, cosine similarity, PSNR for images, NaN/Inf counts) and the smallest tolerance that would have passed,
 and collects every failing output before anyone raises.
+
+    report = compare_outputs(actual, expected, {"image": Tolerance(max_abs=1e-4)}, image_outputs={"image": (-1, 1)})
+    if not report: raise SomeError(report.table())       # every failing output, with its numbers
+
+Tolerances are looked up per output by its full name ("realistic.decoder.image"), then by its tensor name (the part
+after the last dot, "image"); a single Tolerance applies to every output. `OutputComparison.passes(tol)` re-checks a
+comparison against another tolerance without recomputing, and `smallest_passing()` is the tightest Tolerance that
+would still pass.
 """
 from __future__ import annotations
 
@@ -12,6 +20,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+
+# Failures that no tolerance can excuse (see OutputComparison.passes).
+_SHAPE = "shape"
+_MISSING = "output missing"
+_STRUCTURAL = (_SHAPE, _MISSING)
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,19 @@ class Tolerance:
         if self.min_cosine is not None:
             parts.append(f"cosine >= {self.min_cosine:g}")
         return ", ".join(parts) or "finite"
+
+    def violations(self, max_abs: float, rel_l2: float, psnr: float | None, cosine: float) -> tuple[str, ...]:
+        """Why these error numbers fail this tolerance (empty: they pass). NaN numbers fail every set criterion."""
+        out = []
+        if self.max_abs is not None and not max_abs <= self.max_abs:
+            out.append(f"max_abs {max_abs:.3g} > {self.max_abs:g}")
+        if self.rel_l2 is not None and not rel_l2 <= self.rel_l2:
+            out.append(f"rel_l2 {rel_l2:.3g} > {self.rel_l2:g}")
+        if self.min_psnr is not None and (psnr is None or not psnr >= self.min_psnr):
+            out.append(f"psnr {psnr if psnr is not None else float('nan'):.2f} dB < {self.min_psnr:g} dB")
+        if self.min_cosine is not None and not cosine >= self.min_cosine:
+            out.append(f"cosine {cosine:.6f} < {self.min_cosine:g}")
+        return tuple(out)
 
 
 # Defaults per precision, keyed by tensor name. FP32: bit-level agreement up to reassociation. FP16/INT8: the
@@ -75,8 +102,18 @@ class OutputComparison:
     def __bool__(self) -> bool:
         return self.passed
 
+    def passes(self, tolerance: Tolerance) -> bool:
+        """Would this output pass `tolerance`? (NaN/Inf values, a shape mismatch or a missing output never pass.)"""
+        if self.nan_count or self.inf_count or any(f.startswith(_STRUCTURAL) for f in self.failures):
+            return False
+        return not tolerance.violations(self.max_abs, self.rel_l2, self.psnr, self.cosine)
+
+    def smallest_passing(self) -> Tolerance:
+        """The tightest tolerance (every criterion set) that this output still passes, if it can pass any."""
+        return Tolerance(max_abs=self.max_abs, rel_l2=self.rel_l2, min_psnr=self.psnr, min_cosine=self.cosine)
+
     def needed(self) -> dict[str, float]:
-        """The smallest tolerance of each checked kind that this output would pass."""
+        """The smallest tolerance of each kind that this output would pass, as a dict (see smallest_passing)."""
         out: dict[str, float] = {"max_abs": self.max_abs, "rel_l2": self.rel_l2, "min_cosine": self.cosine}
         if self.psnr is not None:
             out["min_psnr"] = self.psnr
@@ -100,11 +137,12 @@ def compare_arrays(name: str, actual: np.ndarray, expected: np.ndarray, toleranc
     if a.shape != e.shape:
         nan = float("nan")
         return OutputComparison(name, tuple(a.shape), nan, nan, nan, nan, nan, None, 0, 0, tolerance,
-                                (f"shape {tuple(a.shape)} != expected {tuple(e.shape)}",))
+                                (f"{_SHAPE} {tuple(a.shape)} != expected {tuple(e.shape)}",))
     nan_count, inf_count = int(np.isnan(a).sum()), int(np.isinf(a).sum())
     diff = np.abs(a - e)
     finite = np.isfinite(diff)
-    d = diff[finite] if finite.any() else np.array([np.inf])
+    # An empty output (batch 0) has no error; an output with no finite difference at all has an infinite one.
+    d = np.zeros(1) if a.size == 0 else (diff[finite] if finite.any() else np.array([np.inf]))
     max_abs = float(d.max()) if finite.all() else float("inf")
     mean_abs, p99 = float(d.mean()), float(np.percentile(d, 99))
     ref_norm = float(np.linalg.norm(e))
@@ -115,22 +153,14 @@ def compare_arrays(name: str, actual: np.ndarray, expected: np.ndarray, toleranc
         1.0 if na == ref_norm == 0 else 0.0)
     psnr = None
     if pixel_range is not None:
-        span = pixel_range[1] - pixel_range[0]
+        span = float(pixel_range[1]) - float(pixel_range[0])
+        if not span > 0:
+            raise ValueError(f"{name}: pixel range {tuple(pixel_range)} is empty; expected (low, high) with low < high")
         mse = float(np.mean(np.where(finite, a - e, np.inf) ** 2))  # any NaN/Inf makes the MSE infinite
         psnr = float("inf") if mse == 0 else (float("-inf") if not math.isfinite(mse)
                                                else 10.0 * math.log10(span * span / mse))
-    failures = []
-    if nan_count or inf_count:
-        failures.append(f"{nan_count} NaN and {inf_count} Inf values")
-    t = tolerance
-    if t.max_abs is not None and not max_abs <= t.max_abs:
-        failures.append(f"max_abs {max_abs:.3g} > {t.max_abs:g}")
-    if t.rel_l2 is not None and not rel_l2 <= t.rel_l2:
-        failures.append(f"rel_l2 {rel_l2:.3g} > {t.rel_l2:g}")
-    if t.min_psnr is not None and (psnr is None or not psnr >= t.min_psnr):
-        failures.append(f"psnr {psnr if psnr is not None else float('nan'):.2f} dB < {t.min_psnr:g} dB")
-    if t.min_cosine is not None and not cosine >= t.min_cosine:
-        failures.append(f"cosine {cosine:.6f} < {t.min_cosine:g}")
+    failures = [f"{nan_count} NaN and {inf_count} Inf values"] if nan_count or inf_count else []
+    failures += tolerance.violations(max_abs, rel_l2, psnr, cosine)
     return OutputComparison(name, tuple(a.shape), max_abs, mean_abs, p99, rel_l2, cosine, psnr, nan_count,
                             inf_count, tolerance, tuple(failures))
 
@@ -149,6 +179,10 @@ class ComparisonReport:
 
     def __bool__(self) -> bool:
         return self.passed
+
+    def passes(self, tolerances: "Tolerance | Mapping[str, Tolerance]") -> bool:
+        """Would every output pass these tolerances (looked up as in compare_outputs)?"""
+        return all(o.passes(tolerance_for(o.name, tolerances)) for o in self.outputs)
 
     def failures(self) -> list[str]:
         return [f"{o.name}: {'; '.join(o.failures)}" for o in self.outputs if o.failures]
@@ -169,17 +203,33 @@ class ComparisonReport:
                 "outputs": [o.to_dict() for o in self.outputs]}
 
 
+def tolerance_for(name: str, tolerances: Tolerance | Mapping[str, Tolerance]) -> Tolerance:
+    """The tolerance of output `name`: a single Tolerance, or a mapping keyed by full name, then by tensor name."""
+    if isinstance(tolerances, Tolerance):
+        return tolerances
+    for key in (name, name.rsplit(".", 1)[-1]):
+        if key in tolerances:
+            return tolerances[key]
+    raise ValueError(f"no tolerance for output {name!r}: tolerances are given for {sorted(tolerances)} "
+                     "(keys are full output names or tensor names such as 'image')")
+
+
 def compare_outputs(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
-                    tolerances: Mapping[str, Tolerance], *, image_outputs: Mapping[str, tuple[float, float]] = {},
-                    label: str = "", meta: Mapping[str, Any] | None = None) -> ComparisonReport:
-    """Compare every expected output (missing actual outputs fail). Tolerances and image ranges are keyed by name."""
+                    tolerances: Tolerance | Mapping[str, Tolerance], *,
+                    image_outputs: Mapping[str, tuple[float, float]] = {}, label: str = "",
+                    meta: Mapping[str, Any] | None = None) -> ComparisonReport:
+    """Compare every expected output; a missing actual output fails, extra actual outputs are ignored.
+
+    tolerances: see tolerance_for. image_outputs: {output name: pixel range} of the outputs that are images (their
+    PSNR is computed over that range's span). Every output is compared before the caller decides to raise.
+    """
     outs = []
     for name, exp in expected.items():
-        tol = tolerances[name]
+        tol = tolerance_for(name, tolerances)
         if name not in actual:
             nan = float("nan")
             outs.append(OutputComparison(name, tuple(np.shape(exp)), nan, nan, nan, nan, nan, None, 0, 0, tol,
-                                         ("output missing",)))
+                                         (_MISSING,)))
             continue
         outs.append(compare_arrays(name, actual[name], exp, tol, image_outputs.get(name)))
     return ComparisonReport(tuple(outs), label=label, meta=dict(meta or {}))

@@ -1,6 +1,7 @@
 """ONNX export: graph hygiene, the BatchNorm fold (ConvTranspose axis included), parity gate, atomicity, bad input."""
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -16,10 +17,39 @@ from runtime.metrics import Tolerance
 from tests.conftest import TINY, make_model
 from vae_model import VAEConfig, load_checkpoint
 
+QUIET = {"log": lambda *a: None}
+
+
+def _ops(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def _ort_matches_pytorch(bundle, model, batch: int, seed: int, atol: float = 1e-4) -> None:
+    """Both graphs of `bundle` on ONNX Runtime CPU against `model` in PyTorch, at one batch size."""
+    cfg = model.config
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, cfg.latent_dim), dtype=np.float32)
+    img = rng.uniform(-1, 1, (batch, *cfg.image_shape)).astype(np.float32)
+    dec = ort.InferenceSession(str(bundle / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    enc = ort.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(dec.run(None, {"z": z})[0], model.decode(torch.from_numpy(z)).numpy(), atol=atol)
+        mu, logvar = enc.run(None, {"image": img})
+        post = model.encode(torch.from_numpy(img))
+    np.testing.assert_allclose(mu, post.mu.numpy(), atol=atol)
+    np.testing.assert_allclose(logvar, post.logvar.numpy(), atol=atol)
+
+
+def _save_on_cuda1(obj, path, monkeypatch) -> None:
+    """torch.save as if every tensor lived on cuda:1 (what PyTorch-VAE's multi-GPU runs wrote)."""
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:1")
+    torch.save(obj, path)
+    monkeypatch.undo()
+
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tiny_checkpoint, tmp_path_factory):
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("exp") / "bundle", log=lambda *a: None)
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("exp") / "bundle", **QUIET)
 
 
 def test_bundle_layout_and_manifest(tiny_bundle, tiny_checkpoint):
@@ -65,18 +95,7 @@ def test_reference_npz_holds_golden_and_realistic_sets(tiny_bundle):
 
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_dynamic_batch_matches_pytorch(tiny_bundle, tiny_checkpoint, batch):
-    model = load_checkpoint(tiny_checkpoint).model
-    rng = np.random.default_rng(batch)
-    z = rng.standard_normal((batch, 8), dtype=np.float32)
-    img = rng.uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
-    dec = ort.InferenceSession(str(tiny_bundle / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    enc = ort.InferenceSession(str(tiny_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        np.testing.assert_allclose(dec.run(None, {"z": z})[0], model.decode(torch.from_numpy(z)).numpy(), atol=1e-5)
-        mu, logvar = enc.run(None, {"image": img})
-        post = model.encode(torch.from_numpy(img))
-    np.testing.assert_allclose(mu, post.mu.numpy(), atol=1e-5)
-    np.testing.assert_allclose(logvar, post.logvar.numpy(), atol=1e-5)
+    _ort_matches_pytorch(tiny_bundle, load_checkpoint(tiny_checkpoint).model, batch, seed=batch, atol=1e-5)
 
 
 @pytest.mark.parametrize("cout_equals_cin", [True, False])
@@ -116,20 +135,26 @@ def test_fold_on_the_whole_model_is_exact():
         torch.testing.assert_close(folded.encode(x).mu, model.encode(x).mu, atol=1e-5, rtol=1e-4)
 
 
-def test_export_never_changes_the_callers_model(tmp_path):
-    model = make_model(TINY).train()  # train mode: the wrapper pitfall would flip it / export would freeze it
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_export_never_changes_the_callers_model(tmp_path, mode):
+    """torch.onnx.export of a train-mode wrapper flips the wrapped model back to train mode afterwards (TorchScript
+    exporter), and exporting in train mode would bake batch statistics in: the exporter must work on a copy."""
+    model = make_model(TINY)
+    model.train(mode != "eval")
+    if mode == "mixed":  # per-module modes must survive too, not just the top-level flag
+        model.encoder.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    export_model(model, tmp_path / "b", pixel_range=(-1.0, 1.0), log=lambda *a: None)
-    assert model.training and all(m.training for m in model.modules())
+    result = export_model(model, tmp_path / "b", pixel_range=(-1.0, 1.0), **QUIET)
+    assert {name: m.training for name, m in model.named_modules()} == modes
     after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    model.eval()
-    export_model(model, tmp_path / "c", pixel_range=(-1.0, 1.0), log=lambda *a: None)
-    assert not model.training and not any(m.training for m in model.modules())
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # Exported as it runs in inference: BatchNorm with running statistics, whatever mode the caller's model is in.
+    _ort_matches_pytorch(result.bundle, make_model(TINY).eval(), batch=3, seed=0)
 
 
 def test_single_graph_export(tiny_checkpoint, tmp_path):
-    out = export_bundle(tiny_checkpoint, tmp_path / "dec", graphs=["decoder"], log=lambda *a: None)
+    out = export_bundle(tiny_checkpoint, tmp_path / "dec", graphs=["decoder"], **QUIET)
     assert sorted(B.read_manifest(out).graphs) == ["decoder"]
     assert not (out / "encoder.onnx").exists()
     assert set(k.split(".")[-2] for k in np.load(out / "reference.npz").files) == {"decoder"}
@@ -138,31 +163,43 @@ def test_single_graph_export(tiny_checkpoint, tmp_path):
 def test_failed_parity_gate_leaves_no_bundle(tiny_checkpoint, tmp_path):
     impossible = {"image": Tolerance(max_abs=0.0), "mu": Tolerance(max_abs=0.0), "logvar": Tolerance(max_abs=0.0)}
     with pytest.raises(ParityError, match=r"decoder.image: max_abs .* > 0") as err:
-        export_bundle(tiny_checkpoint, tmp_path / "b", tolerances=impossible, log=lambda *a: None)
+        export_bundle(tiny_checkpoint, tmp_path / "b", tolerances=impossible, **QUIET)
     assert len(err.value.report.failures()) == 6  # every failing output is listed, not just the first
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_export_keeps_the_previous_bundle(tiny_checkpoint, tmp_path):
-    out = export_bundle(tiny_checkpoint, tmp_path / "b", log=lambda *a: None)
+    out = export_bundle(tiny_checkpoint, tmp_path / "b", **QUIET)
     before = (out / "vae.json").read_text()
     impossible = {k: Tolerance(max_abs=0.0) for k in ("image", "mu", "logvar")}
     with pytest.raises(ParityError):
-        export_bundle(tiny_checkpoint, out, tolerances=impossible, log=lambda *a: None)
+        export_bundle(tiny_checkpoint, out, tolerances=impossible, **QUIET)
     assert (out / "vae.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_lightning_checkpoint_on_cuda1_exports_on_cpu(tmp_path, monkeypatch):
-    from tests.vae_model.test_checkpoint import lightning_checkpoint, save_on_cuda1
+def _lightning(model) -> dict:
+    sd = collections.OrderedDict(("model." + k, v) for k, v in model.state_dict().items())
+    return {"epoch": 9, "global_step": 99, "pytorch-lightning_version": "1.5.6", "state_dict": sd,
+            "optimizer_states": [], "lr_schedulers": []}
 
-    path = tmp_path / "pl.ckpt"
-    save_on_cuda1(lightning_checkpoint(make_model(TINY)), path, monkeypatch)
-    out = export_bundle(path, tmp_path / "b", log=lambda *a: None)
+
+@pytest.mark.parametrize("kind, build, pixel_range", [
+    ("lightning", _lightning, (0.0, 1.0)),             # PyTorch-VAE trained on [0, 1] images
+    ("state_dict", lambda m: m.state_dict(), (-1.0, 1.0)),
+])
+def test_foreign_checkpoint_saved_on_cuda1_exports_on_cpu(tmp_path, monkeypatch, kind, build, pixel_range):
+    path = tmp_path / f"{kind}.ckpt"
+    _save_on_cuda1(build(make_model(TINY)), path, monkeypatch)
+    if torch.cuda.device_count() < 2:  # the file really cannot be loaded here without map_location
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=False)
+    out = export_bundle(path, tmp_path / "b", **QUIET)
     m = B.read_manifest(out)
-    assert m.pixel_range == (0.0, 1.0) and m.source["kind"] == "lightning"
+    assert m.pixel_range == pixel_range and m.source["kind"] == kind and m.parity["passed"]
     ref = np.load(out / "reference.npz")
-    assert ref["encoder.image"].min() >= 0.0  # golden images are drawn in the model's own pixel range
+    assert pixel_range[0] <= ref["encoder.image"].min() and ref["encoder.image"].max() <= pixel_range[1]
+    _ort_matches_pytorch(out, make_model(TINY), batch=2, seed=1)
 
 
 def test_cli_ok_and_bad_inputs(tiny_checkpoint, tmp_path, capsys):
@@ -191,5 +228,96 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp_p
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="not a bundle; refusing to replace it"):
-        export_bundle(tiny_checkpoint, tmp_path / "docs", log=lambda *a: None)
+        export_bundle(tiny_checkpoint, tmp_path / "docs", **QUIET)
     assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
+
+
+def test_decoder_rewrite_is_opt_in_and_recorded(tiny_bundle, tiny_checkpoint, tmp_path):
+    model = load_checkpoint(tiny_checkpoint).model
+    n_convt = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
+    # Default: every ConvTranspose (each followed by a randomized BatchNorm in the model) is there, folded, exact.
+    ops = _ops(tiny_bundle / "decoder.onnx")
+    assert ops["ConvTranspose"] == n_convt and "BatchNormalization" not in ops and "DepthToSpace" not in ops
+    assert "rewrites" not in {p.key for p in onnx.load(str(tiny_bundle / "decoder.onnx")).metadata_props}
+    fast = export_bundle(tiny_checkpoint, tmp_path / "fast", rewrite=True, **QUIET)
+    meta = {p.key: p.value for p in onnx.load(str(fast / "decoder.onnx")).metadata_props}
+    assert meta["rewrites"].startswith("fold_stem") and "subpixel" in meta["rewrites"]
+    ops = _ops(fast / "decoder.onnx")
+    assert ops["DepthToSpace"] == 1 and ops["ConvTranspose"] < n_convt and "BatchNormalization" not in ops
+    assert B.read_manifest(fast).parity["passed"]
+    _ort_matches_pytorch(fast, model, batch=3, seed=3, atol=1e-5)
+
+
+def test_default_size_model_exports_with_parity(default_checkpoint, tmp_path):
+    result_dir = export_bundle(default_checkpoint, tmp_path / "b", **QUIET)
+    m = B.read_manifest(result_dir)
+    assert m.model.image_size == 64 and m.model.latent_dim == 128 and m.parity["passed"]
+    assert len(m.parity["outputs"]) == 6 and all(o["max_abs"] <= 1e-4 for o in m.parity["outputs"].values())
+    for graph in B.GRAPHS:
+        assert "BatchNormalization" not in _ops(result_dir / f"{graph}.onnx")
+    _ort_matches_pytorch(result_dir, load_checkpoint(default_checkpoint).model, batch=17, seed=17)
+
+
+def test_requested_opset_is_the_exported_opset(tiny_checkpoint, tmp_path):
+    out = export_bundle(tiny_checkpoint, tmp_path / "b", opset=20, graphs=["decoder"], **QUIET)
+    assert B.read_manifest(out).graph("decoder").opset == 20
+    m = onnx.load(str(out / "decoder.onnx"))
+    assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [20]
+
+
+def test_interrupted_export_keeps_the_previous_bundle_and_leaves_no_temp_files(tiny_checkpoint, tmp_path):
+    out = export_bundle(tiny_checkpoint, tmp_path / "b", graphs=["decoder"], **QUIET)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupt_after_decoder(msg: str) -> None:  # Ctrl-C arrives once a graph file has been written
+        if msg.startswith("exported decoder.onnx"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(tiny_checkpoint, out, seed=1, log=interrupt_after_decoder)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_cli_parity_failure_exits_1_with_the_numbers_and_no_bundle(tiny_checkpoint, tmp_path, capsys):
+    assert main([str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--max-abs", "0"]) == 1
+    cap = capsys.readouterr()
+    assert "FAIL" in cap.out  # the table is printed
+    for output in ("decoder.image", "encoder.mu", "encoder.logvar", "realistic.decoder.image"):
+        assert f"{output}: max_abs" in cap.err and "> 0" in cap.err
+    assert "no bundle was written" in cap.err and "Traceback" not in cap.err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--opset", "29"], "--opset 29: unsupported; expected 18 to"),
+    (["--opset", "17"], "--opset 17: unsupported"),
+    (["--max-abs", "-1"], "--max-abs must be >= 0"),
+    (["--reference-batch", "0"], "--reference-batch must be >= 1"),
+    (["--graphs", ""], "--graphs: expected some of"),
+])
+def test_cli_bad_options_exit_2(tiny_checkpoint, tmp_path, capsys, args, message):
+    assert main([str(tiny_checkpoint), "--out", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_unwritable_output_exits_2(tiny_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert main([str(tiny_checkpoint), "--out", str(blocker / "bundle")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {blocker / 'bundle'}: cannot create a bundle there" in err and str(blocker) in err
+    assert main([str(tiny_checkpoint), "--out", str(blocker)]) == 2
+    assert f"--out {blocker}: exists and is not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"] and blocker.read_text() == "not a folder"
+
+
+def test_cli_truncated_checkpoint_exits_2(tiny_checkpoint, tmp_path, capsys):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    assert main([str(cut), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cut.pt" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt"]
