@@ -80,7 +80,9 @@ def compare(key: str, old: LatencyStats, new: LatencyStats, *, old_drift: float 
             floor: float = 0.05) -> Change:
     ratio = new.p50_ms / old.p50_ms if old.p50_ms > 0 else math.inf
     band = noise_band(old_drift, new_drift, floor)
-    significant = abs(ratio - 1.0) > band
+    # Drift is a max/min ratio, so noise is multiplicative and symmetric: a 2x slow-down and a 2x speed-up are
+    # equally believable. Beyond the band means ratio > 1 + band or ratio < 1 / (1 + band).
+    significant = ratio > 1.0 + band or ratio * (1.0 + band) < 1.0
     verdict = "same" if not significant else ("regression" if ratio > 1 else "improvement")
     return Change(key=key, old_p50_ms=old.p50_ms, new_p50_ms=new.p50_ms, ratio=ratio, noise=band,
                   significant=significant, verdict=verdict)

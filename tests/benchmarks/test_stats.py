@@ -46,3 +46,11 @@ def test_noise_band_is_the_larger_drift_with_a_floor():
     assert noise_band() == pytest.approx(0.05)
     assert noise_band(1.02, 1.01) == pytest.approx(0.05)
     assert noise_band(1.3, 1.1) == pytest.approx(0.3)
+
+
+def test_noise_is_multiplicative_so_a_speedup_and_a_slowdown_of_the_same_factor_get_the_same_verdict():
+    base = summarize([10.0] * 20, batch=1)
+    # with rounds that drifted 1.5x, a 1.6x change is beyond the noise both ways; a 1.4x change is not, either way
+    for factor, verdict in ((1.6, "regression"), (1 / 1.6, "improvement"), (1.4, "same"), (1 / 1.4, "same")):
+        c = compare("k", base, summarize([10.0 * factor] * 20, batch=1), old_drift=1.5)
+        assert c.verdict == verdict, (factor, c)
