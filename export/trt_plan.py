@@ -187,6 +187,12 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
                             f"not on {target.label}")
         if precision == "fp32":
             raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
+        if not o.min_batch == o.opt_batch == o.max_batch:
+            # TensorRT's DLA restrictions: a DLA engine has one fixed input shape (min = opt = max).
+            raise PlanError(f"--dla-core: DLA engines need a fixed batch (min = opt = max), got --min-batch "
+                            f"{o.min_batch} --opt-batch {o.opt_batch} --max-batch {o.max_batch}; e.g. pass "
+                            f"--min-batch 4 --opt-batch 4 --max-batch 4 (the golden reference's batches are "
+                            f"multiples of 4, so parity can run on it)")
         set_flags.append("GPU_FALLBACK")
         notes.append("DLA: layers DLA cannot run fall back to the GPU (TensorRT logs each one while building); every "
                      "switch between DLA and GPU costs a transfer")

@@ -347,6 +347,11 @@ class TensorRTBackend(Backend):
             self._runtime = trt.Runtime(trt_logger(trt))  # only ever created after a GPU was seen
             for g, path in files.items():
                 spec = manifest.graph(g)
+                # A DLA engine must be deserialized with the runtime on the DLA core it was built for (as trtexec's
+                # --useDLACore does at load); GPU engines leave the runtime's default.
+                dla = ((sidecars.get(g) or {}).get("build_options") or {}).get("dla_core")
+                if dla is not None:
+                    self._runtime.DLA_core = int(dla)
                 self.runners[g] = EngineRunner(trt, cudart, self._runtime, Path(path).read_bytes(), graph=g,
                                                inputs=tuple(t.name for t in spec.inputs),
                                                outputs=tuple(t.name for t in spec.outputs),

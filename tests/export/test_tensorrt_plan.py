@@ -118,8 +118,13 @@ def test_old_tensorrt_is_refused_with_the_jetpack_hint():
 
 
 def test_dla_rules():
-    plan = plan_build(TRT103, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=1), ORIN)
+    fixed = dict(min_batch=4, opt_batch=4, max_batch=4)
+    plan = plan_build(TRT103, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=1, **fixed), ORIN)
     assert plan.dla_core == 1 and "GPU_FALLBACK" in plan.set_flags
+    assert plan.profile.batch == (4, 4, 4)
+    # DLA engines have one fixed input shape: a dynamic batch profile is refused with the options to pass
+    with pytest.raises(PlanError, match=r"fixed batch.*--min-batch 1 --opt-batch 8 --max-batch 32"):
+        plan_build(TRT103, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=1), ORIN)
     with pytest.raises(PlanError, match="FP16 and INT8 only"):
         plan_build(TRT103, B.DECODER, "fp32", manifest(), BuildOptions(dla_core=0), ORIN)
     with pytest.raises(PlanError, match="TensorRT 10.x"):
@@ -169,7 +174,8 @@ def test_trtexec_trt10_fp16_has_precision_flags_and_shapes():
 
 
 def test_trtexec_trt10_dla_and_int8():
-    plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS), BuildOptions(dla_core=0), ORIN)
+    plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS),
+                      BuildOptions(dla_core=0, min_batch=2, opt_batch=2, max_batch=2), ORIN)
     args = trtexec_args(plan, "/b")
     assert "--int8" in args and "--fp16" not in args and "--onnx=/b/decoder.int8.onnx" in args
     assert "--useDLACore=0" in args and "--allowGPUFallback" in args

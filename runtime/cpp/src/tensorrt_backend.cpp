@@ -239,9 +239,19 @@ private:
                                    "TensorRT " + kTrtVersion + ", GPU " + slug_ + ", " + machine_ +
                                    "). Build it here with:\n  " + rebuild_default);
         std::vector<char> bytes((std::istreambuf_iterator<char>(probe)), std::istreambuf_iterator<char>());
-        check_sidecar(m, opt, spec, plan, sidecar, bytes);
+        const int dla_core = check_sidecar(m, opt, spec, plan, sidecar, bytes);
 
         auto ge = std::make_unique<GraphEngine>();
+        // A DLA engine is deserialized with the runtime on the DLA core it was built for (trtexec --useDLACore does
+        // the same at load); GPU engines leave the runtime's default.
+        // export/trt_plan.py plans DLA builds for TensorRT 10.x only.
+#if NV_TENSORRT_MAJOR <= 10
+        if (dla_core >= 0) runtime_->setDLACore(dla_core);
+#else
+        if (dla_core >= 0)
+            throw UnavailableError(plan + ": a DLA engine (core " + std::to_string(dla_core) + "); this runtime "
+                                   "runs DLA engines with TensorRT 10.x (JetPack 6) only");
+#endif
         ge->engine.reset(runtime_->deserializeCudaEngine(bytes.data(), bytes.size()));
         if (!ge->engine) throw BundleError(plan + ": TensorRT cannot deserialize this engine: " + logger_.last());
         ge->context.reset(ge->engine->createExecutionContext());
@@ -263,7 +273,8 @@ private:
     }
 
     // Mirrors runtime.engines.check_sidecar: collect every reason, then refuse with all of them.
-    void check_sidecar(const Manifest& m, const Options& opt, const GraphSpec& spec, const std::string& plan,
+    // Returns the DLA core the engine was built for (build_options.dla_core), or -1 for a GPU engine.
+    int check_sidecar(const Manifest& m, const Options& opt, const GraphSpec& spec, const std::string& plan,
                        const std::string& path, const std::vector<char>& bytes) {
         json sc;
         try {
@@ -313,7 +324,11 @@ private:
         } catch (const json::exception& e) {
             throw UnavailableError(path + ": malformed engine sidecar: " + e.what());
         }
-        if (bad.empty()) return;
+        if (bad.empty()) {
+            const json* bo = sc.contains("build_options") ? &sc["build_options"] : nullptr;
+            return bo && bo->is_object() && bo->contains("dla_core") && (*bo)["dla_core"].is_number_integer()
+                       ? (*bo)["dla_core"].get<int>() : -1;
+        }
         std::string cmd = "python -m export.to_tensorrt " + m.root + " --graphs " + spec.name + " --precision " +
                           opt.precision;
         if (sc.contains("profile") && sc["profile"].contains("min")) {
