@@ -84,6 +84,8 @@ class Plan:
     threads: int | None = None
     checkpoint: Path | None = None
     cold_start: bool = True
+    cold_start_runs: int = 3
+    spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
     progress: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -124,6 +126,8 @@ def _load(plan: Plan, backend: str, precision: str):
         kwargs["threads"] = plan.threads
     if backend == "torch" and plan.checkpoint:
         kwargs["checkpoint"] = plan.checkpoint
+    if backend == "onnxruntime" and plan.spinning is not None:
+        kwargs["spinning"] = plan.spinning
     return runtime.load(plan.bundle, **kwargs)
 
 
@@ -204,7 +208,8 @@ def run(plan: Plan) -> dict[str, Any]:
         "bundle": str(plan.bundle),
         "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
                  "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
-                 "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed},
+                 "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
+                 "spinning": plan.spinning, "cold_start_runs": plan.cold_start_runs},
         "environment": environment.collect(plan.threads),
         "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings},
         "interrupted": interrupted,
@@ -218,7 +223,7 @@ def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
 
 
 def _cold_starts(plan: Plan, manifest) -> list[dict[str, Any]]:
-    from .coldstart import ColdStartError, cold_start_runtime, cold_start_torch
+    from .coldstart import ColdStartError, best_of, cold_start_runtime, cold_start_torch
 
     out = []
     for backend in plan.backends:
@@ -229,11 +234,12 @@ def _cold_starts(plan: Plan, manifest) -> list[dict[str, Any]]:
                 if plan.checkpoint is None:
                     out.append({"path": "torch", "status": "skipped", "reason": "needs --checkpoint"})
                     continue
-                r = cold_start_torch(plan.checkpoint)
+                r = best_of(lambda: cold_start_torch(plan.checkpoint), plan.cold_start_runs)
             elif backend == "cpp":
                 continue
             else:
-                r = cold_start_runtime(plan.bundle, backend, plan.precisions[0])
+                r = best_of(lambda: cold_start_runtime(plan.bundle, backend, plan.precisions[0]),
+                            plan.cold_start_runs)
             out.append({**r.to_dict(), "status": "ok"})
         except ColdStartError as e:
             out.append({"path": backend, "status": "error", "reason": str(e)})
@@ -259,10 +265,15 @@ def format_table(report: dict[str, Any]) -> str:
     c = report["matmul_ceiling_gflops"]
     lines.append(f"FP32 matmul ceiling: best {c['best']:.1f} GFLOP/s over {len(c['samples'])} rounds "
                  f"({', '.join(f'{x:.1f}' for x in c['samples'])})")
+    cold = {cs["path"]: cs for cs in report.get("cold_start", []) if cs.get("status") == "ok"}
     for cs in report.get("cold_start", []):
         if cs.get("status") == "ok":
+            runs = cs.get("runs", 1)
+            ratio = (f", torch / this {cold['torch']['first_result_s'] / cs['first_result_s']:.1f}x"
+                     if "torch" in cold and cs["path"] != "torch" else "")
             lines.append(f"cold start {cs['path']:<20} first image {cs['first_result_s']:.3f} s, "
-                         f"peak RSS {cs['peak_rss_mib']:.1f} MiB")
+                         f"peak RSS {cs['peak_rss_mib']:.1f} MiB (best time, highest RSS of {runs} run"
+                         f"{'s' if runs != 1 else ''}){ratio}")
         else:
             lines.append(f"cold start {cs['path']:<20} {cs['status']}: {cs.get('reason', '')}")
     return "\n".join(lines)
@@ -340,7 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds the time is split into")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the torch backend and its cold start")
-    p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
+    p.add_argument("--cold-start-runs", type=int, default=3, metavar="N",
+                   help="fresh processes per cold-start path: best time, highest peak RSS (default 3)")
+    p.add_argument("--spinning", choices=("on", "off"), default=None,
+                   help="ONNX Runtime intra-op thread spinning (default: ONNX Runtime's, on). 'off' is slower on "
+                        "cores of one's own, kinder to other processes on shared cores")
     p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
     p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
     p.add_argument("--seed", type=int, default=0)
@@ -363,8 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [p for p in args.precision if p not in ("fp32", "fp16", "int8")]
         if bad:
             raise BenchError(f"--precision: unknown {bad}; expected some of fp32, fp16, int8")
-        if args.rounds < 1 or (args.iterations is not None and args.iterations < 1):
-            raise BenchError("--rounds and --iterations must be >= 1")
+        if args.rounds < 1 or (args.iterations is not None and args.iterations < 1) or args.cold_start_runs < 1:
+            raise BenchError("--rounds, --iterations and --cold-start-runs must be >= 1")
         old = None
         if args.compare is not None:
             try:
@@ -380,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = Plan(bundle=args.bundle, backends=args.backends, graphs=args.graphs, precisions=args.precision,
                 batches=args.batch, warmup_s=args.warmup, duration_s=duration, iterations=args.iterations,
                 rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
-                cold_start=not args.no_cold_start, progress=not args.no_progress, seed=args.seed)
+                cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
+                spinning=None if args.spinning is None else args.spinning == "on",
+                progress=not args.no_progress, seed=args.seed)
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

@@ -41,8 +41,8 @@ backend gets the faster graph. Measured effects: benchmarks/NOTES.md.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ class RewriteResult:
 
     model: nn.Module
     replaced: tuple[str, ...]
+    absorbed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # replaced name -> qualified names taken
 
 
 def is_subpixel_candidate(m: nn.Module) -> bool:
@@ -238,7 +239,7 @@ def subpixel_upsampling(model: nn.Module, form: str = "phases", absorb_head: boo
     if form not in FORMS:
         raise RewriteError(f"sub-pixel form: expected one of {list(FORMS)}, got {form!r}")
     out = copy.deepcopy(model)
-    replaced = []
+    replaced, taken = [], {}
     for prefix, parent in list(out.named_modules()):
         children = list(parent.named_children())
         is_seq = isinstance(parent, nn.Sequential)
@@ -265,8 +266,9 @@ def subpixel_upsampling(model: nn.Module, form: str = "phases", absorb_head: boo
             for other in absorbed:
                 setattr(parent, other, nn.Identity())
             replaced.append(qual + (f" (+{'+'.join(absorbed)})" if absorbed else ""))
+            taken[qual] = tuple(f"{prefix}.{o}" if prefix else o for o in absorbed)
     out.train(model.training)
-    return RewriteResult(out, tuple(replaced))
+    return RewriteResult(out, tuple(replaced), taken)
 
 
 # ----------------------------------------------------------------------------------------------- the decoder graph
@@ -310,10 +312,29 @@ class RewrittenDecoder(nn.Module):
 
 @dataclass(frozen=True)
 class DecoderRewrite:
-    """The rewritten decoder and what was done, in order (for the log and the manifest)."""
+    """The rewritten decoder and what was done, in order (for the log and the graph's metadata).
+
+    options: the keyword arguments of rewrite_decoder that built it; export records them in the decoder graph's
+    metadata ("rewrite_options", JSON), so a debugging tool can rebuild the same module from the checkpoint.
+    sources: rewritten module name -> the original VanillaVAE module(s) it computes, e.g. "body.0.1.0" ->
+    "decoder.1.0", "stem" -> "decoder_input + decoder.0.0", a sub-pixel block -> "final_layer.0 + final_layer.2 +
+    final_layer.3 + final_layer.4". A module that fuses several layers can only be compared as a whole.
+    """
 
     module: RewrittenDecoder
     applied: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def fused(self) -> dict[str, str]:
+        """The rewritten modules that stand for more than one original layer (name -> their original names)."""
+        return {k: v for k, v in self.sources.items() if " + " in v}
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The SubPixelUpsample modules in execution order; each ends in exactly one DepthToSpace in the graph."""
+        return tuple(n for n, m in self.module.named_modules() if isinstance(m, SubPixelUpsample))
 
 
 def _has_batchnorm(m: nn.Module) -> bool:
@@ -342,7 +363,7 @@ def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases
     stem_shape = (cfg.hidden_dims[-1], cfg.bottleneck_size, cfg.bottleneck_size)
     stem = copy.deepcopy(vae.decoder_input)
     decoder = copy.deepcopy(vae.decoder)
-    applied = []
+    applied, stem_folded = [], False
     first = decoder[0][0] if len(decoder) and isinstance(decoder[0], nn.Sequential) else None
     if fold_stem and isinstance(first, nn.ConvTranspose2d):
         c0, s, _ = stem_shape
@@ -353,6 +374,7 @@ def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases
                 + first.output_padding[0]
             stem, stem_shape = composed, (first.out_channels, out_side, out_side)
             decoder[0][0] = nn.Identity()
+            stem_folded = True
             applied.append(f"fold_stem: decoder_input + decoder.0.0 -> Linear({composed.in_features}, "
                            f"{composed.out_features}) ({before / 1e6:.2f} -> "
                            f"{composed.in_features * composed.out_features / 1e6:.2f} M MAC/image)")
@@ -364,4 +386,25 @@ def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases
     result = subpixel_upsampling(body, form=form, absorb_head=absorb_head, only=only)
     applied += [f"subpixel[{form}]: {name}" for name in result.replaced]
     out = RewrittenDecoder(stem, stem_shape, result.model).eval()
-    return DecoderRewrite(out, tuple(applied))
+    options = {"layers": layers, "form": form, "absorb_head": bool(absorb_head), "fold_stem": bool(fold_stem)}
+    return DecoderRewrite(out, tuple(applied), options,
+                          _sources(out, folded_stem=stem_folded, absorbed=result.absorbed))
+
+
+def _original_name(name: str) -> str:
+    """body.0.X -> decoder.X, body.1.X -> final_layer.X (RewrittenDecoder keeps the original indices)."""
+    for new, old in (("body.0", "decoder"), ("body.1", "final_layer")):
+        if name == new or name.startswith(new + "."):
+            return old + name[len(new):]
+    return name
+
+
+def _sources(module: RewrittenDecoder, *, folded_stem: bool,
+             absorbed: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    out = {"stem": "decoder_input + decoder.0.0" if folded_stem else "decoder_input"}
+    for name, m in module.body.named_modules():
+        if not name or isinstance(m, nn.Identity) or any(name.startswith(r + ".") for r in absorbed):
+            continue
+        parts = [name, *absorbed.get(name, ())]
+        out[f"body.{name}"] = " + ".join(_original_name(f"body.{p}") for p in parts)
+    return out

@@ -1,20 +1,23 @@
 """Export a VAE checkpoint to a verified encoder/decoder ONNX bundle.
 
-    python -m export.to_onnx CKPT [--out DIR] [--opset N] [--graphs encoder,decoder] [--no-verify] [--rewrite]
+    python -m export.to_onnx CKPT [--out DIR] [--opset N] [--graphs encoder,decoder] [--no-verify] [--no-rewrite]
 
 Writes DIR/{encoder.onnx, decoder.onnx, vae.json, reference.npz} (contract: runtime/bundle.py). Steps:
 1. An eval-mode FP32 CPU copy of the model (the caller's model keeps its mode and weights), BatchNorm folded into
    the convolutions (export/passes.py; ConvTranspose weights scaled along axis 1) and checked against the unfolded
    model (max abs <= 1e-4).
-2. Opt-in (`--rewrite`): the decoder's speed rewrite (export/rewrites.py: stem Linear + first ConvTranspose composed
-   into one Linear, the last upsampling block in sub-pixel form; ~2x faster on ONNX Runtime CPU, benchmarks/NOTES.md),
-   checked against the original model in PyTorch. Off by default because the rewritten decoder no longer mirrors the
-   PyTorch modules (e.g. `decoder_input` is merged away), which runtime.divergence relies on to name the layer where
-   a failing deployment first diverges; and its benefit on TensorRT is not measured yet.
+2. The decoder's speed rewrite, on by default (`--no-rewrite` opts out; export/rewrites.py): the stem Linear and the
+   first ConvTranspose composed into one Linear, the last upsampling block in sub-pixel form computed at the low
+   resolution; exact (checked against the original model in PyTorch before export) and ~2x faster on ONNX Runtime CPU
+   (benchmarks/NOTES.md). The decoder graph's metadata records it: "rewrites" (what was done) and "rewrite_options"
+   (JSON arguments of rewrite_decoder). runtime.divergence reads them to rebuild the same rewritten PyTorch module
+   when it looks for the first diverging layer; a block the rewrite fused (e.g. final_layer's ConvTranspose +
+   LeakyReLU + Conv + Tanh) can then only be named as a whole. Opt out for a graph whose every node maps to one
+   PyTorch module, or to compare with the plain form; the rewrite's effect on TensorRT is not measured yet.
 3. Per graph: the torch.export-based ("dynamo") exporter with a dynamic `batch` axis; onnxslim constant folding and
    simplification; no BatchNormalization node allowed; metadata props (producer, version, latent_dim, image size,
-   pixel range, source checkpoint sha256, rewrites); strict shape inference and onnx.checker full check; one
-   self-contained file (no external data).
+   pixel range, source checkpoint sha256; the decoder's rewrites); strict shape inference and onnx.checker full
+   check; one self-contained file (no external data).
 4. The parity gate: both graphs on ONNX Runtime CPU on the seeded golden inputs and on realistic ones (decoded prior
    samples and embedded dataset images into the encoder; prior latents and the encoder's means of those images into
    the decoder), compared with the original PyTorch FP32 model; FP32 tolerance max abs <= 1e-4 per output (--max-abs).
@@ -39,6 +42,7 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import logging
 import os
 import shutil
@@ -275,7 +279,7 @@ def parity_report(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.nd
 def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float, float], source: Mapping | None = None,
                  opset: int = DEFAULT_OPSET, graphs: Sequence[str] = B.GRAPHS, verify: bool = True,
                  batch_for_reference: int = 4, seed: int = 0, tolerances: Mapping[str, Tolerance] | None = None,
-                 rewrite: bool = False, log=print) -> ExportResult:
+                 rewrite: bool = True, log=print) -> ExportResult:
     """Export an in-memory VanillaVAE (left untouched) to a bundle at out_dir. See the module docstring."""
     import onnx
     import onnxruntime
@@ -323,6 +327,7 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
         raise ExportError(f"--out {out_dir}: cannot create a bundle there ({where})") from None
     try:
         modules = _graph_modules(folded)
+        graph_meta: dict[str, dict[str, str]] = {g: {} for g in graphs}
         if rewrite and B.DECODER in graphs:
             # Checked here against the original model before it is exported (exact up to FP32 rounding).
             from export.rewrites import RewriteError, rewrite_decoder
@@ -330,7 +335,7 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
             try:
                 rw = rewrite_decoder(folded)
             except RewriteError as e:
-                raise ExportError(f"{e} (export without --rewrite)") from None
+                raise ExportError(f"{e} (export with --no-rewrite)") from None
             with torch.no_grad():
                 got = {f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
                        for k, x in inputs.items() if _split_key(k)[1] == B.DECODER}
@@ -338,14 +343,15 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
             if not check:
                 raise ParityError(check)
             modules[B.DECODER] = rw.module
-            metadata = {**metadata, "rewrites": "; ".join(rw.applied) or "none"}
-            log(f"decoder rewrites: {metadata['rewrites']}")
+            graph_meta[B.DECODER] = {"rewrites": "; ".join(rw.applied) or "none",
+                                     "rewrite_options": json.dumps(dict(rw.options), sort_keys=True)}
+            log(f"decoder rewrites: {graph_meta[B.DECODER]['rewrites']}")
         examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
         specs = {}
         for graph in graphs:
             t = time.perf_counter()
             path = tmp / f"{graph}.onnx"
-            export_graph(modules[graph], graph, examples[graph], path, opset, metadata)
+            export_graph(modules[graph], graph, examples[graph], path, opset, {**metadata, **graph_meta[graph]})
             specs[graph] = _graph_spec(graph, path)
             log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
 
@@ -409,7 +415,7 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int | None = None,
                   graphs: Sequence[str] = B.GRAPHS, verify: bool = True, batch_for_reference: int = 4, seed: int = 0,
-                  tolerances: Mapping[str, Tolerance] | None = None, rewrite: bool = False, log=print) -> Path:
+                  tolerances: Mapping[str, Tolerance] | None = None, rewrite: bool = True, log=print) -> Path:
     """Load any checkpoint vae_model.load_checkpoint accepts and export it; returns the bundle folder."""
     from vae_model import load_checkpoint
 
@@ -440,9 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma-separated graphs to export (default {','.join(B.GRAPHS)})")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the parity gate (prints a warning; vae.json records parity as unverified)")
-    p.add_argument("--rewrite", action="store_true",
-                   help="speed-rewrite the decoder (export/rewrites.py: ~2x faster on ONNX Runtime CPU, exact; "
-                        "runtime.parity's divergence finder cannot map its layers back to PyTorch)")
+    p.add_argument("--no-rewrite", action="store_true",
+                   help="export the decoder as the PyTorch modules are, without the speed rewrite (export/rewrites.py,"
+                        " on by default: exact, ~2x faster on ONNX Runtime CPU; the divergence finder then names the "
+                        "blocks it fused only as a whole)")
     p.add_argument("--max-abs", type=float, default=None, metavar="TOL",
                    help="parity tolerance: max abs error per output against PyTorch FP32 (default "
                         f"{default_tolerance('fp32', B.IMAGE).max_abs:g})")
@@ -461,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tolerances = None if args.max_abs is None else {
             t: Tolerance(max_abs=args.max_abs) for t in (B.IMAGE, B.MU, B.LOGVAR)}
         bundle = export_bundle(args.checkpoint, out, opset=args.opset, graphs=args.graphs.split(","),
-                               verify=not args.no_verify, rewrite=args.rewrite, tolerances=tolerances,
+                               verify=not args.no_verify, rewrite=not args.no_rewrite, tolerances=tolerances,
                                batch_for_reference=args.reference_batch, seed=args.seed)
     except ParityError as e:
         print(f"error: {e}\nno bundle was written", file=sys.stderr)

@@ -11,12 +11,24 @@ the BatchNorm that follows the module in PyTorch. An activation node (LeakyRelu,
 anchored tensor is mapped to the module after it in the same Sequential. Each anchor's tensor is marked as a graph
 output, the graph runs on ONNX Runtime CPU, the PyTorch model runs with forward hooks on the same input, and anchors
 are compared in graph (topological) order: the first whose relative L2 error exceeds the threshold is the culprit.
+
+Rewritten decoders. By default export.to_onnx speed-rewrites the decoder (export/rewrites.py) and records it in the
+decoder graph's metadata: "rewrites" (what was done) and "rewrite_options" (JSON, the arguments of rewrite_decoder).
+Such a graph no longer mirrors the model's modules (the stem Linear absorbs the first ConvTranspose, the last
+upsampling block runs as sub-pixel phases), so for it the PyTorch side is rebuilt the same way from the checkpoint -
+export.passes.fold_batchnorm, then export.rewrites.rewrite_decoder with the recorded options - and its parameter names
+are the graph's initializer names again. This is the one place the runtime package imports `export`: a development
+tool that must apply the very pass the exporter applied. Anchors are named by the original modules they compute
+(`decoder.1.0`, `decoder_input + decoder.0.0`); a fused sub-pixel block is compared only as a whole, at the
+DepthToSpace that ends it (the k-th DepthToSpace of the graph is the k-th block), and the report says which layers
+it cannot tell apart. The rebuilt module is the BN-folded one, exact to FP32 rounding (~1e-7 relative).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +54,16 @@ class Anchor:
     max_abs: float
     rel_l2: float
     diverged: bool
+    rewritten_module: str = ""   # the module of the rewritten PyTorch decoder compared here ("" without rewrite)
+    fused: bool = False          # it stands for several original layers (compared as one block)
 
     def describe(self) -> str:
+        where = ""
+        if self.fused:
+            where = (f" (one block since the export's decoder rewrite, {self.rewritten_module}: the layers inside it "
+                     "cannot be told apart)")
         return (f"ONNX node {self.onnx_node!r} ({self.onnx_op}, output {self.onnx_output!r}) vs PyTorch "
-                f"{self.torch_module!r}: max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}")
+                f"{self.torch_module!r}{where}: max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,7 @@ class Divergence:
     precision: str
     threshold: float
     anchors: tuple[Anchor, ...]
+    notes: tuple[str, ...] = field(default=())   # e.g. how a rewritten graph was matched, what it cannot name
 
     @property
     def first(self) -> Anchor | None:
@@ -71,7 +90,7 @@ class Divergence:
     def to_dict(self) -> dict[str, Any]:
         return {"graph": self.graph, "precision": self.precision, "threshold": self.threshold,
                 "first": None if self.first is None else self.first.__dict__,
-                "anchors": [a.__dict__ for a in self.anchors]}
+                "anchors": [a.__dict__ for a in self.anchors], "notes": list(self.notes)}
 
 
 def _torch_targets(model) -> dict[str, str]:
@@ -89,17 +108,29 @@ def _torch_targets(model) -> dict[str, str]:
     return out
 
 
-def _next_sibling(name: str) -> str | None:
+def _next_sibling(name: str, modules: dict[str, Any]) -> str | None:
+    """The module after `name` in its Sequential, skipping the nn.Identity a BatchNorm fold leaves behind."""
+    import torch
+
     parent, _, idx = name.rpartition(".")
-    return f"{parent}.{int(idx) + 1}" if idx.isdigit() else None
+    if not idx.isdigit():
+        return None
+    i = int(idx) + 1
+    while f"{parent}.{i}" in modules and isinstance(modules[f"{parent}.{i}"], torch.nn.Identity):
+        i += 1
+    nxt = f"{parent}.{i}"
+    return nxt if nxt in modules else None
 
 
-def _anchors(model_proto, targets: dict[str, str], module_names: set[str]) -> list[tuple[Any, str, str]]:
-    """[(node, output name, torch module)] in graph order."""
+def _anchors(model_proto, targets: dict[str, str], modules: dict[str, Any],
+             blocks: tuple[str, ...] = ()) -> list[tuple[Any, str, str]]:
+    """[(node, output name, torch module)] in graph order. blocks: the sub-pixel modules of a rewritten decoder in
+    order, each ending in one DepthToSpace (pixel_shuffle): the k-th DepthToSpace node is the k-th block's output."""
     producers = {o: n for n in model_proto.graph.node for o in n.output}
     inits = {i.name for i in model_proto.graph.initializer}
     anchored: dict[str, str] = {}  # onnx tensor -> torch module
     out = []
+    pending = list(blocks)
     for node in model_proto.graph.node:
         module = None
         if node.op_type in _WEIGHTED_OPS:
@@ -115,8 +146,9 @@ def _anchors(model_proto, targets: dict[str, str], module_names: set[str]) -> li
                         module = targets[base]
                         break
         elif node.op_type in _ACTIVATIONS and node.input and node.input[0] in anchored:
-            sib = _next_sibling(anchored[node.input[0]])
-            module = sib if sib in module_names else None
+            module = _next_sibling(anchored[node.input[0]], modules)
+        elif node.op_type == "DepthToSpace" and pending:
+            module = pending.pop(0)
         if module is not None and node.output:
             anchored[node.output[0]] = module
             out.append((node, node.output[0], module))
@@ -148,9 +180,23 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
         inputs = load_reference(root, manifest)[f"{graph}.{in_name}"]
     x = np.ascontiguousarray(inputs, dtype=np.float32)
     model = load_checkpoint(find_checkpoint(root, manifest, checkpoint)).model.eval()
-    modules = dict(model.named_modules())
     proto = onnx.load(str(path))
-    anchors = _anchors(proto, _torch_targets(model), set(modules))
+    # What the exporter did to this graph is recorded in the FP32 graph (variants may not keep metadata).
+    meta = {p.key: p.value for p in (proto if precision == "fp32" else onnx.load(
+        str(resolve_file(root, manifest.graphs[graph].file)), load_external_data=False)).metadata_props}
+    notes: list[str] = []
+    sources: dict[str, str] = {}
+    fused: dict[str, str] = {}
+    blocks: tuple[str, ...] = ()
+    if graph == "decoder" and meta.get("rewrites", "none") != "none":  # (older exports also tagged the encoder)
+        module, sources, fused, blocks, notes = _rewritten_reference(model, meta)
+        run = module
+    else:
+        module = model
+        run = model.encode if graph == "encoder" else model.decode
+    modules = dict(module.named_modules())
+    targets = _torch_targets(module)
+    anchors = _anchors(proto, targets, modules, blocks=blocks)
 
     # Mark every anchor tensor as a graph output (types from shape inference; FP32 when unknown).
     inferred = onnx.shape_inference.infer_shapes(proto)
@@ -173,8 +219,7 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
         lambda mod, args, out, m=m: captured.__setitem__(m, out.detach().cpu().numpy())) for m in wanted]
     try:
         with torch.inference_mode():
-            t = torch.from_numpy(x)
-            model.encode(t) if graph == "encoder" else model.decode(t)
+            run(torch.from_numpy(x))
     finally:
         for h in hooks:
             h.remove()
@@ -195,5 +240,37 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
         rel = err / ref if ref > 0 else (0.0 if err == 0 else float("inf"))
         max_abs = float(np.abs(diff).max()) if diff.size else 0.0
         bad = not (np.isfinite(a).all() and rel <= thr)
-        result.append(Anchor(node.name, node.op_type, out_name, module, max_abs, rel, bad))
-    return Divergence(graph=graph, precision=precision, threshold=thr, anchors=tuple(result))
+        result.append(Anchor(node.name, node.op_type, out_name, sources.get(module, module), max_abs, rel, bad,
+                             rewritten_module=module if sources else "", fused=module in fused))
+    return Divergence(graph=graph, precision=precision, threshold=thr, anchors=tuple(result), notes=tuple(notes))
+
+
+def _rewritten_reference(model, meta: dict[str, str]):
+    """The PyTorch module a rewritten graph was exported from, rebuilt from the checkpoint's model.
+
+    Returns (module, sources: its module names -> original names, fused: the modules that stand for several
+    original layers (name -> original names), blocks: the sub-pixel modules in order, notes for the report).
+    """
+    from export.passes import fold_batchnorm
+    from export.rewrites import RewriteError, rewrite_decoder
+
+    from .bundle import BundleError
+
+    try:
+        options = json.loads(meta.get("rewrite_options", "{}"))
+        rw = rewrite_decoder(fold_batchnorm(model), **options)
+    except (ValueError, TypeError, RewriteError) as e:
+        raise BundleError(f"decoder graph records rewrites {meta['rewrites']!r} with options "
+                          f"{meta.get('rewrite_options')!r}, which cannot be rebuilt here: {e}") from None
+    fused = dict(rw.fused)
+    notes = [f"the decoder was rewritten at export ({meta['rewrites']}); compared with the same rewrite of the "
+             "checkpoint's BN-folded model"]
+    if fused:
+        notes.append("compared only as whole blocks (the layers inside cannot be named): "
+                     + "; ".join(f"{v} ({k})" for k, v in fused.items()))
+    if "rewrite_options" not in meta:
+        notes.append("the graph does not record its rewrite options; assumed rewrite_decoder's defaults")
+    if "; ".join(rw.applied) != meta["rewrites"]:
+        notes.append(f"this checkout's rewrite gives {'; '.join(rw.applied)!r}, the export recorded "
+                     f"{meta['rewrites']!r}: anchors may be missing")
+    return rw.module.eval(), dict(rw.sources), fused, rw.blocks, notes

@@ -63,7 +63,9 @@ class ParityReport:
         head = (f"parity: {self.bundle}  backend={self.backend} device={self.device} precision={self.precision} "
                 f"reference={ref}")
         verdict = "PASS" if self.passed else "FAIL\n  " + "\n  ".join(self.failures())
-        where = [f"  {d.describe()}" for d in self.divergences] + [f"  note: {n}" for n in self.notes]
+        where = [line for d in self.divergences
+                 for line in (f"  {d.describe()}", *(f"    note: {n}" for n in getattr(d, "notes", ())))]
+        where += [f"  note: {n}" for n in self.notes]
         tail = ("\nwhere:\n" + "\n".join(where)) if where else ""
         return f"{head}\n{self.comparison.table()}\n{self.smallest_passing_table()}\n{verdict}{tail}"
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: one InferenceSession per graph, execution provider chosen by the device.
+"""ONNX Runtime backend: one InferenceSession per graph, created on first use; provider chosen by the device.
 
     device="cpu"                                  -> CPUExecutionProvider
     device="cuda[:N]"                             -> CUDAExecutionProvider (device_id N), CPU for unsupported ops
@@ -15,6 +15,20 @@ Options (load(..., **options)):
     provider_options          dict of extra options for the chosen provider (e.g. trt_engine_cache_enable)
     max_batch                 largest batch per session call (default: unlimited); bigger batches are chunked by the
                               base class, which bounds peak activation memory on small devices
+    spinning                  ONNX Runtime's intra-op thread spinning ("session.intra_op.allow_spinning"; default:
+                              ONNX Runtime's, which is on). Spinning threads busy-wait for the next piece of work:
+                              fastest on cores of one's own (off was 1.3-1.6x slower at batch 1 on an idle 2-core
+                              machine), but on cores shared with another busy process they steal its time and a
+                              run's latency spreads widely; pass spinning=False there (benchmarks/NOTES.md).
+    preload                   create every loaded graph's session in load() (default False: each graph's session is
+                              created on its first call, so a decoder-only process never pays for the encoder's)
+
+Lazy sessions. load() checks that every requested graph's file is there and imports onnxruntime; the file's sha256
+(against vae.json) and the InferenceSession itself (graph optimisation, weight prepacking: tens of ms and ~20 MiB for
+the default encoder) are done by the first call that needs the graph, once, under a lock, so concurrent first calls
+share one session and no graph ever runs from a file that changed after export. A changed file, one that ONNX Runtime
+cannot load, or one whose inputs/outputs disagree with vae.json is then reported (BundleError naming the file) by
+that first call, or by load() with preload=True.
 
 Precision variants (fp16 / int8 files listed in vae.json) load by `precision=`; their inputs/outputs are normally
 float32, but if a graph declares float16 inputs the feeds are cast here and the outputs cast back to float32.
@@ -27,6 +41,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
+
+import threading
 
 import numpy as np
 
@@ -52,22 +68,26 @@ def _import_ort():
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     options = ("threads", "inter_op_threads", "graph_optimization_level", "execution_provider", "io_binding",
-               "provider_options", "max_batch")
+               "provider_options", "max_batch", "spinning", "preload")
     thread_safe = True  # InferenceSession.run is safe to call concurrently; bindings are per call
 
     def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-                 check_finite: bool, sessions: dict[str, Any], files: dict[str, Path], io_binding: bool,
-                 providers: list[str], ort_module: Any, max_batch: int | None = None) -> None:
+                 check_finite: bool, files: dict[str, Path], io_binding: bool, providers: list[tuple[str, dict]],
+                 session_options: Any, ort_module: Any, max_batch: int | None = None,
+                 spinning: bool | None = None, hashes: Mapping[str, str] | None = None) -> None:
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
-        self._sessions = sessions
+        # graph -> (session, input dtypes, output names), published whole once built (a dict store is atomic)
+        self._sessions: dict[str, tuple[Any, dict[str, Any], list[str]]] = {}
+        self._create_lock = threading.Lock()
         self._files = files
+        self._hashes = dict(hashes or {})  # graph -> sha256 from vae.json, checked before its session is built
         self.io_binding = io_binding
-        self.providers = providers
+        self._provider_chain = providers
+        self.providers = [p for p, _ in providers]
+        self._so = session_options
         self._ort = ort_module
         self._max_batch = max_batch
-        self._input_types = {g: {i.name: _NP_TYPES.get(i.type, np.float32) for i in s.get_inputs()}
-                             for g, s in sessions.items()}
-        self._output_names = {g: [o.name for o in s.get_outputs()] for g, s in sessions.items()}
+        self.spinning = spinning  # None: ONNX Runtime's default (on)
         state = ort_module.capi.onnxruntime_pybind11_state
         self.engine_errors = tuple(v for v in vars(state).values()
                                    if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__)
@@ -85,10 +105,14 @@ class OnnxRuntimeBackend(Backend):
              check_finite: bool = True, threads: int | None = None, inter_op_threads: int | None = None,
              graph_optimization_level: str = "all", execution_provider: str | None = None,
              io_binding: bool | None = None, provider_options: Mapping[str, Any] | None = None,
-             max_batch: int | None = None) -> "OnnxRuntimeBackend":
+             max_batch: int | None = None, spinning: bool | None = None,
+             preload: bool = False) -> "OnnxRuntimeBackend":
         for opt, value in (("threads", threads), ("inter_op_threads", inter_op_threads), ("max_batch", max_batch)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
+        for opt, value in (("spinning", spinning), ("preload", preload)):
+            if value is not None and not isinstance(value, bool):
+                raise BackendError(f"option {opt}: expected True or False, got {value!r}")
         if graph_optimization_level not in OPT_LEVELS:
             raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
                                f"got {graph_optimization_level!r}")
@@ -118,43 +142,65 @@ class OnnxRuntimeBackend(Backend):
             so.intra_op_num_threads = threads
         if inter_op_threads is not None:
             so.inter_op_num_threads = inter_op_threads
+        if spinning is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization_level]
 
-        state = ort.capi.onnxruntime_pybind11_state
-        sessions: dict[str, Any] = {}
+        # Every file must be present now; its sha256 is checked, and its session built, on first use.
         files: dict[str, Path] = {}
+        hashes: dict[str, str] = {}
         for graph in graphs:
-            name, sha = manifest.graph_file(graph, precision)
-            path = resolve_file(bundle, name, sha)
-            try:
-                sess = ort.InferenceSession(str(path), so, providers=providers)
-            except (state.Fail, state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.NotImplemented,
-                    state.InvalidArgument, state.RuntimeException, state.EPFail) as e:
-                raise BundleError(f"{path}: ONNX Runtime cannot load it: {type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0][:300]}") from None
-            got = sess.get_providers()
-            if got[0] != PROVIDERS[ep]:
-                raise BackendUnavailableError(
-                    f"backend 'onnxruntime' on {device}: asked for {PROVIDERS[ep]} but the session for {path.name} "
-                    f"runs on {got} (CUDA/TensorRT libraries missing or no GPU?)")
-            _check_io(path, sess, manifest.graphs[graph])
-            sessions[graph], files[graph] = sess, path
-        return cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
-                   sessions=sessions, files=files, io_binding=device.is_cuda if io_binding is None else bool(io_binding),
-                   providers=[p for p, _ in providers], ort_module=ort, max_batch=max_batch)
+            name, hashes[graph] = manifest.graph_file(graph, precision)
+            files[graph] = resolve_file(bundle, name)
+        backend = cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
+                      files=files, io_binding=device.is_cuda if io_binding is None else bool(io_binding),
+                      providers=providers, session_options=so, ort_module=ort, max_batch=max_batch,
+                      spinning=spinning, hashes=hashes)
+        if preload:
+            for graph in graphs:
+                backend._session(graph)
+        return backend
+
+    def _session(self, graph: str) -> tuple[Any, dict[str, Any], list[str]]:
+        """The graph's session (created on the first call, once, whichever thread gets here first)."""
+        entry = self._sessions.get(graph)
+        if entry is None:
+            with self._create_lock:
+                entry = self._sessions.get(graph)
+                if entry is None:
+                    entry = self._create_session(graph)
+                    self._sessions[graph] = entry
+        return entry
+
+    def _create_session(self, graph: str) -> tuple[Any, dict[str, Any], list[str]]:
+        ort, path = self._ort, self._files[graph]
+        resolve_file(path.parent, path.name, self._hashes.get(graph))  # unchanged since export, or BundleError
+        state = ort.capi.onnxruntime_pybind11_state
+        try:
+            sess = ort.InferenceSession(str(path), self._so, providers=self._provider_chain)
+        except (state.Fail, state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.NotImplemented,
+                state.InvalidArgument, state.RuntimeException, state.EPFail) as e:
+            raise BundleError(f"{path}: ONNX Runtime cannot load it: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:300]}") from None
+        got = sess.get_providers()
+        if got[0] != self.providers[0]:
+            raise BackendUnavailableError(
+                f"backend 'onnxruntime' on {self.device}: asked for {self.providers[0]} but the session for "
+                f"{path.name} runs on {got} (CUDA/TensorRT libraries missing or no GPU?)")
+        _check_io(path, sess, self.manifest.graphs[graph])
+        return (sess, {i.name: _NP_TYPES.get(i.type, np.float32) for i in sess.get_inputs()},
+                [o.name for o in sess.get_outputs()])
 
     def max_batch(self, graph: str) -> int | None:
         return self._max_batch
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        sess = self._sessions[graph]
-        types = self._input_types[graph]
+        sess, types, names = self._session(graph)
         feeds = {k: (v if types[k] is np.float32 else v.astype(types[k])) for k, v in feeds.items()}
-        names = self._output_names[graph]
         if not self.io_binding:
             return dict(zip(names, sess.run(names, feeds)))
         binding = sess.io_binding()  # one per call: an IOBinding is not shareable between threads
@@ -170,7 +216,9 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,
-                "io_binding": self.io_binding, "files": {g: p.name for g, p in self._files.items()}}
+                "io_binding": self.io_binding, "spinning": self.spinning,
+                "files": {g: p.name for g, p in self._files.items()},
+                "sessions_created": sorted(self._sessions)}
 
 
 def _check_io(path: Path, sess: Any, spec) -> None:

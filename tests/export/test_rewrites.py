@@ -228,3 +228,20 @@ def test_exported_graph_is_plain_ops_and_matches_on_onnxruntime(tmp_path, config
         with torch.no_grad():
             ref = model.decode(torch.from_numpy(z)).numpy()
         assert got.shape == ref.shape and float(np.abs(got - ref).max()) <= TOL
+
+
+def test_rewrite_decoder_records_options_and_original_names():
+    """What runtime.divergence needs to rebuild the module and name each part by the layers it replaced."""
+    res = rewrite_decoder(fold_batchnorm(make_model(GREY, seed=3)))
+    assert res.options == {"layers": "last", "form": "phases", "absorb_head": True, "fold_stem": True}
+    assert res.sources["stem"] == "decoder_input + decoder.0.0"
+    assert res.sources["body.0.1.0"] == "decoder.1.0" and res.sources["body.0.1.2"] == "decoder.1.2"
+    assert res.blocks == ("body.1.0",)
+    assert res.fused == {"stem": "decoder_input + decoder.0.0",
+                         "body.1.0": "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4"}
+    # every parameter belongs to a named module; names inside a block are not offered
+    assert not any(k.startswith("body.1.0.") for k in res.sources)
+    assert {n.rsplit(".", 1)[0] for n, _ in res.module.named_parameters()} <= set(res.sources)
+    everything = rewrite_decoder(fold_batchnorm(make_model(GREY, seed=3)), layers="all", fold_stem=False)
+    assert everything.blocks == ("body.0.0.0", "body.0.1.0", "body.1.0")
+    assert everything.sources["body.0.0.0"] == "decoder.0.0 + decoder.0.2" and everything.sources["stem"] == "decoder_input"

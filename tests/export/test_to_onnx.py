@@ -232,20 +232,27 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp_p
     assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
 
 
-def test_decoder_rewrite_is_opt_in_and_recorded(tiny_bundle, tiny_checkpoint, tmp_path):
+def test_decoder_rewrite_is_default_recorded_and_no_rewrite_opts_out(tiny_bundle, tiny_checkpoint, tmp_path,
+                                                                       capsys):
     model = load_checkpoint(tiny_checkpoint).model
     n_convt = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
-    # Default: every ConvTranspose (each followed by a randomized BatchNorm in the model) is there, folded, exact.
-    ops = _ops(tiny_bundle / "decoder.onnx")
-    assert ops["ConvTranspose"] == n_convt and "BatchNormalization" not in ops and "DepthToSpace" not in ops
-    assert "rewrites" not in {p.key for p in onnx.load(str(tiny_bundle / "decoder.onnx")).metadata_props}
-    fast = export_bundle(tiny_checkpoint, tmp_path / "fast", rewrite=True, **QUIET)
-    meta = {p.key: p.value for p in onnx.load(str(fast / "decoder.onnx")).metadata_props}
+    # Default: the rewritten decoder, recorded in its metadata (text and the options to rebuild it), exact.
+    meta = {p.key: p.value for p in onnx.load(str(tiny_bundle / "decoder.onnx")).metadata_props}
     assert meta["rewrites"].startswith("fold_stem") and "subpixel" in meta["rewrites"]
-    ops = _ops(fast / "decoder.onnx")
+    assert json.loads(meta["rewrite_options"]) == {"layers": "last", "form": "phases", "absorb_head": True,
+                                                   "fold_stem": True}
+    assert "rewrites" not in {p.key for p in onnx.load(str(tiny_bundle / "encoder.onnx")).metadata_props}
+    ops = _ops(tiny_bundle / "decoder.onnx")
     assert ops["DepthToSpace"] == 1 and ops["ConvTranspose"] < n_convt and "BatchNormalization" not in ops
-    assert B.read_manifest(fast).parity["passed"]
-    _ort_matches_pytorch(fast, model, batch=3, seed=3, atol=1e-5)
+    assert B.read_manifest(tiny_bundle).parity["passed"]
+    _ort_matches_pytorch(tiny_bundle, model, batch=3, seed=3, atol=1e-5)
+    # --no-rewrite: every ConvTranspose (each followed by a randomized BatchNorm in the model) is there, folded.
+    assert main([str(tiny_checkpoint), "--out", str(tmp_path / "plain"), "--no-rewrite"]) == 0
+    assert "decoder rewrites" not in capsys.readouterr().out
+    ops = _ops(tmp_path / "plain" / "decoder.onnx")
+    assert ops["ConvTranspose"] == n_convt and "BatchNormalization" not in ops and "DepthToSpace" not in ops
+    assert "rewrites" not in {p.key for p in onnx.load(str(tmp_path / "plain" / "decoder.onnx")).metadata_props}
+    _ort_matches_pytorch(tmp_path / "plain", model, batch=3, seed=3, atol=1e-5)
 
 
 def test_default_size_model_exports_with_parity(default_checkpoint, tmp_path):

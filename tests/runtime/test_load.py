@@ -74,7 +74,12 @@ def test_changed_graph_file_is_refused(bundle_copy):
     with open(bundle_copy / "decoder.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(runtime.BundleError, match=r"decoder.onnx: sha256 .* the file changed after export"):
-        runtime.load(bundle_copy)
+        runtime.load(bundle_copy, preload=True)
+    # lazily: checked before the decoder's session is built, so it never runs; the encoder is unaffected
+    with runtime.load(bundle_copy) as rt:
+        rt.encode(np.zeros((1, *rt.image_shape), np.float32))
+        with pytest.raises(runtime.BundleError, match=r"decoder.onnx: sha256 .* the file changed after export"):
+            rt.decode(np.zeros((1, rt.latent_dim), np.float32))
 
 
 def test_missing_graph_file(bundle_copy):
@@ -93,7 +98,12 @@ def test_corrupt_graph_file_names_the_file(bundle_copy):
     graphs = {**m.graphs, "decoder": dataclasses.replace(m.graphs["decoder"], sha256=sha256_file(path))}
     write_manifest(bundle_copy, dataclasses.replace(m, graphs=graphs))
     with pytest.raises(runtime.BundleError, match=r"decoder.onnx: ONNX Runtime cannot load it"):
-        runtime.load(bundle_copy, backend="onnxruntime")
+        runtime.load(bundle_copy, backend="onnxruntime", preload=True)
+    # Sessions are lazy by default: the encoder still works, the decoder's first call names the file.
+    with runtime.load(bundle_copy, backend="onnxruntime") as rt:
+        assert rt.encode(np.zeros((1, *rt.image_shape), np.float32)).mu.shape == (1, rt.latent_dim)
+        with pytest.raises(runtime.BundleError, match=r"decoder.onnx: ONNX Runtime cannot load it"):
+            rt.decode(np.zeros((1, rt.latent_dim), np.float32))
 
 
 def test_manifest_that_disagrees_with_the_graph(bundle_copy):
@@ -101,7 +111,7 @@ def test_manifest_that_disagrees_with_the_graph(bundle_copy):
     data["graphs"]["decoder"]["inputs"][0]["shape"] = ["batch", 16]
     (bundle_copy / "vae.json").write_text(json.dumps(data))
     with pytest.raises(runtime.BundleError, match=r"decoder.onnx: input 'z' has shape \['batch', 8\], vae.json says \['batch', 16\]"):
-        runtime.load(bundle_copy, backend="onnxruntime")
+        runtime.load(bundle_copy, backend="onnxruntime", preload=True)
 
 
 def test_not_a_bundle(tmp_path):
@@ -143,3 +153,56 @@ def test_engine_failure_becomes_a_backend_error(bundle_copy):
     with runtime.load(bundle_copy, backend="onnxruntime", graph_optimization_level="disable") as r:
         with pytest.raises(runtime.BackendError, match=r"onnxruntime backend failed on graph 'decoder' \(batch 2\)"):
             r.decode(np.zeros((2, r.latent_dim), np.float32))
+
+
+def test_sessions_are_created_on_first_use(bundle):
+    with runtime.load(bundle, backend="onnxruntime") as rt:
+        assert rt.describe()["sessions_created"] == []
+        rt.decode(np.zeros((1, rt.latent_dim), np.float32))
+        assert rt.describe()["sessions_created"] == ["decoder"]  # a decode never builds the encoder's session
+        rt.encode(np.zeros((1, *rt.image_shape), np.float32))
+        assert rt.describe()["sessions_created"] == ["decoder", "encoder"]
+    with runtime.load(bundle, backend="onnxruntime", preload=True) as rt:
+        assert rt.describe()["sessions_created"] == ["decoder", "encoder"]
+    with runtime.load(bundle, backend="onnxruntime", graphs=["decoder"], preload=True) as rt:
+        assert rt.describe()["sessions_created"] == ["decoder"]
+
+
+def test_concurrent_first_calls_share_one_session(bundle):
+    import threading
+
+    with runtime.load(bundle, backend="onnxruntime") as rt:
+        start, sessions = threading.Barrier(8), []
+
+        def first_call():
+            start.wait()
+            rt.decode(np.zeros((1, rt.latent_dim), np.float32))
+            sessions.append(id(rt.backend._sessions["decoder"][0]))
+
+        threads = [threading.Thread(target=first_call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(sessions) == 8 and len(set(sessions)) == 1
+
+
+@pytest.mark.parametrize("spinning,entry", [(None, ""), (True, "1"), (False, "0")])
+def test_spinning_option_reaches_the_session(bundle, spinning, entry):
+    options = {} if spinning is None else {"spinning": spinning}
+    with runtime.load(bundle, backend="onnxruntime", preload=True, **options) as rt:
+        so = rt.backend._sessions["decoder"][0].get_session_options()
+        try:
+            got = so.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ONNX Runtime's default
+            got = ""
+        assert got == entry
+        assert rt.describe()["spinning"] is spinning
+        assert rt.decode(np.zeros((2, rt.latent_dim), np.float32)).shape[0] == 2
+
+
+@pytest.mark.parametrize("option", [{"spinning": 1}, {"preload": "yes"}])
+def test_boolean_options_are_checked(bundle, option):
+    (name, value), = option.items()
+    with pytest.raises(runtime.BackendError, match=f"option {name}: expected True or False, got {value!r}"):
+        runtime.load(bundle, backend="onnxruntime", **option)
