@@ -50,3 +50,11 @@ def default_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "default.pt"
     save_checkpoint(path, make_model(VAEConfig()), training={"epoch": 0, "step": 0, "seed": 0})
     return path
+
+
+@pytest.fixture(scope="session")
+def cpp_build(tmp_path_factory):
+    """runtime/cpp configured and built once per session in a fresh folder (tests/cpp_support.py)."""
+    from tests.cpp_support import build_cpp
+
+    return build_cpp(tmp_path_factory.mktemp("cpp-build"))

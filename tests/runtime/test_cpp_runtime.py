@@ -19,55 +19,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cpp_support import CppBuild, cmake_args as _cmake_args, run_checked as _run
+
 REPO = Path(__file__).resolve().parents[2]
 CPP = REPO / "runtime" / "cpp"
 TOL = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class CppBuild:
-    build_dir: Path
-    configure_log: str
-    seconds: float
-
-    def exe(self, name: str) -> Path:
-        return self.build_dir / name
-
-
-def _cmake_args() -> list[str]:
-    args = ["-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"]
-    if shutil.which("ninja"):
-        args += ["-G", "Ninja"]
-    return args
-
-
-def _run(cmd, *, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="session")
-def cpp_build(tmp_path_factory) -> CppBuild:
-    """Configure and build runtime/cpp in a fresh folder (deps fetched into third_party/ on first use)."""
-    if shutil.which("cmake") is None:
-        pytest.fail("cmake is not on PATH: the C++ runtime tests need cmake >= 3.18 and a C/C++ compiler")
-    build = tmp_path_factory.mktemp("cpp-build")
-    t0 = time.perf_counter()
-    conf = _run(["cmake", "-S", CPP, "-B", build, *_cmake_args()])
-    _run(["cmake", "--build", build, "-j", str(min(os.cpu_count() or 1, 4))])
-    seconds = time.perf_counter() - t0
-    # Shown with -rP or on failure; the report records the measured build time.
-    print(f"C++ runtime configure+build: {seconds:.1f} s")
-    return CppBuild(build, conf.stdout + conf.stderr, seconds)
 
 
 @pytest.fixture(scope="session")
