@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
-EXTRAS := train,export,ort,bench,trt-cpu,dev
+EXTRAS := train,export,ort,bench,trt-cpu,dev,serve
 
 .PHONY: demo test venv clean cpp
 venv: $(STAMP)
@@ -13,6 +13,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	@# tritonserver for runtime.serve: from the pinned nvidia-pytriton wheel, sha256-checked; the PyTriton library itself
+	@# is not installed (it pins numpy<2). See runtime/serve.py.
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -c constraints.txt -d $(VENV)/wheels nvidia-pytriton
+	$(PY) -m runtime.serve --install-server $(VENV)/wheels
 	touch $(STAMP)
 
 demo: $(STAMP)

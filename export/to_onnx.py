@@ -57,7 +57,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
-from runtime.files import make_dir_public, sha256_file
+from runtime.files import make_dir_public, replace_dir, sha256_file
 from runtime.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
 
 DEFAULT_OPSET = 18
@@ -385,7 +385,7 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
         )
         B.write_manifest(tmp, manifest)
         make_dir_public(tmp)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -395,22 +395,6 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
 def _graph_spec(graph: str, path: Path) -> B.GraphSpec:
     ins, outs, opset = _tensor_specs(path)
     return B.GraphSpec(name=graph, file=path.name, sha256=sha256_file(path), opset=opset, inputs=ins, outputs=outs)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move a finished bundle into place; an old bundle at `target` is removed only after the new one is there."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    # A fresh empty folder to rename the old bundle onto (renaming a folder over an empty one is allowed on POSIX).
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int | None = None,

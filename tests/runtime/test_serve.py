@@ -1,0 +1,287 @@
+"""runtime.serve: a real Triton server on 127.0.0.1 serving the tiny bundle; HTTP and gRPC parity with the local
+runtime, malformed requests answered with errors while the server keeps serving, a clean stop, the CLI."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="the `serve` extra (tritonclient) is not installed")
+httpclient = pytest.importorskip("tritonclient.http", reason="the `serve` extra (tritonclient) is not installed")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+import runtime  # noqa: E402
+from runtime.serve import (PYTRITON_VERSION, ServerUnavailableError, find_server, group_alive,  # noqa: E402
+                           install_server, main as serve_main, serve)
+
+pytestmark = pytest.mark.serve
+REPO = Path(__file__).resolve().parents[2]
+PARITY = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dist():
+    """The serve extra is installed (else skipped above), so the server must be too: a missing one is a failure."""
+    try:
+        return find_server()
+    except ServerUnavailableError as e:
+        pytest.fail(f"tritonclient is installed but tritonserver is not: {e}")
+
+
+@pytest.fixture(scope="module")
+def server(bundle, dist):
+    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=16, queue_delay_us=2000, threads=1)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def local(bundle):
+    with runtime.load(bundle, backend="onnxruntime") as vae:
+        yield vae
+
+
+def http_infer(client, model, name, x, datatype="FP32"):
+    i = httpclient.InferInput(name, list(x.shape), datatype)
+    i.set_data_from_numpy(x)
+    return client.infer(model, [i])
+
+
+def grpc_infer(client, model, name, x, datatype="FP32"):
+    i = grpcclient.InferInput(name, list(x.shape), datatype)
+    i.set_data_from_numpy(x)
+    return client.infer(model, [i])
+
+
+def latents(local, n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, local.latent_dim), dtype=np.float32)
+
+
+def images(local, n, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, *local.image_shape)).astype(np.float32)
+
+
+def close(a, b) -> float:
+    assert a.shape == b.shape and a.dtype == np.float32
+    return float(np.abs(a - b).max())
+
+
+# ----------------------------------------------------------------------------------------------- parity
+
+def test_http_parity(server, local):
+    with httpclient.InferenceServerClient(server.http_url) as c:
+        _http_parity(c, local)
+
+
+def _http_parity(c, local):
+    assert c.is_server_ready() and c.is_model_ready("vae_encoder") and c.is_model_ready("vae_decoder")
+    z = latents(local, 3)
+    assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+    x = images(local, 2)
+    r, post = http_infer(c, "vae_encoder", "image", x), local.encode(x)
+    assert close(r.as_numpy("mu"), post.mu) <= PARITY and close(r.as_numpy("logvar"), post.logvar) <= PARITY
+
+
+def test_grpc_parity_and_served_config(server, local):
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        _grpc_parity(c, local)
+
+
+def _grpc_parity(c, local):
+    x = images(local, 4, seed=1)
+    r, post = grpc_infer(c, "vae_encoder", "image", x), local.encode(x)
+    assert close(r.as_numpy("mu"), post.mu) <= PARITY and close(r.as_numpy("logvar"), post.logvar) <= PARITY
+    z = latents(local, 16, seed=2)  # max_batch_size
+    assert close(grpc_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+    cfg = c.get_model_config("vae_decoder", as_json=True)["config"]
+    assert cfg["max_batch_size"] == 16 and cfg["backend"] == "python"
+    assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == 2000
+    assert [int(d) for d in cfg["input"][0]["dims"]] == [local.latent_dim]
+
+
+def test_concurrent_clients_get_their_own_rows(server, local):
+    """Dynamic batching merges requests of several clients into one runtime call; each must get back its own rows."""
+    results, errors = {}, []
+
+    def client(k):
+        try:
+            with grpcclient.InferenceServerClient(server.grpc_url) as c:
+                for j in range(4):
+                    z = latents(local, 1 + (k + j) % 3, seed=100 * k + j)
+                    results[(k, j)] = (z, grpc_infer(c, "vae_decoder", "z", z).as_numpy("image"))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(repr(e))
+
+    def decoded_rows(expect: int | None = None) -> int:
+        """Triton's row count for the decoder. The Python backend reports a batch's statistics just after sending
+        its responses, so wait (bounded) for the count to catch up with what the clients received."""
+        previous = None
+        with grpcclient.InferenceServerClient(server.grpc_url) as c:
+            for _ in range(100):
+                stats = c.get_inference_statistics("vae_decoder", as_json=True)
+                rows = int(stats["model_stats"][0].get("inference_count", 0))
+                if (rows >= expect) if expect is not None else (rows == previous):
+                    break
+                previous = rows
+                time.sleep(0.05)
+        return rows
+
+    before = decoded_rows()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(results) == 24
+    for z, img in results.values():
+        assert close(img, local.decode(z)) <= PARITY
+    sent = sum(z.shape[0] for z, _ in results.values())
+    assert decoded_rows(before + sent) - before == sent  # each row inferred once: none lost, none duplicated
+
+
+# ----------------------------------------------------------------------------------------------- malformed requests
+
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(server, local):
+    with httpclient.InferenceServerClient(server.http_url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
+        _malformed(server, local, h, g)
+
+
+def _malformed(server, local, h, g):
+    z = latents(local, 2)
+    bad_nan = z.copy()
+    bad_nan[1, 3] = np.nan
+    bad_inf = images(local, 1)
+    bad_inf[0, 0, 0, 0] = np.inf
+    cases = [
+        # refused by our runtime's validation inside the model
+        (lambda: http_infer(h, "vae_decoder", "z", bad_nan), r"tensor 'z': 1 NaN and 0 Inf value\(s\), first at index \(1, 3\)"),
+        (lambda: grpc_infer(g, "vae_encoder", "image", bad_inf), r"tensor 'image': 0 NaN and 1 Inf"),
+        # refused by Triton against config.pbtxt before the model sees them
+        (lambda: http_infer(h, "vae_decoder", "z", np.zeros((2, local.latent_dim + 1), np.float32)),
+         r"unexpected shape for input 'z'.*Expected \[-1,8\], got \[2,9\]"),
+        (lambda: grpc_infer(g, "vae_encoder", "image", np.zeros((1, 32, 32, 3), np.float32)),
+         r"unexpected shape for input 'image'"),
+        (lambda: grpc_infer(g, "vae_decoder", "z", z.astype(np.float64), "FP64"), r"data-type is 'FP64'.*expects 'FP32'"),
+        (lambda: http_infer(h, "vae_encoder", "image", np.zeros((1, 3, 32, 32), np.uint8), "UINT8"),
+         r"data-type is 'UINT8'.*expects 'FP32'"),
+        (lambda: http_infer(h, "vae_decoder", "z", latents(local, 17)), r"batch-size must be <= 16 for 'vae_decoder'"),
+    ]
+    for call, expect in cases:
+        with pytest.raises(InferenceServerException) as info:
+            call()
+        assert re.search(expect, info.value.message(), re.S), info.value.message()
+        # still serving, and still right
+        assert close(http_infer(h, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+    assert server.proc.poll() is None and h.is_server_live()
+
+
+def test_a_bad_request_in_a_batch_fails_alone(server, local):
+    """Requests batched together with a NaN request still succeed; only the NaN request gets the error."""
+    outcomes, go = {}, threading.Barrier(6)
+
+    def client(k):
+        z = latents(local, 2, seed=k)
+        if k == 0:
+            z[0, 0] = np.nan
+        with httpclient.InferenceServerClient(server.http_url) as c:
+            go.wait()
+            try:
+                outcomes[k] = ("ok", close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)))
+            except InferenceServerException as e:
+                outcomes[k] = ("error", e.message())
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcomes[0][0] == "error" and "NaN" in outcomes[0][1]
+    assert all(kind == "ok" and err <= PARITY for k, (kind, err) in outcomes.items() if k != 0), outcomes
+
+
+# ----------------------------------------------------------------------------------------------- lifetime, CLI
+
+def test_stop_leaves_no_process_and_no_files(bundle, dist, tmp_path):
+    log = tmp_path / "server.log"
+    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), dynamic_batching=False, max_batch=4, log_file=log)
+    with httpclient.InferenceServerClient(s.http_url) as c:
+        assert "dynamic_batching" not in c.get_model_config("vae_decoder")
+    pgid, repo = s.proc.pid, s.repository
+    assert repo.is_dir() and group_alive(pgid)
+    assert s.stop() == 0
+    assert not group_alive(pgid)  # the server and its Python-backend stubs are gone
+    assert not repo.exists()      # the temporary repository too
+    assert list(Path("/dev/shm").glob(s.shm_prefix + "*")) == []  # and the stubs' shared memory
+    assert s.stop() == 0          # idempotent
+    # each model ran the runtime copy inside the repository (model.py puts it first on the stub's sys.path)
+    for model in ("vae_encoder", "vae_decoder"):
+        assert f"[vae-deploy] {model}_0_0: runtime {repo / model / '1' / 'runtime'}, onnxruntime fp32 on cpu" \
+            in log.read_text()
+
+
+def test_cli_serves_until_sigterm(bundle, dist, local):
+    http = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.serve", str(bundle), "--port", str(http),
+                             "--grpc-port", str(free_port()), "--no-metrics", "--max-batch", "8"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"serving {bundle} as vae_encoder, vae_decoder: HTTP 127.0.0.1:{http}"), first
+        z = latents(local, 2)
+        with httpclient.InferenceServerClient(f"127.0.0.1:{http}") as c:
+            assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped (tritonserver exit code 0)" in out
+
+
+def test_port_in_use_fails_with_the_servers_reason(bundle, dist, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve_main([str(bundle), "--port", str(port), "--grpc-port", str(free_port()), "--no-metrics"]) == 1
+    err = capsys.readouterr().err
+    assert f"Socket '127.0.0.1:{port}' already in use" in err and "Traceback" not in err
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    assert serve_main([str(tmp_path / "missing"), "--no-metrics"]) == 2
+    assert "no bundle manifest here" in capsys.readouterr().err
+    assert serve_main([str(tmp_path), "--port", "8000", "--grpc-port", "8000", "--no-metrics"]) == 2
+    assert "must differ" in capsys.readouterr().err
+    assert serve_main([str(tmp_path), "--tritonserver", str(tmp_path / "none")]) == 2
+    assert "no usable tritonserver" in capsys.readouterr().err
+
+
+def test_install_server_checks_the_wheel(tmp_path):
+    fake = tmp_path / "nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl"
+    fake.write_bytes(b"not the wheel")
+    with pytest.raises(ServerUnavailableError, match="sha256 .* expected 21f063ff"):
+        install_server(fake, tmp_path / "triton")
+    assert not (tmp_path / "triton").exists()
+    assert os.listdir(tmp_path) == [fake.name]
+
+
+def test_the_pinned_wheel_is_the_one_the_installer_checks():
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().split() if "==" in line)
+    assert pins["nvidia-pytriton"] == PYTRITON_VERSION
