@@ -5,11 +5,13 @@ is timed from just before spawn to the child's exit (wall). The child also repor
 result was ready; first_result_s adds the bare interpreter start-up (`python -c pass`, best of 3) to that, so
 interpreter shutdown is not billed. Peak RSS is the child's own VmHWM.
 
-The runtime path is `runtime.load(BUNDLE)` then one `decode`: with the ONNX Runtime backend's lazy sessions only the
-decoder's session is built (the encoder's file is hash-checked, never loaded). best_of(fn, runs) repeats a path in
+The runtime path is `runtime.load(BUNDLE, graphs=("decoder",), device=DEVICE)` then one `decode`, what a decoder-only
+application does: only the decoder's file is looked at and only its session (or engine) is built. The PyTorch path
+loads the checkpoint and decodes on the same device (CUDA work is synchronised before the clock stops). best_of(fn, runs) repeats a path in
 fresh processes and keeps the fastest time and the highest peak RSS (the conservative figure for a memory budget).
 
     python -m benchmarks.coldstart BUNDLE [--checkpoint CKPT] [--runs 5] [--backend onnxruntime] [--precision fp32]
+                                          [--device cpu|cuda[:N]]
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import time, json, sys
 t0 = time.perf_counter()
 import numpy as np
 import runtime
-rt = runtime.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3])
+rt = runtime.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3], device=sys.argv[4], graphs=("decoder",))
 z = np.random.default_rng(0).standard_normal((1, rt.latent_dim), dtype=np.float32)
 img = rt.decode(z)
 assert img.shape[0] == 1
@@ -56,9 +58,10 @@ import time, json, sys
 t0 = time.perf_counter()
 import torch
 from vae_model import load_checkpoint
-model = load_checkpoint(sys.argv[1]).model
+device = torch.device(sys.argv[2])
+model = load_checkpoint(sys.argv[1]).model.to(device)
 with torch.no_grad():
-    img = model.decode(torch.randn(1, model.latent_dim, generator=torch.Generator().manual_seed(0)))
+    img = model.decode(torch.randn(1, model.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)).cpu()
 assert img.shape[0] == 1
 t1 = time.perf_counter() - t0
 print(json.dumps({"first_result_s": t1, "vmhwm_kib": _vmhwm()}))
@@ -121,12 +124,13 @@ def _interpreter_startup() -> float:
     return _STARTUP
 
 
-def cold_start_runtime(bundle: str | os.PathLike, backend: str = "onnxruntime", precision: str = "fp32") -> ColdStart:
-    return _run_child(_RUNTIME_CHILD, [str(bundle), backend, precision], f"{backend}/{precision}")
+def cold_start_runtime(bundle: str | os.PathLike, backend: str = "onnxruntime", precision: str = "fp32",
+                       device: str = "cpu") -> ColdStart:
+    return _run_child(_RUNTIME_CHILD, [str(bundle), backend, precision, device], f"{backend}/{precision}")
 
 
-def cold_start_torch(checkpoint: str | os.PathLike) -> ColdStart:
-    return _run_child(_TORCH_CHILD, [str(checkpoint)], "torch")
+def cold_start_torch(checkpoint: str | os.PathLike, device: str = "cpu") -> ColdStart:
+    return _run_child(_TORCH_CHILD, [str(checkpoint), device], "torch")
 
 
 def best_of(measure: Callable[[], ColdStart], runs: int) -> ColdStart:
@@ -148,15 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5, help="fresh processes per path; best time, highest RSS (default 5)")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N, for both paths")
     args = p.parse_args(argv)
     if args.runs < 1:
         print(f"error: --runs must be >= 1, got {args.runs}", file=sys.stderr)
         return 2
+    from runtime.backends.base import Device
+    from runtime.errors import BackendError
+
     try:
-        rt = best_of(lambda: cold_start_runtime(args.bundle, args.backend, args.precision), args.runs)
+        device = str(Device.parse(args.device))
+    except BackendError as e:
+        print(f"error: --device: {e}", file=sys.stderr)
+        return 2
+    try:
+        rt = best_of(lambda: cold_start_runtime(args.bundle, args.backend, args.precision, device), args.runs)
         results = [rt]
         if args.checkpoint is not None:
-            results.insert(0, best_of(lambda: cold_start_torch(args.checkpoint), args.runs))
+            results.insert(0, best_of(lambda: cold_start_torch(args.checkpoint, device), args.runs))
     except ColdStartError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,6 +4,11 @@ Every selected (backend, graph, precision, batch) is measured in one run, on one
 rounds (the order alternates each round), so machine drift shows up as a spread between rounds instead of as a bias
 against whichever configuration ran last. The FP32 matmul ceiling is measured in every round too, and the best value
 is used. Outputs: a table on the terminal, latency.json, latency.csv, latency_percentiles.png and throughput.png.
+
+Every backend is loaded on `--device` (cpu, cuda or cuda:N; the tensorrt backend needs cuda, torch runs there when it
+sees CUDA) with only the graphs in `--graphs`, so a bundle whose engines cover the decoder alone can be measured. A
+backend that cannot load there gives skipped rows (and a skipped cold start) that say why. The cold start runs on the
+same device and loads the decoder only.
 """
 from __future__ import annotations
 
@@ -86,6 +91,7 @@ class Plan:
     cold_start: bool = True
     cold_start_runs: int = 3
     spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
+    device: str = "cpu"              # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
     progress: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -118,16 +124,21 @@ def _inputs(manifest, graph: str, batch: int, seed: int) -> np.ndarray:
     return (rng.random((batch, *m.image_shape), dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
 
 
-def _load(plan: Plan, backend: str, precision: str):
+def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
     import runtime
 
-    kwargs: dict[str, Any] = {"backend": backend, "precision": precision}
+    kwargs: dict[str, Any] = {"backend": backend, "precision": precision, "device": plan.device,
+                              "graphs": tuple(graphs)}
     if plan.threads:
         kwargs["threads"] = plan.threads
     if backend == "torch" and plan.checkpoint:
         kwargs["checkpoint"] = plan.checkpoint
-    if backend == "onnxruntime" and plan.spinning is not None:
-        kwargs["spinning"] = plan.spinning
+    if backend == "onnxruntime":
+        # Sessions now, not on the first call: a provider that is listed but cannot run here (onnxruntime-gpu
+        # without a GPU falls back to the CPU) is then refused by load(), and its rows are skipped with the reason.
+        kwargs["preload"] = True
+        if plan.spinning is not None:
+            kwargs["spinning"] = plan.spinning
     return runtime.load(plan.bundle, **kwargs)
 
 
@@ -144,17 +155,21 @@ def run(plan: Plan) -> dict[str, Any]:
     results: dict[str, BenchResult] = {}
     runtimes: dict[tuple[str, str], Any] = {}
     load_errors: dict[tuple[str, str], str] = {}
+    # Only the requested graphs the bundle has are loaded: a decoder-only engine set must not fail on the encoder.
+    graphs = [g for g in plan.graphs if g in manifest.graphs]
     for backend, precision in dict.fromkeys((c.backend, c.precision) for c in configs):
+        if not graphs:
+            break
         try:
-            runtimes[(backend, precision)] = _load(plan, backend, precision)
+            runtimes[(backend, precision)] = _load(plan, backend, precision, graphs)
         except Exception as e:  # noqa: BLE001 - any load failure means "skip this backend", with its message
             load_errors[(backend, precision)] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     active = []
     for c in configs:
-        if (c.backend, c.precision) in load_errors:
-            results[c.key] = BenchResult(c, "skipped", load_errors[(c.backend, c.precision)])
-        elif c.graph not in manifest.graphs:
+        if c.graph not in manifest.graphs:
             results[c.key] = BenchResult(c, "skipped", f"bundle has no {c.graph} graph")
+        elif (c.backend, c.precision) in load_errors:
+            results[c.key] = BenchResult(c, "skipped", load_errors[(c.backend, c.precision)])
         else:
             active.append(c)
 
@@ -167,9 +182,16 @@ def run(plan: Plan) -> dict[str, Any]:
 
     bar = tqdm(total=len(active) * plan.rounds, desc="benchmark", disable=not plan.progress, dynamic_ncols=True)
     try:
-        for c in active:  # warm-up once per config: first-call allocations, thread pools, lazy init
+        for c in list(active):  # warm-up once per config: first-call allocations, thread pools, lazy init
             fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
-            timed_calls(fn, duration_s=plan.warmup_s, iterations=None, min_calls=2)
+            try:
+                timed_calls(fn, duration_s=plan.warmup_s, iterations=None, min_calls=2)
+            except Exception as e:  # noqa: BLE001 - a config that cannot run is reported; the others are measured
+                first = str(e).splitlines()[0] if str(e) else ""
+                results[c.key] = BenchResult(c, "error", f"{type(e).__name__}: {first}")
+                active.remove(c)
+                samples.pop(c.key)
+        bar.total = len(active) * plan.rounds
         for r in range(plan.rounds):
             ceilings.append(measure_matmul_gflops().gflops)
             order = active if r % 2 == 0 else active[::-1]
@@ -201,7 +223,9 @@ def run(plan: Plan) -> dict[str, Any]:
 
     cold = []
     if plan.cold_start and not interrupted:
-        cold = _cold_starts(plan, manifest)
+        cold = _cold_starts(plan, manifest, load_errors)
+    env = environment.collect(plan.threads)
+    env["device"] = plan.device
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -209,11 +233,11 @@ def run(plan: Plan) -> dict[str, Any]:
         "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
                  "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
                  "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
-                 "spinning": plan.spinning, "cold_start_runs": plan.cold_start_runs},
-        "environment": environment.collect(plan.threads),
+                 "spinning": plan.spinning, "cold_start_runs": plan.cold_start_runs, "device": plan.device},
+        "environment": env,
         "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings},
         "interrupted": interrupted,
-        "results": [results[c.key].to_dict() for c in configs],
+        "results": [{**results[c.key].to_dict(), "device": plan.device} for c in configs],
         "cold_start": cold,
     }
 
@@ -222,27 +246,35 @@ def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
     return (lambda: rt.decode(x)) if graph == "decoder" else (lambda: rt.encode(x))
 
 
-def _cold_starts(plan: Plan, manifest) -> list[dict[str, Any]]:
+def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision)."""
     from .coldstart import ColdStartError, best_of, cold_start_runtime, cold_start_torch
 
     out = []
+    precision = plan.precisions[0]
     for backend in plan.backends:
         if "decoder" not in manifest.graphs:
             break
+        if backend == "cpp":
+            continue
+        path = "torch" if backend == "torch" else f"{backend}/{precision}"
+        if backend == "torch" and plan.checkpoint is None:
+            out.append({"path": path, "status": "skipped", "reason": "needs --checkpoint", "device": plan.device})
+            continue
+        # A backend that could not load in this process would fail the same way in a fresh one: say why, once.
+        why = load_errors.get((backend, "fp32" if backend == "torch" else precision))
+        if why is not None:
+            out.append({"path": path, "status": "skipped", "reason": why, "device": plan.device})
+            continue
         try:
             if backend == "torch":
-                if plan.checkpoint is None:
-                    out.append({"path": "torch", "status": "skipped", "reason": "needs --checkpoint"})
-                    continue
-                r = best_of(lambda: cold_start_torch(plan.checkpoint), plan.cold_start_runs)
-            elif backend == "cpp":
-                continue
+                r = best_of(lambda: cold_start_torch(plan.checkpoint, plan.device), plan.cold_start_runs)
             else:
-                r = best_of(lambda: cold_start_runtime(plan.bundle, backend, plan.precisions[0]),
+                r = best_of(lambda: cold_start_runtime(plan.bundle, backend, precision, plan.device),
                             plan.cold_start_runs)
-            out.append({**r.to_dict(), "status": "ok"})
+            out.append({**r.to_dict(), "status": "ok", "device": plan.device})
         except ColdStartError as e:
-            out.append({"path": backend, "status": "error", "reason": str(e)})
+            out.append({"path": path, "status": "error", "reason": str(e), "device": plan.device})
     return out
 
 
@@ -303,7 +335,7 @@ def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_json_atomic(out / "latency.json", report)]
     csv_path = out / "latency.csv"
-    fields = ["key", "backend", "graph", "precision", "batch", "status", "reason", "n", "mean_ms", "stdev_ms", "cv",
+    fields = ["key", "backend", "device", "graph", "precision", "batch", "status", "reason", "n", "mean_ms", "stdev_ms", "cv",
               "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput", "gflops", "ceiling_share",
               "drift"]
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
@@ -349,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--duration", type=float, default=None, help="seconds of timed calls per configuration (default 3)")
     g.add_argument("--iterations", type=int, default=None, help="timed calls per configuration")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds the time is split into")
+    p.add_argument("--device", default="cpu",
+                   help="device for every backend: cpu (default), cuda or cuda:N (the tensorrt backend needs cuda; "
+                        "torch runs there when it sees CUDA)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the torch backend and its cold start")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
@@ -366,10 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from runtime.backends.base import Device
     from runtime.bundle import BundleError, read_manifest
+    from runtime.errors import BackendError
 
     try:
         read_manifest(args.bundle)
+        device = str(Device.parse(args.device))
         bad = [b for b in args.backends if b not in BACKENDS]
         if bad:
             raise BenchError(f"--backends: unknown {bad}; expected some of {list(BACKENDS)}")
@@ -389,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BenchError(f"--compare {args.compare}: cannot read a latency.json: {e}") from None
             if old.get("schema") != SCHEMA:
                 raise BenchError(f"--compare {args.compare}: schema {old.get('schema')!r}, expected {SCHEMA!r}")
-    except (BundleError, BenchError) as e:
+    except (BundleError, BenchError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     duration = args.duration if args.duration is not None else (None if args.iterations else 3.0)
@@ -398,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
                 cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
                 spinning=None if args.spinning is None else args.spinning == "on",
-                progress=not args.no_progress, seed=args.seed)
+                device=device, progress=not args.no_progress, seed=args.seed)
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

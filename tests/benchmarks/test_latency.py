@@ -114,3 +114,64 @@ def test_coldstart_cli(bench_run, tiny_checkpoint, capsys):
     assert "onnxruntime/fp32" in out and "torch " in out and "torch / onnxruntime/fp32:" in out
     assert coldstart.main([str(bundle), "--runs", "0"]) == 2
     assert "--runs must be >= 1" in capsys.readouterr().err
+
+
+def _copy_without_encoder_file(bundle, dest):
+    """The bundle with encoder.onnx gone but still listed in vae.json: like a device with engines for the decoder only."""
+    import shutil
+
+    shutil.copytree(bundle, dest)
+    (dest / "encoder.onnx").unlink()
+    return dest
+
+
+def test_only_the_requested_graphs_are_loaded(bench_run, tmp_path, capsys):
+    bundle, _, _ = bench_run
+    partial = _copy_without_encoder_file(bundle, tmp_path / "partial")
+    out = tmp_path / "out"
+    assert main([str(partial), "--backends", "onnxruntime", "--graphs", "decoder", "--batch", "1", "--iterations",
+                 "2", "--rounds", "1", "--warmup", "0", "--no-progress", "--cold-start-runs", "1",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert [(r["graph"], r["status"]) for r in report["results"]] == [("decoder", "ok")]
+    assert [(c["path"], c["status"]) for c in report["cold_start"]] == [("onnxruntime/fp32", "ok")]
+    # Asking for the encoder too reaches the missing file, and the rows say so instead of crashing.
+    capsys.readouterr()
+    assert main([str(partial), "--backends", "onnxruntime", "--graphs", "encoder,decoder", "--batch", "1",
+                 "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-progress", "--no-cold-start"]) == 0
+    text = capsys.readouterr().out
+    assert "skipped: BundleError" in text and "encoder.onnx" in text
+
+
+def test_device_is_passed_to_every_backend_and_recorded(bench_run, tiny_checkpoint, tmp_path):
+    import onnxruntime
+    import torch
+
+    if torch.cuda.is_available() or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this test checks the rows of a machine without CUDA")
+    bundle, _, _ = bench_run
+    out = tmp_path / "out"
+    assert main([str(bundle), "--backends", "torch,onnxruntime,tensorrt", "--graphs", "decoder", "--device", "cuda",
+                 "--batch", "1", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-progress",
+                 "--checkpoint", str(tiny_checkpoint), "--cold-start-runs", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert report["plan"]["device"] == report["environment"]["device"] == "cuda:0"
+    reasons = {r["backend"]: r["reason"] for r in report["results"]}
+    assert all(r["status"] == "skipped" and r["device"] == "cuda:0" for r in report["results"])
+    assert "torch.cuda.is_available() is False" in reasons["torch"]
+    assert "CUDAExecutionProvider is not in this onnxruntime build" in reasons["onnxruntime"]
+    assert reasons["tensorrt"]  # no TensorRT or no GPU here: either way a reason, not a traceback
+    cold = {c["path"]: c for c in report["cold_start"]}
+    assert cold["torch"]["status"] == "skipped" and cold["torch"]["reason"] == reasons["torch"]
+    assert cold["onnxruntime/fp32"]["status"] == "skipped"
+    assert list(csv.DictReader(open(out / "latency.csv")))[0]["device"] == "cuda:0"
+
+
+def test_bad_device_exits_2(bench_run, capsys):
+    from benchmarks import coldstart
+
+    bundle, _, _ = bench_run
+    assert main([str(bundle), "--device", "gpu"]) == 2
+    assert "expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'" in capsys.readouterr().err
+    assert coldstart.main([str(bundle), "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err

@@ -51,3 +51,22 @@ def test_runtime_runs_without_torch(bundle):
     assert out["backend"] == "onnxruntime" and out["shape"][0] == 2 and out["mu"][0] == 2
     assert out["parity"] is True
     assert "needs torch and vae_model" in out["torch_error"]
+
+
+DECODE_ONLY = r"""
+import json, sys
+import numpy as np
+import runtime
+with runtime.load(sys.argv[1], graphs=("decoder",)) as rt:
+    rt.decode(np.zeros((1, rt.latent_dim), np.float32))
+print(json.dumps(sorted(m for m in ("tempfile", "shutil", "bz2", "lzma", "random") if m in sys.modules)))
+"""
+
+
+def test_loading_and_decoding_import_no_writer_modules(bundle):
+    # A cold start pays for every import: tempfile and shutil (~4 ms here, with bz2 / lzma / random behind them)
+    # are only needed to write files, which runtime.files imports when it writes (benchmarks/NOTES.md section 8).
+    proc = subprocess.run([sys.executable, "-c", DECODE_ONLY, str(bundle)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
