@@ -133,6 +133,30 @@ def cold_start_torch(checkpoint: str | os.PathLike, device: str = "cpu") -> Cold
     return _run_child(_TORCH_CHILD, [str(checkpoint), device], "torch")
 
 
+def cold_start_cpp(bundle: str | os.PathLike, executable: str | os.PathLike, precision: str = "fp32",
+                   device: str = "cpu") -> ColdStart:
+    """The C++ runtime's example `vae_decode` (one seeded latent, nothing written) in a new process.
+
+    first_result_s is spawn -> exit measured here (an upper bound: it includes the process's tear-down); the peak RSS
+    is the VmHWM that vae_decode prints itself.
+    """
+    exe = Path(executable)
+    if not exe.is_file():
+        raise ColdStartError(f"{exe}: vae_decode is not built (run `make cpp`)")
+    label = f"cpp/{precision}"
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(exe), str(bundle), "--count", "1", "--format", "none", "--precision", precision,
+                           "--device", device], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+        raise ColdStartError(f"cold start of {label} failed (exit {proc.returncode}): {tail}")
+    rss = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.split()[:1] == ["peak_rss"]]
+    if not rss:
+        raise ColdStartError(f"cold start of {label}: vae_decode printed no peak_rss line (rebuild it: make cpp)")
+    return ColdStart(path=label, wall_s=wall, first_result_s=wall, peak_rss_mib=rss[0])
+
+
 def best_of(measure: Callable[[], ColdStart], runs: int) -> ColdStart:
     """Run a cold-start path `runs` times: the fastest first result and wall time, the highest peak RSS."""
     if runs < 1:

@@ -92,6 +92,7 @@ class Plan:
     cold_start_runs: int = 3
     spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
     device: str = "cpu"              # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
+    cpp_lib: Path | None = None      # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
     progress: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -125,6 +126,11 @@ def _inputs(manifest, graph: str, batch: int, seed: int) -> np.ndarray:
 
 
 def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
+    if backend == "cpp":  # the C++ library through its C ABI, in-process (benchmarks/cpp_runtime.py)
+        from .cpp_runtime import CppRuntime
+
+        return CppRuntime(plan.bundle, device=plan.device, precision=precision, graphs=",".join(graphs),
+                          threads=plan.threads, library=plan.cpp_lib)
     import runtime
 
     kwargs: dict[str, Any] = {"backend": backend, "precision": precision, "device": plan.device,
@@ -248,15 +254,13 @@ def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
 
 def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision)."""
-    from .coldstart import ColdStartError, best_of, cold_start_runtime, cold_start_torch
+    from .coldstart import ColdStartError, best_of, cold_start_cpp, cold_start_runtime, cold_start_torch
 
     out = []
     precision = plan.precisions[0]
     for backend in plan.backends:
         if "decoder" not in manifest.graphs:
             break
-        if backend == "cpp":
-            continue
         path = "torch" if backend == "torch" else f"{backend}/{precision}"
         if backend == "torch" and plan.checkpoint is None:
             out.append({"path": path, "status": "skipped", "reason": "needs --checkpoint", "device": plan.device})
@@ -269,6 +273,11 @@ def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str]) 
         try:
             if backend == "torch":
                 r = best_of(lambda: cold_start_torch(plan.checkpoint, plan.device), plan.cold_start_runs)
+            elif backend == "cpp":
+                from .cpp_runtime import find_library
+
+                exe = find_library(plan.cpp_lib).parent / "vae_decode"
+                r = best_of(lambda: cold_start_cpp(plan.bundle, exe, precision, plan.device), plan.cold_start_runs)
             else:
                 r = best_of(lambda: cold_start_runtime(plan.bundle, backend, precision, plan.device),
                             plan.cold_start_runs)
@@ -395,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
     p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpp-lib", type=Path, default=None, metavar="LIB",
+                   help="libvae_runtime.so for --backends cpp (default: $VAE_RUNTIME_LIB, else what `make cpp` builds); "
+                        "its vae_decode beside it is used for the cold start")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -436,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
                 cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
                 spinning=None if args.spinning is None else args.spinning == "on",
-                device=device, progress=not args.no_progress, seed=args.seed)
+                device=device, cpp_lib=args.cpp_lib, progress=not args.no_progress, seed=args.seed)
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

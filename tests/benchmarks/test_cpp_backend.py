@@ -39,3 +39,34 @@ def test_errors_carry_the_status_and_the_message(cpp_build, bundle, tmp_path):
         CppRuntime(tmp_path / "nothing", library=cpp_build.library)
     with pytest.raises(CppRuntimeError, match="not built.*make cpp"):
         CppRuntime(bundle, library=tmp_path / "libvae_runtime.so")
+
+
+def test_harness_measures_the_cpp_backend_and_its_cold_start(cpp_build, bundle, tmp_path, capsys):
+    import json
+
+    from benchmarks.latency import main
+
+    out = tmp_path / "bench"
+    assert main([str(bundle), "--backends", "onnxruntime,cpp", "--graphs", "decoder,encoder", "--batch", "2",
+                 "--iterations", "6", "--warmup", "0", "--rounds", "2", "--cold-start-runs", "1",
+                 "--cpp-lib", str(cpp_build.library), "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    rows = {(r["backend"], r["graph"]): r for r in report["results"]}
+    for graph in ("decoder", "encoder"):
+        assert rows[("cpp", graph)]["status"] == "ok", rows[("cpp", graph)]
+        assert rows[("cpp", graph)]["stats"]["n"] == 6
+    cold = {c["path"]: c for c in report["cold_start"]}
+    assert cold["cpp/fp32"]["status"] == "ok" and cold["cpp/fp32"]["peak_rss_mib"] > 1
+    assert "cold start cpp/fp32" in capsys.readouterr().out
+
+
+def test_harness_skips_cpp_with_the_reason_when_the_library_is_missing(bundle, tmp_path):
+    import json
+
+    from benchmarks.latency import main
+
+    out = tmp_path / "bench"
+    assert main([str(bundle), "--backends", "cpp", "--graphs", "decoder", "--batch", "1", "--iterations", "2",
+                 "--cpp-lib", str(tmp_path / "nope.so"), "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "latency.json").read_text())
+    assert report["results"][0]["status"] == "skipped" and "make cpp" in report["results"][0]["reason"]
