@@ -182,12 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --runs must be >= 1, got {args.runs}", file=sys.stderr)
         return 2
     from runtime.backends.base import Device
+    from runtime.bundle import BundleError, read_manifest
     from runtime.errors import BackendError
 
     try:
         device = str(Device.parse(args.device))
     except BackendError as e:
         print(f"error: --device: {e}", file=sys.stderr)
+        return 2
+    try:  # bad input is said here, once, rather than by every child process
+        read_manifest(args.bundle)
+        if args.checkpoint is not None and not args.checkpoint.is_file():
+            raise BundleError(f"--checkpoint {args.checkpoint}: no such file")
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         rt = best_of(lambda: cold_start_runtime(args.bundle, args.backend, args.precision, device), args.runs)

@@ -114,6 +114,10 @@ def test_coldstart_cli(bench_run, tiny_checkpoint, capsys):
     assert "onnxruntime/fp32" in out and "torch " in out and "torch / onnxruntime/fp32:" in out
     assert coldstart.main([str(bundle), "--runs", "0"]) == 2
     assert "--runs must be >= 1" in capsys.readouterr().err
+    assert coldstart.main([str(bundle.parent / "nothing")]) == 2
+    assert "no bundle manifest here" in capsys.readouterr().err
+    assert coldstart.main([str(bundle), "--checkpoint", str(bundle / "none.pt")]) == 2
+    assert "none.pt: no such file" in capsys.readouterr().err
 
 
 def _copy_without_encoder_file(bundle, dest):
