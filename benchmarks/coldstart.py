@@ -92,7 +92,12 @@ def _run_child(code: str, args: list[str], label: str, env: dict | None = None) 
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=Path(__file__).resolve().parent.parent)
-    _, status, _usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, _usage = os.wait4(proc.pid, 0)
+    except BaseException:  # Ctrl-C: the child must not outlive the harness
+        proc.kill()
+        proc.wait()
+        raise
     wall = time.perf_counter() - t0
     out = proc.stdout.read().decode() if proc.stdout else ""
     err = proc.stderr.read().decode() if proc.stderr else ""

@@ -17,6 +17,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -199,7 +200,8 @@ def run(plan: Plan) -> dict[str, Any]:
                 samples.pop(c.key)
         bar.total = len(active) * plan.rounds
         for r in range(plan.rounds):
-            ceilings.append(measure_matmul_gflops().gflops)
+            # The BLAS on as many threads as the backends use, so the share compares work on the same cores.
+            ceilings.append(measure_matmul_gflops(threads=plan.threads or os.cpu_count()).gflops)
             order = active if r % 2 == 0 else active[::-1]
             for c in order:
                 bar.set_postfix_str(c.key)
@@ -227,9 +229,13 @@ def run(plan: Plan) -> dict[str, Any]:
                                      gflop_per_call=gflop, gflops=gflops,
                                      ceiling_share=gflops / best_ceiling if best_ceiling else 0.0)
 
-    cold = []
+    cold: list[dict[str, Any]] = []
     if plan.cold_start and not interrupted:
-        cold = _cold_starts(plan, manifest, load_errors)
+        try:
+            _cold_starts(plan, manifest, load_errors, cold)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted during the cold starts: reporting what was measured so far", file=sys.stderr)
     env = environment.collect(plan.threads)
     env["device"] = plan.device
     return {
@@ -241,7 +247,7 @@ def run(plan: Plan) -> dict[str, Any]:
                  "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
                  "spinning": plan.spinning, "cold_start_runs": plan.cold_start_runs, "device": plan.device},
         "environment": env,
-        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings},
+        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": plan.threads or os.cpu_count()},
         "interrupted": interrupted,
         "results": [{**results[c.key].to_dict(), "device": plan.device} for c in configs],
         "cold_start": cold,
@@ -252,11 +258,14 @@ def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
     return (lambda: rt.decode(x)) if graph == "decoder" else (lambda: rt.encode(x))
 
 
-def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
-    """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision)."""
+def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str],
+                 out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision).
+
+    Results are appended to `out` as they come, so an interrupt keeps the ones already measured.
+    """
     from .coldstart import ColdStartError, best_of, cold_start_cpp, cold_start_runtime, cold_start_torch
 
-    out = []
     precision = plan.precisions[0]
     for backend in plan.backends:
         if "decoder" not in manifest.graphs:
@@ -318,6 +327,23 @@ def format_table(report: dict[str, Any]) -> str:
         else:
             lines.append(f"cold start {cs['path']:<20} {cs['status']}: {cs.get('reason', '')}")
     return "\n".join(lines)
+
+
+def _check_report_rows(report: Any, source: Path) -> None:
+    """Refuse (BenchError) an earlier report whose rows compare_reports could not read."""
+    from dataclasses import fields
+
+    need = {f.name for f in fields(LatencyStats)}
+    rows = report.get("results")
+    if not isinstance(rows, list):
+        raise BenchError(f"--compare {source}: no 'results' list")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "key" not in r or "status" not in r:
+            raise BenchError(f"--compare {source}: results[{i}] is not a result row (needs 'key' and 'status')")
+        if r["status"] == "ok":
+            missing = sorted(need - set(r.get("stats") or {}))
+            if missing:
+                raise BenchError(f"--compare {source}: results[{i}] ({r['key']}): stats lack {missing}")
 
 
 def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list]:
@@ -431,14 +457,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(f"--precision: unknown {bad}; expected some of fp32, fp16, int8")
         if args.rounds < 1 or (args.iterations is not None and args.iterations < 1) or args.cold_start_runs < 1:
             raise BenchError("--rounds, --iterations and --cold-start-runs must be >= 1")
+        if args.threads is not None and args.threads < 1:
+            raise BenchError(f"--threads must be >= 1, got {args.threads}")
+        if args.warmup < 0 or (args.duration is not None and not args.duration > 0):
+            raise BenchError(f"--warmup must be >= 0 and --duration > 0, got {args.warmup} and {args.duration}")
         old = None
         if args.compare is not None:
             try:
                 old = json.loads(args.compare.read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise BenchError(f"--compare {args.compare}: cannot read a latency.json: {e}") from None
-            if old.get("schema") != SCHEMA:
-                raise BenchError(f"--compare {args.compare}: schema {old.get('schema')!r}, expected {SCHEMA!r}")
+            if not isinstance(old, dict) or old.get("schema") != SCHEMA:
+                got = old.get("schema") if isinstance(old, dict) else type(old).__name__
+                raise BenchError(f"--compare {args.compare}: schema {got!r}, expected {SCHEMA!r}")
+            _check_report_rows(old, args.compare)
     except (BundleError, BenchError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -93,11 +93,27 @@ def test_missing_variant_is_skipped_with_a_reason(bench_run, capsys):
     (["--backends", "jax"], "--backends: unknown ['jax']"),
     (["--graphs", "middle"], "--graphs: unknown ['middle']"),
     (["--precision", "fp8"], "--precision: unknown ['fp8']"),
+    (["--threads", "-1"], "--threads must be >= 1"),
+    (["--duration", "0"], "--duration > 0"),
 ])
 def test_bad_options_exit_2(bench_run, capsys, args, message):
     bundle, _, _ = bench_run
     assert main([str(bundle), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_unreadable_compare_file_exits_2_before_measuring(bench_run, tmp_path, capsys):
+    bundle, _, report = bench_run
+    bad = tmp_path / "list.json"
+    bad.write_text("[]")
+    assert main([str(bundle), "--compare", str(bad)]) == 2
+    assert "schema 'list'" in capsys.readouterr().err
+    broken = copy.deepcopy(report)
+    del broken["results"][0]["stats"]["cv"]
+    bad.write_text(json.dumps(broken))
+    assert main([str(bundle), "--compare", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "stats lack ['cv']" in err and "Traceback" not in err
 
 
 def test_not_a_bundle_exits_2(tmp_path, capsys):
@@ -179,3 +195,20 @@ def test_bad_device_exits_2(bench_run, capsys):
     assert "expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'" in capsys.readouterr().err
     assert coldstart.main([str(bundle), "--device", "tpu"]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_the_cold_starts_keeps_the_latencies(bench_run, tmp_path, monkeypatch, capsys):
+    from benchmarks import coldstart
+
+    def interrupted(*args, **kwargs):  # what a Ctrl-C while waiting for the cold-start child raises
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(coldstart, "cold_start_runtime", interrupted)
+    bundle, _, _ = bench_run
+    out = tmp_path / "out"
+    main([str(bundle), "--backends", "onnxruntime", "--graphs", "decoder", "--batch", "1", "--iterations", "3",
+          "--warmup", "0", "--rounds", "1", "--no-progress", "--out", str(out)])
+    report = json.loads((out / "latency.json").read_text())
+    assert report["interrupted"] is True and report["results"][0]["status"] == "ok"
+    assert report["matmul_ceiling_gflops"]["threads"] >= 1
+    assert "interrupted during the cold starts" in capsys.readouterr().err
