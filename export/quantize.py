@@ -39,6 +39,7 @@ import numpy as np
 from runtime import bundle as B
 from runtime.metrics import ComparisonReport, Tolerance
 
+from .cli import non_negative_int, positive_float
 from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, dataset_images,
                                evaluation_sets, float_nodes, make_budget, measure, open_bundle, precision_table,
                                quiet, realistic_inputs, register_variant, save_model_atomic, search_kept_nodes,
@@ -305,10 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=128, help="calibration inputs per graph (default 128)")
     p.add_argument("--eval-samples", type=int, default=32, help="fresh realistic evaluation inputs (default 32)")
     p.add_argument("--method", default="minmax", choices=METHODS, help="calibration method (default minmax)")
-    p.add_argument("--budget-psnr", type=float, default=None, help="decoder image PSNR floor in dB (default 30)")
-    p.add_argument("--budget-rel-l2", type=float, default=None, help="encoder mu/logvar rel L2 ceiling (default 0.1)")
+    p.add_argument("--budget-psnr", type=positive_float, default=None, help="decoder image PSNR floor in dB (default 30)")
+    p.add_argument("--budget-rel-l2", type=positive_float, default=None, help="encoder mu/logvar rel L2 ceiling (default 0.1)")
     p.add_argument("--max-kept", type=int, default=2, help="most nodes left unquantized to meet the budget")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=non_negative_int, default=1)
     p.add_argument("--force", action="store_true", help="write (and register as failed) a variant that misses")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

@@ -46,6 +46,7 @@ import numpy as np
 from runtime import bundle as B
 from runtime.metrics import ComparisonReport, Tolerance
 
+from .cli import non_negative_int, positive_float
 from .precision_common import (FP16_MAX, BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict,
                                evaluation_sets, expose_intermediates, float_nodes, make_budget, measure,
                                open_bundle, ort_session, precision_table, quiet, register_variant, run_graph,
@@ -359,10 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.to_fp16", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("--graphs", default=None, help="encoder,decoder (default: every graph of the bundle)")
-    p.add_argument("--budget-psnr", type=float, default=None, help="decoder image PSNR floor in dB (default 40)")
-    p.add_argument("--budget-rel-l2", type=float, default=None, help="encoder mu/logvar rel L2 ceiling (default 1e-2)")
+    p.add_argument("--budget-psnr", type=positive_float, default=None, help="decoder image PSNR floor in dB (default 40)")
+    p.add_argument("--budget-rel-l2", type=positive_float, default=None, help="encoder mu/logvar rel L2 ceiling (default 1e-2)")
     p.add_argument("--samples", type=int, default=32, help="fresh realistic inputs per graph (default 32)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=non_negative_int, default=1)
     p.add_argument("--calibration", type=Path, default=None,
                    help="folder of images for the realistic inputs (default: the embedded shapes dataset)")
     p.add_argument("--no-progress", action="store_true")

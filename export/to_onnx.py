@@ -56,6 +56,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from export.cli import non_negative_int
 from runtime import bundle as B
 from runtime.files import make_dir_public, replace_dir, sha256_file
 from runtime.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
@@ -439,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{default_tolerance('fp32', B.IMAGE).max_abs:g})")
     p.add_argument("--reference-batch", type=int, default=4, metavar="N",
                    help="rows per golden / realistic input set in reference.npz (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the golden inputs (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the golden inputs (default 0)")
     args = p.parse_args(argv)
     from vae_model import CheckpointError
 

@@ -96,7 +96,11 @@ def _read(path: Path) -> Any:
         detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
         reason = detail.group(1) if detail else _first_line(text, e)
         raise CorruptCheckpointError(f"{path}: not a torch checkpoint ({size} bytes; unpickling failed: {reason})") from None
-    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except KeyError as e:  # the legacy (non-zip) loader reading bytes that are not a pickle: an opcode number
+        raise CorruptCheckpointError(
+            f"{path}: not a torch checkpoint ({size} bytes; neither a torch zip archive nor a pickle: unknown "
+            f"opcode {e})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CorruptCheckpointError(
             f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated or corrupt?): {_first_line(str(e), e)}"
         ) from None

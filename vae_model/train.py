@@ -160,7 +160,10 @@ def train(opt: TrainOptions) -> TrainResult:
     t_start = time.perf_counter()
     device = _device(opt.device)
     out = Path(opt.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"--out {out}: cannot create the output folder ({e.strerror or e})") from None
     pixel_range = TANH_RANGE
     cfg = opt.model
 
@@ -314,6 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("epochs", "batch_size", "train_size", "val_size"):
             if getattr(args, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        for name, ok, want in (("lr", args.lr > 0, "> 0"), ("gamma", 0 < args.gamma <= 1, "in (0, 1]"),
+                               ("kld_weight", args.kld_weight >= 0, ">= 0"),
+                               ("weight_decay", args.weight_decay >= 0, ">= 0")):
+            value = getattr(args, name)
+            if not (math.isfinite(value) and ok):
+                raise TrainError(f"--{name.replace('_', '-')} must be a finite number {want}, got {value}")
+        if args.seed < 0:
+            raise TrainError(f"--seed must be >= 0, got {args.seed}")
+        if args.center_crop < 1:
+            raise TrainError(f"--center-crop must be >= 1, got {args.center_crop}")
         model_cfg = VAEConfig(in_channels=args.in_channels, out_channels=args.in_channels,
                               image_size=args.image_size, latent_dim=args.latent_dim, hidden_dims=args.hidden_dims)
         opt = TrainOptions(out=args.out, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -185,3 +185,15 @@ def test_cli_refuses_missing_or_changed_bundle(bundle, tmp_path, capsys):
     assert to_fp16.main([str(bundle), "--graphs", "decoder"]) == 2
     err = capsys.readouterr().err
     assert "decoder.onnx" in err and "sha256" in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--budget-psnr", "nan"], "--budget-psnr: expected a finite number > 0, got nan"),
+    (["--budget-rel-l2", "-1"], "--budget-rel-l2: expected a finite number > 0"),
+    (["--seed", "-1"], "--seed: expected an integer >= 0"),
+])
+def test_cli_bad_budget_or_seed_is_a_usage_error(bundle, capsys, args, needle):
+    with pytest.raises(SystemExit) as e:
+        to_fp16.main([str(bundle), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and "Traceback" not in err

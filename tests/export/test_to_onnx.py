@@ -328,3 +328,10 @@ def test_cli_truncated_checkpoint_exits_2(tiny_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cut.pt" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.pt"]
+
+
+def test_cli_negative_seed_is_a_usage_error(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--seed", "-1"])
+    assert e.value.code == 2 and "--seed: expected an integer >= 0, got -1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -85,7 +85,7 @@ class Evil:
     ("missing.pt", None, CheckpointNotFoundError, "missing.pt: no such checkpoint file"),
     ("empty.pt", lambda p: p.write_bytes(b""), CorruptCheckpointError, "empty.pt: the file is empty"),
     ("text.pt", lambda p: p.write_text("hello, not a checkpoint\n" * 10), CorruptCheckpointError,
-     r"text.pt: cannot be read as a torch checkpoint \(240 bytes"),
+     r"text.pt: not a torch checkpoint \(240 bytes; neither a torch zip archive nor a pickle"),
     ("evil.pt", lambda p: torch.save({"state_dict": Evil()}, p), NotACheckpointError, r"evil.pt: holds Python objects .*\(global print\)"),
     ("pickle.pt", lambda p: p.write_bytes(pickle.dumps({"a": 1})), CorruptCheckpointError, r"pickle.pt: not a torch checkpoint \(\d+ bytes; unpickling failed: Unsupported operand"),
     ("list.pt", lambda p: torch.save([1, 2, 3], p), NotACheckpointError, "list.pt: not a VAE checkpoint"),

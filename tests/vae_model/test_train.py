@@ -97,3 +97,26 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "no images found" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--resume", str(tmp_path / "x.pt"), "--no-progress"]) == 2
     assert "x.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--gamma", "0"], "--gamma must be a finite number in (0, 1]"),
+    (["--kld-weight", "nan"], "--kld-weight must be a finite number >= 0, got nan"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be a finite number >= 0"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--center-crop", "0"], "--center-crop must be >= 1"),
+])
+def test_bad_hyper_parameters_exit_2_before_training(tmp_path, capsys, args, message):
+    assert main(["--out", str(tmp_path / "out"), *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["--out", str(tmp_path / "file"), "--epochs", "1", "--train-size", "8", "--val-size", "8",
+                 "--batch-size", "8", "--image-size", "32", "--hidden-dims", "8,16", "--latent-dim", "8",
+                 "--no-progress"]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
