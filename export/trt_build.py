@@ -25,6 +25,9 @@ from runtime.metrics import ComparisonReport
 from runtime.parity import ParityReport
 
 
+MIN_ENGINE_BYTES = 4096
+
+
 class TrtBuildError(ValueError):
     """TensorRT could not parse or build the graph; the message names the file and TensorRT's errors."""
 
@@ -162,7 +165,13 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
     path = Path(engine_file)
     if not path.is_file():
         raise TrtBuildError(f"--adopt {path}: no such engine file")
-    return finish_engine(bundle, plan, path.read_bytes(), trt=trt, verify=verify, device_index=device_index,
+    data = path.read_bytes()
+    # Without a GPU nothing can deserialize it; at least refuse what cannot be an engine of this model (the smallest
+    # engine of the tiny test model is ~100 KB; a real decoder's is MBs).
+    if len(data) < MIN_ENGINE_BYTES:
+        raise TrtBuildError(f"--adopt {path}: {len(data)} bytes, too small to be a TensorRT engine "
+                            f"(expected at least {MIN_ENGINE_BYTES}); was the trtexec build interrupted?")
+    return finish_engine(bundle, plan, data, trt=trt, verify=verify, device_index=device_index,
                          build_seconds=0.0, constrained=[], log=log, t0=time.perf_counter(),
                          extra={"adopted_from": str(path.resolve())})
 

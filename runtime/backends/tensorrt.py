@@ -195,8 +195,11 @@ class EngineRunner:
         cudart, ctx = self.cudart, self.context
         n = next(iter(feeds.values())).shape[0]
         if n < self.min_batch:
+            fixed = self.min_batch == self.max_batch
             raise BackendError(f"{self.source}: batch {n} is below the engine profile's min batch {self.min_batch}; "
-                               "rebuild with --min-batch 1")
+                               + (f"this engine takes exactly {self.min_batch} rows (a fixed-shape engine, e.g. for "
+                                  f"DLA): pad the batch to {self.min_batch}" if fixed
+                                  else "rebuild with --min-batch 1"))
         # The device is per host thread in CUDA; a call may come from any thread.
         _call(cudart, "cudaSetDevice", self.device_index)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost

@@ -152,6 +152,15 @@ def test_cli_builds_and_prints(bundle_copy, capsys):
     assert main([str(bundle_copy), "--flavour", "trt_rtx", "--precision", "fp16", "--no-verify"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: TensorRT-RTX") and "export.to_fp16" in err and "Traceback" not in err
+    # --adopt refuses a file that cannot be an engine and leaves the built one in place
+    garbage = bundle_copy / "garbage.plan"
+    garbage.write_bytes(b"garbage\n")
+    engine = bundle_copy / "engines" / f"decoder.fp32.portable.{tag}.plan"
+    before = engine.read_bytes()
+    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--graphs", "decoder", "--precision", "fp32",
+                 "--no-verify", "--adopt", str(garbage)]) == 2
+    assert "8 bytes, too small to be a TensorRT engine" in capsys.readouterr().err
+    assert engine.read_bytes() == before
 
 
 def test_kept_nodes_map_to_the_parser_layers(bundle):

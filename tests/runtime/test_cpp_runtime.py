@@ -248,7 +248,7 @@ def test_vae_decode_rejects_bad_latents(cpp_build, bundle, tmp_path, make, needl
     d = read_manifest(bundle).model.latent_dim
     np.save(tmp_path / "z.npy", make(d))
     proc = _decode_cli(cpp_build, bundle, "--latents", tmp_path / "z.npy", "--format", "none")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith("vae_decode: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert needle.format(w=d + 1, d=d) in proc.stderr
 
@@ -257,7 +257,7 @@ def test_vae_decode_usage_and_missing_file(cpp_build, bundle, tmp_path):
     proc = _decode_cli(cpp_build, bundle, "--format", "none")
     assert proc.returncode == 2 and "give exactly one of --latents FILE or --count N" in proc.stderr
     proc = _decode_cli(cpp_build, bundle, "--latents", tmp_path / "none.npy", "--format", "none")
-    assert proc.returncode == 1 and f"{tmp_path / 'none.npy'}: cannot be opened" in proc.stderr
+    assert proc.returncode == 2 and f"{tmp_path / 'none.npy'}: cannot be opened" in proc.stderr
 
 
 def test_vae_decode_writes_images_like_to_uint8(cpp_build, bundle, tmp_path):

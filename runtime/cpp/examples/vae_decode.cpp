@@ -9,7 +9,8 @@
 // item, DIR/image_000.png ... mapped from the bundle's pixel range to 8 bits like runtime.images.to_uint8.
 // Timing: load (read vae.json, hash and open the graphs), latents, decode (best and mean of R runs), to_uint8, write,
 // first (process start -> first decoded batch) and the process's peak RSS (VmHWM, Linux).
-// Exit codes: 0 ok, 1 a runtime error (bad bundle, shapes, NaN ...), 2 a usage error. Errors are one line on stderr.
+// Exit codes: 0 ok, 1 a failure while running (engine error, writing images), 2 bad input: usage, bundle, latents
+// (shape, NaN ...), an unavailable backend/precision. Errors are one line on stderr.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -117,7 +118,14 @@ int run(const Args& a) {
     std::vector<float> z;
     std::int64_t batch;
     if (!a.latents.empty()) {
-        npy::Array arr = npy::load(a.latents);
+        npy::Array arr;
+        try {
+            arr = npy::load(a.latents);
+        } catch (const vae::Error&) {
+            throw;
+        } catch (const std::exception& e) {  // unreadable / malformed .npy: bad input
+            throw vae::InvalidArgumentError(e.what());
+        }
         if (arr.shape.size() != 2 || arr.shape[1] != info.latent_dim) {
             std::string hint = arr.shape.size() == 1 ? " (a single latent needs a batch axis: z[None])" : "";
             throw vae::ShapeError(a.latents + ": shape " + npy::shape_str(arr.shape) + ", expected (N, " +
@@ -196,8 +204,10 @@ int main(int argc, char** argv) {
         return run(args);
     } catch (const vae::Error& e) {
         std::fprintf(stderr, "vae_decode: error: %s\n", e.what());
-        return 1;
-    } catch (const std::exception& e) {  // file errors from npy / image writing
+        // Like the Python CLIs: 2 for bad input or something not available here, 1 for a failure while running.
+        const vae_status st = e.status();
+        return st == VAE_ERR_BACKEND || st == VAE_ERR_INTERNAL ? 1 : 2;
+    } catch (const std::exception& e) {  // writing the images
         std::fprintf(stderr, "vae_decode: error: %s\n", e.what());
         return 1;
     }
