@@ -3,8 +3,19 @@
     python -m export.quantize BUNDLE --int8 [--graphs encoder,decoder] [--calibration DIR] [--samples N]
                               [--method minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1]
                               [--max-kept 2] [--force] [--no-progress]
+                              [--decoder-form bundle|subpixel] [--checkpoint CKPT]
 
 Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json.
+
+Decoder form (--decoder-form). `bundle` (the default) quantizes the bundle's decoder.onnx. `subpixel` quantizes an
+all-layers dense sub-pixel form of the same decoder instead (export.rewrites.rewrite_decoder(layers="all",
+form="dense")): on ONNX Runtime CPU its INT8 graph runs every upsampling layer as an int8 convolution and was measured
+1.20-1.35x faster than the FP32 decoder, where the INT8 graph of the shipped form is slower than FP32
+(benchmarks/NOTES.md, sections 8.2 and 10). That form is rebuilt from the source checkpoint vae.json names (its
+sha256 must match the manifest's; --checkpoint CKPT when it moved), BatchNorm folded, exported like export.to_onnx
+(its graph metadata records the rewrite options) and checked against decoder.onnx on the golden and realistic z of
+reference.npz (max abs <= 1e-4) before it is quantized exactly as the bundle form is. The variant records the form in
+vae.json (graphs.decoder.variants.int8.source_form). The encoder is not affected.
 
 Quantization (onnxruntime.quantization.quantize_static): QuantFormat.QDQ; INT8 activations and weights, both
 symmetric (zero point 0: TensorRT rejects any other); weights per output channel (axis 0 for Conv / Gemm, axis 1
@@ -47,6 +58,10 @@ from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResul
 
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
+DECODER_FORMS = ("bundle", "subpixel")
+# rewrite_decoder's options for --decoder-form subpixel (section 8.2 of benchmarks/NOTES.md: the fastest INT8 form)
+SUBPIXEL_OPTIONS = {"layers": "all", "form": "dense", "absorb_head": True, "fold_stem": True}
+FORM_CHECK_MAX_ABS = 1e-4  # the rebuilt FP32 form against decoder.onnx: exact up to FP32 rounding
 WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}  # op -> output-channel axis of its weight
 
 
@@ -209,6 +224,100 @@ def strip_output_qdq(model):
     return model
 
 
+# ----------------------------------------------------------------------------------------------- decoder forms
+
+def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
+    """The checkpoint the bundle was exported from, its sha256 checked against vae.json's source.sha256."""
+    from runtime.files import sha256_file
+
+    src = data.manifest.source
+    manifest_path = data.path / B.MANIFEST_NAME
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise PrecisionError(f"--checkpoint {path}: not a file")
+    else:
+        candidates = [Path(p) for p in (src.get("path"),) if p]
+        if src.get("checkpoint"):
+            candidates.append(data.path / Path(src["checkpoint"]).name)
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            looked = [str(c) for c in candidates]
+            raise PrecisionError(f"--decoder-form subpixel rebuilds the decoder from the source checkpoint, and "
+                                 f"the one {manifest_path} names is not here (looked for {looked}); pass "
+                                 "--checkpoint CKPT")
+    expected = str(src.get("sha256") or "")
+    if expected:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PrecisionError(f"{path}: sha256 {actual[:12]}..., {manifest_path} says the bundle was exported from "
+                                 f"{expected[:12]}...: not the bundle's checkpoint (changed since export?); pass "
+                                 "--checkpoint with the exported one")
+    return path
+
+
+def subpixel_decoder(data, checkpoint: Path | None, out: Path, log: Callable[[str], None] = print) -> dict:
+    """Export the all-layers dense sub-pixel FP32 decoder to `out`, checked against the bundle's decoder.onnx.
+
+    Returns what vae.json records as the variant's source_form.
+    """
+    import json
+
+    import onnx
+    import torch
+
+    from vae_model import CheckpointError, load_checkpoint
+
+    from .passes import fold_batchnorm
+    from .precision_common import ort_session, run_graph
+    from .rewrites import RewriteError, rewrite_decoder
+    from .to_onnx import ExportError, export_graph
+
+    ckpt = source_checkpoint(data, checkpoint)
+    try:
+        model = load_checkpoint(ckpt).model.float().eval()
+    except CheckpointError as e:
+        raise PrecisionError(f"--decoder-form subpixel: {e}") from None
+    cfg, m = model.config, data.manifest.model
+    if (cfg.latent_dim, cfg.image_size, cfg.in_channels, tuple(cfg.hidden_dims)) != \
+            (m.latent_dim, m.image_size, m.in_channels, tuple(m.hidden_dims)):
+        raise PrecisionError(f"{ckpt}: model config {cfg} does not match {data.path / B.MANIFEST_NAME}'s {m}")
+    try:
+        rw = rewrite_decoder(fold_batchnorm(model), **SUBPIXEL_OPTIONS)
+    except RewriteError as e:
+        raise PrecisionError(f"--decoder-form subpixel: {e}") from None
+    fp32_path = data.graph_path(B.DECODER)
+    bundle_graph = onnx.load(str(fp32_path), load_external_data=False)
+    meta = {p.key: p.value for p in bundle_graph.metadata_props if p.key != "graph"}
+    meta.update({"rewrites": "; ".join(rw.applied) or "none",
+                 "rewrite_options": json.dumps(dict(rw.options), sort_keys=True)})
+    opset = data.manifest.graph(B.DECODER).opset
+    try:
+        export_graph(rw.module.eval(), B.DECODER, torch.zeros(2, cfg.latent_dim), out, opset, meta)
+    except ExportError as e:
+        raise PrecisionError(f"--decoder-form subpixel: {e}") from None
+    # The same function as decoder.onnx? Golden and realistic z of reference.npz through both graphs.
+    ref = dict(np.load(data.path / str((data.manifest.reference or {}).get("file", B.REFERENCE_NAME))))
+    zs = [ref[k].astype(np.float32) for k in (B.reference_key(B.DECODER, B.Z),
+                                              "realistic." + B.reference_key(B.DECODER, B.Z)) if k in ref]
+    if not zs:
+        raise B.BundleError(f"{data.path / B.REFERENCE_NAME}: no decoder.z to check the sub-pixel form on")
+    z = np.concatenate(zs)
+    want = run_graph(ort_session(fp32_path), {B.Z: z})[B.IMAGE]
+    got = run_graph(ort_session(out), {B.Z: z})[B.IMAGE]
+    max_abs = float(np.abs(got - want).max()) if np.isfinite(got).all() else float("inf")
+    if not max_abs <= FORM_CHECK_MAX_ABS:
+        raise PrecisionError(f"{ckpt}: its sub-pixel decoder differs from {fp32_path} by max abs {max_abs:.3g} on the "
+                             f"{len(z)} golden + realistic z of reference.npz (tolerance {FORM_CHECK_MAX_ABS:g}): not "
+                             "the bundle's model; refusing to quantize it")
+    log(f"decoder: quantizing the sub-pixel form ({meta['rewrites']}); against {fp32_path.name}: max abs "
+        f"{max_abs:.3g} on {len(z)} z")
+    return {"form": "subpixel", "rewrites": meta["rewrites"], "rewrite_options": dict(rw.options),
+            "checkpoint_sha256": str(data.manifest.source.get("sha256") or ""),
+            "fp32_check": {"against": fp32_path.name, "inputs": "golden + realistic z of reference.npz",
+                           "batch": int(len(z)), "max_abs": max_abs, "tolerance": FORM_CHECK_MAX_ABS}}
+
+
 @dataclass(frozen=True)
 class Int8Result:
     graph: str
@@ -245,21 +354,31 @@ def search_int8(quantizer: Quantizer, model_fp32, graph: str, sets: Sequence[Eva
 def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
                       budget_rel_l2: float | None = None, samples: int = 128, eval_samples: int = 32,
                       seed: int = 1, calibration: Path | None = None, method: str = "minmax", max_kept: int = 2,
-                      force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Int8Result:
-    """Calibrate, search, verify and (if the budget is met, or forced) write and register BUNDLE/<graph>.int8.onnx."""
+                      force: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                      decoder_form: str = "bundle", checkpoint: Path | None = None) -> Int8Result:
+    """Calibrate, search, verify and (if the budget is met, or forced) write and register BUNDLE/<graph>.int8.onnx.
+
+    decoder_form="subpixel" (decoder only): quantize the all-sub-pixel form rebuilt from `checkpoint` (default: the
+    source checkpoint vae.json names) instead of decoder.onnx; see the module docstring."""
     import onnx
     from tqdm import tqdm
 
     data, _ = open_bundle(bundle, [graph])
     if samples < 1:
         raise PrecisionError(f"--samples must be >= 1, got {samples}")
+    if decoder_form not in DECODER_FORMS:
+        raise PrecisionError(f"--decoder-form: expected one of {list(DECODER_FORMS)}, got {decoder_form!r}")
     budget = make_budget(PRECISION, graph, psnr=budget_psnr, rel_l2=budget_rel_l2)
     fp32_path = data.graph_path(graph)
     # Calibration and evaluation use different seeds: accuracy is measured on inputs the ranges were not fitted to.
     calib = calibration_inputs(bundle, graph, samples, seed + 1000, calibration)
     sets = evaluation_sets(data, graph, samples=eval_samples, seed=seed, folder=calibration)
-    model_fp32 = onnx.load(str(fp32_path))
+    source_form: dict = {}
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=Path(bundle)) as tmp:
+        if graph == B.DECODER and decoder_form == "subpixel":
+            fp32_path = Path(tmp) / "decoder.subpixel.onnx"
+            source_form = subpixel_decoder(data, checkpoint, fp32_path, log=log)
+        model_fp32 = onnx.load(str(fp32_path))
         quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=Path(tmp))
         with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,
                   leave=False, file=sys.stderr) as bar:
@@ -291,7 +410,7 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
                 "samples": eval_samples, "seed": seed}
     register_variant(bundle, graph, B.VariantSpec(precision=PRECISION, file=name, sha256=sha,
                                                   kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
-                                                  budget=budget_to_dict(budget)))
+                                                  budget=budget_to_dict(budget), source_form=source_form))
     log(f"wrote {Path(bundle) / name}" + ("" if res.passed else " (FORCED: it misses its budget)"))
     return res
 
@@ -312,6 +431,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=non_negative_int, default=1)
     p.add_argument("--force", action="store_true", help="write (and register as failed) a variant that misses")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--decoder-form", default="bundle", choices=DECODER_FORMS,
+                   help="decoder graph to quantize: the bundle's decoder.onnx (default) or its all-layers dense "
+                        "sub-pixel form rebuilt from the source checkpoint (faster INT8 on ONNX Runtime CPU)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                   help="with --decoder-form subpixel: the source checkpoint, when it is not where vae.json says "
+                        "(its sha256 must match vae.json's)")
     args = p.parse_args(argv)
     try:
         if not args.int8:
@@ -321,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"{args.eval_samples}")
         if args.calibration is not None and not args.calibration.is_dir():
             raise PrecisionError(f"--calibration {args.calibration}: not a directory")
-        _, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
+        data, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
+        if args.decoder_form == "subpixel" and B.DECODER in graphs:
+            source_checkpoint(data, args.checkpoint)  # a missing or changed checkpoint fails before any work
     except (PrecisionError, B.BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -332,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     budget_rel_l2=args.budget_rel_l2, samples=args.samples,
                                     eval_samples=args.eval_samples, seed=args.seed, calibration=args.calibration,
                                     method=args.method, max_kept=args.max_kept, force=args.force,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, decoder_form=args.decoder_form,
+                                    checkpoint=args.checkpoint)
             if not res.passed:
                 missed.append(graph)
         except BudgetError as e:

@@ -70,17 +70,23 @@ class VariantSpec:
     kept_fp32_nodes: tuple[str, ...] = ()
     accuracy: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
+    # Optional: the FP32 form the variant was made from when it is not the bundle's own graph file (e.g. INT8
+    # quantized from an all-sub-pixel rewrite of the decoder: {"form": "subpixel", "rewrites": ..., "rewrite_options":
+    # {...}, ...}). Empty (and absent from vae.json) when the variant was made from the graph file itself.
+    source_form: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kept_fp32_nodes"] = list(self.kept_fp32_nodes)
+        if not self.source_form:  # bundles without it read and write exactly as before
+            del d["source_form"]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VariantSpec":
         return cls(precision=str(d["precision"]), file=str(d["file"]), sha256=str(d["sha256"]),
                    kept_fp32_nodes=tuple(d.get("kept_fp32_nodes", ())), accuracy=dict(d.get("accuracy", {})),
-                   budget=dict(d.get("budget", {})))
+                   budget=dict(d.get("budget", {})), source_form=dict(d.get("source_form") or {}))
 
 
 @dataclass(frozen=True)

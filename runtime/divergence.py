@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import GRAPH_IO, Manifest, read_manifest, resolve_file
+from .bundle import GRAPH_IO, MANIFEST_NAME, BundleError, Manifest, read_manifest, resolve_file
 
 # Relative L2 above which an intermediate tensor counts as diverged, per precision (FP32 reassociation is ~1e-7).
 THRESHOLDS = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-1}
@@ -185,11 +185,24 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     meta = {p.key: p.value for p in (proto if precision == "fp32" else onnx.load(
         str(resolve_file(root, manifest.graphs[graph].file)), load_external_data=False)).metadata_props}
     notes: list[str] = []
+    # A variant made from another form of the graph (export.quantize --decoder-form subpixel) records that form's
+    # rewrite in vae.json: rebuild that one, not the FP32 file's, or every anchor would be named after the wrong form.
+    variant = manifest.graphs[graph].variants.get(precision) if precision != "fp32" else None
+    form = dict(variant.source_form) if variant is not None else {}
+    if form:
+        if "rewrite_options" not in form or "rewrites" not in form:
+            raise BundleError(f"{root / MANIFEST_NAME}: the {precision} {graph} variant was made from another form "
+                              f"({form.get('form', '?')!r}) and does not record its rewrite options: its layers "
+                              "cannot be located; compare the FP32 graph instead (precision='fp32')")
+        meta = {"rewrites": str(form["rewrites"]), "rewrite_options": json.dumps(form["rewrite_options"])}
+        notes.append(f"the {precision} variant was quantized from the {form.get('form', '?')!r} form of the graph, "
+                     f"not {manifest.graphs[graph].file}; its anchors are that form's blocks")
     sources: dict[str, str] = {}
     fused: dict[str, str] = {}
     blocks: tuple[str, ...] = ()
     if graph == "decoder" and meta.get("rewrites", "none") != "none":  # (older exports also tagged the encoder)
-        module, sources, fused, blocks, notes = _rewritten_reference(model, meta)
+        module, sources, fused, blocks, rw_notes = _rewritten_reference(model, meta)
+        notes += rw_notes
         run = module
     else:
         module = model

@@ -160,3 +160,96 @@ def test_bad_options_exit_2(bundle, capsys, args, needle):
     assert quantize.main([str(bundle), *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------- --decoder-form
+
+@pytest.fixture(scope="module")
+def ckpt_bundle(tiny_checkpoint, tmp_path_factory):
+    """A bundle exported from a checkpoint file (vae.json records its path and sha256)."""
+    from export.to_onnx import export_bundle
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("int8-subpixel") / "bundle", log=lambda *a: None)
+
+
+def test_default_form_records_no_source_form(bundle):
+    import json
+
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", *FAST]) == 0
+    raw = json.loads((bundle / B.MANIFEST_NAME).read_text())["graphs"]["decoder"]["variants"]["int8"]
+    assert "source_form" not in raw  # the manifest of a default run is the one it always was
+    assert B.read_manifest(bundle).graph(B.DECODER).variants["int8"].source_form == {}
+
+
+def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, capsys):
+    import runtime
+
+    bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]) == 0
+    assert "sub-pixel form" in capsys.readouterr().out
+    v = B.read_manifest(bundle).graph(B.DECODER).variants["int8"]
+    assert v.file == "decoder.int8.onnx" and v.sha256 == sha256_file(bundle / v.file)
+    assert v.accuracy["passed"] and not v.accuracy["forced"]
+    assert v.source_form["form"] == "subpixel" and v.source_form["rewrite_options"] == quantize.SUBPIXEL_OPTIONS
+    assert "subpixel[dense]" in v.source_form["rewrites"]
+    assert v.source_form["fp32_check"]["max_abs"] <= 1e-4
+    # quantized from the dense form (one conv per upsampling layer + the head), not the bundle's phases form
+    convs = lambda m: sum(n.op_type == "Conv" for n in m.graph.node)  # noqa: E731
+    q, fp32 = onnx.load(str(bundle / v.file)), onnx.load(str(bundle / "decoder.onnx"))
+    assert_tensorrt_qdq(q)
+    assert 0 < convs(q) < convs(fp32)
+    assert B.read_manifest(bundle).graph(B.ENCODER).variants == {}  # encoder untouched
+
+    z = np.random.default_rng(7).standard_normal((8, TINY.latent_dim)).astype(np.float32)
+    want = runtime.load(bundle, precision="fp32", graphs=(B.DECODER,)).decode(z)
+    got = runtime.load(bundle, precision="int8", graphs=(B.DECODER,)).decode(z)
+    mse = float(np.mean((np.asarray(got, np.float64) - want) ** 2))
+    assert 0 < mse and 10 * np.log10(4.0 / mse) >= v.budget["image"]["min_psnr"]  # PSNR over [-1, 1]
+
+    # the divergence finder rebuilds the form the variant came from, not the FP32 file's, and says so
+    from runtime.divergence import locate_divergence
+
+    d = locate_divergence(bundle, B.DECODER, precision="int8")
+    assert d.first is None and any("'subpixel' form" in n for n in d.notes)
+    assert any("subpixel[dense]" in n for n in d.notes) and not any("subpixel[phases]" in n for n in d.notes)
+    assert d.anchors[-1].onnx_op == "DepthToSpace"
+
+
+def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, capsys):
+    import json
+
+    from vae_model import save_checkpoint
+
+    from tests.conftest import make_model
+
+    bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
+    args = [str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, make_model(TINY, seed=3))
+    assert quantize.main([*args, "--checkpoint", str(other)]) == 2  # changed: sha256 differs from vae.json's
+    err = capsys.readouterr().err
+    assert str(other) in err and "sha256" in err and "Traceback" not in err
+    assert quantize.main([*args, "--checkpoint", str(tmp_path / "gone.pt")]) == 2
+    assert "gone.pt" in capsys.readouterr().err
+    raw = json.loads((bundle / B.MANIFEST_NAME).read_text())
+    raw["source"]["path"] = str(tmp_path / "moved" / "tiny.pt")
+    (bundle / B.MANIFEST_NAME).write_text(json.dumps(raw))
+    assert quantize.main(args) == 2  # missing: the path vae.json names is not there
+    err = capsys.readouterr().err
+    assert "moved/tiny.pt" in err and "--checkpoint" in err and "Traceback" not in err
+    assert "int8" not in B.read_manifest(bundle).graph(B.DECODER).variants
+
+
+def test_subpixel_form_of_another_model_is_refused(bundle, tmp_path, capsys):
+    """Without a recorded sha256 (an in-memory export) the FP32 check is what catches the wrong weights."""
+    from vae_model import save_checkpoint
+
+    from tests.conftest import make_model
+
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, make_model(TINY, seed=3))
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel",
+                          "--checkpoint", str(other), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "refusing" in err and "decoder.onnx" in err and "Traceback" not in err
+    assert not (bundle / "decoder.int8.onnx").exists()
