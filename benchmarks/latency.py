@@ -187,6 +187,8 @@ def run(plan: Plan) -> dict[str, Any]:
     per_round_n = max(1, math.ceil(plan.iterations / plan.rounds)) if plan.iterations is not None else None
     from tqdm import tqdm
 
+    # The BLAS on as many threads as the backends use, so the share compares work on the same cores.
+    ceiling_threads = plan.threads or os.cpu_count()
     bar = tqdm(total=len(active) * plan.rounds, desc="benchmark", disable=not plan.progress, dynamic_ncols=True)
     try:
         for c in list(active):  # warm-up once per config: first-call allocations, thread pools, lazy init
@@ -200,8 +202,7 @@ def run(plan: Plan) -> dict[str, Any]:
                 samples.pop(c.key)
         bar.total = len(active) * plan.rounds
         for r in range(plan.rounds):
-            # The BLAS on as many threads as the backends use, so the share compares work on the same cores.
-            ceilings.append(measure_matmul_gflops(threads=plan.threads or os.cpu_count()).gflops)
+            ceilings.append(measure_matmul_gflops(threads=ceiling_threads).gflops)
             order = active if r % 2 == 0 else active[::-1]
             for c in order:
                 bar.set_postfix_str(c.key)
@@ -247,7 +248,7 @@ def run(plan: Plan) -> dict[str, Any]:
                  "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
                  "spinning": plan.spinning, "cold_start_runs": plan.cold_start_runs, "device": plan.device},
         "environment": env,
-        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": plan.threads or os.cpu_count()},
+        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": ceiling_threads},
         "interrupted": interrupted,
         "results": [{**results[c.key].to_dict(), "device": plan.device} for c in configs],
         "cold_start": cold,
@@ -258,8 +259,7 @@ def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
     return (lambda: rt.decode(x)) if graph == "decoder" else (lambda: rt.encode(x))
 
 
-def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str],
-                 out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str], out: list[dict[str, Any]]) -> None:
     """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision).
 
     Results are appended to `out` as they come, so an interrupt keeps the ones already measured.
@@ -293,7 +293,6 @@ def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str],
             out.append({**r.to_dict(), "status": "ok", "device": plan.device})
         except ColdStartError as e:
             out.append({"path": path, "status": "error", "reason": str(e), "device": plan.device})
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- reporting

@@ -32,15 +32,8 @@ from typing import Sequence
 
 from runtime.bundle import BundleError
 from runtime.engines import EngineError
-from runtime.triton_repo import (ACCELERATORS, KINDS, PLATFORMS, RepoOptions, RepositoryError,
+from runtime.triton_repo import (ACCELERATORS, KINDS, PLATFORMS, RepoOptions, RepositoryError, parse_batches,
                                  schema_available, write_repository)
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16, got {text!r}") from None
 
 
 def _graphs(text: str) -> tuple[str, ...]:
@@ -67,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="max_batch_size (default 64; tensorrt: the engine's profile max)")
     p.add_argument("--instances", type=int, default=1, metavar="N", help="instances per model (per GPU on gpu)")
-    p.add_argument("--preferred-batch", type=_batches, default=(), metavar="LIST",
+    p.add_argument("--preferred-batch", type=parse_batches, default=(), metavar="LIST",
                    help="dynamic batching preferred sizes, e.g. 16,32 (default: none, Triton forms the largest batch)")
     p.add_argument("--queue-delay-us", type=int, default=100, metavar="US",
                    help="dynamic batching max_queue_delay_microseconds (default 100)")

@@ -64,7 +64,7 @@ class ParityReport:
                 f"reference={ref}")
         verdict = "PASS" if self.passed else "FAIL\n  " + "\n  ".join(self.failures())
         where = [line for d in self.divergences
-                 for line in (f"  {d.describe()}", *(f"    note: {n}" for n in getattr(d, "notes", ())))]
+                 for line in (f"  {d.describe()}", *(f"    note: {n}" for n in d.notes))]
         where += [f"  note: {n}" for n in self.notes]
         tail = ("\nwhere:\n" + "\n".join(where)) if where else ""
         return f"{head}\n{self.comparison.table()}\n{self.smallest_passing_table()}\n{verdict}{tail}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import secrets
 import shutil
@@ -41,7 +40,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .bundle import BundleError
-from .triton_repo import RepoOptions, RepositoryError, write_repository
+from .files import sha256_file
+from .triton_repo import RepoOptions, RepositoryError, parse_batches, write_repository
 
 PYTRITON_VERSION = "0.7.0"
 # sha256 of nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl as published on PyPI
@@ -142,12 +142,9 @@ def install_server(wheel: str | os.PathLike, dest: str | os.PathLike | None = No
     if not wheel.is_file():
         raise ServerUnavailableError(f"{wheel}: no such wheel")
     if sha256:
-        h = hashlib.sha256()
-        with open(wheel, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        if h.hexdigest() != sha256:
-            raise ServerUnavailableError(f"{wheel}: sha256 {h.hexdigest()}, expected {sha256} "
+        actual = sha256_file(wheel)
+        if actual != sha256:
+            raise ServerUnavailableError(f"{wheel}: sha256 {actual}, expected {sha256} "
                                          f"(nvidia-pytriton {PYTRITON_VERSION} from PyPI)")
     dest = Path(dest) if dest else Path(sys.prefix) / INSTALL_DIR
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -400,13 +397,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m runtime.serve", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -424,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="max_batch_size of each model (default 64)")
     p.add_argument("--queue-delay-us", type=int, default=100, metavar="US",
                    help="dynamic batching: longest wait for more requests to join a batch (default 100)")
-    p.add_argument("--preferred-batch", type=_batches, default=(), metavar="LIST",
+    p.add_argument("--preferred-batch", type=parse_batches, default=(), metavar="LIST",
                    help="dynamic batching: preferred batch sizes, e.g. 8,16 (default: none)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request on its own")
     p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances per model (default 1)")

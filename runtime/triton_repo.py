@@ -111,6 +111,16 @@ def check_options(o: RepoOptions) -> None:
     need(o.backend in ("onnxruntime", "tensorrt", "auto"), f"backend: expected onnxruntime, tensorrt or auto, got {o.backend!r}")
 
 
+def parse_batches(text: str) -> tuple[int, ...]:
+    """argparse type of --preferred-batch (export.to_triton and runtime.serve): "8,16" -> (8, 16)."""
+    import argparse
+
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,16, got {text!r}") from None
+
+
 def model_name(graph: str, prefix: str = MODEL_PREFIX) -> str:
     return f"{prefix}{graph}"
 

@@ -39,10 +39,9 @@ when the CUDA libraries fail to load), is refused with BackendUnavailableError r
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Mapping
-
-import threading
 
 import numpy as np
 
