@@ -261,8 +261,6 @@ def subpixel_decoder(data, checkpoint: Path | None, out: Path, log: Callable[[st
 
     Returns what vae.json records as the variant's source_form.
     """
-    import json
-
     import onnx
     import torch
 
@@ -289,8 +287,7 @@ def subpixel_decoder(data, checkpoint: Path | None, out: Path, log: Callable[[st
     fp32_path = data.graph_path(B.DECODER)
     bundle_graph = onnx.load(str(fp32_path), load_external_data=False)
     meta = {p.key: p.value for p in bundle_graph.metadata_props if p.key != "graph"}
-    meta.update({"rewrites": "; ".join(rw.applied) or "none",
-                 "rewrite_options": json.dumps(dict(rw.options), sort_keys=True)})
+    meta.update(rw.metadata())
     opset = data.manifest.graph(B.DECODER).opset
     try:
         export_graph(rw.module.eval(), B.DECODER, torch.zeros(2, cfg.latent_dim), out, opset, meta)

@@ -326,6 +326,14 @@ class DecoderRewrite:
     options: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
 
+    def metadata(self) -> dict[str, str]:
+        """The decoder graph's metadata props for this rewrite: "rewrites" (what was done) and "rewrite_options"
+        (JSON of the options), which runtime.divergence reads to rebuild the same module."""
+        import json
+
+        return {"rewrites": "; ".join(self.applied) or "none",
+                "rewrite_options": json.dumps(dict(self.options), sort_keys=True)}
+
     @property
     def fused(self) -> dict[str, str]:
         """The rewritten modules that stand for more than one original layer (name -> their original names)."""

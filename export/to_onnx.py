@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import copy
 import io
-import json
 import logging
 import os
 import shutil
@@ -344,8 +343,7 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
             if not check:
                 raise ParityError(check)
             modules[B.DECODER] = rw.module
-            graph_meta[B.DECODER] = {"rewrites": "; ".join(rw.applied) or "none",
-                                     "rewrite_options": json.dumps(dict(rw.options), sort_keys=True)}
+            graph_meta[B.DECODER] = rw.metadata()
             log(f"decoder rewrites: {graph_meta[B.DECODER]['rewrites']}")
         examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
         specs = {}
