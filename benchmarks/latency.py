@@ -92,6 +92,7 @@ class Plan:
     cold_start: bool = True
     cold_start_runs: int = 3
     spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
+    batch_split: int | bool | None = None  # ONNX Runtime CPU batch_split (None: the runtime's default; False: off)
     device: str = "cpu"              # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
     cpp_lib: Path | None = None      # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
     progress: bool = True
@@ -146,6 +147,8 @@ def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
         kwargs["preload"] = True
         if plan.spinning is not None:
             kwargs["spinning"] = plan.spinning
+        if plan.batch_split is not None:
+            kwargs["batch_split"] = plan.batch_split
     return runtime.load(plan.bundle, **kwargs)
 
 
@@ -246,7 +249,7 @@ def run(plan: Plan) -> dict[str, Any]:
         "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
                  "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
                  "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
-                 "spinning": plan.spinning, "cold_start_runs": plan.cold_start_runs, "device": plan.device},
+                 "spinning": plan.spinning, "batch_split": plan.batch_split, "cold_start_runs": plan.cold_start_runs, "device": plan.device},
         "environment": env,
         "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": ceiling_threads},
         "interrupted": interrupted,
@@ -403,6 +406,18 @@ def _int_list(text: str) -> list[int]:
     return vals
 
 
+def _batch_split(text: str) -> int | bool:
+    if text.strip().lower() == "off":
+        return False
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 'off' or a batch size >= 2, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path)
@@ -426,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spinning", choices=("on", "off"), default=None,
                    help="ONNX Runtime intra-op thread spinning (default: ONNX Runtime's, on). 'off' is slower on "
                         "cores of one's own, kinder to other processes on shared cores")
+    p.add_argument("--batch-split", type=_batch_split, default=None, metavar="N|off",
+                   help="ONNX Runtime on the CPU: smallest batch cut into one chunk per core, each run by a "
+                        "single-threaded session (default: the runtime's, 32); 'off' runs every batch as one call")
     p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
     p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
     p.add_argument("--seed", type=int, default=0)
@@ -479,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
                 cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
                 spinning=None if args.spinning is None else args.spinning == "on",
-                device=device, cpp_lib=args.cpp_lib, progress=not args.no_progress, seed=args.seed)
+                batch_split=args.batch_split, device=device, cpp_lib=args.cpp_lib, progress=not args.no_progress, seed=args.seed)
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

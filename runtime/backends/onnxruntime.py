@@ -22,6 +22,18 @@ Options (load(..., **options)):
                               run's latency spreads widely; pass spinning=False there (benchmarks/NOTES.md).
     preload                   create every loaded graph's session in load() (default False: each graph's session is
                               created on its first call, so a decoder-only process never pays for the encoder's)
+    batch_split               CPU only: smallest batch that is split across the cores instead of run by one session
+                              with an intra-op thread pool (default 32; False: never). A split call cuts the batch
+                              into one contiguous chunk per core (`threads`, default one per physical core) and runs
+                              each chunk on its own single-threaded session of the same graph, in parallel threads;
+                              outputs are written straight into one array. Same arithmetic per image, so outputs are
+                              bit-identical to the unsplit call. Why: ONNX Runtime parallelises one call op by op,
+                              and the decoder's ConvTranspose layers (per-image GEMM + col2im) scale poorly across
+                              threads; whole images per core do not share anything. Measured on the 2-core CI
+                              machine (benchmarks/NOTES.md section 11): decoder 1.14-1.35x faster at batch 64,
+                              1.06x at 32, even at 16, slower at 8; encoder even. The single-threaded sessions are
+                              built on the first split call (one per core, ~15 ms and a few MiB each), so a process
+                              that never decodes a large batch never pays for them.
 
 Lazy sessions. load() checks that every requested graph's file is there and imports onnxruntime; the file's sha256
 (against vae.json) and the InferenceSession itself (graph optimisation, weight prepacking: tens of ms and ~20 MiB for
@@ -39,6 +51,7 @@ when the CUDA libraries fail to load), is refused with BackendUnavailableError r
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,13 +80,17 @@ def _import_ort():
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     options = ("threads", "inter_op_threads", "graph_optimization_level", "execution_provider", "io_binding",
-               "provider_options", "max_batch", "spinning", "preload")
+               "provider_options", "max_batch", "spinning", "preload", "batch_split")
+    #: Default smallest batch that batch_split cuts across the cores (NOTES section 11: a gain from 32 up).
+    DEFAULT_BATCH_SPLIT = 32
     thread_safe = True  # InferenceSession.run is safe to call concurrently; bindings are per call
 
     def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
                  check_finite: bool, files: dict[str, Path], io_binding: bool, providers: list[tuple[str, dict]],
                  session_options: Any, ort_module: Any, max_batch: int | None = None,
-                 spinning: bool | None = None, hashes: Mapping[str, str] | None = None) -> None:
+                 spinning: bool | None = None, hashes: Mapping[str, str] | None = None,
+                 split_min_batch: int | None = None, split_workers: int = 1,
+                 worker_options: Any = None) -> None:
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
         # graph -> (session, input dtypes, output names), published whole once built (a dict store is atomic)
         self._sessions: dict[str, tuple[Any, dict[str, Any], list[str]]] = {}
@@ -87,6 +104,12 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort_module
         self._max_batch = max_batch
         self.spinning = spinning  # None: ONNX Runtime's default (on)
+        # batch_split: chunks of a batch >= split_min_batch run on split_workers single-threaded sessions per graph
+        self.split_min_batch = split_min_batch if split_workers > 1 else None
+        self.split_workers = split_workers
+        self._worker_so = worker_options
+        self._workers: dict[str, list[tuple[Any, dict[str, Any], list[str]]]] = {}
+        self._pool: Any = None  # concurrent.futures.ThreadPoolExecutor, created with the first worker sessions
         state = ort_module.capi.onnxruntime_pybind11_state
         self.engine_errors = tuple(v for v in vars(state).values()
                                    if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__)
@@ -105,13 +128,17 @@ class OnnxRuntimeBackend(Backend):
              graph_optimization_level: str = "all", execution_provider: str | None = None,
              io_binding: bool | None = None, provider_options: Mapping[str, Any] | None = None,
              max_batch: int | None = None, spinning: bool | None = None,
-             preload: bool = False) -> "OnnxRuntimeBackend":
+             preload: bool = False, batch_split: int | bool | None = None) -> "OnnxRuntimeBackend":
         for opt, value in (("threads", threads), ("inter_op_threads", inter_op_threads), ("max_batch", max_batch)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
         for opt, value in (("spinning", spinning), ("preload", preload)):
             if value is not None and not isinstance(value, bool):
                 raise BackendError(f"option {opt}: expected True or False, got {value!r}")
+        if batch_split is None or batch_split is True:
+            batch_split = cls.DEFAULT_BATCH_SPLIT
+        elif batch_split is not False and (not isinstance(batch_split, int) or batch_split < 2):
+            raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {batch_split!r}")
         if graph_optimization_level not in OPT_LEVELS:
             raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
                                f"got {graph_optimization_level!r}")
@@ -135,19 +162,10 @@ class OnnxRuntimeBackend(Backend):
                 opts.update(provider_options)
             providers.append((PROVIDERS[p], opts))
 
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # warnings go to stderr unasked; our own checks below report what matters
-        if threads is not None:
-            so.intra_op_num_threads = threads
-        if inter_op_threads is not None:
-            so.inter_op_num_threads = inter_op_threads
-        if spinning is not None:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[graph_optimization_level]
+        so = _session_options(ort, graph_optimization_level, threads, inter_op_threads, spinning)
+        # batch_split: one single-threaded session per core; only on the CPU provider, where the cores are the device
+        workers = (threads or physical_cores()) if ep == "cpu" and batch_split is not False else 1
+        worker_so = _session_options(ort, graph_optimization_level, 1, 1, None) if workers > 1 else None
 
         # Every file must be present now; its sha256 is checked, and its session built, on first use.
         files: dict[str, Path] = {}
@@ -158,7 +176,8 @@ class OnnxRuntimeBackend(Backend):
         backend = cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
                       files=files, io_binding=device.is_cuda if io_binding is None else bool(io_binding),
                       providers=providers, session_options=so, ort_module=ort, max_batch=max_batch,
-                      spinning=spinning, hashes=hashes)
+                      spinning=spinning, hashes=hashes, split_min_batch=batch_split or None,
+                      split_workers=workers, worker_options=worker_so)
         if preload:
             for graph in graphs:
                 backend._session(graph)
@@ -175,12 +194,31 @@ class OnnxRuntimeBackend(Backend):
                     self._sessions[graph] = entry
         return entry
 
-    def _create_session(self, graph: str) -> tuple[Any, dict[str, Any], list[str]]:
+    def _worker_sessions(self, graph: str) -> list[tuple[Any, dict[str, Any], list[str]]]:
+        """batch_split's single-threaded sessions of the graph, one per worker (built on the first split call)."""
+        entry = self._workers.get(graph)
+        if entry is None:
+            self._session(graph)  # the main session first: the file's hash and I/O are checked there, once
+            with self._create_lock:
+                entry = self._workers.get(graph)
+                if entry is None:
+                    entry = [self._create_session(graph, self._worker_so, check_hash=False)
+                             for _ in range(self.split_workers)]
+                    if self._pool is None:
+                        from concurrent.futures import ThreadPoolExecutor
+
+                        self._pool = ThreadPoolExecutor(self.split_workers - 1, thread_name_prefix="vae-split")
+                    self._workers[graph] = entry
+        return entry
+
+    def _create_session(self, graph: str, options: Any = None,
+                        check_hash: bool = True) -> tuple[Any, dict[str, Any], list[str]]:
         ort, path = self._ort, self._files[graph]
-        resolve_file(path.parent, path.name, self._hashes.get(graph))  # unchanged since export, or BundleError
+        if check_hash:
+            resolve_file(path.parent, path.name, self._hashes.get(graph))  # unchanged since export, or BundleError
         state = ort.capi.onnxruntime_pybind11_state
         try:
-            sess = ort.InferenceSession(str(path), self._so, providers=self._provider_chain)
+            sess = ort.InferenceSession(str(path), options or self._so, providers=self._provider_chain)
         except (state.Fail, state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.NotImplemented,
                 state.InvalidArgument, state.RuntimeException, state.EPFail) as e:
             raise BundleError(f"{path}: ONNX Runtime cannot load it: {type(e).__name__}: "
@@ -198,7 +236,14 @@ class OnnxRuntimeBackend(Backend):
         return self._max_batch
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        sess, types, names = self._session(graph)
+        n = next(iter(feeds.values())).shape[0]
+        if self.split_min_batch is not None and n >= self.split_min_batch:
+            return self._run_split(graph, feeds, n)
+        return self._run_one(self._session(graph), feeds)
+
+    def _run_one(self, entry: tuple[Any, dict[str, Any], list[str]],
+                 feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess, types, names = entry
         feeds = {k: (v if types[k] is np.float32 else v.astype(types[k])) for k, v in feeds.items()}
         if not self.io_binding:
             return dict(zip(names, sess.run(names, feeds)))
@@ -210,14 +255,75 @@ class OnnxRuntimeBackend(Backend):
         sess.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
+    def _run_split(self, graph: str, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """batch_split: one contiguous chunk per worker session, the last one on the calling thread."""
+        workers = self._worker_sessions(graph)
+        k = min(len(workers), n)
+        bounds = [n * i // k for i in range(k + 1)]
+        chunks = [{name: v[bounds[i]:bounds[i + 1]] for name, v in feeds.items()} for i in range(k)]
+        futures = [self._pool.submit(self._run_one, workers[i], chunks[i]) for i in range(k - 1)]
+        try:
+            last = self._run_one(workers[k - 1], chunks[k - 1])
+        finally:
+            parts = [f.result() for f in futures]  # always joined: no chunk outlives the call (or close())
+        parts.append(last)
+        return {name: np.concatenate([p[name] for p in parts]) for name in last}
+
     def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._workers.clear()
         self._sessions.clear()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,
                 "io_binding": self.io_binding, "spinning": self.spinning,
                 "files": {g: p.name for g, p in self._files.items()},
-                "sessions_created": sorted(self._sessions)}
+                "sessions_created": sorted(self._sessions),
+                "batch_split": ({"min_batch": self.split_min_batch, "workers": self.split_workers,
+                                 "sessions_created": sorted(self._workers)}
+                                if self.split_min_batch is not None else None)}
+
+
+def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads: int | None,
+                     spinning: bool | None) -> Any:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # warnings go to stderr unasked; our own checks below report what matters
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    if inter_op_threads is not None:
+        so.inter_op_num_threads = inter_op_threads
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    return so
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting SMT siblings once: ONNX Runtime's default intra-op thread count.
+    From /proc/cpuinfo (physical id, core id) restricted to the affinity mask; where that is unavailable (non-Linux,
+    ARM kernels that list no core ids, as on Jetson, which has no SMT), the number of usable logical CPUs."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = set(range(os.cpu_count() or 1))
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            blocks = f.read().split("\n\n")
+    except OSError:
+        return max(1, len(allowed))
+    cores = set()
+    for block in blocks:
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        proc = fields.get("processor", "")
+        if proc.isdigit() and "core id" in fields and int(proc) in allowed:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return len(cores) if cores else max(1, len(allowed))
 
 
 def _check_io(path: Path, sess: Any, spec) -> None:

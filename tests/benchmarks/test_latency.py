@@ -21,7 +21,7 @@ def bench_run(tiny_checkpoint, tmp_path_factory):
     out = root / "out"
     rc = main([str(bundle), "--backends", "torch,onnxruntime", "--batch", "1,4", "--iterations", "6", "--rounds", "2",
                "--warmup", "0.05", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress",
-               "--cold-start-runs", "2", "--spinning", "off"])
+               "--cold-start-runs", "2", "--spinning", "off", "--batch-split", "4"])
     assert rc == 0
     return bundle, out, json.loads((out / "latency.json").read_text())
 
@@ -55,6 +55,7 @@ def test_report_has_every_field(bench_run):
         assert c["runs"] == 2 and len(c["first_result_all_s"]) == len(c["peak_rss_all_mib"]) == 2
         assert c["first_result_s"] == min(c["first_result_all_s"]) and c["peak_rss_mib"] == max(c["peak_rss_all_mib"])
     assert report["plan"]["spinning"] is False and report["plan"]["cold_start_runs"] == 2
+    assert report["plan"]["batch_split"] == 4  # batch 4 of onnxruntime ran split across the cores
 
 
 def test_csv_and_pngs(bench_run):
@@ -100,6 +101,15 @@ def test_bad_options_exit_2(bench_run, capsys, args, message):
     bundle, _, _ = bench_run
     assert main([str(bundle), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1", "none", "-4"])
+def test_bad_batch_split_exits_2(bench_run, capsys, value):
+    bundle, _, _ = bench_run
+    with pytest.raises(SystemExit) as e:
+        main([str(bundle), "--batch-split", value])
+    assert e.value.code == 2
+    assert f"expected 'off' or a batch size >= 2, got {value!r}" in capsys.readouterr().err
 
 
 def test_unreadable_compare_file_exits_2_before_measuring(bench_run, tmp_path, capsys):

@@ -206,3 +206,59 @@ def test_boolean_options_are_checked(bundle, option):
     (name, value), = option.items()
     with pytest.raises(runtime.BackendError, match=f"option {name}: expected True or False, got {value!r}"):
         runtime.load(bundle, backend="onnxruntime", **option)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batch_split_cuts_large_batches_across_single_threaded_sessions(bundle, threads):
+    rng = np.random.default_rng(1)
+    with runtime.load(bundle, backend="onnxruntime", batch_split=False) as whole, \
+            runtime.load(bundle, backend="onnxruntime", threads=threads, batch_split=4) as split:
+        assert whole.describe()["batch_split"] is None
+        info = split.describe()["batch_split"]
+        assert info == {"min_batch": 4, "workers": threads, "sessions_created": []}
+        z3 = rng.standard_normal((3, split.latent_dim), dtype=np.float32)
+        np.testing.assert_array_equal(split.decode(z3), whole.decode(z3))  # below min_batch: the main session
+        assert split.describe()["batch_split"]["sessions_created"] == []
+        for n in (4, 7, 11):  # uneven chunks keep their order
+            z = rng.standard_normal((n, split.latent_dim), dtype=np.float32)
+            x = rng.uniform(-1, 1, (n, *split.image_shape)).astype(np.float32)
+            np.testing.assert_allclose(split.decode(z), whole.decode(z), rtol=0, atol=1e-6)
+            a, b = split.encode(x), whole.encode(x)
+            np.testing.assert_allclose(a.mu, b.mu, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(a.logvar, b.logvar, rtol=0, atol=1e-6)
+        assert split.describe()["batch_split"]["sessions_created"] == ["decoder", "encoder"]
+        workers = split.backend._workers["decoder"]
+        assert len(workers) == threads
+        assert all(w[0].get_session_options().intra_op_num_threads == 1 for w in workers)
+    assert split.backend._pool is None or split.backend._pool._shutdown
+
+
+def test_batch_split_default_and_off(bundle):
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend, physical_cores
+
+    with runtime.load(bundle, backend="onnxruntime") as rt:
+        cores = physical_cores()
+        info = rt.describe()["batch_split"]
+        if cores > 1:
+            assert info["min_batch"] == OnnxRuntimeBackend.DEFAULT_BATCH_SPLIT and info["workers"] == cores
+        else:
+            assert info is None
+    with runtime.load(bundle, backend="onnxruntime", threads=1) as rt:  # one core: nothing to split across
+        assert rt.describe()["batch_split"] is None
+    with runtime.load(bundle, backend="onnxruntime", threads=2, batch_split=True) as rt:
+        assert rt.describe()["batch_split"]["min_batch"] == OnnxRuntimeBackend.DEFAULT_BATCH_SPLIT
+
+
+@pytest.mark.parametrize("value", [1, 0, -3, 2.5, "32"])
+def test_batch_split_option_is_checked(bundle, value):
+    with pytest.raises(runtime.BackendError, match=rf"option batch_split: expected False or a batch size >= 2, "
+                                                   rf"got {value!r}"):
+        runtime.load(bundle, backend="onnxruntime", batch_split=value)
+
+
+def test_physical_cores_is_within_the_affinity_mask():
+    import os
+
+    from runtime.backends.onnxruntime import physical_cores
+
+    assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))

@@ -12,9 +12,11 @@ import runtime
 THREADS, CALLS = 8, 200
 
 
-@pytest.mark.parametrize("options", [{}, {"io_binding": True}, {"max_batch": 2}], ids=["run", "io_binding", "chunked"])
+@pytest.mark.parametrize("options", [{}, {"io_binding": True}, {"max_batch": 2}, {"threads": 3, "batch_split": 2}],
+                         ids=["run", "io_binding", "chunked", "batch_split"])
 def test_threads_equal_serial(bundle, options):
-    with runtime.load(bundle, backend="onnxruntime", threads=1, **options) as rt:
+    # batch_split: batches of 2 and 3 are cut across 2-3 single-threaded sessions while 8 threads call at once
+    with runtime.load(bundle, backend="onnxruntime", **{"threads": 1, **options}) as rt:
         rng = np.random.default_rng(0)
         # Each call gets its own input (varying batch size too), so a mix-up between threads would show.
         zs = [rng.standard_normal((1 + i % 3, rt.latent_dim), dtype=np.float32) for i in range(THREADS * CALLS)]
