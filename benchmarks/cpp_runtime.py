@@ -27,7 +27,7 @@ class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("backend", ctypes.c_char_p), ("device", ctypes.c_char_p),
                 ("precision", ctypes.c_char_p), ("execution_provider", ctypes.c_char_p),
                 ("graphs", ctypes.c_char_p), ("threads", ctypes.c_int32), ("check_finite", ctypes.c_int32),
-                ("verify_sha256", ctypes.c_int32)]
+                ("verify_sha256", ctypes.c_int32), ("batch_split", ctypes.c_int32)]
 
 
 class _Info(ctypes.Structure):
@@ -82,7 +82,8 @@ class CppRuntime:
 
     def __init__(self, bundle: str | os.PathLike, *, backend: str = "onnxruntime", device: str = "cpu",
                  precision: str = "fp32", graphs: str | None = None, threads: int | None = None,
-                 library: str | os.PathLike | None = None) -> None:
+                 batch_split: int | bool | None = None, library: str | os.PathLike | None = None) -> None:
+        """batch_split: None = the library's default (32), False = never, N >= 2 = split batches >= N."""
         self.library = find_library(library)
         self._lib = _load_library(self.library)
         opts = _Options()
@@ -93,6 +94,8 @@ class CppRuntime:
             opts.graphs = graphs.encode()
         if threads:
             opts.threads = int(threads)
+        if batch_split is not None:
+            opts.batch_split = -1 if batch_split is False else int(batch_split)
         handle = ctypes.c_void_p()
         self._check(self._lib.vae_runtime_create(str(bundle).encode(), ctypes.byref(opts), ctypes.byref(handle)),
                     f"{bundle}: vae_runtime_create")

@@ -132,7 +132,7 @@ def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
         from .cpp_runtime import CppRuntime
 
         return CppRuntime(plan.bundle, device=plan.device, precision=precision, graphs=",".join(graphs),
-                          threads=plan.threads, library=plan.cpp_lib)
+                          threads=plan.threads, batch_split=plan.batch_split, library=plan.cpp_lib)
     import runtime
 
     kwargs: dict[str, Any] = {"backend": backend, "precision": precision, "device": plan.device,
@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime intra-op thread spinning (default: ONNX Runtime's, on). 'off' is slower on "
                         "cores of one's own, kinder to other processes on shared cores")
     p.add_argument("--batch-split", type=_batch_split, default=None, metavar="N|off",
-                   help="ONNX Runtime on the CPU: smallest batch cut into one chunk per core, each run by a "
-                        "single-threaded session (default: the runtime's, 32); 'off' runs every batch as one call")
+                   help="onnxruntime and cpp on the CPU: smallest batch cut into one chunk per core, each run by a "
+                        "single-threaded session (default: the runtimes', 32); 'off' runs every batch as one call")
     p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
     p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
     p.add_argument("--seed", type=int, default=0)

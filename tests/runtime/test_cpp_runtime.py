@@ -151,6 +151,45 @@ def test_c_abi_misuse_battery(cpp_build, bundle):
     assert lines[-1] == "0 check(s) failed"
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batch_split_equals_one_call(cpp_build, bundle, threads):
+    """A batch >= batch_split is cut into one chunk per core, each on its own single-threaded session writing into
+    the caller's buffer at the chunk's offset: the same numbers as one call, in the same order, uneven chunks too."""
+    from benchmarks.cpp_runtime import CppRuntime
+
+    rng = np.random.default_rng(3)
+    with CppRuntime(bundle, library=cpp_build.library, batch_split=False) as whole, \
+            CppRuntime(bundle, library=cpp_build.library, threads=threads, batch_split=2) as split:
+        assert "batch_split" not in whole.backend
+        assert f"batch_split >= 2 over {threads} cores" in split.backend
+        for n in (1, 2, 5, 7):
+            z = rng.standard_normal((n, split.latent_dim), dtype=np.float32)
+            x = rng.uniform(-1, 1, (n, *split.image_shape)).astype(np.float32)
+            np.testing.assert_allclose(split.decode(z), whole.decode(z), rtol=0, atol=1e-6)
+            for a, b in zip(split.encode(x), whole.encode(x)):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
+    from runtime.backends.onnxruntime import physical_cores
+
+    for bad in ("1", "-2"):
+        status, error = open_status(cpp_build, bundle, f"batch_split={bad}")
+        assert status == "VAE_ERR_INVALID_ARGUMENT"
+        assert f"option batch_split: expected 0 (default), -1 (never) or a batch size >= 2, got {bad}" in error
+    proc = c_check(cpp_build, "open", bundle, "batch_split=-1")
+    assert "batch_split" not in proc.stdout
+    # A caller compiled against the layout without batch_split is accepted and gets the default.
+    proc = c_check(cpp_build, "open", bundle, "struct_size=first_layout", "threads=2")
+    assert "status=VAE_OK" in proc.stdout and "batch_split >= 32 over 2 cores" in proc.stdout, proc.stdout
+    status, error = open_status(cpp_build, bundle, "struct_size=12")
+    assert status == "VAE_ERR_INVALID_ARGUMENT" and "vae_options.struct_size is 12, expected" in error
+    proc = c_check(cpp_build, "open", bundle)  # default: one worker per physical core, like the Python backend
+    cores = physical_cores()
+    assert ((f"batch_split >= 32 over {cores} cores" in proc.stdout) if cores > 1
+            else "batch_split" not in proc.stdout), proc.stdout
+
+
 def test_c_abi_info_matches_manifest(cpp_build, bundle):
     from runtime.bundle import read_manifest
 

@@ -13,6 +13,8 @@
  *     C, H, W, D and the pixel range come from the bundle (vae_runtime_info), never from constants.
  *   - A vae_runtime may be used from several threads at once (the TensorRT backend serialises its calls).
  *   - ABI evolution: structs start with struct_size; new fields are only appended; status values are never renumbered.
+ *     vae_options gained batch_split at the end: a caller compiled against the earlier layout (struct_size without
+ *     it) is still accepted and gets the default.
  *
  * Example:
  *   vae_options opt; vae_options_init(&opt);
@@ -68,6 +70,10 @@ typedef struct vae_options {
     int32_t threads;         /* intra-op threads; 0 = the engine's default */
     int32_t check_finite;    /* 1 (default): refuse NaN / Inf inputs; 0: skip the scan */
     int32_t verify_sha256;   /* 1 (default): check graph files against vae.json's sha256 before loading */
+    int32_t batch_split;     /* onnxruntime on the CPU: smallest batch cut into one chunk per core (threads, default
+                                one per physical core), each chunk run by its own single-threaded session in
+                                parallel, written straight into the caller's buffer. 0 = default (32), -1 = never,
+                                >= 2 = that batch. The per-core sessions are built on the first split call. */
 } vae_options;
 
 typedef struct vae_model_info {
@@ -82,7 +88,7 @@ typedef struct vae_model_info {
     int32_t has_decoder;
 } vae_model_info;
 
-/* Fills defaults (every pointer NULL = default, threads 0, check_finite 1, verify_sha256 1). */
+/* Fills defaults (every pointer NULL = default, threads 0, check_finite 1, verify_sha256 1, batch_split 0). */
 VAE_API void vae_options_init(vae_options* options);
 
 /* Loads BUNDLE (a folder with vae.json, or the vae.json itself). options may be NULL (defaults).

@@ -2,6 +2,7 @@
 // never crosses into C, and nothing here calls exit or abort. Errors become a status plus a thread-local message.
 #include <new>
 #include <sstream>
+#include <cstddef>
 #include <string>
 
 #include "vae/runtime.hpp"
@@ -73,11 +74,14 @@ vae_status vae_runtime_create(const char* bundle, const vae_options* options, va
         if (!bundle) throw vae::InvalidArgumentError("vae_runtime_create: bundle is NULL");
         vae::Options opt;
         if (options) {
-            // ABI version 1 has one layout; any other size is an uninitialised struct or a header mismatch.
-            if (options->struct_size != sizeof(vae_options))
+            // Two layouts of ABI version 1: the first one (up to verify_sha256) and the current one (batch_split
+            // appended). Any other size is an uninitialised struct or a header mismatch.
+            const std::size_t first_layout = offsetof(vae_options, batch_split);
+            if (options->struct_size != sizeof(vae_options) && options->struct_size != first_layout)
                 throw vae::InvalidArgumentError("vae_options.struct_size is " + std::to_string(options->struct_size) +
-                                                ", expected " + std::to_string(sizeof(vae_options)) +
-                                                " (call vae_options_init first)");
+                                                ", expected " + std::to_string(sizeof(vae_options)) + " (or " +
+                                                std::to_string(first_layout) +
+                                                " for the layout without batch_split; call vae_options_init first)");
             if (options->backend) opt.backend = options->backend;
             if (options->device) opt.device = options->device;
             if (options->precision) opt.precision = options->precision;
@@ -86,6 +90,7 @@ vae_status vae_runtime_create(const char* bundle, const vae_options* options, va
             opt.threads = options->threads;
             opt.check_finite = options->check_finite != 0;
             opt.verify_sha256 = options->verify_sha256 != 0;
+            if (options->struct_size == sizeof(vae_options)) opt.batch_split = options->batch_split;
         }
         *out = new vae_runtime{vae::Runtime(bundle, opt)};
     });

@@ -3,11 +3,25 @@
 // Python backend (runtime/backends/onnxruntime.py) makes. Inputs and outputs are bound to the caller's buffers
 // without copies. A provider this ONNX Runtime build lacks is refused, never silently replaced by the CPU.
 //
+// batch_split (CPU only, the Python backend's option of the same name): a batch >= the threshold is cut into one
+// contiguous chunk per core, each run by its own single-threaded session on its own thread, inputs and outputs bound
+// at the chunk's offset in the caller's buffers. ONNX Runtime parallelises one call op by op, and the decoder's
+// ConvTranspose (per-image GEMM + col2im) scales poorly over threads; whole images per core share nothing. The
+// per-core sessions are built on the first split call, so a cold start that decodes one image never pays for them.
+//
 // ORT_API_MANUAL_INIT is defined for this target (CMake), so the C++ wrapper does not fetch the API table in a static
 // initializer: we fetch it here, and a library older than the headers gives an UnavailableError instead of a crash.
 #include <algorithm>
+#include <cstdlib>
+#include <exception>
+#include <fstream>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
+#include <utility>
+
+#include <sched.h>
 
 #include <onnxruntime_cxx_api.h>
 
@@ -34,6 +48,45 @@ void init_ort_api() {
                                std::to_string(ORT_API_VERSION) +
                                " (the headers this runtime was compiled with): it is older than the headers; "
                                "run with the library the build was configured with");
+}
+
+// Cores this process may run on, SMT siblings counted once (ONNX Runtime's default intra-op thread count): the
+// (physical id, core id) pairs of /proc/cpuinfo within the affinity mask; where those are missing (ARM kernels, e.g.
+// Jetson, which has no SMT), the number of usable CPUs. Mirrors runtime/backends/onnxruntime.py physical_cores().
+int physical_cores() {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    const bool have_mask = sched_getaffinity(0, sizeof mask, &mask) == 0;
+    const int allowed = have_mask ? CPU_COUNT(&mask) : static_cast<int>(std::thread::hardware_concurrency());
+    std::ifstream f("/proc/cpuinfo");
+    std::set<std::pair<std::string, std::string>> cores;
+    std::string line, processor, physical = "0", core;
+    auto flush = [&] {
+        if (!processor.empty() && !core.empty()) {
+            const int cpu = std::atoi(processor.c_str());
+            if (!have_mask || (cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &mask))) cores.emplace(physical, core);
+        }
+        processor.clear();
+        core.clear();
+        physical = "0";
+    };
+    while (std::getline(f, line)) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) {
+            flush();
+            continue;
+        }
+        const auto colon = line.find(':');
+        if (colon == std::string::npos) continue;
+        std::string key = line.substr(0, colon), value = line.substr(colon + 1);
+        key.erase(key.find_last_not_of(" \t") + 1);
+        value.erase(0, value.find_first_not_of(" \t"));
+        if (key == "processor") processor = value;
+        else if (key == "physical id") physical = value;
+        else if (key == "core id") core = value;
+    }
+    flush();
+    const int n = cores.empty() ? allowed : static_cast<int>(cores.size());
+    return std::max(1, n);
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -102,8 +155,20 @@ public:
             Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, keys, values, 1));
             so.AppendExecutionProvider_CUDA_V2(*cuda);
         }
+        // batch_split: one single-threaded session per core, CPU provider only (there the cores are the device)
+        const int workers = ep == "cpu" && opt.batch_split != -1 ? (opt.threads > 0 ? opt.threads : physical_cores()) : 1;
+        split_min_ = workers > 1 ? (opt.batch_split == 0 ? kDefaultBatchSplit : opt.batch_split) : 0;
+        split_workers_ = workers;
+        if (split_min_ > 0) {
+            worker_so_.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+            worker_so_.SetLogSeverityLevel(ORT_LOGGING_LEVEL_ERROR);
+            worker_so_.SetIntraOpNumThreads(1);
+            worker_so_.SetInterOpNumThreads(1);
+        }
         description_ = std::string("onnxruntime ") + OrtGetApiBase()->GetVersionString() + " (" + first + ", " +
-                       dev.str() + ", " + opt.precision + ")";
+                       dev.str() + ", " + opt.precision +
+                       (split_min_ > 0 ? ", batch_split >= " + std::to_string(split_min_) + " over " +
+                                             std::to_string(split_workers_) + " cores" : std::string()) + ")";
 
         for (const auto& g : graphs) {
             auto [file, sha] = m.graph_file(g, opt.precision);
@@ -116,6 +181,8 @@ public:
             }
             check_io(path, *session, m.graph(g));
             sessions_.emplace(g, std::move(session));
+            paths_.emplace(g, path);
+            workers_[g];  // the slot exists before any thread reads the map
         }
     }
 
@@ -125,6 +192,73 @@ public:
              const std::vector<OutputBuffer>& outputs) override {
         auto it = sessions_.find(graph.name);
         if (it == sessions_.end()) throw UnavailableError("graph '" + graph.name + "' was not loaded");
+        const std::int64_t n = inputs.empty() ? 0 : inputs[0].shape[0];
+        if (split_min_ > 0 && n >= split_min_) {
+            run_split(graph, inputs, outputs, n);
+            return;
+        }
+        run_on(*it->second, graph, inputs, outputs);
+    }
+
+private:
+    static constexpr int kDefaultBatchSplit = 32;
+
+    struct Workers {
+        std::once_flag once;
+        std::vector<std::unique_ptr<Ort::Session>> sessions;
+    };
+
+    // Rows [begin, end) of every buffer: the same memory, offset by whole images.
+    template <typename Buffer>
+    static std::vector<Buffer> rows(const std::vector<Buffer>& all, std::int64_t begin, std::int64_t end) {
+        std::vector<Buffer> out;
+        for (const auto& b : all) {
+            std::int64_t per_row = 1;
+            for (std::size_t k = 1; k < b.shape.size(); ++k) per_row *= b.shape[k];
+            Buffer c = b;
+            c.data = b.data + begin * per_row;
+            c.shape[0] = end - begin;
+            out.push_back(std::move(c));
+        }
+        return out;
+    }
+
+    void run_split(const GraphSpec& graph, const std::vector<InputBuffer>& inputs,
+                   const std::vector<OutputBuffer>& outputs, std::int64_t n) {
+        Workers& w = workers_.at(graph.name);
+        std::call_once(w.once, [&] {  // an exception leaves the flag unset: the next call tries again
+            std::vector<std::unique_ptr<Ort::Session>> made;
+            const std::string& path = paths_.at(graph.name);
+            for (int i = 0; i < split_workers_; ++i) {
+                try {
+                    made.push_back(std::make_unique<Ort::Session>(env_, path.c_str(), worker_so_));
+                } catch (const Ort::Exception& e) {
+                    rethrow_load_error(path, e);
+                }
+            }
+            w.sessions = std::move(made);
+        });
+        const std::int64_t k = std::min<std::int64_t>(split_workers_, n);
+        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(k));
+        auto chunk = [&](std::int64_t i) {
+            try {
+                const std::int64_t begin = n * i / k, end = n * (i + 1) / k;
+                run_on(*w.sessions[static_cast<std::size_t>(i)], graph, rows(inputs, begin, end),
+                       rows(outputs, begin, end));
+            } catch (...) {
+                errors[static_cast<std::size_t>(i)] = std::current_exception();
+            }
+        };
+        std::vector<std::thread> threads;
+        for (std::int64_t i = 0; i + 1 < k; ++i) threads.emplace_back(chunk, i);
+        chunk(k - 1);  // the last chunk on the calling thread
+        for (auto& t : threads) t.join();
+        for (auto& e : errors)
+            if (e) std::rethrow_exception(e);
+    }
+
+    static void run_on(Ort::Session& session, const GraphSpec& graph, const std::vector<InputBuffer>& inputs,
+                       const std::vector<OutputBuffer>& outputs) {
         const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
         std::vector<const char*> in_names, out_names;
         std::vector<Ort::Value> in_values, out_values;
@@ -147,14 +281,13 @@ public:
                                                                      outputs[i].shape.data(), outputs[i].shape.size()));
             }
             // Session::Run is thread-safe; each call has its own bound values, so no lock is needed.
-            it->second->Run(Ort::RunOptions{nullptr}, in_names.data(), in_values.data(), in_values.size(),
-                            out_names.data(), out_values.data(), out_values.size());
+            session.Run(Ort::RunOptions{nullptr}, in_names.data(), in_values.data(), in_values.size(),
+                        out_names.data(), out_values.data(), out_values.size());
         } catch (const Ort::Exception& e) {
             throw BackendError("onnxruntime: graph '" + graph.name + "' failed to run: " + e.what());
         }
     }
 
-private:
     // The graph must have exactly the manifest's tensors, float32, with matching static dimensions.
     static void check_io(const std::string& path, Ort::Session& s, const GraphSpec& spec) {
         Ort::AllocatorWithDefaultOptions alloc;
@@ -192,6 +325,11 @@ private:
 
     Ort::Env env_;
     std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
+    std::map<std::string, std::string> paths_;
+    std::map<std::string, Workers> workers_;  // filled in the constructor; sessions built on first split call
+    Ort::SessionOptions worker_so_;
+    int split_min_ = 0;                       // 0: never split
+    int split_workers_ = 1;
     std::string description_;
 };
 

@@ -126,6 +126,9 @@ public:
             throw InvalidArgumentError("backend: expected 'onnxruntime' or 'tensorrt', got '" + opt.backend + "'");
         if (opt.precision != "fp32" && opt.precision != "fp16" && opt.precision != "int8")
             throw InvalidArgumentError("precision: expected one of [fp32, fp16, int8], got '" + opt.precision + "'");
+        if (opt.batch_split < -1 || opt.batch_split == 1)
+            throw InvalidArgumentError("option batch_split: expected 0 (default), -1 (never) or a batch size >= 2, got " +
+                                       std::to_string(opt.batch_split));
         if (opt.threads < 0)
             throw InvalidArgumentError("option threads: expected 0 (default) or a positive integer, got " +
                                        std::to_string(opt.threads));

@@ -12,6 +12,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,12 @@ static int cmd_open(const char* bundle, int argc, char** argv) {
         else if (!strcmp(argv[i], "execution_provider")) opt.execution_provider = eq + 1;
         else if (!strcmp(argv[i], "verify_sha256")) opt.verify_sha256 = atoi(eq + 1);
         else if (!strcmp(argv[i], "threads")) opt.threads = atoi(eq + 1);
+        else if (!strcmp(argv[i], "batch_split")) opt.batch_split = atoi(eq + 1);
+        else if (!strcmp(argv[i], "struct_size")) {
+            /* "first_layout": a caller compiled before batch_split was appended */
+            opt.struct_size = !strcmp(eq + 1, "first_layout") ? (uint32_t)offsetof(vae_options, batch_split)
+                                                              : (uint32_t)atoi(eq + 1);
+        }
         else return 2;
     }
     s = vae_runtime_create(bundle, &opt, &rt);

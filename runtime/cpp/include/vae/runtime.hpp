@@ -65,6 +65,8 @@ struct Options {
     int threads = 0;                      // intra-op threads; 0: the engine's default
     bool check_finite = true;             // refuse NaN / Inf inputs
     bool verify_sha256 = true;            // check graph / engine files against vae.json before loading
+    int batch_split = 0;                  // onnxruntime on the CPU: smallest batch cut into one chunk per core, each
+                                          // on its own single-threaded session; 0: default (32), -1: never
 };
 
 struct ModelInfo {
