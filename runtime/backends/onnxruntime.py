@@ -23,17 +23,19 @@ Options (load(..., **options)):
     preload                   create every loaded graph's session in load() (default False: each graph's session is
                               created on its first call, so a decoder-only process never pays for the encoder's)
     batch_split               CPU only: smallest batch that is split across the cores instead of run by one session
-                              with an intra-op thread pool (default 32; False: never). A split call cuts the batch
+                              with an intra-op thread pool. Default: the decoder from batch 32, the encoder never;
+                              an integer N >= 2 applies to every graph; False: never. A split call cuts the batch
                               into one contiguous chunk per core (`threads`, default one per physical core) and runs
-                              each chunk on its own single-threaded session of the same graph, in parallel threads;
-                              outputs are written straight into one array. Same arithmetic per image, so outputs are
-                              bit-identical to the unsplit call. Why: ONNX Runtime parallelises one call op by op,
-                              and the decoder's ConvTranspose layers (per-image GEMM + col2im) scale poorly across
-                              threads; whole images per core do not share anything. Measured on the 2-core CI
-                              machine (benchmarks/NOTES.md section 11): decoder 1.14-1.35x faster at batch 64,
-                              1.06x at 32, even at 16, slower at 8; encoder even. The single-threaded sessions are
-                              built on the first split call (one per core, ~15 ms and a few MiB each), so a process
-                              that never decodes a large batch never pays for them.
+                              each chunk on its own single-threaded session of the same graph, in parallel threads.
+                              Same arithmetic per image: outputs matched the unsplit call exactly in every test
+                              here. Why: ONNX Runtime parallelises one call op by op, and the decoder's
+                              ConvTranspose layers (per-image GEMM + col2im) scale poorly across threads; whole
+                              images per core share nothing. Measured on the 2-core CI machine (benchmarks/NOTES.md
+                              section 11): decoder 1.14-1.35x faster at batch 64, 1.06x at 32, even at 16, slower
+                              at 8; the encoder (all Conv, which ONNX Runtime parallelises well) 2-9% slower, hence
+                              off for it by default. The single-threaded sessions are built on the first split call
+                              (one per core, ~15 ms and ~9 MiB each for the default decoder), so a process that never
+                              decodes a large batch never pays for them.
 
 Lazy sessions. load() checks that every requested graph's file is there and imports onnxruntime; the file's sha256
 (against vae.json) and the InferenceSession itself (graph optimisation, weight prepacking: tens of ms and ~20 MiB for
@@ -81,15 +83,16 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     options = ("threads", "inter_op_threads", "graph_optimization_level", "execution_provider", "io_binding",
                "provider_options", "max_batch", "spinning", "preload", "batch_split")
-    #: Default smallest batch that batch_split cuts across the cores (NOTES section 11: a gain from 32 up).
-    DEFAULT_BATCH_SPLIT = 32
+    #: Default smallest batch batch_split cuts across the cores, per graph (NOTES section 11: the decoder gains from
+    #: 32 up; the encoder is 2-9% slower split, so it is not in the default).
+    DEFAULT_BATCH_SPLIT = {"decoder": 32}
     thread_safe = True  # InferenceSession.run is safe to call concurrently; bindings are per call
 
     def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
                  check_finite: bool, files: dict[str, Path], io_binding: bool, providers: list[tuple[str, dict]],
                  session_options: Any, ort_module: Any, max_batch: int | None = None,
                  spinning: bool | None = None, hashes: Mapping[str, str] | None = None,
-                 split_min_batch: int | None = None, split_workers: int = 1,
+                 split_min_batch: Mapping[str, int] | None = None, split_workers: int = 1,
                  worker_options: Any = None) -> None:
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
         # graph -> (session, input dtypes, output names), published whole once built (a dict store is atomic)
@@ -104,8 +107,9 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort_module
         self._max_batch = max_batch
         self.spinning = spinning  # None: ONNX Runtime's default (on)
-        # batch_split: chunks of a batch >= split_min_batch run on split_workers single-threaded sessions per graph
-        self.split_min_batch = split_min_batch if split_workers > 1 else None
+        # batch_split: graph -> smallest batch whose chunks run on split_workers single-threaded sessions
+        self.split_min_batch = {g: n for g, n in (split_min_batch or {}).items() if g in self.graphs} \
+            if split_workers > 1 else {}
         self.split_workers = split_workers
         self._worker_so = worker_options
         self._workers: dict[str, list[tuple[Any, dict[str, Any], list[str]]]] = {}
@@ -135,10 +139,11 @@ class OnnxRuntimeBackend(Backend):
         for opt, value in (("spinning", spinning), ("preload", preload)):
             if value is not None and not isinstance(value, bool):
                 raise BackendError(f"option {opt}: expected True or False, got {value!r}")
-        if batch_split is None or batch_split is True:
-            batch_split = cls.DEFAULT_BATCH_SPLIT
-        elif batch_split is not False and (not isinstance(batch_split, int) or batch_split < 2):
+        if batch_split is not None and batch_split is not False and (
+                not isinstance(batch_split, int) or isinstance(batch_split, bool) or batch_split < 2):
             raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {batch_split!r}")
+        split_min = ({} if batch_split is False else dict(cls.DEFAULT_BATCH_SPLIT) if batch_split is None
+                     else {g: batch_split for g in graphs})
         if graph_optimization_level not in OPT_LEVELS:
             raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
                                f"got {graph_optimization_level!r}")
@@ -164,7 +169,7 @@ class OnnxRuntimeBackend(Backend):
 
         so = _session_options(ort, graph_optimization_level, threads, inter_op_threads, spinning)
         # batch_split: one single-threaded session per core; only on the CPU provider, where the cores are the device
-        workers = (threads or physical_cores()) if ep == "cpu" and batch_split is not False else 1
+        workers = (threads or physical_cores()) if ep == "cpu" and split_min else 1
         worker_so = _session_options(ort, graph_optimization_level, 1, 1, None) if workers > 1 else None
 
         # Every file must be present now; its sha256 is checked, and its session built, on first use.
@@ -176,7 +181,7 @@ class OnnxRuntimeBackend(Backend):
         backend = cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
                       files=files, io_binding=device.is_cuda if io_binding is None else bool(io_binding),
                       providers=providers, session_options=so, ort_module=ort, max_batch=max_batch,
-                      spinning=spinning, hashes=hashes, split_min_batch=batch_split or None,
+                      spinning=spinning, hashes=hashes, split_min_batch=split_min,
                       split_workers=workers, worker_options=worker_so)
         if preload:
             for graph in graphs:
@@ -237,7 +242,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         n = next(iter(feeds.values())).shape[0]
-        if self.split_min_batch is not None and n >= self.split_min_batch:
+        if n >= self.split_min_batch.get(graph, n + 1):
             return self._run_split(graph, feeds, n)
         return self._run_one(self._session(graph), feeds)
 
@@ -280,9 +285,9 @@ class OnnxRuntimeBackend(Backend):
                 "io_binding": self.io_binding, "spinning": self.spinning,
                 "files": {g: p.name for g, p in self._files.items()},
                 "sessions_created": sorted(self._sessions),
-                "batch_split": ({"min_batch": self.split_min_batch, "workers": self.split_workers,
+                "batch_split": ({"min_batch": dict(self.split_min_batch), "workers": self.split_workers,
                                  "sessions_created": sorted(self._workers)}
-                                if self.split_min_batch is not None else None)}
+                                if self.split_min_batch else None)}
 
 
 def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads: int | None,

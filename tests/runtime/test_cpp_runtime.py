@@ -161,7 +161,7 @@ def test_batch_split_equals_one_call(cpp_build, bundle, threads):
     with CppRuntime(bundle, library=cpp_build.library, batch_split=False) as whole, \
             CppRuntime(bundle, library=cpp_build.library, threads=threads, batch_split=2) as split:
         assert "batch_split" not in whole.backend
-        assert f"batch_split >= 2 over {threads} cores" in split.backend
+        assert f"batch_split decoder >= 2, encoder >= 2 over {threads} cores" in split.backend
         for n in (1, 2, 5, 7):
             z = rng.standard_normal((n, split.latent_dim), dtype=np.float32)
             x = rng.uniform(-1, 1, (n, *split.image_shape)).astype(np.float32)
@@ -181,13 +181,14 @@ def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
     assert "batch_split" not in proc.stdout
     # A caller compiled against the layout without batch_split is accepted and gets the default.
     proc = c_check(cpp_build, "open", bundle, "struct_size=first_layout", "threads=2")
-    assert "status=VAE_OK" in proc.stdout and "batch_split >= 32 over 2 cores" in proc.stdout, proc.stdout
+    assert "status=VAE_OK" in proc.stdout and "batch_split decoder >= 32 over 2 cores" in proc.stdout, proc.stdout
     status, error = open_status(cpp_build, bundle, "struct_size=12")
     assert status == "VAE_ERR_INVALID_ARGUMENT" and "vae_options.struct_size is 12, expected" in error
     proc = c_check(cpp_build, "open", bundle)  # default: one worker per physical core, like the Python backend
     cores = physical_cores()
-    assert ((f"batch_split >= 32 over {cores} cores" in proc.stdout) if cores > 1
+    assert ((f"batch_split decoder >= 32 over {cores} cores" in proc.stdout) if cores > 1
             else "batch_split" not in proc.stdout), proc.stdout
+    assert "encoder" not in proc.stdout.split("backend=", 1)[1]  # the encoder is not split by default
 
 
 def test_c_abi_info_matches_manifest(cpp_build, bundle):

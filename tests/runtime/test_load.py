@@ -215,7 +215,7 @@ def test_batch_split_cuts_large_batches_across_single_threaded_sessions(bundle, 
             runtime.load(bundle, backend="onnxruntime", threads=threads, batch_split=4) as split:
         assert whole.describe()["batch_split"] is None
         info = split.describe()["batch_split"]
-        assert info == {"min_batch": 4, "workers": threads, "sessions_created": []}
+        assert info == {"min_batch": {"encoder": 4, "decoder": 4}, "workers": threads, "sessions_created": []}
         z3 = rng.standard_normal((3, split.latent_dim), dtype=np.float32)
         np.testing.assert_array_equal(split.decode(z3), whole.decode(z3))  # below min_batch: the main session
         assert split.describe()["batch_split"]["sessions_created"] == []
@@ -234,22 +234,27 @@ def test_batch_split_cuts_large_batches_across_single_threaded_sessions(bundle, 
 
 
 def test_batch_split_default_and_off(bundle):
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend, physical_cores
+    from runtime.backends.onnxruntime import physical_cores
 
-    with runtime.load(bundle, backend="onnxruntime") as rt:
+    with runtime.load(bundle, backend="onnxruntime") as rt:  # default: the decoder from 32, the encoder never
         cores = physical_cores()
         info = rt.describe()["batch_split"]
         if cores > 1:
-            assert info["min_batch"] == OnnxRuntimeBackend.DEFAULT_BATCH_SPLIT and info["workers"] == cores
+            assert info["min_batch"] == {"decoder": 32} and info["workers"] == cores
+            x = np.zeros((40, *rt.image_shape), np.float32)
+            rt.encode(x)
+            assert rt.describe()["batch_split"]["sessions_created"] == []
         else:
             assert info is None
+    with runtime.load(bundle, backend="onnxruntime", graphs=["encoder"]) as rt:  # nothing to split by default
+        assert rt.describe()["batch_split"] is None
     with runtime.load(bundle, backend="onnxruntime", threads=1) as rt:  # one core: nothing to split across
         assert rt.describe()["batch_split"] is None
-    with runtime.load(bundle, backend="onnxruntime", threads=2, batch_split=True) as rt:
-        assert rt.describe()["batch_split"]["min_batch"] == OnnxRuntimeBackend.DEFAULT_BATCH_SPLIT
+    with runtime.load(bundle, backend="onnxruntime", threads=2, graphs=["decoder"], batch_split=8) as rt:
+        assert rt.describe()["batch_split"]["min_batch"] == {"decoder": 8}
 
 
-@pytest.mark.parametrize("value", [1, 0, -3, 2.5, "32"])
+@pytest.mark.parametrize("value", [1, 0, -3, 2.5, "32", True])
 def test_batch_split_option_is_checked(bundle, value):
     with pytest.raises(runtime.BackendError, match=rf"option batch_split: expected False or a batch size >= 2, "
                                                    rf"got {value!r}"):

@@ -72,8 +72,9 @@ typedef struct vae_options {
     int32_t verify_sha256;   /* 1 (default): check graph files against vae.json's sha256 before loading */
     int32_t batch_split;     /* onnxruntime on the CPU: smallest batch cut into one chunk per core (threads, default
                                 one per physical core), each chunk run by its own single-threaded session in
-                                parallel, written straight into the caller's buffer. 0 = default (32), -1 = never,
-                                >= 2 = that batch. The per-core sessions are built on the first split call. */
+                                parallel, written straight into the caller's buffer. 0 = default (the decoder from
+                                32, the encoder never), -1 = never, >= 2 = that batch for every graph. The per-core
+                                sessions are built on the first split call. */
 } vae_options;
 
 typedef struct vae_model_info {

@@ -66,7 +66,8 @@ struct Options {
     bool check_finite = true;             // refuse NaN / Inf inputs
     bool verify_sha256 = true;            // check graph / engine files against vae.json before loading
     int batch_split = 0;                  // onnxruntime on the CPU: smallest batch cut into one chunk per core, each
-                                          // on its own single-threaded session; 0: default (32), -1: never
+                                          // on its own single-threaded session; 0: default (decoder from 32,
+                                          // encoder never), -1: never, N >= 2: every graph from N
 };
 
 struct ModelInfo {
