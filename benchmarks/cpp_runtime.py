@@ -27,7 +27,7 @@ class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("backend", ctypes.c_char_p), ("device", ctypes.c_char_p),
                 ("precision", ctypes.c_char_p), ("execution_provider", ctypes.c_char_p),
                 ("graphs", ctypes.c_char_p), ("threads", ctypes.c_int32), ("check_finite", ctypes.c_int32),
-                ("verify_sha256", ctypes.c_int32), ("batch_split", ctypes.c_int32)]
+                ("verify_sha256", ctypes.c_int32), ("batch_split", ctypes.c_int32), ("reserved", ctypes.c_int32)]
 
 
 class _Info(ctypes.Structure):
@@ -55,7 +55,7 @@ def _load_library(path: Path) -> ctypes.CDLL:
     lib.vae_last_error.restype = ctypes.c_char_p
     lib.vae_status_name.restype = ctypes.c_char_p
     lib.vae_status_name.argtypes = [ctypes.c_int]
-    lib.vae_options_init.argtypes = [ctypes.POINTER(_Options)]
+    lib.vae_options_init_sized.argtypes = [ctypes.POINTER(_Options), ctypes.c_size_t]
     lib.vae_runtime_create.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Options), ctypes.POINTER(ctypes.c_void_p)]
     lib.vae_runtime_create.restype = ctypes.c_int
     lib.vae_runtime_destroy.argtypes = [ctypes.c_void_p]
@@ -87,7 +87,7 @@ class CppRuntime:
         self.library = find_library(library)
         self._lib = _load_library(self.library)
         opts = _Options()
-        self._lib.vae_options_init(ctypes.byref(opts))
+        self._lib.vae_options_init_sized(ctypes.byref(opts), ctypes.sizeof(opts))  # what the C macro does
         keep = [s.encode() for s in (backend, device, precision)]  # alive until create returns
         opts.backend, opts.device, opts.precision = keep
         if graphs:

@@ -35,7 +35,8 @@ Options (load(..., **options)):
                               at 8; the encoder (all Conv, which ONNX Runtime parallelises well) 2-9% slower, hence
                               off for it by default. The single-threaded sessions are built on the first split call
                               (one per core, ~15 ms and ~9 MiB each for the default decoder), so a process that never
-                              decodes a large batch never pays for them.
+                              decodes a large batch never pays for them. With max_batch set, the threshold applies
+                              to each max_batch piece (max_batch=16 and batch_split=32: nothing is split).
 
 Lazy sessions. load() checks that every requested graph's file is there and imports onnxruntime; the file's sha256
 (against vae.json) and the InferenceSession itself (graph optimisation, weight prepacking: tens of ms and ~20 MiB for
@@ -113,7 +114,7 @@ class OnnxRuntimeBackend(Backend):
         self.split_workers = split_workers
         self._worker_so = worker_options
         self._workers: dict[str, list[tuple[Any, dict[str, Any], list[str]]]] = {}
-        self._pool: Any = None  # concurrent.futures.ThreadPoolExecutor, created with the first worker sessions
+        self._pool: _ChunkThreads | None = None  # created with the first worker sessions
         state = ort_module.capi.onnxruntime_pybind11_state
         self.engine_errors = tuple(v for v in vars(state).values()
                                    if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__)
@@ -200,19 +201,21 @@ class OnnxRuntimeBackend(Backend):
         return entry
 
     def _worker_sessions(self, graph: str) -> list[tuple[Any, dict[str, Any], list[str]]]:
-        """batch_split's single-threaded sessions of the graph, one per worker (built on the first split call)."""
+        """batch_split's single-threaded sessions of the graph, one per worker (built on the first split call). The
+        file is checked again (sha256, then each session's inputs/outputs): it may have changed since the main
+        session was built, and a split batch must never run another model than an unsplit one."""
         entry = self._workers.get(graph)
         if entry is None:
-            self._session(graph)  # the main session first: the file's hash and I/O are checked there, once
+            self._session(graph)
             with self._create_lock:
                 entry = self._workers.get(graph)
                 if entry is None:
+                    path = self._files[graph]
+                    resolve_file(path.parent, path.name, self._hashes.get(graph))
                     entry = [self._create_session(graph, self._worker_so, check_hash=False)
                              for _ in range(self.split_workers)]
                     if self._pool is None:
-                        from concurrent.futures import ThreadPoolExecutor
-
-                        self._pool = ThreadPoolExecutor(self.split_workers - 1, thread_name_prefix="vae-split")
+                        self._pool = _ChunkThreads(self.split_workers - 1)
                     self._workers[graph] = entry
         return entry
 
@@ -266,7 +269,7 @@ class OnnxRuntimeBackend(Backend):
         k = min(len(workers), n)
         bounds = [n * i // k for i in range(k + 1)]
         chunks = [{name: v[bounds[i]:bounds[i + 1]] for name, v in feeds.items()} for i in range(k)]
-        futures = [self._pool.submit(self._run_one, workers[i], chunks[i]) for i in range(k - 1)]
+        futures = [self._pool.submit(i, self._run_one, workers[i], chunks[i]) for i in range(k - 1)]
         try:
             last = self._run_one(workers[k - 1], chunks[k - 1])
         finally:
@@ -276,7 +279,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown()
         self._workers.clear()
         self._sessions.clear()
 
@@ -288,6 +291,44 @@ class OnnxRuntimeBackend(Backend):
                 "batch_split": ({"min_batch": dict(self.split_min_batch), "workers": self.split_workers,
                                  "sessions_created": sorted(self._workers)}
                                 if self.split_min_batch else None)}
+
+
+class _ChunkThreads:
+    """batch_split's helper threads: one daemon thread per extra worker, each with its own queue, so chunk i of a
+    split call always runs on thread i (a shared pool could hand two chunks of one call to the same thread, one after
+    the other). Concurrent split calls queue per worker, which bounds the busy threads by the number of workers."""
+
+    def __init__(self, n: int) -> None:
+        import queue
+
+        self._queues = [queue.SimpleQueue() for _ in range(n)]
+        self._threads = [threading.Thread(target=self._loop, args=(q,), name=f"vae-split-{i}", daemon=True)
+                         for i, q in enumerate(self._queues)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _loop(q: Any) -> None:
+        while (item := q.get()) is not None:
+            fn, args, future = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                    future.set_exception(e)
+
+    def submit(self, worker: int, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._queues[worker].put((fn, args, future))
+        return future
+
+    def shutdown(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
 
 
 def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads: int | None,

@@ -55,7 +55,7 @@ def test_report_has_every_field(bench_run):
         assert c["runs"] == 2 and len(c["first_result_all_s"]) == len(c["peak_rss_all_mib"]) == 2
         assert c["first_result_s"] == min(c["first_result_all_s"]) and c["peak_rss_mib"] == max(c["peak_rss_all_mib"])
     assert report["plan"]["spinning"] is False and report["plan"]["cold_start_runs"] == 2
-    assert report["plan"]["batch_split"] == 4  # batch 4 of onnxruntime ran split across the cores
+    assert report["plan"]["batch_split"] == 4  # passed to runtime.load (tests/runtime/test_load.py checks its effect)
 
 
 def test_csv_and_pngs(bench_run):

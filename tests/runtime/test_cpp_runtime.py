@@ -179,9 +179,15 @@ def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
         assert f"option batch_split: expected 0 (default), -1 (never) or a batch size >= 2, got {bad}" in error
     proc = c_check(cpp_build, "open", bundle, "batch_split=-1")
     assert "batch_split" not in proc.stdout
-    # A caller compiled against the layout without batch_split is accepted and gets the default.
-    proc = c_check(cpp_build, "open", bundle, "struct_size=first_layout", "threads=2")
+    # A caller compiled against the layout without batch_split (its own sizeof, garbage in the bytes after it) is
+    # accepted and gets the default: nothing past verify_sha256 is read.
+    proc = c_check(cpp_build, "open", bundle, "first_layout=1", "threads=2")
     assert "status=VAE_OK" in proc.stdout and "batch_split decoder >= 32 over 2 cores" in proc.stdout, proc.stdout
+    proc = c_check(cpp_build, "open", bundle, "first_layout=1", "threads=2", "graphs=decoder", "verify_sha256=0")
+    assert "status=VAE_OK" in proc.stdout, proc.stdout
+    # ... and that binary's vae_options_init (the exported symbol, not the macro) writes only the first layout.
+    proc = c_check(cpp_build, "open", bundle, "first_layout=2")
+    assert "status=VAE_OK" in proc.stdout and "init_struct_size=" in proc.stdout, proc.stdout + proc.stderr
     status, error = open_status(cpp_build, bundle, "struct_size=12")
     assert status == "VAE_ERR_INVALID_ARGUMENT" and "vae_options.struct_size is 12, expected" in error
     proc = c_check(cpp_build, "open", bundle)  # default: one worker per physical core, like the Python backend
@@ -189,6 +195,21 @@ def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
     assert ((f"batch_split decoder >= 32 over {cores} cores" in proc.stdout) if cores > 1
             else "batch_split" not in proc.stdout), proc.stdout
     assert "encoder" not in proc.stdout.split("backend=", 1)[1]  # the encoder is not split by default
+
+
+def test_split_batches_run_on_per_core_sessions_that_recheck_the_file(cpp_build, bundle_copy):
+    """The per-core sessions are built by the first split call, from the file as it is then: it is checked again
+    (sha256, inputs/outputs), so a split batch never runs another model than an unsplit one. This also shows that
+    batches >= batch_split take that path and smaller ones do not."""
+    from benchmarks.cpp_runtime import CppRuntime, CppRuntimeError
+
+    with CppRuntime(bundle_copy, library=cpp_build.library, threads=2, batch_split=4) as rt:
+        z = np.zeros((4, rt.latent_dim), np.float32)
+        path = bundle_copy / "decoder.onnx"
+        path.write_bytes(path.read_bytes() + b"\0")  # changed after load
+        rt.decode(z[:3])  # below batch_split: the session built at load, unaffected
+        with pytest.raises(CppRuntimeError, match=r"VAE_ERR_BUNDLE: .*decoder\.onnx.*sha256"):
+            rt.decode(z)
 
 
 def test_c_abi_info_matches_manifest(cpp_build, bundle):

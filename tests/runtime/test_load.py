@@ -230,7 +230,27 @@ def test_batch_split_cuts_large_batches_across_single_threaded_sessions(bundle, 
         workers = split.backend._workers["decoder"]
         assert len(workers) == threads
         assert all(w[0].get_session_options().intra_op_num_threads == 1 for w in workers)
-    assert split.backend._pool is None or split.backend._pool._shutdown
+
+        # Each worker session runs exactly one contiguous chunk of a split call, each on its own thread.
+        import threading
+
+        calls = []
+
+        class Recorder:
+            def __init__(self, sess, index):
+                self.sess, self.index = sess, index
+
+            def run(self, names, feeds):
+                calls.append((self.index, len(next(iter(feeds.values()))), threading.get_ident()))
+                return self.sess.run(names, feeds)
+
+        split.backend._workers["decoder"] = [(Recorder(s, i), t, o) for i, (s, t, o) in enumerate(workers)]
+        z = rng.standard_normal((10, split.latent_dim), dtype=np.float32)
+        np.testing.assert_allclose(split.decode(z), whole.decode(z), rtol=0, atol=1e-6)
+        assert sorted(c[:2] for c in calls) == [(i, 10 * (i + 1) // threads - 10 * i // threads)
+                                                for i in range(threads)]
+        assert len({c[2] for c in calls}) == threads
+    assert not any(t.is_alive() for t in split.backend._pool._threads)  # close() stopped the helper threads
 
 
 def test_batch_split_default_and_off(bundle):
@@ -252,6 +272,19 @@ def test_batch_split_default_and_off(bundle):
         assert rt.describe()["batch_split"] is None
     with runtime.load(bundle, backend="onnxruntime", threads=2, graphs=["decoder"], batch_split=8) as rt:
         assert rt.describe()["batch_split"]["min_batch"] == {"decoder": 8}
+
+
+def test_split_batches_recheck_the_file(bundle_copy):
+    """The per-core sessions are built by the first split call from the file as it is then, checked again: a split
+    batch never runs another model than the unsplit one that was checked at its own first call."""
+    with runtime.load(bundle_copy, backend="onnxruntime", threads=2, batch_split=4, graphs=["decoder"]) as rt:
+        z = np.zeros((4, rt.latent_dim), np.float32)
+        rt.decode(z[:3])  # the main session, checked now
+        path = bundle_copy / "decoder.onnx"
+        path.write_bytes(path.read_bytes() + b"\0")
+        rt.decode(z[:3])
+        with pytest.raises(runtime.BundleError, match=r"decoder\.onnx.*sha256"):
+            rt.decode(z)
 
 
 @pytest.mark.parametrize("value", [1, 0, -3, 2.5, "32", True])

@@ -13,8 +13,11 @@
  *     C, H, W, D and the pixel range come from the bundle (vae_runtime_info), never from constants.
  *   - A vae_runtime may be used from several threads at once (the TensorRT backend serialises its calls).
  *   - ABI evolution: structs start with struct_size; new fields are only appended; status values are never renumbered.
- *     vae_options gained batch_split at the end: a caller compiled against the earlier layout (struct_size without
- *     it) is still accepted and gets the default.
+ *     vae_options gained batch_split (and a reserved field) at the end. A binary compiled against the first header
+ *     keeps working: its vae_options_init symbol fills only the first layout (up to verify_sha256) and sets that
+ *     struct_size, and vae_runtime_create reads nothing past verify_sha256 from such a struct (default batch_split).
+ *     Code compiled against this header calls vae_options_init_sized through the vae_options_init macro, which
+ *     passes sizeof the caller's struct, so the library never writes past the end of a struct it does not know.
  *
  * Example:
  *   vae_options opt; vae_options_init(&opt);
@@ -61,7 +64,7 @@ typedef enum vae_status {
 typedef struct vae_runtime vae_runtime;
 
 typedef struct vae_options {
-    uint32_t struct_size;    /* sizeof(vae_options); set by vae_options_init */
+    uint32_t struct_size;    /* sizeof(vae_options); set by vae_options_init (the macro) */
     const char* backend;     /* "onnxruntime" (default) or "tensorrt" (native TensorRT engines; builds that have it) */
     const char* device;      /* "cpu" (default), "cuda" or "cuda:N" */
     const char* precision;   /* "fp32" (default), "fp16" or "int8": a variant listed in vae.json */
@@ -75,6 +78,7 @@ typedef struct vae_options {
                                 parallel, written straight into the caller's buffer. 0 = default (the decoder from
                                 32, the encoder never), -1 = never, >= 2 = that batch for every graph. The per-core
                                 sessions are built on the first split call. */
+    int32_t reserved;        /* 0; keeps the struct's size different from the earlier layout's on 64-bit targets */
 } vae_options;
 
 typedef struct vae_model_info {
@@ -89,8 +93,15 @@ typedef struct vae_model_info {
     int32_t has_decoder;
 } vae_model_info;
 
-/* Fills defaults (every pointer NULL = default, threads 0, check_finite 1, verify_sha256 1, batch_split 0). */
+/* Fills defaults (every pointer NULL = default, threads 0, check_finite 1, verify_sha256 1, batch_split 0) into a
+ * struct of `size` bytes (sizeof the caller's vae_options): only the fields that fit are written, and struct_size is
+ * set to the size written. */
+VAE_API void vae_options_init_sized(vae_options* options, size_t size);
+
+/* The first ABI-1 entry point, kept for binaries built against the first header: fills the first layout only (up
+ * to verify_sha256). In code compiled against this header, vae_options_init(&opt) is the macro below. */
 VAE_API void vae_options_init(vae_options* options);
+#define vae_options_init(options) vae_options_init_sized((options), sizeof *(options))
 
 /* Loads BUNDLE (a folder with vae.json, or the vae.json itself). options may be NULL (defaults).
  * On success *out is a new handle; on failure *out is NULL. */

@@ -3,6 +3,7 @@
 #include <new>
 #include <sstream>
 #include <cstddef>
+#include <cstring>
 #include <string>
 
 #include "vae/runtime.hpp"
@@ -59,12 +60,39 @@ std::vector<std::string> split_graphs(const char* s) {
 
 extern "C" {
 
-void vae_options_init(vae_options* options) {
+namespace {
+// vae_options as first published (ABI 1): what a caller compiled against that header passes.
+struct vae_options_v1 {
+    uint32_t struct_size;
+    const char* backend;
+    const char* device;
+    const char* precision;
+    const char* execution_provider;
+    const char* graphs;
+    int32_t threads;
+    int32_t check_finite;
+    int32_t verify_sha256;
+};
+static_assert(offsetof(vae_options_v1, verify_sha256) == offsetof(vae_options, verify_sha256) &&
+                  offsetof(vae_options_v1, graphs) == offsetof(vae_options, graphs),
+              "vae_options must extend the first layout");
+static_assert(sizeof(vae_options_v1) != sizeof(vae_options), "the two layouts must be told apart by struct_size");
+}  // namespace
+
+void vae_options_init_sized(vae_options* options, size_t size) {
     if (!options) return;
-    *options = vae_options{};
-    options->struct_size = sizeof(vae_options);
-    options->check_finite = 1;
-    options->verify_sha256 = 1;
+    vae_options d{};
+    d.check_finite = 1;
+    d.verify_sha256 = 1;
+    const size_t n = size < sizeof d ? size : sizeof d;  // never past the caller's struct
+    d.struct_size = static_cast<uint32_t>(n);
+    std::memcpy(options, &d, n);
+}
+
+// The first layout's entry point (a binary built against the first header calls this symbol with its smaller
+// struct); the parentheses keep the header's vae_options_init macro from expanding here.
+void(vae_options_init)(vae_options* options) {
+    vae_options_init_sized(options, sizeof(vae_options_v1));
 }
 
 vae_status vae_runtime_create(const char* bundle, const vae_options* options, vae_runtime** out) {
@@ -74,13 +102,14 @@ vae_status vae_runtime_create(const char* bundle, const vae_options* options, va
         if (!bundle) throw vae::InvalidArgumentError("vae_runtime_create: bundle is NULL");
         vae::Options opt;
         if (options) {
-            // Two layouts of ABI version 1: the first one (up to verify_sha256) and the current one (batch_split
-            // appended). Any other size is an uninitialised struct or a header mismatch.
-            const std::size_t first_layout = offsetof(vae_options, batch_split);
-            if (options->struct_size != sizeof(vae_options) && options->struct_size != first_layout)
+            // Two layouts of ABI version 1: the first one (up to verify_sha256, vae_options_v1 above) and the
+            // current one (batch_split, reserved appended). Any other size is an uninitialised struct or a header
+            // mismatch. From a first-layout struct nothing past verify_sha256 is read.
+            const bool current = options->struct_size == sizeof(vae_options);
+            if (!current && options->struct_size != sizeof(vae_options_v1))
                 throw vae::InvalidArgumentError("vae_options.struct_size is " + std::to_string(options->struct_size) +
                                                 ", expected " + std::to_string(sizeof(vae_options)) + " (or " +
-                                                std::to_string(first_layout) +
+                                                std::to_string(sizeof(vae_options_v1)) +
                                                 " for the layout without batch_split; call vae_options_init first)");
             if (options->backend) opt.backend = options->backend;
             if (options->device) opt.device = options->device;
@@ -90,7 +119,7 @@ vae_status vae_runtime_create(const char* bundle, const vae_options* options, va
             opt.threads = options->threads;
             opt.check_finite = options->check_finite != 0;
             opt.verify_sha256 = options->verify_sha256 != 0;
-            if (options->struct_size == sizeof(vae_options)) opt.batch_split = options->batch_split;
+            if (current) opt.batch_split = options->batch_split;
         }
         *out = new vae_runtime{vae::Runtime(bundle, opt)};
     });

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -114,7 +115,7 @@ std::string join(const std::vector<std::string>& v) {
 class OrtBackend final : public Backend {
 public:
     OrtBackend(const Manifest& m, const Options& opt, const Device& dev, const std::vector<std::string>& graphs)
-        : env_(ORT_LOGGING_LEVEL_ERROR, "vae_runtime") {
+        : env_(ORT_LOGGING_LEVEL_ERROR, "vae_runtime"), manifest_(m) {
         std::string ep = opt.execution_provider.empty() ? (dev.cuda ? "cuda" : "cpu") : opt.execution_provider;
         if (ep != "cpu" && ep != "cuda" && ep != "tensorrt")
             throw InvalidArgumentError("option execution_provider: expected one of [cpu, cuda, tensorrt], got '" + ep + "'");
@@ -190,7 +191,7 @@ public:
             }
             check_io(path, *session, m.graph(g));
             sessions_.emplace(g, std::move(session));
-            paths_.emplace(g, path);
+            files_.emplace(g, std::make_pair(file, opt.verify_sha256 ? sha : std::string()));
             workers_[g];  // the slot exists before any thread reads the map
         }
     }
@@ -214,7 +215,7 @@ private:
     static constexpr int kDefaultBatchSplit = 32;
 
     struct Workers {
-        std::once_flag once;
+        std::mutex mutex;  // guards sessions: built once, by the first split call, never changed afterwards
         std::vector<std::unique_ptr<Ort::Session>> sessions;
     };
 
@@ -233,35 +234,54 @@ private:
         return out;
     }
 
-    void run_split(const GraphSpec& graph, const std::vector<InputBuffer>& inputs,
-                   const std::vector<OutputBuffer>& outputs, std::int64_t n) {
+    // The per-core sessions of a graph, built by the first split call. The file is checked again as at load
+    // (sha256 when verify_sha256, then the graph's inputs/outputs): it may have changed since, and a split batch must
+    // never run another model than an unsplit one.
+    std::vector<Ort::Session*> worker_sessions(const GraphSpec& graph) {
         Workers& w = workers_.at(graph.name);
-        std::call_once(w.once, [&] {  // an exception leaves the flag unset: the next call tries again
+        std::lock_guard<std::mutex> lock(w.mutex);
+        if (w.sessions.empty()) {
+            const auto& [file, sha] = files_.at(graph.name);
+            const std::string path = resolve_file(manifest_, file, sha);
             std::vector<std::unique_ptr<Ort::Session>> made;
-            const std::string& path = paths_.at(graph.name);
             for (int i = 0; i < split_workers_; ++i) {
                 try {
                     made.push_back(std::make_unique<Ort::Session>(env_, path.c_str(), worker_so_));
                 } catch (const Ort::Exception& e) {
                     rethrow_load_error(path, e);
                 }
+                check_io(path, *made.back(), graph);
             }
             w.sessions = std::move(made);
-        });
-        const std::int64_t k = std::min<std::int64_t>(split_workers_, n);
+        }
+        std::vector<Ort::Session*> out;
+        for (auto& p : w.sessions) out.push_back(p.get());
+        return out;
+    }
+
+    void run_split(const GraphSpec& graph, const std::vector<InputBuffer>& inputs,
+                   const std::vector<OutputBuffer>& outputs, std::int64_t n) {
+        const std::vector<Ort::Session*> sessions = worker_sessions(graph);
+        const std::int64_t k = std::min<std::int64_t>(static_cast<std::int64_t>(sessions.size()), n);
         std::vector<std::exception_ptr> errors(static_cast<std::size_t>(k));
         auto chunk = [&](std::int64_t i) {
             try {
                 const std::int64_t begin = n * i / k, end = n * (i + 1) / k;
-                run_on(*w.sessions[static_cast<std::size_t>(i)], graph, rows(inputs, begin, end),
+                run_on(*sessions[static_cast<std::size_t>(i)], graph, rows(inputs, begin, end),
                        rows(outputs, begin, end));
             } catch (...) {
                 errors[static_cast<std::size_t>(i)] = std::current_exception();
             }
         };
         std::vector<std::thread> threads;
-        for (std::int64_t i = 0; i + 1 < k; ++i) threads.emplace_back(chunk, i);
-        chunk(k - 1);  // the last chunk on the calling thread
+        threads.reserve(static_cast<std::size_t>(k));  // before any thread starts: only emplace_back's own start can fail
+        std::int64_t started = 0;
+        try {
+            for (; started + 1 < k; ++started) threads.emplace_back(chunk, started);
+        } catch (const std::system_error&) {
+            // no thread to be had (thread limit, pids cgroup): the chunks not started run here, in order
+        }
+        for (std::int64_t i = started; i < k; ++i) chunk(i);  // at least the last chunk, on the calling thread
         for (auto& t : threads) t.join();
         for (auto& e : errors)
             if (e) std::rethrow_exception(e);
@@ -335,7 +355,8 @@ private:
 
     Ort::Env env_;
     std::map<std::string, std::unique_ptr<Ort::Session>> sessions_;
-    std::map<std::string, std::string> paths_;
+    Manifest manifest_;
+    std::map<std::string, std::pair<std::string, std::string>> files_;  // graph -> (file, sha256 to check or "")
     std::map<std::string, Workers> workers_;  // filled in the constructor; sessions built on first split call
     Ort::SessionOptions worker_so_;
     std::map<std::string, int> split_min_;    // graph -> smallest batch split across the cores (absent: never)

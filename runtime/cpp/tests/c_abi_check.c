@@ -84,11 +84,26 @@ static int cmd_info(const char* bundle) {
     return 0;
 }
 
+/* vae_options as first published (before batch_split was appended) */
+typedef struct vae_options_v1 {
+    uint32_t struct_size;
+    const char* backend;
+    const char* device;
+    const char* precision;
+    const char* execution_provider;
+    const char* graphs;
+    int32_t threads;
+    int32_t check_finite;
+    int32_t verify_sha256;
+} vae_options_v1;
+
 static int cmd_open(const char* bundle, int argc, char** argv) {
     vae_options opt;
     vae_runtime* rt = NULL;
     vae_status s;
-    int i;
+    int i, first_layout = 0;
+    union { vae_options aligned; unsigned char bytes[sizeof(vae_options) + 64]; } storage;
+    unsigned char* garbage = storage.bytes;
     vae_options_init(&opt);
     for (i = 0; i < argc; ++i) {
         char* eq = strchr(argv[i], '=');
@@ -102,14 +117,42 @@ static int cmd_open(const char* bundle, int argc, char** argv) {
         else if (!strcmp(argv[i], "verify_sha256")) opt.verify_sha256 = atoi(eq + 1);
         else if (!strcmp(argv[i], "threads")) opt.threads = atoi(eq + 1);
         else if (!strcmp(argv[i], "batch_split")) opt.batch_split = atoi(eq + 1);
-        else if (!strcmp(argv[i], "struct_size")) {
-            /* "first_layout": a caller compiled before batch_split was appended */
-            opt.struct_size = !strcmp(eq + 1, "first_layout") ? (uint32_t)offsetof(vae_options, batch_split)
-                                                              : (uint32_t)atoi(eq + 1);
-        }
+        else if (!strcmp(argv[i], "struct_size")) opt.struct_size = (uint32_t)atoi(eq + 1);
+        else if (!strcmp(argv[i], "first_layout")) first_layout = atoi(eq + 1);
         else return 2;
     }
-    s = vae_runtime_create(bundle, &opt, &rt);
+    if (first_layout == 2) {
+        /* the first header's vae_options_init symbol must write nothing past the first layout */
+        size_t k;
+        memset(storage.bytes, 0xfe, sizeof storage.bytes);
+        (vae_options_init)((vae_options*)(void*)storage.bytes);
+        for (k = sizeof(vae_options_v1); k < sizeof storage.bytes; ++k)
+            if (storage.bytes[k] != 0xfe) {
+                printf("status=OVERFLOW\nerror=byte %u past the first layout was written\n", (unsigned)k);
+                return 1;
+            }
+        printf("init_struct_size=%u\n", (unsigned)((vae_options*)(void*)storage.bytes)->struct_size);
+        s = vae_runtime_create(bundle, (const vae_options*)(const void*)storage.bytes, &rt);
+    } else if (first_layout) {
+        /* A caller compiled against the first header: its struct ends at verify_sha256 (plus padding). It sits in a
+           buffer whose bytes past that struct are garbage, which the library must not read as batch_split. */
+        vae_options_v1 v1;
+        memset(&v1, 0, sizeof v1);
+        v1.struct_size = sizeof v1;
+        v1.backend = opt.backend;
+        v1.device = opt.device;
+        v1.precision = opt.precision;
+        v1.execution_provider = opt.execution_provider;
+        v1.graphs = opt.graphs;
+        v1.threads = opt.threads;
+        v1.check_finite = opt.check_finite;
+        v1.verify_sha256 = opt.verify_sha256;
+        memset(storage.bytes, 0xfe, sizeof storage.bytes);
+        memcpy(garbage, &v1, sizeof v1);
+        s = vae_runtime_create(bundle, (const vae_options*)(const void*)garbage, &rt);
+    } else {
+        s = vae_runtime_create(bundle, &opt, &rt);
+    }
     printf("status=%s\nerror=%s\n", vae_status_name(s), vae_last_error());
     if (s == VAE_OK) printf("backend=%s\n", vae_runtime_backend(rt));
     vae_runtime_destroy(rt);
