@@ -188,7 +188,7 @@ def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", 
     device: "cpu", "cuda" or "cuda:N".  precision: "fp32", "fp16" or "int8" (a variant listed in vae.json).
     graphs: the graphs to load (default: all in the bundle), e.g. ("decoder",) for a decoder-only app.
     options: backend options, checked by name (onnxruntime: threads, inter_op_threads, graph_optimization_level,
-             execution_provider, io_binding, provider_options, max_batch, spinning, preload - see
+             execution_provider, io_binding, provider_options, max_batch, spinning, preload, batch_split - see
              runtime/backends/onnxruntime.py; torch: checkpoint, threads; tensorrt: its own).
     The ONNX Runtime backend checks every graph file here but creates a graph's session on its first call
     (preload=True: here), so a process that only decodes never builds the encoder's session.
