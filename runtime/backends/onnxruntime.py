@@ -215,7 +215,11 @@ class OnnxRuntimeBackend(Backend):
                     entry = [self._create_session(graph, self._worker_so, check_hash=False)
                              for _ in range(self.split_workers)]
                     if self._pool is None:
+                        import weakref
+
                         self._pool = _ChunkThreads(self.split_workers - 1)
+                        # a runtime dropped without close() still ends its threads
+                        self._pool_finalizer = weakref.finalize(self, self._pool.stop)
                     self._workers[graph] = entry
         return entry
 
@@ -279,6 +283,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         if self._pool is not None:
+            self._pool_finalizer.detach()
             self._pool.shutdown()
         self._workers.clear()
         self._sessions.clear()
@@ -296,26 +301,23 @@ class OnnxRuntimeBackend(Backend):
 class _ChunkThreads:
     """batch_split's helper threads: one daemon thread per extra worker, each with its own queue, so chunk i of a
     split call always runs on thread i (a shared pool could hand two chunks of one call to the same thread, one after
-    the other). Concurrent split calls queue per worker, which bounds the busy threads by the number of workers."""
+    the other). Concurrent split calls queue per worker, which bounds the busy threads by the number of workers.
+    Between chunks a thread holds no reference to the backend, so an unclosed runtime can still be garbage-collected;
+    its finalizer calls stop()."""
 
     def __init__(self, n: int) -> None:
         import queue
 
         self._queues = [queue.SimpleQueue() for _ in range(n)]
-        self._threads = [threading.Thread(target=self._loop, args=(q,), name=f"vae-split-{i}", daemon=True)
-                         for i, q in enumerate(self._queues)]
-        for t in self._threads:
-            t.start()
-
-    @staticmethod
-    def _loop(q: Any) -> None:
-        while (item := q.get()) is not None:
-            fn, args, future = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
-                    future.set_exception(e)
+        self._threads: list[threading.Thread] = []
+        try:
+            for i, q in enumerate(self._queues):
+                t = threading.Thread(target=_chunk_loop, args=(q,), name=f"vae-split-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        except BaseException:
+            self.stop()
+            raise
 
     def submit(self, worker: int, fn: Any, *args: Any) -> Any:
         from concurrent.futures import Future
@@ -324,11 +326,27 @@ class _ChunkThreads:
         self._queues[worker].put((fn, args, future))
         return future
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
+        """Ask every thread to end after its current chunk (no join: safe from a finalizer on any thread)."""
         for q in self._queues:
             q.put(None)
+
+    def shutdown(self) -> None:
+        self.stop()
         for t in self._threads:
             t.join()
+
+
+def _chunk_loop(q: Any) -> None:
+    while (item := q.get()) is not None:
+        fn, args, future = item
+        del item
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(e)
+        del fn, args, future  # nothing held between chunks: not the backend, not the caller's arrays
 
 
 def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads: int | None,

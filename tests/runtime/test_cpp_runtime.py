@@ -187,7 +187,8 @@ def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
     assert "status=VAE_OK" in proc.stdout, proc.stdout
     # ... and that binary's vae_options_init (the exported symbol, not the macro) writes only the first layout.
     proc = c_check(cpp_build, "open", bundle, "first_layout=2")
-    assert "status=VAE_OK" in proc.stdout and "init_struct_size=" in proc.stdout, proc.stdout + proc.stderr
+    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert out["status"] == "VAE_OK" and out["init_struct_size"] == out["first_layout_size"], proc.stdout
     status, error = open_status(cpp_build, bundle, "struct_size=12")
     assert status == "VAE_ERR_INVALID_ARGUMENT" and "vae_options.struct_size is 12, expected" in error
     proc = c_check(cpp_build, "open", bundle)  # default: one worker per physical core, like the Python backend

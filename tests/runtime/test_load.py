@@ -274,6 +274,23 @@ def test_batch_split_default_and_off(bundle):
         assert rt.describe()["batch_split"]["min_batch"] == {"decoder": 8}
 
 
+def test_unclosed_split_runtime_is_collected_and_its_threads_end(bundle):
+    import gc
+    import weakref
+
+    rt = runtime.load(bundle, backend="onnxruntime", threads=3, batch_split=2, graphs=["decoder"])
+    rt.decode(np.zeros((6, rt.latent_dim), np.float32))
+    threads = list(rt.backend._pool._threads)
+    assert len(threads) == 2 and all(t.is_alive() for t in threads)
+    backend = weakref.ref(rt.backend)
+    del rt
+    gc.collect()
+    assert backend() is None  # the helper threads held no reference to it between chunks
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_split_batches_recheck_the_file(bundle_copy):
     """The per-core sessions are built by the first split call from the file as it is then, checked again: a split
     batch never runs another model than the unsplit one that was checked at its own first call."""

@@ -99,9 +99,12 @@ typedef struct vae_model_info {
 VAE_API void vae_options_init_sized(vae_options* options, size_t size);
 
 /* The first ABI-1 entry point, kept for binaries built against the first header: fills the first layout only (up
- * to verify_sha256). In code compiled against this header, vae_options_init(&opt) is the macro below. */
+ * to verify_sha256) and sets that struct_size, so vae_runtime_create then ignores batch_split. In code compiled
+ * against this header, vae_options_init(&opt) is the macro below. FFI bindings (Rust, C#, Go...) and function
+ * pointers do not see the macro: call vae_options_init_sized(&opt, sizeof opt) there, or batch_split is ignored
+ * (vae_runtime_backend() shows the batch_split in effect). */
 VAE_API void vae_options_init(vae_options* options);
-#define vae_options_init(options) vae_options_init_sized((options), sizeof *(options))
+#define vae_options_init(options) vae_options_init_sized((options), sizeof(vae_options))
 
 /* Loads BUNDLE (a folder with vae.json, or the vae.json itself). options may be NULL (defaults).
  * On success *out is a new handle; on failure *out is NULL. */

@@ -131,13 +131,14 @@ static int cmd_open(const char* bundle, int argc, char** argv) {
                 printf("status=OVERFLOW\nerror=byte %u past the first layout was written\n", (unsigned)k);
                 return 1;
             }
-        printf("init_struct_size=%u\n", (unsigned)((vae_options*)(void*)storage.bytes)->struct_size);
+        printf("init_struct_size=%u\nfirst_layout_size=%u\n",
+               (unsigned)((vae_options*)(void*)storage.bytes)->struct_size, (unsigned)sizeof(vae_options_v1));
         s = vae_runtime_create(bundle, (const vae_options*)(const void*)storage.bytes, &rt);
     } else if (first_layout) {
         /* A caller compiled against the first header: its struct ends at verify_sha256 (plus padding). It sits in a
            buffer whose bytes past that struct are garbage, which the library must not read as batch_split. */
         vae_options_v1 v1;
-        memset(&v1, 0, sizeof v1);
+        memset(&v1, 0xfe, sizeof v1); /* its tail padding too: on LP64 that is where batch_split now lives */
         v1.struct_size = sizeof v1;
         v1.backend = opt.backend;
         v1.device = opt.device;
