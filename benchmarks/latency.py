@@ -92,7 +92,7 @@ class Plan:
     cold_start: bool = True
     cold_start_runs: int = 3
     spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
-    batch_split: int | bool | None = None  # ONNX Runtime CPU batch_split (None: the runtime's default; False: off)
+    batch_split: int | bool | None = None  # onnxruntime / cpp on the CPU (None: the runtimes' default; False: off)
     device: str = "cpu"              # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
     cpp_lib: Path | None = None      # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
     progress: bool = True
@@ -249,7 +249,8 @@ def run(plan: Plan) -> dict[str, Any]:
         "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
                  "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
                  "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
-                 "spinning": plan.spinning, "batch_split": plan.batch_split, "cold_start_runs": plan.cold_start_runs, "device": plan.device},
+                 "spinning": plan.spinning, "batch_split": plan.batch_split,
+                 "cold_start_runs": plan.cold_start_runs, "device": plan.device},
         "environment": env,
         "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": ceiling_threads},
         "interrupted": interrupted,
@@ -497,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
                 cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
                 spinning=None if args.spinning is None else args.spinning == "on",
-                batch_split=args.batch_split, device=device, cpp_lib=args.cpp_lib, progress=not args.no_progress, seed=args.seed)
+                batch_split=args.batch_split, device=device, cpp_lib=args.cpp_lib, progress=not args.no_progress,
+                seed=args.seed)
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

@@ -109,8 +109,7 @@ class OnnxRuntimeBackend(Backend):
         self._max_batch = max_batch
         self.spinning = spinning  # None: ONNX Runtime's default (on)
         # batch_split: graph -> smallest batch whose chunks run on split_workers single-threaded sessions
-        self.split_min_batch = {g: n for g, n in (split_min_batch or {}).items() if g in self.graphs} \
-            if split_workers > 1 else {}
+        self.split_min_batch = dict(split_min_batch or {}) if split_workers > 1 else {}
         self.split_workers = split_workers
         self._worker_so = worker_options
         self._workers: dict[str, list[tuple[Any, dict[str, Any], list[str]]]] = {}
@@ -143,8 +142,9 @@ class OnnxRuntimeBackend(Backend):
         if batch_split is not None and batch_split is not False and (
                 not isinstance(batch_split, int) or isinstance(batch_split, bool) or batch_split < 2):
             raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {batch_split!r}")
-        split_min = ({} if batch_split is False else dict(cls.DEFAULT_BATCH_SPLIT) if batch_split is None
-                     else {g: batch_split for g in graphs})
+        split_min = {} if batch_split is False else {
+            g: cls.DEFAULT_BATCH_SPLIT.get(g) if batch_split is None else batch_split for g in graphs}
+        split_min = {g: n for g, n in split_min.items() if n}  # only graphs this backend loads and splits
         if graph_optimization_level not in OPT_LEVELS:
             raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
                                f"got {graph_optimization_level!r}")
@@ -206,14 +206,11 @@ class OnnxRuntimeBackend(Backend):
         session was built, and a split batch must never run another model than an unsplit one."""
         entry = self._workers.get(graph)
         if entry is None:
-            self._session(graph)
             with self._create_lock:
                 entry = self._workers.get(graph)
-                if entry is None:
-                    path = self._files[graph]
-                    resolve_file(path.parent, path.name, self._hashes.get(graph))
-                    entry = [self._create_session(graph, self._worker_so, check_hash=False)
-                             for _ in range(self.split_workers)]
+                if entry is None:  # the file's sha256 once, each session's inputs/outputs in _create_session
+                    entry = [self._create_session(graph, self._worker_so, check_hash=i == 0)
+                             for i in range(self.split_workers)]
                     if self._pool is None:
                         import weakref
 
