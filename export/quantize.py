@@ -3,19 +3,21 @@
     python -m export.quantize BUNDLE --int8 [--graphs encoder,decoder] [--calibration DIR] [--samples N]
                               [--method minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1]
                               [--max-kept 2] [--force] [--no-progress]
-                              [--decoder-form bundle|subpixel] [--checkpoint CKPT]
+                              [--decoder-form auto|subpixel|bundle] [--checkpoint CKPT]
 
 Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json.
 
-Decoder form (--decoder-form). `bundle` (the default) quantizes the bundle's decoder.onnx. `subpixel` quantizes an
-all-layers dense sub-pixel form of the same decoder instead (export.rewrites.rewrite_decoder(layers="all",
-form="dense")): on ONNX Runtime CPU its INT8 graph runs every upsampling layer as an int8 convolution and was measured
-1.20-1.35x faster than the FP32 decoder, where the INT8 graph of the shipped form is slower than FP32
-(benchmarks/NOTES.md, sections 8.2 and 10). That form is rebuilt from the source checkpoint vae.json names (its
-sha256 must match the manifest's; --checkpoint CKPT when it moved), BatchNorm folded, exported like export.to_onnx
-(its graph metadata records the rewrite options) and checked against decoder.onnx on the golden and realistic z of
-reference.npz (max abs <= 1e-4) before it is quantized exactly as the bundle form is. The variant records the form in
-vae.json (graphs.decoder.variants.int8.source_form). The encoder is not affected.
+Decoder form (--decoder-form). `subpixel` quantizes an all-layers sub-pixel form of the decoder
+(export.rewrites.rewrite_decoder(layers="all", form="nhwc")): on ONNX Runtime CPU every upsampling layer of its INT8
+graph is one int8 convolution in NHWC with a block Transpose for the pixel shuffle, and the head is a 2x2 int8 conv;
+at batch 64 it was measured at 1.84-1.86x the FP32 decoder's throughput (benchmarks/NOTES.md, section 12). `bundle`
+quantizes the bundle's decoder.onnx, whose INT8 graph is slower than FP32 there (ConvTranspose stays float behind
+DequantizeLinear; sections 5 and 8.2). `auto` (the default) is `subpixel` when the source checkpoint vae.json names is
+there and unchanged (or --checkpoint is given), else `bundle`, and says so. The sub-pixel form is rebuilt from that
+checkpoint (its sha256 must match the manifest's; --checkpoint CKPT when it moved), BatchNorm folded, exported like
+export.to_onnx (its graph metadata records the rewrite options) and checked against decoder.onnx on the golden and
+realistic z of reference.npz (max abs <= 1e-4) before it is quantized exactly as the bundle form is. The variant
+records the form in vae.json (graphs.decoder.variants.int8.source_form). The encoder is not affected.
 
 Quantization (onnxruntime.quantization.quantize_static): QuantFormat.QDQ; INT8 activations and weights, both
 symmetric (zero point 0: TensorRT rejects any other); weights per output channel (axis 0 for Conv / Gemm, axis 1
@@ -58,9 +60,9 @@ from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResul
 
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
-DECODER_FORMS = ("bundle", "subpixel")
+DECODER_FORMS = ("auto", "bundle", "subpixel")
 # rewrite_decoder's options for --decoder-form subpixel (section 8.2 of benchmarks/NOTES.md: the fastest INT8 form)
-SUBPIXEL_OPTIONS = {"layers": "all", "form": "dense", "absorb_head": True, "fold_stem": True}
+SUBPIXEL_OPTIONS = {"layers": "all", "form": "nhwc", "absorb_head": True, "fold_stem": True}
 FORM_CHECK_MAX_ABS = 1e-4  # the rebuilt FP32 form against decoder.onnx: exact up to FP32 rounding
 WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}  # op -> output-channel axis of its weight
 
@@ -243,7 +245,7 @@ def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
         path = next((c for c in candidates if c.is_file()), None)
         if path is None:
             looked = [str(c) for c in candidates]
-            raise PrecisionError(f"--decoder-form subpixel rebuilds the decoder from the source checkpoint, and "
+            raise PrecisionError(f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
                                  f"the one {manifest_path} names is not here (looked for {looked}); pass "
                                  "--checkpoint CKPT")
     expected = str(src.get("sha256") or "")
@@ -352,11 +354,12 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
                       budget_rel_l2: float | None = None, samples: int = 128, eval_samples: int = 32,
                       seed: int = 1, calibration: Path | None = None, method: str = "minmax", max_kept: int = 2,
                       force: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-                      decoder_form: str = "bundle", checkpoint: Path | None = None) -> Int8Result:
+                      decoder_form: str = "auto", checkpoint: Path | None = None) -> Int8Result:
     """Calibrate, search, verify and (if the budget is met, or forced) write and register BUNDLE/<graph>.int8.onnx.
 
     decoder_form="subpixel" (decoder only): quantize the all-sub-pixel form rebuilt from `checkpoint` (default: the
-    source checkpoint vae.json names) instead of decoder.onnx; see the module docstring."""
+    source checkpoint vae.json names) instead of decoder.onnx; "auto" (the default): that form when the checkpoint is
+    there and unchanged, else decoder.onnx (resolve_decoder_form); see the module docstring."""
     import onnx
     from tqdm import tqdm
 
@@ -372,7 +375,7 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     sets = evaluation_sets(data, graph, samples=eval_samples, seed=seed, folder=calibration)
     source_form: dict = {}
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=Path(bundle)) as tmp:
-        if graph == B.DECODER and decoder_form == "subpixel":
+        if graph == B.DECODER and resolve_decoder_form(data, decoder_form, checkpoint, log) == "subpixel":
             fp32_path = Path(tmp) / "decoder.subpixel.onnx"
             source_form = subpixel_decoder(data, checkpoint, fp32_path, log=log)
         model_fp32 = onnx.load(str(fp32_path))
@@ -412,6 +415,25 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     return res
 
 
+def resolve_decoder_form(data, decoder_form: str, checkpoint: Path | None = None,
+                         log: Callable[[str], None] = print) -> str:
+    """"bundle" or "subpixel" for a --decoder-form. "auto" is "subpixel" when the source checkpoint is found and its
+    sha256 matches vae.json's (or `checkpoint` is given, which must then be valid), else "bundle", saying why."""
+    if decoder_form not in DECODER_FORMS:
+        raise PrecisionError(f"--decoder-form: expected one of {list(DECODER_FORMS)}, got {decoder_form!r}")
+    if decoder_form != "auto":
+        return decoder_form
+    if checkpoint is not None:
+        source_checkpoint(data, checkpoint)  # given explicitly: a bad one is an error, not a fallback
+        return "subpixel"
+    try:
+        source_checkpoint(data)
+    except PrecisionError as e:
+        log(f"decoder: quantizing the bundle's {B.DECODER}.onnx, not the faster sub-pixel form: {e}")
+        return "bundle"
+    return "subpixel"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path)
@@ -428,9 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=non_negative_int, default=1)
     p.add_argument("--force", action="store_true", help="write (and register as failed) a variant that misses")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--decoder-form", default="bundle", choices=DECODER_FORMS,
-                   help="decoder graph to quantize: the bundle's decoder.onnx (default) or its all-layers dense "
-                        "sub-pixel form rebuilt from the source checkpoint (faster INT8 on ONNX Runtime CPU)")
+    p.add_argument("--decoder-form", default="auto", choices=DECODER_FORMS,
+                   help="decoder graph to quantize: its all-layers sub-pixel form rebuilt from the source checkpoint "
+                        "(subpixel: 1.8x the FP32 decoder's throughput on ONNX Runtime CPU), the bundle's "
+                        "decoder.onnx (bundle: slower than FP32 there), or auto (default): subpixel when the "
+                        "checkpoint vae.json names is there and unchanged, else bundle")
     p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
                    help="with --decoder-form subpixel: the source checkpoint, when it is not where vae.json says "
                         "(its sha256 must match vae.json's)")
@@ -444,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.calibration is not None and not args.calibration.is_dir():
             raise PrecisionError(f"--calibration {args.calibration}: not a directory")
         data, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
-        if args.decoder_form == "subpixel" and B.DECODER in graphs:
+        if B.DECODER in graphs and (args.decoder_form == "subpixel"
+                                    or (args.decoder_form == "auto" and args.checkpoint is not None)):
             source_checkpoint(data, args.checkpoint)  # a missing or changed checkpoint fails before any work
     except (PrecisionError, B.BundleError) as e:
         print(f"error: {e}", file=sys.stderr)

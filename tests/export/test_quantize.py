@@ -172,33 +172,47 @@ def ckpt_bundle(tiny_checkpoint, tmp_path_factory):
     return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("int8-subpixel") / "bundle", log=lambda *a: None)
 
 
-def test_default_form_records_no_source_form(bundle):
+def test_default_form_without_a_checkpoint_quantizes_the_bundle_graph(bundle, capsys):
+    """An in-memory export names no checkpoint: the default (auto) falls back to decoder.onnx and says why."""
     import json
 
     assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "not the faster sub-pixel form" in out and "--checkpoint" in out
     raw = json.loads((bundle / B.MANIFEST_NAME).read_text())["graphs"]["decoder"]["variants"]["int8"]
     assert "source_form" not in raw  # the manifest of a default run is the one it always was
     assert B.read_manifest(bundle).graph(B.DECODER).variants["int8"].source_form == {}
 
 
-def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, capsys):
+@pytest.mark.parametrize("form", [[], ["--decoder-form", "subpixel"]], ids=["auto", "subpixel"])
+def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, capsys, form):
+    import onnxruntime as ort
+
     import runtime
 
     bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
-    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]) == 0
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", *form, *FAST]) == 0
     assert "sub-pixel form" in capsys.readouterr().out
     v = B.read_manifest(bundle).graph(B.DECODER).variants["int8"]
     assert v.file == "decoder.int8.onnx" and v.sha256 == sha256_file(bundle / v.file)
     assert v.accuracy["passed"] and not v.accuracy["forced"]
     assert v.source_form["form"] == "subpixel" and v.source_form["rewrite_options"] == quantize.SUBPIXEL_OPTIONS
-    assert "subpixel[dense]" in v.source_form["rewrites"]
+    assert "subpixel[nhwc]" in v.source_form["rewrites"]
     assert v.source_form["fp32_check"]["max_abs"] <= 1e-4
-    # quantized from the dense form (one conv per upsampling layer + the head), not the bundle's phases form
+    # quantized from the nhwc form (one conv per upsampling layer + the head), not the bundle's phases form
     convs = lambda m: sum(n.op_type == "Conv" for n in m.graph.node)  # noqa: E731
     q, fp32 = onnx.load(str(bundle / v.file)), onnx.load(str(bundle / "decoder.onnx"))
     assert_tensorrt_qdq(q)
     assert 0 < convs(q) < convs(fp32)
     assert B.read_manifest(bundle).graph(B.ENCODER).variants == {}  # encoder untouched
+    # What makes it fast on ONNX Runtime CPU (NOTES section 12): after ORT's own optimisation every conv runs as an
+    # int8 QLinearConv (none left in float, as a DequantizeLinear with several consumers would cause) and the only
+    # DepthToSpace is the last one (the other pixel shuffles are block Transposes in NHWC).
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    ort.InferenceSession(str(bundle / v.file), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") == convs(q) and ops.count("DepthToSpace") == 1, ops
 
     z = np.random.default_rng(7).standard_normal((8, TINY.latent_dim)).astype(np.float32)
     want = runtime.load(bundle, precision="fp32", graphs=(B.DECODER,)).decode(z)
@@ -211,7 +225,7 @@ def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, 
 
     d = locate_divergence(bundle, B.DECODER, precision="int8")
     assert d.first is None and any("'subpixel' form" in n for n in d.notes)
-    assert any("subpixel[dense]" in n for n in d.notes) and not any("subpixel[phases]" in n for n in d.notes)
+    assert any("subpixel[nhwc]" in n for n in d.notes) and not any("subpixel[phases]" in n for n in d.notes)
     assert d.anchors[-1].onnx_op == "DepthToSpace"
 
 
@@ -238,6 +252,14 @@ def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, caps
     err = capsys.readouterr().err
     assert "moved/tiny.pt" in err and "--checkpoint" in err and "Traceback" not in err
     assert "int8" not in B.read_manifest(bundle).graph(B.DECODER).variants
+    # the default (auto) falls back to decoder.onnx and says why; an explicit bad --checkpoint is still an error
+    auto = [a for a in args if a not in ("--decoder-form", "subpixel")]
+    assert quantize.main([*auto, "--checkpoint", str(other)]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert quantize.main(auto) == 0
+    out = capsys.readouterr().out
+    assert "not the faster sub-pixel form" in out and "moved/tiny.pt" in out
+    assert B.read_manifest(bundle).graph(B.DECODER).variants["int8"].source_form == {}
 
 
 def test_subpixel_form_of_another_model_is_refused(bundle, tmp_path, capsys):

@@ -34,7 +34,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("form", ["dense", "phases"])
+@pytest.mark.parametrize("form", ["dense", "phases", "nhwc"])
 @pytest.mark.parametrize("c_in,c_out,h,w", [(1, 1, 1, 1), (5, 7, 3, 4), (16, 16, 6, 5), (32, 32, 8, 8), (24, 3, 2, 7)])
 def test_subpixel_matches_convtranspose(form, c_in, c_out, h, w):
     ct = _convt(c_in, c_out, seed=c_in * 100 + c_out)
@@ -46,7 +46,7 @@ def test_subpixel_matches_convtranspose(form, c_in, c_out, h, w):
     assert _max_err(got, ref) <= EXACT  # FP32 reassociation only: orders of magnitude under the gate
 
 
-@pytest.mark.parametrize("form", ["dense", "phases"])
+@pytest.mark.parametrize("form", ["dense", "phases", "nhwc"])
 def test_subpixel_without_bias_and_with_activation(form):
     ct = _convt(8, 8, seed=3, bias=False)
     act = nn.LeakyReLU(0.2)
@@ -55,7 +55,7 @@ def test_subpixel_without_bias_and_with_activation(form):
         assert _max_err(SubPixelUpsample(ct, act, form=form)(x), act(ct(x))) <= EXACT
 
 
-@pytest.mark.parametrize("form", ["dense", "phases"])
+@pytest.mark.parametrize("form", ["dense", "phases", "nhwc"])
 @pytest.mark.parametrize("c_mid,c_head", [(16, 3), (8, 8), (6, 1)])
 def test_head_in_phase_space_matches(form, c_mid, c_head):
     ct = _convt(12, c_mid, seed=c_mid)
@@ -162,6 +162,8 @@ GREY = VAEConfig(in_channels=1, out_channels=1, image_size=32, latent_dim=4, hid
 
 @pytest.mark.parametrize("config", [TINY, GREY], ids=["tiny", "grey-cin-eq-cout"])
 @pytest.mark.parametrize("kw", [{}, {"form": "dense"}, {"layers": "all"}, {"layers": "all", "form": "dense"},
+                                {"form": "nhwc"}, {"layers": "all", "form": "nhwc"},
+                                {"layers": "all", "form": "nhwc", "absorb_head": False},
                                 {"layers": "none", "fold_stem": False},
                                 {"layers": "all", "absorb_head": False, "fold_stem": False}])
 def test_rewrite_decoder_matches_the_original_model(config, kw):
@@ -207,7 +209,9 @@ PLAIN = {"Gemm", "Reshape", "LeakyRelu", "Conv", "Add", "DepthToSpace", "Tanh"}
     (GREY, {}, PLAIN | {"ConvTranspose"}),                      # the middle layer stays a ConvTranspose
     (GREY, {"layers": "all"}, PLAIN | {"Unsqueeze", "Concat"}),  # a phases block without a head stacks its phases
     (GREY, {"layers": "all", "form": "dense"}, PLAIN),
-], ids=["tiny-default", "grey-default", "grey-all-phases", "grey-all-dense"])
+    # channels-last pixel shuffles and the cropped head: one DepthToSpace, at the end
+    (GREY, {"layers": "all", "form": "nhwc"}, PLAIN | {"Transpose", "Slice", "Concat"}),
+], ids=["tiny-default", "grey-default", "grey-all-phases", "grey-all-dense", "grey-all-nhwc"])
 def test_exported_graph_is_plain_ops_and_matches_on_onnxruntime(tmp_path, config, kw, allowed):
     model = make_model(config, seed=2)
     res = rewrite_decoder(fold_batchnorm(model), **kw)
@@ -218,7 +222,8 @@ def test_exported_graph_is_plain_ops_and_matches_on_onnxruntime(tmp_path, config
     assert "Pad" not in ops  # the pads went into the Convs' asymmetric pads
     assert ops <= allowed, ops
     assert ("ConvTranspose" in ops) == ("ConvTranspose" in allowed)
-    assert {n.op_type for n in graph.node if n.op_type == "DepthToSpace"} and all(
+    assert ("DepthToSpace" in ops) == ("DepthToSpace" in allowed)
+    assert all(
         onnx.helper.get_attribute_value(a) == b"CRD" for n in graph.node if n.op_type == "DepthToSpace"
         for a in n.attribute if a.name == "mode")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
