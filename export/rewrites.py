@@ -20,10 +20,16 @@ when b = 1). Along one axis the kernel taps split by output phase a:
     a = 1 (odd outputs):   y[2m + 1] = w[2] x[m] + w[0] x[m + 1]      (x[H] = 0: that is output_padding's row)
 
 so each of the four output phases (a, b) is an ordinary convolution of x with a 1x1, 1x2, 2x1 or 2x2 kernel cut from
-the transposed kernel (padded on the bottom / right only), and DepthToSpace interleaves the phases. Two forms:
+the transposed kernel (padded on the bottom / right only), and DepthToSpace interleaves the phases. Three forms:
   "phases" (default): the four small convolutions, exactly the useful multiply-adds;
   "dense": every phase kernel zero-padded to 2x2 and stacked along the output channels, one 2x2 convolution with
            4 * C_out outputs: one big regular GEMM but 16/9 of the useful multiply-adds.
+  "nhwc": "dense" with phase-major (DCR) output channels and the pixel shuffle written as Transpose / Reshape in
+           channels-last order, where it moves blocks of 2 * C_out contiguous values; a head is one 2x2 conv over the
+           phases with a per-phase crop (4/9 of the dense head). Made for the INT8 decoder (export.quantize): ONNX
+           Runtime runs int8 convs in NHWC and cancels those Transposes against its own layout Transposes, so no
+           NCHW DepthToSpace sits between two layout Transposes (1.8x the FP32 decoder there; FP32 itself stays
+           fastest in the default form, NOTES section 12).
 Pointwise activations commute with DepthToSpace (it only moves pixels within a channel), so the LeakyReLU runs on each
 phase, fused into its Conv. With absorb_head, a following 3x3 "same" Conv2d and its activation run in phase space
 too: high-res row 2m + a + ky - 1 is phase (a + ky - 1) mod 2 of low-res row m + floor((a + ky - 1) / 2)
@@ -140,6 +146,8 @@ class SubPixelUpsample(nn.Module):
     Computed at the input resolution; one DepthToSpace(2) (mode CRD, as pixel_shuffle) at the end.
     form="phases": four Conv2d (1x1, 1x2, 2x1, 2x2); with a head, the head sums 2x2 convs over those four phases.
     form="dense": one 2x2 Conv2d to 4 * C_out channels; with a head, one 3x3 phase-space Conv2d.
+    form="nhwc": as dense, phase-major channels and a channels-last pixel shuffle; with a head, one 2x2 Conv2d over
+    the phases to 4 * C_head channels, each phase cropped at its own offset, then one DepthToSpace.
     """
 
     def __init__(self, conv_t: nn.ConvTranspose2d, activation: nn.Module | None = None, *, form: str = "phases",
@@ -239,13 +247,13 @@ class SubPixelUpsample(nn.Module):
 
     def _forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         h = self.activation(F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias))   # (N, 4 C, H, W), DCR
-        n, c4, hh, ww = h.shape
+        _, c4, hh, ww = h.shape  # static; the batch axis is written -1 so that every Reshape has a constant shape
         if self.head_channels is None:
             # Pixel shuffle written channels-last: (N, H, W, [a, b, c]) -> (N, H, a, W, [b, c]) moves blocks of
             # 2 C contiguous values. ONNX Runtime runs INT8 convs in NHWC and cancels the outer Transposes against
             # its own, so only the block Transpose is left (no NCHW DepthToSpace between two layout Transposes).
-            y = h.permute(0, 2, 3, 1).reshape(n, hh, ww, 2, c4 // 2).permute(0, 1, 3, 2, 4)
-            return y.reshape(n, 2 * hh, 2 * ww, c4 // 4).permute(0, 3, 1, 2)
+            y = h.permute(0, 2, 3, 1).reshape(-1, hh, ww, 2, c4 // 2).permute(0, 1, 3, 2, 4)
+            return y.reshape(-1, 2 * hh, 2 * ww, c4 // 4).permute(0, 3, 1, 2)
         co = self.head_channels
         # The activation before the crops (pointwise, so exact): then the quantized graph's DequantizeLinear after
         # the head conv has one consumer, which ONNX Runtime needs to fuse the conv into QLinearConv.
@@ -253,7 +261,7 @@ class SubPixelUpsample(nn.Module):
         y = torch.cat([z[:, k * co:(k + 1) * co, k // 2:k // 2 + hh, k % 2:k % 2 + ww] for k in range(4)], dim=1)
         # DCR -> CRD is a Transpose of whole H x W planes, then DepthToSpace: measured 2x faster on ONNX Runtime than
         # one 6-D Transpose of single pixels.
-        return F.pixel_shuffle(y.reshape(n, 4, co, hh, ww).transpose(1, 2).reshape(n, 4 * co, hh, ww), 2)
+        return F.pixel_shuffle(y.reshape(-1, 4, co, hh, ww).transpose(1, 2).reshape(-1, 4 * co, hh, ww), 2)
 
     def extra_repr(self) -> str:
         head = f", head -> {self.head_channels}" if self.head_channels is not None else ""
