@@ -376,8 +376,14 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     source_form: dict = {}
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=Path(bundle)) as tmp:
         if graph == B.DECODER and resolve_decoder_form(data, decoder_form, checkpoint, log) == "subpixel":
-            fp32_path = Path(tmp) / "decoder.subpixel.onnx"
-            source_form = subpixel_decoder(data, checkpoint, fp32_path, log=log)
+            try:
+                source_form = subpixel_decoder(data, checkpoint, Path(tmp) / "decoder.subpixel.onnx", log=log)
+                fp32_path = Path(tmp) / "decoder.subpixel.onnx"
+            except PrecisionError as e:
+                if decoder_form != "auto":
+                    raise
+                # auto never fails where the bundle form would work: it says why and quantizes decoder.onnx
+                log(f"decoder: quantizing the bundle's {B.DECODER}.onnx, not the faster sub-pixel form: {e}")
         model_fp32 = onnx.load(str(fp32_path))
         quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=Path(tmp))
         with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,

@@ -262,6 +262,21 @@ def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, caps
     assert B.read_manifest(bundle).graph(B.DECODER).variants["int8"].source_form == {}
 
 
+def test_auto_form_falls_back_when_the_subpixel_form_fails(ckpt_bundle, tmp_path, capsys, monkeypatch):
+    """--decoder-form auto never fails where the bundle form works; an explicit subpixel still does."""
+    def broken(*a, **k):
+        raise quantize.PrecisionError("sub-pixel export broke (test)")
+
+    monkeypatch.setattr(quantize, "subpixel_decoder", broken)
+    bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]) == 2
+    assert "sub-pixel export broke (test)" in capsys.readouterr().err
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "not the faster sub-pixel form: sub-pixel export broke (test)" in out
+    assert B.read_manifest(bundle).graph(B.DECODER).variants["int8"].source_form == {}
+
+
 def test_subpixel_form_of_another_model_is_refused(bundle, tmp_path, capsys):
     """Without a recorded sha256 (an in-memory export) the FP32 check is what catches the wrong weights."""
     from vae_model import save_checkpoint
