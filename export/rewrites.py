@@ -26,10 +26,10 @@ the transposed kernel (padded on the bottom / right only), and DepthToSpace inte
            4 * C_out outputs: one big regular GEMM but 16/9 of the useful multiply-adds.
   "nhwc": "dense" with phase-major (DCR) output channels and the pixel shuffle written as Transpose / Reshape in
            channels-last order, where it moves blocks of 2 * C_out contiguous values; a head is one 2x2 conv over the
-           phases with a per-phase crop (4/9 of the dense head). Made for the INT8 decoder (export.quantize): ONNX
-           Runtime runs int8 convs in NHWC and cancels those Transposes against its own layout Transposes, so no
-           NCHW DepthToSpace sits between two layout Transposes (1.8x the FP32 decoder there; FP32 itself stays
-           fastest in the default form, NOTES section 12).
+           phases with a per-phase crop (4/9 of the dense head's taps, on (H + 1) x (W + 1) positions). Made for
+           the INT8 decoder (export.quantize): ONNX Runtime runs int8 convs in NHWC and cancels those Transposes
+           against its own layout Transposes, so no NCHW DepthToSpace sits between two layout Transposes (1.75-1.87x
+           the FP32 decoder there; FP32 itself stays fastest in the default form, NOTES section 12).
 Pointwise activations commute with DepthToSpace (it only moves pixels within a channel), so the LeakyReLU runs on each
 phase, fused into its Conv. With absorb_head, a following 3x3 "same" Conv2d and its activation run in phase space
 too: high-res row 2m + a + ky - 1 is phase (a + ky - 1) mod 2 of low-res row m + floor((a + ky - 1) / 2)
@@ -40,9 +40,10 @@ instead of 3 of 16.
 
 Why a PyTorch module swap and not an ONNX graph pass: the rewrite is checked against the original in PyTorch (where a
 mistake is easiest to localise), it does not depend on how one exporter version spells ConvTranspose, and the exported
-graph holds only Gemm / Conv (asymmetric pads: onnxslim folds the Pad in) / Add / LeakyRelu / Tanh / DepthToSpace,
-which ONNX Runtime, TensorRT's ONNX parser (checked with TensorRT-RTX 1.7) and the C++ runtime all take, so every
-backend gets the faster graph. Measured effects: benchmarks/NOTES.md.
+graph holds only Gemm / Conv (asymmetric pads: onnxslim folds the Pad in) / Add / LeakyRelu / Tanh / DepthToSpace
+(the "nhwc" form adds Transpose / Reshape / Slice / Concat), which ONNX Runtime, TensorRT's ONNX parser (checked with
+TensorRT-RTX 1.7, the nhwc INT8 graph included) and the C++ runtime all take, so every backend gets the faster graph.
+Measured effects: benchmarks/NOTES.md.
 """
 from __future__ import annotations
 
@@ -198,7 +199,7 @@ class SubPixelUpsample(nn.Module):
                 # Output phase (a, b) only reads phase-space taps ey in {a, a + 1}, ex in {b, b + 1}
                 # (phase_space_kernels), so it is a 2x2 conv; with one zero pixel of padding on every side all four
                 # phases come from one 2x2 conv over (H + 1) x (W + 1) positions, phase (a, b) at offset (a, b).
-                # 4/9 of the dense head's multiply-adds and of its im2col; input channels in DCR order like `h`.
+                # 4/9 of the dense head's taps (and im2col) per position; input channels in DCR order like `h`.
                 hw = _crd_to_dcr(hw, 1)
                 k = hw.new_zeros(4, self.head_channels, hw.shape[1], 2, 2)
                 for a in (0, 1):

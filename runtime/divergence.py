@@ -20,8 +20,9 @@ export.passes.fold_batchnorm, then export.rewrites.rewrite_decoder with the reco
 are the graph's initializer names again. This is the one place the runtime package imports `export`: a development
 tool that must apply the very pass the exporter applied. Anchors are named by the original modules they compute
 (`decoder.1.0`, `decoder_input + decoder.0.0`); a fused sub-pixel block is compared only as a whole, at the
-DepthToSpace that ends it (the k-th DepthToSpace of the graph is the k-th block), and the report says which layers
-it cannot tell apart. The rebuilt module is the BN-folded one, exact to FP32 rounding (~1e-7 relative).
+DepthToSpace that ends it (the k-th DepthToSpace of the graph is the k-th block; in the "nhwc" form a block without
+a head ends in a Transpose back to NCHW instead), and the report says which layers it cannot tell apart. The
+rebuilt module is the BN-folded one, exact to FP32 rounding (~1e-7 relative).
 """
 from __future__ import annotations
 
@@ -122,10 +123,22 @@ def _next_sibling(name: str, modules: dict[str, Any]) -> str | None:
     return nxt if nxt in modules else None
 
 
+def _ends_block(node) -> bool:
+    """The op that ends a sub-pixel block: its DepthToSpace, or for the "nhwc" form's blocks without a head the
+    channels-last pixel shuffle's last Transpose, back to NCHW (perm [0, 3, 1, 2]; the only such Transpose there)."""
+    if node.op_type == "DepthToSpace":
+        return True
+    if node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return perm == [0, 3, 1, 2]
+    return False
+
+
 def _anchors(model_proto, targets: dict[str, str], modules: dict[str, Any],
              blocks: tuple[str, ...] = ()) -> list[tuple[Any, str, str]]:
     """[(node, output name, torch module)] in graph order. blocks: the sub-pixel modules of a rewritten decoder in
-    order, each ending in one DepthToSpace (pixel_shuffle): the k-th DepthToSpace node is the k-th block's output."""
+    order, each ending in one DepthToSpace (pixel_shuffle) or, in the "nhwc" form without a head, one Transpose back
+    to NCHW: the k-th such node is the k-th block's output (_ends_block)."""
     producers = {o: n for n in model_proto.graph.node for o in n.output}
     inits = {i.name for i in model_proto.graph.initializer}
     anchored: dict[str, str] = {}  # onnx tensor -> torch module
@@ -147,7 +160,7 @@ def _anchors(model_proto, targets: dict[str, str], modules: dict[str, Any],
                         break
         elif node.op_type in _ACTIVATIONS and node.input and node.input[0] in anchored:
             module = _next_sibling(anchored[node.input[0]], modules)
-        elif node.op_type == "DepthToSpace" and pending:
+        elif pending and _ends_block(node):
             module = pending.pop(0)
         if module is not None and node.output:
             anchored[node.output[0]] = module

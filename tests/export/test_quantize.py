@@ -290,3 +290,6 @@ def test_subpixel_form_of_another_model_is_refused(bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "refusing" in err and "decoder.onnx" in err and "Traceback" not in err
     assert not (bundle / "decoder.int8.onnx").exists()
+    # the default (auto) with an explicit --checkpoint: that checkpoint was asked for, so an error, not a fallback
+    assert quantize.main([str(bundle), "--int8", "--graphs", "decoder", "--checkpoint", str(other), *FAST]) == 2
+    assert "refusing" in capsys.readouterr().err and not (bundle / "decoder.int8.onnx").exists()

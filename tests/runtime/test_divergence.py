@@ -46,6 +46,23 @@ def test_unchanged_rewritten_decoder_matches_everywhere(bundles):
     assert all(a.rel_l2 < 1e-5 for a in div.anchors)
 
 
+def test_int8_variant_in_the_nhwc_form_is_matched_block_by_block(copy_of, capsys):
+    """The INT8 decoder quantized from the "nhwc" sub-pixel form: its middle block ends in a Transpose, not a
+    DepthToSpace, and is still compared with its own block (not the next one)."""
+    from export import quantize
+
+    b = copy_of("rewritten")
+    assert quantize.main([str(b), "--int8", "--graphs", "decoder", "--samples", "16", "--eval-samples", "4",
+                          "--no-progress"]) == 0
+    assert "subpixel[nhwc]" in read_manifest(b).graph("decoder").variants["int8"].source_form["rewrites"]
+    div = locate_divergence(b, "decoder", precision="int8")
+    assert div.first is None, div.describe()
+    assert [a.torch_module for a in div.anchors] == ["decoder_input + decoder.0.0", "decoder.1.0 + decoder.1.2",
+                                                     "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4"]
+    assert [a.onnx_op for a in div.anchors] == ["Gemm", "Transpose", "DepthToSpace"]
+    assert all(a.fused for a in div.anchors) and all(a.rel_l2 < 0.1 for a in div.anchors)
+
+
 def test_rewritten_middle_layer_is_named_exactly(copy_of):
     b = copy_of("rewritten")
     node = perturb_initializer(b, "decoder", "body.0.1.0.weight")
