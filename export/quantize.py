@@ -262,8 +262,9 @@ def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
     return path
 
 
-def subpixel_decoder(data, checkpoint: Path | None, out: Path, log: Callable[[str], None] = print) -> dict:
-    """Export the all-layers "nhwc" sub-pixel FP32 decoder to `out`, checked against the bundle's decoder.onnx.
+def subpixel_decoder(data, ckpt: Path, out: Path, log: Callable[[str], None] = print) -> dict:
+    """Export the all-layers "nhwc" sub-pixel FP32 decoder of `ckpt` (already checked by source_checkpoint) to `out`,
+    checked against the bundle's decoder.onnx.
 
     Returns what vae.json records as the variant's source_form.
     """
@@ -277,7 +278,6 @@ def subpixel_decoder(data, checkpoint: Path | None, out: Path, log: Callable[[st
     from .rewrites import RewriteError, rewrite_decoder
     from .to_onnx import ExportError, export_graph
 
-    ckpt = source_checkpoint(data, checkpoint)
     try:
         model = load_checkpoint(ckpt).model.float().eval()
     except CheckpointError as e:
@@ -379,17 +379,17 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     sets = evaluation_sets(data, graph, samples=eval_samples, seed=seed, folder=calibration)
     source_form: dict = {}
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=Path(bundle)) as tmp:
-        if graph == B.DECODER and resolve_decoder_form(data, decoder_form, checkpoint, log) == "subpixel":
+        ckpt = resolve_decoder_form(data, decoder_form, checkpoint, log) if graph == B.DECODER else None
+        if ckpt is not None:
             try:
-                source_form = subpixel_decoder(data, checkpoint, Path(tmp) / "decoder.subpixel.onnx", log=log)
+                source_form = subpixel_decoder(data, ckpt, Path(tmp) / "decoder.subpixel.onnx", log=log)
                 fp32_path = Path(tmp) / "decoder.subpixel.onnx"
             except Exception as e:  # noqa: BLE001 - auto: any failure to build the form falls back, saying why
                 if decoder_form != "auto" or checkpoint is not None:
                     raise  # asked for explicitly (the form, or this checkpoint): an error, not a fallback
                 # auto quantizes decoder.onnx when the sub-pixel form cannot be built (a budget the INT8 graph then
                 # misses is still an error, as with --decoder-form bundle)
-                why = str(e) if isinstance(e, PrecisionError) else f"{type(e).__name__}: {e}"
-                log(f"decoder: quantizing the bundle's {B.DECODER}.onnx, not the faster sub-pixel form: {why}")
+                _log_fallback(log, str(e) if isinstance(e, PrecisionError) else f"{type(e).__name__}: {e}")
         model_fp32 = onnx.load(str(fp32_path))
         quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=Path(tmp))
         with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,
@@ -427,23 +427,25 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     return res
 
 
+def _log_fallback(log: Callable[[str], None], why: str) -> None:
+    log(f"decoder: quantizing the bundle's {B.DECODER}.onnx, not the faster sub-pixel form: {why}")
+
+
 def resolve_decoder_form(data, decoder_form: str, checkpoint: Path | None = None,
-                         log: Callable[[str], None] = print) -> str:
-    """"bundle" or "subpixel" for a --decoder-form. "auto" is "subpixel" when the source checkpoint is found and its
-    sha256 matches vae.json's (or `checkpoint` is given, which must then be valid), else "bundle", saying why."""
-    if decoder_form not in DECODER_FORMS:
-        raise PrecisionError(f"--decoder-form: expected one of {list(DECODER_FORMS)}, got {decoder_form!r}")
-    if decoder_form != "auto":
-        return decoder_form
-    if checkpoint is not None:
-        source_checkpoint(data, checkpoint)  # given explicitly: a bad one is an error, not a fallback
-        return "subpixel"
+                         log: Callable[[str], None] = print) -> Path | None:
+    """The checked source checkpoint to build the sub-pixel form from, or None for the bundle form (decoder_form
+    already validated). "subpixel", or "auto" with `checkpoint` given: source_checkpoint's checks, an error if they
+    fail. "auto" otherwise: the checkpoint vae.json names when it is found with the recorded sha256, else None,
+    saying why."""
+    if decoder_form == "bundle":
+        return None
+    if decoder_form == "subpixel" or checkpoint is not None:
+        return source_checkpoint(data, checkpoint)  # asked for explicitly: a bad one is an error, not a fallback
     try:
-        source_checkpoint(data)
+        return source_checkpoint(data)
     except PrecisionError as e:
-        log(f"decoder: quantizing the bundle's {B.DECODER}.onnx, not the faster sub-pixel form: {e}")
-        return "bundle"
-    return "subpixel"
+        _log_fallback(log, str(e))
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
