@@ -3,6 +3,7 @@
     python -m export.to_tensorrt BUNDLE [--graphs decoder|encoder|both] [--precision fp16|fp32|int8]
         [--min-batch N --opt-batch N --max-batch N] [--workspace MiB] [--timing-cache FILE] [--dla-core N]
         [--print-trtexec] [--target trt:10.3.0] [--adopt ENGINE] [--flavour trt|trt_rtx] [--device N] [--no-verify]
+        [--compute-capabilities 8.6,8.9]
 
 Each engine goes to BUNDLE/engines/<graph>.<precision>.<gpu>.<trt-version>.plan with a JSON sidecar (provenance,
 checked by the runtime before use). The plan (flags, profile, which ONNX file) depends on the installed TensorRT:
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--adopt", type=Path, default=None, metavar="ENGINE",
                    help="verify an engine built with the printed trtexec command and give it its name and sidecar")
     p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--compute-capabilities", default=None, metavar="LIST",
+                   help="TensorRT-RTX only: target GPUs as compute capabilities, e.g. 8.6,8.9 (default: every one "
+                        "the installed TensorRT-RTX offers; recorded in the sidecar)")
     p.add_argument("--no-verify", action="store_true",
                    help="keep the engine without the parity check (needed where no GPU is visible; said in the sidecar)")
     return p
@@ -69,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     graphs = GRAPH_CHOICES[args.graphs]
     options = BuildOptions(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
                            workspace_mib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
-                           allow_tf32=args.allow_tf32)
+                           allow_tf32=args.allow_tf32,
+                           compute_capabilities=tuple(c.strip() for c in (args.compute_capabilities or "").split(",")
+                                                      if c.strip()))
     try:
         if args.target and not args.print_trtexec:
             raise PlanError("--target plans for a TensorRT that is not installed; it only works with --print-trtexec")
@@ -88,14 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.print_trtexec else ""
                 raise BackendUnavailableError(f"{e}{hint}") from None
             gpu = cuda_gpu_info(args.device)
+            if gpu is not None and target.flavour == "trt":
+                # The DLA core count is part of the GPU's identity (engine names, sidecars); only TensorRT knows it,
+                # and a Builder may be created only where a GPU was seen.
+                from runtime.backends.tensorrt import dla_core_count, trt_logger
+
+                gpu = cuda_gpu_info(args.device, dla_core_count(trt.Builder(trt_logger(trt))))
         plans = make_plans(args.bundle, target, graphs, args.precision, options, gpu)
         if args.print_trtexec:
             for plan in plans:
                 print(f"# {plan.graph} {plan.precision} for {target.label}"
-                      + (f" on {gpu.name}" if gpu else ""))
+                      + (f" on {gpu.describe()}" if gpu else ""))
                 for note in plan.notes:
                     print(f"# note: {note}")
-                print(format_command(trtexec_args(plan, args.bundle)))
+                layers = None
+                if plan.layer_precisions:
+                    layers, note = _layer_names(args.bundle, plan, trt)
+                    print(f"# note: {note}")
+                print(format_command(trtexec_args(plan, args.bundle, layers)))
                 adopt = rebuild_command(args.bundle, plan.graph, plan.precision, plan.profile.batch,
                                         {"workspace": plan.workspace_mib, "dla_core": plan.dla_core,
                                          "adopt": args.bundle / plan.engine_file})
@@ -107,6 +123,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanError, B.BundleError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _layer_names(bundle: Path, plan: BuildPlan, trt) -> tuple[list | None, str]:
+    """The TensorRT layers the plan's kept-FP32 nodes become, from parsing the graph with an installed TensorRT
+    parser (the target's own when it is installed); (None, why) where none is."""
+    from runtime.backends.tensorrt import import_tensorrt
+    from runtime.errors import BackendUnavailableError
+
+    if trt is None:
+        try:
+            trt, _ = import_tensorrt(plan.target.flavour)
+        except BackendUnavailableError:
+            try:
+                trt, _ = import_tensorrt(None)
+            except BackendUnavailableError:
+                return None, ("no TensorRT parser installed here: --layerPrecisions lists the kept ONNX node names, "
+                              "which trtexec matches only for nodes that became one layer; the Python build "
+                              "(without --print-trtexec) resolves every layer")
+    import onnx
+
+    from export.trt_build import TrtBuildError, constrained_layers, parse_onnx
+
+    path = B.resolve_file(bundle, plan.onnx_file, plan.onnx_sha256)
+    try:
+        _logger, _builder, network, _parser = parse_onnx(trt, path, strongly_typed=False)
+    except TrtBuildError as e:
+        raise PlanError(str(e)) from None
+    nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
+    layers = constrained_layers(trt, network, plan.layer_precisions, nodes)
+    return layers, (f"layer names of the {len(plan.layer_precisions)} kept-FP32 node(s) from the "
+                    f"{trt.__name__} {trt.__version__} ONNX parser ({len(layers)} float layer(s))")
 
 
 def _build_all(args: argparse.Namespace, trt, plans: list[BuildPlan]) -> int:

@@ -12,12 +12,13 @@ ahead of time on a CPU) nothing can be verified: the build is refused unless ver
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from export.trt_plan import BuildPlan, PlanError, fp32_compute_layers, layers_to_constrain
+from export.trt_plan import BuildPlan, ConstrainedLayer, PlanError, fp32_compute_layers, layers_to_constrain
 from runtime import bundle as B
 from runtime.engines import EngineSidecar, host_platform, write_sidecar
 from runtime.files import atomic_path, sha256_file
@@ -26,6 +27,7 @@ from runtime.parity import ParityReport
 
 
 MIN_ENGINE_BYTES = 4096
+TURING = "7.5"
 
 
 class TrtBuildError(ValueError):
@@ -72,8 +74,19 @@ def parse_onnx(trt: Any, path: str | os.PathLike, *, strongly_typed: bool = Fals
     return logger, builder, network, parser
 
 
-def apply_layer_precisions(trt: Any, network: Any, kept: tuple[str, ...], node_names: list[str]) -> list[str]:
-    """Force the layers of the kept-FP32 ONNX nodes to FP32 (precision and float outputs); returns layer names."""
+def _is_float_layer(trt: Any, layer: Any) -> bool:
+    """A layer that computes on floats: every input and output tensor float32/float16. Shape layers, INT64
+    constants and casts from integers are not, and a precision constraint on them is wrong or refused."""
+    floats = (trt.float32, trt.float16)
+    outs = [layer.get_output(i) for i in range(layer.num_outputs)]
+    ins = [t for t in (layer.get_input(i) for i in range(layer.num_inputs)) if t is not None]
+    return bool(outs) and all(t.dtype in floats for t in outs + ins)
+
+
+def constrained_layers(trt: Any, network: Any, kept: tuple[str, ...],
+                       node_names: list[str]) -> list[ConstrainedLayer]:
+    """The float layers of a parsed network that the kept-FP32 ONNX nodes became; PlanError for a kept node that
+    matches no layer. Both the Python build and the printed trtexec command take their layer names from here."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     chosen, unmatched = layers_to_constrain(((lay.name, getattr(lay, "metadata", "") or "") for lay in layers),
                                             kept, node_names)
@@ -81,18 +94,67 @@ def apply_layer_precisions(trt: Any, network: Any, kept: tuple[str, ...], node_n
         raise PlanError(f"kept-FP32 nodes {unmatched} from vae.json match no layer of the parsed network; "
                         "the FP16 variant was made from a different graph: re-run python -m export.to_fp16")
     names = set(chosen)
-    floats = (trt.float32, trt.float16)
-    for lay in layers:
-        if lay.name not in names:
+    return [ConstrainedLayer(lay.name, lay.num_outputs) for lay in layers
+            if lay.name in names and _is_float_layer(trt, lay)]
+
+
+def apply_layer_precisions(trt: Any, network: Any, kept: tuple[str, ...], node_names: list[str]) -> list[str]:
+    """Force the float layers of the kept-FP32 ONNX nodes to FP32 (precision and outputs); returns layer names."""
+    chosen = {c.name for c in constrained_layers(trt, network, kept, node_names)}
+    for i in range(network.num_layers):
+        lay = network.get_layer(i)
+        if lay.name not in chosen:
             continue
         lay.precision = trt.float32
-        for i in range(lay.num_outputs):
-            if lay.get_output(i).dtype in floats:
-                lay.set_output_type(i, trt.float32)
-    return chosen
+        for k in range(lay.num_outputs):
+            lay.set_output_type(k, trt.float32)
+    return [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).name in chosen]
 
 
-def _config(trt: Any, builder: Any, network: Any, plan: BuildPlan, cache_path: Path | None) -> tuple[Any, Any]:
+def _compute_capabilities(trt: Any, config: Any, plan: BuildPlan) -> tuple[str, ...]:
+    """TensorRT-RTX: set the target compute capabilities explicitly (the plan's, else every SM<major><minor> the
+    installed builder offers) and return them as "8.6"-style strings, for the sidecar."""
+    offered = {f"{m[2:-1]}.{m[-1]}": v for m, v in trt.ComputeCapability.__members__.items()
+               if re.fullmatch(r"SM\d+", m)}
+    # Turing (7.5) only when asked for, as in TensorRT-RTX's own default: its compiler refuses FP32 GEMMs there
+    # ("Cannot compile operation 'node_linear' for Turing (SM75): FP32 GEMM is not supported", seen on our decoder).
+    default = [c for c in offered if c != TURING]
+    wanted = plan.compute_capabilities or tuple(sorted(default, key=lambda c: tuple(map(int, c.split(".")))))
+    missing = [c for c in wanted if c not in offered]
+    if missing:
+        raise PlanError(f"--compute-capabilities {missing}: {plan.target.label} builds for {sorted(offered)}")
+    config.num_compute_capabilities = len(wanted)
+    for i, cc in enumerate(wanted):
+        if not config.set_compute_capability(offered[cc], i):
+            raise TrtBuildError(f"{plan.target.label} refused target compute capability {cc}")
+    return tuple(wanted)
+
+
+def _timing_cache(config: Any, cache_path: Path) -> Any:
+    """Load (or start) the timing cache; a file TensorRT cannot read is a TrtBuildError naming it."""
+    try:
+        data = cache_path.read_bytes() if cache_path.is_file() else b""
+    except OSError as e:
+        raise TrtBuildError(f"{cache_path}: cannot read the timing cache: {e}") from None
+    why = "TensorRT could not read it"
+    try:
+        cache = config.create_timing_cache(data)
+    except (TypeError, RuntimeError, ValueError) as e:
+        cache, why = None, f"{type(e).__name__}: {e}"
+    try:
+        # ignore_mismatch=False: a cache from another GPU or TensorRT version is refused, not silently used.
+        accepted = cache is not None and config.set_timing_cache(cache, False)
+    except (TypeError, RuntimeError, ValueError) as e:
+        accepted, why = False, f"{type(e).__name__}: {e}"
+    if not accepted:
+        raise TrtBuildError(f"{cache_path}: timing cache rejected ({why}; {len(data)} bytes: corrupt, or made on "
+                            "another GPU or TensorRT version?); delete it or pass another --timing-cache")
+    return cache
+
+
+def _config(trt: Any, builder: Any, network: Any, plan: BuildPlan,
+            cache_path: Path | None) -> tuple[Any, Any, tuple[str, ...]]:
+    """(builder config, timing cache or None, TensorRT-RTX target compute capabilities or ())."""
     config = builder.create_builder_config()
     for flag in plan.set_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
@@ -110,15 +172,9 @@ def _config(trt: Any, builder: Any, network: Any, plan: BuildPlan, cache_path: P
         config.DLA_core = plan.dla_core
     # DETAILED keeps per-layer precisions in the engine, for the inspector check below.
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    cache = None
-    if cache_path is not None:
-        data = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(data)
-        # ignore_mismatch=False: a cache from another GPU or TensorRT version is refused, not silently used.
-        if not config.set_timing_cache(cache, False):
-            raise TrtBuildError(f"{cache_path}: timing cache rejected by TensorRT (made on another GPU or TensorRT "
-                                "version?); delete it or pass another --timing-cache")
-    return config, cache
+    ccs = _compute_capabilities(trt, config, plan) if plan.target.flavour == "trt_rtx" else ()
+    cache = _timing_cache(config, cache_path) if cache_path is not None else None
+    return config, cache, ccs
 
 
 def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify: bool = True,
@@ -130,7 +186,14 @@ def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify
 
     bundle = Path(bundle)
     onnx_path = B.resolve_file(bundle, plan.onnx_file, plan.onnx_sha256)
-    if verify and cuda_gpu_info(device_index) is None:
+    gpu_seen = cuda_gpu_info(device_index) is not None
+    if plan.target.flavour == "trt" and not gpu_seen:
+        # Full TensorRT's builder needs a GPU (creating one without crashes the process); only TensorRT-RTX
+        # builds ahead of time on a CPU.
+        raise TrtBuildError(f"no CUDA GPU visible: {plan.target.label} builds engines on the GPU that will run "
+                            "them (--no-verify does not change that); build on the target, or use TensorRT-RTX "
+                            "(--flavour trt_rtx) for an ahead-of-time portable engine")
+    if verify and not gpu_seen:
         raise TrtBuildError("no CUDA GPU visible: the built engine cannot be checked against the golden reference; "
                             "pass --no-verify to keep an unverified engine (its sidecar will say so)")
     t0 = time.perf_counter()
@@ -144,7 +207,7 @@ def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify
     if plan.timing_cache:
         cache_path = Path(plan.timing_cache)
         cache_path = cache_path if cache_path.is_absolute() else bundle / cache_path
-    config, cache = _config(trt, builder, network, plan, cache_path)
+    config, cache, ccs = _config(trt, builder, network, plan, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TrtBuildError(f"{onnx_path}: TensorRT failed to build the engine (see its log above)")
@@ -155,7 +218,8 @@ def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify
             tmp.write_bytes(data)
 
     return finish_engine(bundle, plan, bytes(serialized), trt=trt, verify=verify, device_index=device_index,
-                         build_seconds=build_seconds, constrained=constrained, log=log, t0=t0)
+                         build_seconds=build_seconds, constrained=constrained, log=log, t0=t0,
+                         compute_capabilities=ccs)
 
 
 def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | os.PathLike, *, trt: Any,
@@ -171,14 +235,23 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
     if len(data) < MIN_ENGINE_BYTES:
         raise TrtBuildError(f"--adopt {path}: {len(data)} bytes, too small to be a TensorRT engine "
                             f"(expected at least {MIN_ENGINE_BYTES}); was the trtexec build interrupted?")
+    ccs: tuple[str, ...] = ()
+    if plan.target.flavour == "trt_rtx":
+        # The targets of an engine built elsewhere are known only when the plan named them; otherwise the one
+        # compute capability it is verified on below is all the sidecar can truthfully claim.
+        from runtime.backends.tensorrt import cuda_gpu_info
+
+        gpu = cuda_gpu_info(device_index)
+        ccs = plan.compute_capabilities or ((gpu.cc,) if verify and gpu is not None else ())
     return finish_engine(bundle, plan, data, trt=trt, verify=verify, device_index=device_index,
                          build_seconds=0.0, constrained=[], log=log, t0=time.perf_counter(),
-                         extra={"adopted_from": str(path.resolve())})
+                         extra={"adopted_from": str(path.resolve())}, compute_capabilities=ccs)
 
 
 def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, trt: Any, verify: bool,
                   device_index: int, build_seconds: float, constrained: list[str], log: Callable[[str], None],
-                  t0: float, extra: Mapping[str, Any] | None = None) -> BuildResult:
+                  t0: float, extra: Mapping[str, Any] | None = None,
+                  compute_capabilities: tuple[str, ...] = ()) -> BuildResult:
     """Verify serialized engine bytes (inspector + parity, on a GPU), then write engine and sidecar atomically."""
     from runtime.backends.tensorrt import cuda_gpu_info
     from runtime.parity import check_parity
@@ -205,7 +278,7 @@ def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, tr
             report = check_parity(bundle, backend="tensorrt", device=f"cuda:{device_index}", precision=plan.precision,
                                   graphs=(plan.graph,), locate=False,
                                   backend_options={"engines": {plan.graph: str(tmp)}, "check_sidecar": False,
-                                                   "flavour": plan.target.flavour})
+                                                   "flavour": plan.target.flavour, "dla_core": plan.dla_core})
             log(report.table())
             if not report:
                 # Raising inside atomic_path removes the temporary engine: a failing engine is never kept.
@@ -214,7 +287,7 @@ def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, tr
         sidecar = EngineSidecar(
             graph=plan.graph, precision=plan.precision, engine_file=engine_path.name, engine_sha256=engine_sha,
             source_file=plan.onnx_file, source_sha256=plan.onnx_sha256, trt=plan.target, gpu=plan.gpu,
-            platform=host_platform(), profile=plan.profile,
+            platform=host_platform(), profile=plan.profile, compute_capabilities=compute_capabilities,
             build_options={**plan.build_options(), "constrained_layers": constrained,
                            "fp32_compute_layers": list(fp32_layers), **(extra or {})},
             build_seconds=round(build_seconds, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -231,6 +304,8 @@ def inspect_fp32_layers(trt: Any, data: bytes, plan: BuildPlan) -> list[str]:
     from runtime.backends.tensorrt import trt_logger
 
     runtime = trt.Runtime(trt_logger(trt))  # callers have checked that a GPU is visible
+    if plan.dla_core is not None:
+        runtime.DLA_core = plan.dla_core  # a DLA engine deserializes on its core
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise TrtBuildError(f"{plan.engine_file}: the freshly built engine does not deserialize")

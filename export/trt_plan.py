@@ -7,13 +7,18 @@ same plan, so they cannot drift apart, and every rule below is unit-tested per v
 Rules, by version:
 - TensorRT 10.x (JetPack 6: 10.3): weakly typed network from the FP32 graph. fp16 sets BuilderFlag.FP16; the
   manifest's kept-FP32 nodes (chosen by measurement when the FP16 variant was made) become layer precisions, enforced
-  with OBEY_PRECISION_CONSTRAINTS. int8 builds the Q/DQ variant with BuilderFlag.INT8 (explicit quantization).
+  with OBEY_PRECISION_CONSTRAINTS. int8 builds the Q/DQ variant with BuilderFlag.INT8 (explicit quantization) and
+  FP16, so the layers outside Q/DQ pairs run in FP16 rather than FP32 (as trtexec --int8 --fp16).
 - TensorRT 11.x and TensorRT-RTX: strongly typed networks only (the precision flags, layer precisions and calibrators
   are gone), so fp16 / int8 build from the already-reduced ONNX variants listed in vae.json.
 - TF32 is cleared unless asked for: FP32 engines are compared with a CPU FP32 reference at 1e-4, and TF32's 10-bit
   mantissa would fail that; FP32-kept layers of an FP16 engine stay real FP32 for the same reason.
 - One optimization profile over the batch axis. A timing cache per GPU and TensorRT version is reused across builds
-  (TensorRT-RTX ignores timing caches, so none is planned for it). DLA only on TensorRT 10.x, never for fp32.
+  (TensorRT-RTX ignores timing caches, so none is planned for it). DLA only on TensorRT 10.x, never for fp32; a DLA
+  engine's name carries its core (engines.engine_stem), so GPU and DLA engines of one graph live side by side.
+- TensorRT-RTX: the target compute capabilities are set explicitly and recorded in the sidecar (the builder's own
+  default list is not what the sidecar would claim): every capability the installed builder offers but Turing
+  (7.5, which TensorRT-RTX's own default leaves out too), unless --compute-capabilities says otherwise.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class BuildOptions:
     timing_cache: str | None = None       # None: BUNDLE/engines/timing.<gpu>.<trt>.cache
     dla_core: int | None = None           # Jetson DLA core, with GPU fallback for layers DLA cannot run
     allow_tf32: bool = False
+    compute_capabilities: tuple[str, ...] = ()   # TensorRT-RTX targets ("8.6", ...); () = every one it offers
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class BuildPlan:
     workspace_mib: int | None
     dla_core: int | None
     notes: tuple[str, ...] = ()
+    compute_capabilities: tuple[str, ...] = ()   # TensorRT-RTX: the requested targets; () = every one it offers
 
     @property
     def stem(self) -> str:
@@ -176,7 +183,8 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
             raise PlanError(f"an int8 engine of {graph!r} is built from the bundle's Q/DQ int8 variant, and vae.json "
                             "lists none; create it with `python -m export.quantize BUNDLE --int8`")
         onnx_file, onnx_sha = variant.file, variant.sha256
-        set_flags.append("INT8")
+        # FP16 too: without it every layer outside a Q/DQ pair (Tanh, the ConvTranspose bias adds...) runs in FP32.
+        set_flags += ["INT8", "FP16"]
 
     dla = o.dla_core
     if dla is not None:
@@ -213,23 +221,46 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
     inp = spec.inputs[0]
     profile = Profile(inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch),
                       batch_shapes(inp, o.max_batch))
-    stem = f"{graph}.{precision}.{machine_slug(gpu, target)}.{target.tag}"
+    ccs: tuple[str, ...] = ()
+    if o.compute_capabilities:
+        if target.flavour != "trt_rtx":
+            raise PlanError(f"--compute-capabilities: only TensorRT-RTX builds for a list of GPUs; {target.label} "
+                            "builds for the GPU it runs on")
+        bad = [c for c in o.compute_capabilities if not re.fullmatch(r"\d+\.\d+", c)]
+        if bad:
+            raise PlanError(f"--compute-capabilities: expected values like 8.6,8.9, got {bad}")
+        ccs = tuple(dict.fromkeys(o.compute_capabilities))
+    dla_part = "" if dla is None else f".dla{dla}"
+    stem = f"{graph}.{precision}.{machine_slug(gpu, target)}{dla_part}.{target.tag}"
     return BuildPlan(graph=graph, precision=precision, target=target, gpu=gpu, onnx_file=onnx_file,
                      onnx_sha256=onnx_sha, strongly_typed=strong, set_flags=tuple(set_flags),
                      clear_flags=tuple(clear_flags), layer_precisions=kept, profile=profile,
                      engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
                      sidecar_file=f"{ENGINES_DIR}/{stem}{SIDECAR_SUFFIX}", timing_cache=timing_cache,
-                     workspace_mib=o.workspace_mib, dla_core=dla, notes=tuple(notes))
+                     workspace_mib=o.workspace_mib, dla_core=dla, notes=tuple(notes), compute_capabilities=ccs)
 
 
 # ----------------------------------------------------------------------------------------------- trtexec
+
+@dataclass(frozen=True)
+class ConstrainedLayer:
+    """A TensorRT network layer forced to FP32: its name and how many outputs it has (all of them float)."""
+
+    name: str
+    float_outputs: int
 
 def _shape_arg(name: str, shape: Sequence[int]) -> str:
     return f"{name}:{'x'.join(str(d) for d in shape)}"
 
 
-def trtexec_args(plan: BuildPlan, bundle: str | Path) -> list[str]:
-    """The trtexec (TensorRT) / tensorrt_rtx (TensorRT-RTX) arguments equivalent to the plan."""
+def trtexec_args(plan: BuildPlan, bundle: str | Path,
+                 constrained: Sequence["ConstrainedLayer"] | None = None) -> list[str]:
+    """The trtexec (TensorRT) / tensorrt_rtx (TensorRT-RTX) arguments equivalent to the plan.
+
+    trtexec's --layerPrecisions / --layerOutputTypes take TensorRT *layer* names (the parser names a node's extra
+    layers `<node>_1`, ...), so the kept-FP32 nodes must be resolved to layers by parsing the graph, as the Python
+    builder does: `constrained` is that resolution (export.trt_build.constrained_layers). Without it the node names
+    are printed, which matches only single-layer nodes; to_tensorrt says so in a note."""
     bundle = Path(bundle)
     p = plan.profile
     args = [CLI[plan.target.flavour], f"--onnx={bundle / plan.onnx_file}", f"--saveEngine={bundle / plan.engine_file}",
@@ -241,8 +272,14 @@ def trtexec_args(plan: BuildPlan, bundle: str | Path) -> list[str]:
         if "INT8" in plan.set_flags:
             args.append("--int8")
         if plan.layer_precisions:
+            layers = list(constrained) if constrained is not None else [
+                ConstrainedLayer(n, 1) for n in plan.layer_precisions]
             args.append("--precisionConstraints=obey")
-            args.append("--layerPrecisions=" + ",".join(f"{n}:fp32" for n in plan.layer_precisions))
+            args.append("--layerPrecisions=" + ",".join(f"{c.name}:fp32" for c in layers))
+            typed = [c for c in layers if c.float_outputs]
+            if typed:
+                args.append("--layerOutputTypes=" + ",".join(
+                    f"{c.name}:" + "+".join(["fp32"] * c.float_outputs) for c in typed))
     elif plan.target.flavour == "trt" and plan.target.version_tuple[0] < 11:
         args.append("--stronglyTyped")  # only reachable for a 10.x plan built strongly typed; 11.x: always on
     if plan.target.flavour == "trt_rtx":

@@ -6,10 +6,16 @@ them). Standard library only, so the C++ runtime's conventions and this file can
 An engine is tied to the TensorRT version, the GPU (compute capability) and the platform it was built on, and to the
 exact ONNX file it was built from. So every engine BUNDLE/engines/<stem>.plan has a sidecar BUNDLE/engines/<stem>.json:
 
-    stem  = <graph>.<precision>.<gpu-slug>.<trt-tag>        e.g. decoder.fp16.orin-sm87.trt10.3.0.30
-    gpu-slug = GPU name, lower-case, dashes, plus "-sm<major><minor>"; "portable" for TensorRT-RTX engines built for
-               every compute capability the builder supports (TensorRT-RTX compiles the final kernels at load time)
-    trt-tag  = "trt" + TensorRT version, or "rtx" + TensorRT-RTX version
+    stem  = <graph>.<precision>.<gpu-slug>[.dla<N>].<trt-tag>    e.g. decoder.fp16.orin-sm87-16sms-2dla.trt10.3.0
+    gpu-slug = GPU name, lower-case, dashes, "-sm<major><minor>", "-<SM count>sms", and "-<n>dla" where the device
+               has DLA cores (every Orin module is "Orin", sm 8.7: the SM and DLA counts tell AGX from NX from Nano);
+               "portable" for TensorRT-RTX engines built ahead of time for a recorded list of compute capabilities
+    .dla<N>  = a DLA engine built for DLA core N (GPU and DLA engines of one graph never share a name)
+    trt-tag  = "trt" + TensorRT version, or "rtx" + TensorRT-RTX version, always normalised to major.minor.patch:
+               Python's tensorrt.__version__ says "10.3.0" where the C++ headers say 10.3.0.30 (normalize_version)
+
+The C++ runtime implements the same names and checks in runtime/cpp/src/engine_contract.cpp; tests/runtime/
+test_engine_contract.py runs both on the same golden sidecars.
 
 `check_sidecar` compares a sidecar with the machine and the bundle and returns every mismatch; `require_usable` raises
 EngineMismatchError listing them all, with the exact command that rebuilds the engine here.
@@ -33,7 +39,7 @@ ENGINES_DIR = "engines"
 ENGINE_SUFFIX = ".plan"
 SIDECAR_SUFFIX = ".json"
 SIDECAR_SCHEMA = "vae-deploy/engine"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2   # 2: version normalised to major.minor.patch, GPU SM and DLA counts, DLA engines named apart
 FLAVOURS = ("trt", "trt_rtx")
 FLAVOUR_TAG = {"trt": "trt", "trt_rtx": "rtx"}
 PORTABLE = "portable"
@@ -108,20 +114,50 @@ def host_platform(tegra_release: str | os.PathLike = TEGRA_RELEASE) -> PlatformI
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """A GPU as an engine is tied to it: CUDA's device name, compute capability, multiprocessor (SM) count and the
+    number of DLA cores TensorRT reports (0 off Jetson)."""
+
     name: str
     compute_capability: tuple[int, int]
+    sm_count: int = 0             # cudaDeviceProp.multiProcessorCount; 0 = unknown (never for a probed GPU)
+    dla_cores: int = 0            # IBuilder/IRuntime num_DLA_cores
 
     @property
     def sm(self) -> str:
         return f"sm{self.compute_capability[0]}{self.compute_capability[1]}"
 
+    @property
+    def cc(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+    def describe(self) -> str:
+        """'Orin (compute capability 8.7, 16 SMs, 2 DLA cores)'."""
+        extra = f", {self.sm_count} SMs" if self.sm_count else ""
+        extra += f", {self.dla_cores} DLA cores" if self.dla_cores else ""
+        return f"{self.name} (compute capability {self.cc}{extra})"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "compute_capability": f"{self.compute_capability[0]}.{self.compute_capability[1]}"}
+        return {"name": self.name, "compute_capability": self.cc, "sm_count": self.sm_count,
+                "dla_cores": self.dla_cores}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GpuInfo":
         major, minor = (int(x) for x in str(d["compute_capability"]).split("."))
-        return cls(name=str(d["name"]), compute_capability=(major, minor))
+        return cls(name=str(d["name"]), compute_capability=(major, minor), sm_count=int(d.get("sm_count", 0)),
+                   dla_cores=int(d.get("dla_cores", 0)))
+
+
+def normalize_version(text: str) -> str:
+    """The one form of a TensorRT version in engine names and sidecars: major.minor.patch.
+
+    '10.3.0' (tensorrt.__version__ on JetPack 6), '10.3.0.30' (NV_TENSORRT_* in the C++ headers), '1.7.1.116'
+    (tensorrt_rtx) -> '10.3.0' / '10.3.0' / '1.7.1'. A build number never changes engine compatibility within a
+    patch release; the runtime and TensorRT itself refuse a plan of another version at load."""
+    m = re.match(r"\s*(\d+(?:\.\d+)*)", str(text))
+    if not m:
+        raise ValueError(f"TensorRT version: expected digits and dots like '10.3.0', got {text!r}")
+    parts = (m.group(1).split(".") + ["0", "0"])[:3]
+    return ".".join(str(int(p)) for p in parts)
 
 
 @dataclass(frozen=True)
@@ -129,13 +165,14 @@ class TrtInfo:
     """Which TensorRT: flavour 'trt' (TensorRT) or 'trt_rtx' (TensorRT for RTX), and its version string."""
 
     flavour: str
-    version: str
+    version: str                  # normalised to major.minor.patch on construction
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise ValueError(f"TensorRT flavour: expected one of {FLAVOURS}, got {self.flavour!r}")
-        if not re.fullmatch(r"\d+(\.\d+)*", self.version):
-            raise ValueError(f"TensorRT version: expected digits and dots like '10.3.0.30', got {self.version!r}")
+        if not re.fullmatch(r"\d+(\.\d+)*", str(self.version)):
+            raise ValueError(f"TensorRT version: expected digits and dots like '10.3.0', got {self.version!r}")
+        object.__setattr__(self, "version", normalize_version(self.version))
 
     @property
     def version_tuple(self) -> tuple[int, ...]:
@@ -167,20 +204,28 @@ class MachineInfo:
 
 
 def gpu_slug(gpu: GpuInfo | None) -> str:
-    """'NVIDIA H100 80GB HBM3' (9.0) -> 'h100-80gb-hbm3-sm90'; 'Orin' (8.7) -> 'orin-sm87'; None -> 'portable'."""
+    """'NVIDIA H100 80GB HBM3' (9.0, 132 SMs) -> 'h100-80gb-hbm3-sm90-132sms'; AGX Orin 64GB (8.7, 16 SMs, 2 DLA
+    cores) -> 'orin-sm87-16sms-2dla'; None -> 'portable'."""
     if gpu is None:
         return PORTABLE
     name = re.sub(r"^nvidia\s+", "", gpu.name.strip(), flags=re.IGNORECASE)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
-    return f"{slug}-{gpu.sm}"
+    slug = f"{slug}-{gpu.sm}"
+    if gpu.sm_count:
+        slug += f"-{gpu.sm_count}sms"
+    if gpu.dla_cores:
+        slug += f"-{gpu.dla_cores}dla"
+    return slug
 
 
-def engine_stem(graph: str, precision: str, gpu: GpuInfo | None, trt: TrtInfo) -> str:
-    return f"{graph}.{precision}.{gpu_slug(gpu)}.{trt.tag}"
+def engine_stem(graph: str, precision: str, gpu: GpuInfo | None, trt: TrtInfo, dla_core: int | None = None) -> str:
+    dla = "" if dla_core is None else f".dla{dla_core}"
+    return f"{graph}.{precision}.{gpu_slug(gpu)}{dla}.{trt.tag}"
 
 
-def engine_path(bundle: str | os.PathLike, graph: str, precision: str, gpu: GpuInfo | None, trt: TrtInfo) -> Path:
-    return Path(bundle) / ENGINES_DIR / (engine_stem(graph, precision, gpu, trt) + ENGINE_SUFFIX)
+def engine_path(bundle: str | os.PathLike, graph: str, precision: str, gpu: GpuInfo | None, trt: TrtInfo,
+                dla_core: int | None = None) -> Path:
+    return Path(bundle) / ENGINES_DIR / (engine_stem(graph, precision, gpu, trt, dla_core) + ENGINE_SUFFIX)
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
@@ -310,12 +355,23 @@ def sidecar_rebuild_command(bundle: str | os.PathLike, sidecar: EngineSidecar) -
     return rebuild_command(bundle, sidecar.graph, sidecar.precision, sidecar.profile.batch, extra)
 
 
+def _dla_text(core: int | None) -> str:
+    return "a GPU engine" if core is None else f"for DLA core {core}"
+
+
 def check_sidecar(sidecar: EngineSidecar, *, machine: MachineInfo, graph: str, precision: str, source_file: str,
-                  source_sha256: str, engine_sha256: str | None = None) -> list[str]:
-    """Every reason this engine must not run here (empty: usable). Pure: the caller supplies machine and hashes."""
+                  source_sha256: str, engine_sha256: str | None = None, dla_core: int | None = None) -> list[str]:
+    """Every reason this engine must not run here (empty: usable). Pure: the caller supplies machine and hashes.
+
+    source_file / source_sha256: the file the sidecar names as its source and the sha256 vae.json lists for it
+    now (any of the graph's files: a TensorRT 10 FP16 engine is built from the FP32 graph, a TensorRT 11 one from
+    the FP16 variant). dla_core: the DLA core asked for (None: a GPU engine)."""
     out = []
     if sidecar.graph != graph or sidecar.precision != precision:
         out.append(f"graph/precision: engine is {sidecar.graph}/{sidecar.precision}, asked for {graph}/{precision}")
+    built_dla = sidecar.build_options.get("dla_core")
+    if built_dla != dla_core:
+        out.append(f"DLA: engine is {_dla_text(built_dla)}, asked for {_dla_text(dla_core)}")
     if sidecar.trt.flavour != machine.trt.flavour or sidecar.trt.version != machine.trt.version:
         out.append(f"TensorRT: engine built with {sidecar.trt.label}, this machine has {machine.trt.label}")
     if sidecar.platform.machine != machine.platform.machine:
@@ -325,18 +381,16 @@ def check_sidecar(sidecar: EngineSidecar, *, machine: MachineInfo, graph: str, p
                    f"this machine has L4T {machine.platform.l4t} (JetPack {machine.platform.jetpack})")
     if sidecar.gpu is not None:
         if machine.gpu is None:
-            out.append(f"GPU: engine built for {sidecar.gpu.name} (sm {sidecar.gpu.to_dict()['compute_capability']}), "
-                       "no GPU visible here")
-        elif (sidecar.gpu.compute_capability != machine.gpu.compute_capability
-              or sidecar.gpu.name != machine.gpu.name):
-            out.append(f"GPU: engine built for {sidecar.gpu.name} (compute capability "
-                       f"{sidecar.gpu.to_dict()['compute_capability']}), this machine has {machine.gpu.name} "
-                       f"({machine.gpu.to_dict()['compute_capability']})")
-    elif sidecar.compute_capabilities and machine.gpu is not None:
-        cc = machine.gpu.to_dict()["compute_capability"]
-        if cc not in sidecar.compute_capabilities:
+            out.append(f"GPU: engine built for {sidecar.gpu.describe()}, no GPU visible here")
+        elif sidecar.gpu != machine.gpu:
+            out.append(f"GPU: engine built for {sidecar.gpu.describe()}, this machine has {machine.gpu.describe()}")
+    elif machine.gpu is not None:
+        if not sidecar.compute_capabilities:
+            out.append("GPU: portable engine records no target compute capabilities (so nothing says it runs on "
+                       f"{machine.gpu.describe()})")
+        elif machine.gpu.cc not in sidecar.compute_capabilities:
             out.append(f"GPU: portable engine targets compute capabilities {list(sidecar.compute_capabilities)}, "
-                       f"this GPU ({machine.gpu.name}) is {cc}")
+                       f"this GPU ({machine.gpu.name}) is {machine.gpu.cc}")
     if sidecar.source_file != source_file or sidecar.source_sha256 != source_sha256:
         out.append(f"ONNX: engine built from {sidecar.source_file} sha256 {sidecar.source_sha256[:12]}..., the bundle "
                    f"now has {source_file} sha256 {source_sha256[:12]}... (the graph changed since the build)")
@@ -360,7 +414,7 @@ def manifest_source_sha256(manifest: Manifest, graph: str, file: str) -> str | N
 
 
 def require_usable(bundle: str | os.PathLike, engine: str | os.PathLike, *, machine: MachineInfo, manifest: Manifest,
-                   graph: str, precision: str) -> EngineSidecar:
+                   graph: str, precision: str, dla_core: int | None = None) -> EngineSidecar:
     """Read the engine's sidecar and check it against this machine and the bundle's current ONNX files (hashing the
     engine file); raise EngineMismatchError listing every mismatch and the rebuild command."""
     engine = Path(engine)
@@ -370,7 +424,7 @@ def require_usable(bundle: str | os.PathLike, engine: str | os.PathLike, *, mach
     current = manifest_source_sha256(manifest, graph, sidecar.source_file)
     problems = check_sidecar(sidecar, machine=machine, graph=graph, precision=precision,
                              source_file=sidecar.source_file if current else "(not in vae.json)",
-                             source_sha256=current or "-", engine_sha256=sha256_file(engine))
+                             source_sha256=current or "-", engine_sha256=sha256_file(engine), dla_core=dla_core)
     if problems:
         cmd = sidecar_rebuild_command(bundle, sidecar)
         raise EngineMismatchError(f"{engine}: refusing this engine:\n  - " + "\n  - ".join(problems)
@@ -378,9 +432,10 @@ def require_usable(bundle: str | os.PathLike, engine: str | os.PathLike, *, mach
     return sidecar
 
 
-def locate_engine(bundle: str | os.PathLike, *, machine: MachineInfo, graph: str, precision: str) -> Path:
+def locate_engine(bundle: str | os.PathLike, *, machine: MachineInfo, graph: str, precision: str,
+                  dla_core: int | None = None) -> Path:
     """The engine built for this machine, or EngineError naming what exists instead and the command to build it."""
-    want = engine_path(bundle, graph, precision, machine.gpu, machine.trt)
+    want = engine_path(bundle, graph, precision, machine.gpu, machine.trt, dla_core)
     if want.is_file():
         return want
     others = candidate_engines(bundle, graph, precision)
@@ -390,6 +445,7 @@ def locate_engine(bundle: str | os.PathLike, *, machine: MachineInfo, graph: str
         if portable.is_file():
             return portable
     have = (" Engines present for other machines: " + ", ".join(p.name for p in others) + ".") if others else ""
+    where = "" if dla_core is None else f", DLA core {dla_core}"
     raise EngineError(f"{want}: no {precision} {graph} engine for this machine ({machine.trt.label}, "
-                      f"GPU {gpu_slug(machine.gpu)}, {machine.platform.machine}).{have} Build it here with:\n  "
-                      + rebuild_command(bundle, graph, precision))
+                      f"GPU {gpu_slug(machine.gpu)}{where}, {machine.platform.machine}).{have} Build it here with:\n  "
+                      + rebuild_command(bundle, graph, precision, extra={"dla_core": dla_core}))

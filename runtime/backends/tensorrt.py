@@ -21,6 +21,7 @@ import ctypes
 import importlib
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -85,16 +86,24 @@ def import_cudart() -> Any:
         return cudart
     except ImportError:
         pass
+    except (OSError, RuntimeError) as e:  # a binding that loads but cannot find its CUDA libraries
+        raise BackendUnavailableError(f"cuda-python cannot load here ({e}); {INSTALL_CUDA}") from None
     try:
         from cuda import cudart  # type: ignore[import-not-found,attr-defined]
         return cudart
-    except ImportError as e:
+    except (ImportError, OSError, RuntimeError) as e:
         raise BackendUnavailableError(f"cuda-python is not importable here ({e}); {INSTALL_CUDA}") from None
 
 
 def _call(cudart: Any, name: str, *args: Any) -> Any:
-    """Call cudart.<name>(*args); cuda-python returns (error, *values): raise CudaError unless it is cudaSuccess."""
-    result = getattr(cudart, name)(*args)
+    """Call cudart.<name>(*args); cuda-python returns (error, *values): raise CudaError unless it is cudaSuccess.
+
+    cuda-python 12.x raises RuntimeError ("Failed to dlopen libcuda.so.1") where no NVIDIA driver is installed:
+    that is a CudaError too, so no caller ever sees a raw RuntimeError."""
+    try:
+        result = getattr(cudart, name)(*args)
+    except RuntimeError as e:
+        raise CudaError(f"{name}: {e}") from None
     err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
     if int(err) != 0:
         raise CudaError(f"{name}: {getattr(err, 'name', err)} ({int(err)})")
@@ -106,22 +115,33 @@ def gpu_count() -> int:
     try:
         cudart = import_cudart()
         return int(_call(cudart, "cudaGetDeviceCount"))
-    except (BackendUnavailableError, CudaError):
+    except (BackendUnavailableError, CudaError, OSError):
         return 0
 
 
-def cuda_gpu_info(index: int = 0) -> GpuInfo | None:
-    """Name and compute capability of CUDA device `index`, or None where there is none."""
+def cuda_gpu_info(index: int = 0, dla_cores: int = 0) -> GpuInfo | None:
+    """Name, compute capability and SM count of CUDA device `index` (None where there is none); dla_cores is what
+    TensorRT reports (see dla_core_count), since CUDA knows nothing of DLA."""
     if gpu_count() <= index:
         return None
     cudart = import_cudart()
-    props = _call(cudart, "cudaGetDeviceProperties", index)
+    try:
+        props = _call(cudart, "cudaGetDeviceProperties", index)
+    except CudaError:
+        return None
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return GpuInfo(name=name.split("\x00", 1)[0].strip(), compute_capability=(int(props.major), int(props.minor)))
+    return GpuInfo(name=name.split("\x00", 1)[0].strip(), compute_capability=(int(props.major), int(props.minor)),
+                   sm_count=int(props.multiProcessorCount), dla_cores=int(dla_cores))
 
 
-def machine_info(trt: TrtInfo, device_index: int = 0) -> MachineInfo:
-    return MachineInfo(trt=trt, gpu=cuda_gpu_info(device_index), platform=host_platform())
+def dla_core_count(trt_object: Any) -> int:
+    """DLA cores a TensorRT Builder or Runtime reports (0 for TensorRT-RTX and GPUs without DLA). Only call it on a
+    host where a GPU was seen: creating either object without one crashes full TensorRT."""
+    return int(getattr(trt_object, "num_DLA_cores", 0) or 0)
+
+
+def machine_info(trt: TrtInfo, device_index: int = 0, dla_cores: int = 0) -> MachineInfo:
+    return MachineInfo(trt=trt, gpu=cuda_gpu_info(device_index, dla_cores), platform=host_platform())
 
 
 # ----------------------------------------------------------------------------------------------- one engine
@@ -137,18 +157,30 @@ class _Pinned:
 
 
 class EngineRunner:
-    """One deserialized engine with its context, stream and buffers. Not thread-safe: the backend serialises calls."""
+    """One deserialized engine with its context, stream and buffers. Not thread-safe: the backend serialises calls.
+
+    CUDA graphs (cuda_graph=True), as trtexec --useCudaGraph does them: for each batch size, one plain
+    execute_async_v3 + synchronize at that shape, then capture and replay. A capture that fails is ended, logged
+    once in `graph_failures`, and that batch size runs plainly from then on. TensorRT-RTX allocates lazily inside
+    enqueue unless the context's memory is the caller's, so under cuda_graph its context is USER_MANAGED.
+    A batch below a fixed-shape (DLA) engine's min batch is padded with zero rows, and only the real rows returned:
+    the model's rows are independent (eval-mode BatchNorm), so padding changes no number of the real rows.
+    """
 
     def __init__(self, trt: Any, cudart: Any, runtime: Any, plan: bytes, *, graph: str, inputs: tuple[str, ...],
-                 outputs: tuple[str, ...], device_index: int, cuda_graph: bool, source: str) -> None:
+                 outputs: tuple[str, ...], device_index: int, cuda_graph: bool, source: str,
+                 user_memory: bool = False) -> None:
         self.trt, self.cudart, self.graph, self.source = trt, cudart, graph, source
         self.device_index = device_index
         self.use_cuda_graph = cuda_graph
+        self.user_memory = user_memory
         self._device: dict[str, int] = {}
         self._host: dict[str, _Pinned] = {}
         self._graphs: dict[int, Any] = {}
-        self._seen: set[int] = set()
+        self._scratch = 0
+        self.graph_failures: dict[int, str] = {}
         self.stream = None
+        self.context = None
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BackendError(f"{source}: TensorRT could not deserialize this engine (built by another TensorRT "
@@ -172,9 +204,17 @@ class EngineRunner:
             raise BackendError(f"{self.source}: engine has no optimization profile")
         lo, _, hi = (tuple(s) for s in eng.get_tensor_profile_shape(inputs[0], 0))
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
-        self.context = eng.create_execution_context()
+        _call(self.cudart, "cudaSetDevice", self.device_index)
+        if self.user_memory:
+            self.context = eng.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        else:
+            self.context = eng.create_execution_context()
         if self.context is None:
             raise BackendError(f"{self.source}: could not create an execution context (out of GPU memory?)")
+        if self.user_memory:
+            size = int(eng.device_memory_size_v2)
+            self._scratch = int(_call(self.cudart, "cudaMalloc", max(size, 256)))
+            self.context.set_device_memory(self._scratch, size)
         self.dtypes = {n: np.dtype(trt.nptype(eng.get_tensor_dtype(n))) for n in names}
         for n in inputs:
             shape = tuple(eng.get_tensor_profile_shape(n, 0)[2])
@@ -182,7 +222,6 @@ class EngineRunner:
                 raise BackendError(f"{self.source}: cannot set input {n!r} to the profile's max shape {shape}")
         shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in names}
         self.item_shapes = {n: s[1:] for n, s in shapes.items()}
-        _call(self.cudart, "cudaSetDevice", self.device_index)
         self.stream = _call(self.cudart, "cudaStreamCreate")
         for n in names:
             nbytes = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
@@ -192,14 +231,17 @@ class EngineRunner:
                 raise BackendError(f"{self.source}: set_tensor_address failed for {n!r}")
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = next(iter(feeds.values())).shape[0]
+        if n >= self.min_batch:
+            return self._run(feeds)
+        # Pad to the engine's smallest batch; the padded rows are computed and dropped.
+        m = self.min_batch
+        padded = {k: np.concatenate([v, np.zeros((m - n, *v.shape[1:]), dtype=v.dtype)]) for k, v in feeds.items()}
+        return {k: v[:n].copy() for k, v in self._run(padded).items()}
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, ctx = self.cudart, self.context
         n = next(iter(feeds.values())).shape[0]
-        if n < self.min_batch:
-            fixed = self.min_batch == self.max_batch
-            raise BackendError(f"{self.source}: batch {n} is below the engine profile's min batch {self.min_batch}; "
-                               + (f"this engine takes exactly {self.min_batch} rows (a fixed-shape engine, e.g. for "
-                                  f"DLA): pad the batch to {self.min_batch}" if fixed
-                                  else "rebuild with --min-batch 1"))
         # The device is per host thread in CUDA; a call may come from any thread.
         _call(cudart, "cudaSetDevice", self.device_index)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -224,28 +266,46 @@ class EngineRunner:
         return {name: self._host[name].array[: int(np.prod(s))].reshape(s).astype(np.float32, copy=True)
                 for name, s in shapes.items()}
 
-    def _execute(self, n: int) -> None:
-        cudart = self.cudart
-        if self.use_cuda_graph and n in self._graphs:
-            _call(cudart, "cudaGraphLaunch", self._graphs[n], self.stream)
-            return
-        if self.use_cuda_graph and n in self._seen:
-            mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-            _call(cudart, "cudaStreamBeginCapture", self.stream, mode)
-            ok = self.context.execute_async_v3(int(self.stream))
-            graph = _call(cudart, "cudaStreamEndCapture", self.stream)
-            if not ok:
-                _call(cudart, "cudaGraphDestroy", graph)
-                raise BackendError(f"{self.source}: execute_async_v3 failed while capturing a CUDA graph")
-            try:
-                self._graphs[n] = _call(cudart, "cudaGraphInstantiate", graph, 0)
-            finally:
-                _call(cudart, "cudaGraphDestroy", graph)
-            _call(cudart, "cudaGraphLaunch", self._graphs[n], self.stream)
-            return
+    def _enqueue(self, n: int) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
             raise BackendError(f"{self.source}: execute_async_v3 failed (batch {n})")
-        self._seen.add(n)
+
+    def _execute(self, n: int) -> None:
+        if not self.use_cuda_graph or n in self.graph_failures:
+            self._enqueue(n)
+        elif n in self._graphs:
+            _call(self.cudart, "cudaGraphLaunch", self._graphs[n], self.stream)
+        else:
+            # First time at this shape: a plain run settles TensorRT's shape-dependent state (and is this call's
+            # result if the capture fails); capture starts only after it has finished.
+            self._enqueue(n)
+            _call(self.cudart, "cudaStreamSynchronize", self.stream)
+            try:
+                self._graphs[n] = self._capture(n)
+            except (CudaError, BackendError) as e:
+                self.graph_failures[n] = str(e)
+                warnings.warn(f"{self.source}: CUDA graph capture failed at batch {n} ({e}); this batch size runs "
+                              "without a CUDA graph from now on", RuntimeWarning, stacklevel=2)
+
+    def _capture(self, n: int) -> Any:
+        """Capture one execute_async_v3 at the current shape; returns the instantiated graph (the input is already
+        on the device, so the captured launch recomputes this call's result)."""
+        cudart = self.cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        _call(cudart, "cudaStreamBeginCapture", self.stream, mode)
+        ok = False
+        try:
+            ok = bool(self.context.execute_async_v3(int(self.stream)))
+        finally:
+            graph = _call(cudart, "cudaStreamEndCapture", self.stream)  # always ends the capture
+        try:
+            if not ok:
+                raise BackendError("execute_async_v3 failed while capturing")
+            exe = _call(cudart, "cudaGraphInstantiate", graph, 0)
+        finally:
+            if graph is not None:
+                cudart.cudaGraphDestroy(graph)
+        return exe
 
     def close(self) -> None:
         """Release graphs, buffers, stream, context and engine; errors while releasing are not raised."""
@@ -265,8 +325,11 @@ class EngineRunner:
         if self.stream is not None:
             cudart.cudaStreamDestroy(self.stream)
             self.stream = None
-        # Context before engine: a context refers to its engine.
+        # Context before engine (a context refers to its engine), and before the memory it was given.
         self.context = None
+        if self._scratch:
+            cudart.cudaFree(self._scratch)
+            self._scratch = 0
         self.engine = None
 
 
@@ -274,7 +337,7 @@ class EngineRunner:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
-    options = ("engines", "cuda_graph", "flavour", "check_sidecar")
+    options = ("engines", "cuda_graph", "flavour", "dla_core", "check_sidecar")
     device_kinds = ("cuda",)
     thread_safe = False  # one context and one set of buffers per graph; the base class's lock serialises calls
 
@@ -308,57 +371,70 @@ class TensorRTBackend(Backend):
         """Find each graph's engine for this machine (or options['engines'][graph]), check its sidecar, load it.
 
         options: engines {graph: plan file} (default: BUNDLE/engines/<name for this machine>); cuda_graph (bool);
-        flavour "trt" | "trt_rtx" (which TensorRT when both are installed); check_sidecar (default True; False
-        only for the builder, which verifies an engine it has just built and has not yet given a sidecar).
+        flavour "trt" | "trt_rtx" (which TensorRT when both are installed); dla_core (int: run the engines built for
+        that Jetson DLA core; default None, the GPU engines); check_sidecar (default True; False only for the
+        builder, which verifies an engine it has just built and has not yet given a sidecar).
         """
         unknown = sorted(set(options) - set(cls.options))
         if unknown:
             raise BackendError(f"tensorrt backend: unknown option(s) {unknown}; it accepts {list(cls.options)}")
         if not device.is_cuda:
             raise BackendError(f"tensorrt backend runs on CUDA devices; got device {device}")
+        dla_core = options.get("dla_core")
+        if dla_core is not None and (isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0):
+            raise BackendError(f"tensorrt backend: dla_core: expected a DLA core index >= 0 or None, got {dla_core!r}")
         trt, info = import_tensorrt(options.get("flavour"))
-        import_cudart()
-        machine = machine_info(info, device.index)
-        if machine.gpu is None:
+        cudart = import_cudart()
+        if cuda_gpu_info(device.index) is None:
             raise BackendUnavailableError(f"tensorrt backend: no CUDA GPU {device} visible "
                                           f"(cuda-python sees {gpu_count()} device(s))")
+        try:
+            _call(cudart, "cudaSetDevice", device.index)
+        except CudaError as e:
+            raise BackendUnavailableError(f"tensorrt backend: {e}") from None
+        runtime = trt.Runtime(trt_logger(trt))  # only ever created after a GPU was seen
+        dla_cores = dla_core_count(runtime)
+        if dla_core is not None and dla_core >= dla_cores:
+            raise BackendUnavailableError(f"tensorrt backend: dla_core {dla_core} asked for, this device has "
+                                          f"{dla_cores} DLA core(s)")
+        machine = machine_info(info, device.index, dla_cores)
         given = dict(options.get("engines") or {})
         check = bool(options.get("check_sidecar", True))
         files, sidecars = {}, {}
         for g in graphs:
             path = Path(given[g]) if g in given else locate_engine(bundle, machine=machine, graph=g,
-                                                                  precision=precision)
+                                                                  precision=precision, dla_core=dla_core)
             if check:
                 sidecars[g] = require_usable(bundle, path, machine=machine, manifest=manifest, graph=g,
-                                             precision=precision).to_dict()
+                                             precision=precision, dla_core=dla_core).to_dict()
             else:
                 sidecars[g] = read_sidecar(sidecar_path(path)).to_dict() if sidecar_path(path).is_file() else {}
             files[g] = path
-        return cls._load(trt, info, manifest, files, sidecars, device=device, precision=precision,
-                         check_finite=check_finite, cuda_graph=bool(options.get("cuda_graph", False)))
+        return cls._load(trt, info, runtime, manifest, files, sidecars, device=device, precision=precision,
+                         check_finite=check_finite, cuda_graph=bool(options.get("cuda_graph", False)),
+                         dla_core=dla_core)
 
     @classmethod
-    def _load(cls, trt: Any, info: TrtInfo, manifest: Manifest, files: Mapping[str, Path],
+    def _load(cls, trt: Any, info: TrtInfo, runtime: Any, manifest: Manifest, files: Mapping[str, Path],
               sidecars: Mapping[str, dict], *, device: Device, precision: str, check_finite: bool,
-              cuda_graph: bool) -> "TensorRTBackend":
+              cuda_graph: bool, dla_core: int | None) -> "TensorRTBackend":
         cudart = import_cudart()
         self = cls(manifest, device=device, precision=precision, graphs=tuple(files), check_finite=check_finite)
         self.engine_errors = (CudaError, RuntimeError)
         self.trt_info, self.cuda_graph, self.sidecars = info, cuda_graph, dict(sidecars)
+        self._runtime = runtime
         try:
-            _call(cudart, "cudaSetDevice", device.index)
-            self._runtime = trt.Runtime(trt_logger(trt))  # only ever created after a GPU was seen
+            # A DLA engine is deserialized with the runtime on the DLA core asked for (trtexec's --useDLACore does
+            # the same at load); GPU engines leave the runtime's default.
+            if dla_core is not None:
+                self._runtime.DLA_core = int(dla_core)
             for g, path in files.items():
                 spec = manifest.graph(g)
-                # A DLA engine must be deserialized with the runtime on the DLA core it was built for (as trtexec's
-                # --useDLACore does at load); GPU engines leave the runtime's default.
-                dla = ((sidecars.get(g) or {}).get("build_options") or {}).get("dla_core")
-                if dla is not None:
-                    self._runtime.DLA_core = int(dla)
                 self.runners[g] = EngineRunner(trt, cudart, self._runtime, Path(path).read_bytes(), graph=g,
                                                inputs=tuple(t.name for t in spec.inputs),
                                                outputs=tuple(t.name for t in spec.outputs),
-                                               device_index=device.index, cuda_graph=cuda_graph, source=str(path))
+                                               device_index=device.index, cuda_graph=cuda_graph, source=str(path),
+                                               user_memory=cuda_graph and info.flavour == "trt_rtx")
                 self.engine_files[g] = str(path)
         except (CudaError, OSError) as e:
             self._close()
@@ -383,6 +459,8 @@ class TensorRTBackend(Backend):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update({"tensorrt": None if self.trt_info is None else self.trt_info.to_dict(), "cuda_graph": self.cuda_graph,
+                  "cuda_graph_failures": {g: dict(r.graph_failures) for g, r in self.runners.items()
+                                          if r.graph_failures},
                   "engines": dict(self.engine_files),
                   "engine_parity": {g: s.get("parity", {}) for g, s in self.sidecars.items()}})
         return d

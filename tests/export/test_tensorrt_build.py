@@ -95,7 +95,7 @@ def test_build_without_gpu_writes_unverified_engine_and_sidecar(bundle_copy, pre
     plan = plan_build(RTX, B.DECODER, precision, manifest, BuildOptions(min_batch=1, opt_batch=2, max_batch=4))
     res = build_engine(bundle_copy, plan, trt=trt, verify=False, log=lambda *a: None)
 
-    assert res.engine == bundle_copy / f"engines/decoder.{precision}.portable.rtx{trt.__version__}.plan"
+    assert res.engine == bundle_copy / f"engines/decoder.{precision}.portable.{RTX.tag}.plan"
     assert res.engine.stat().st_size > 0 and not res.verified
     assert sorted(p.name for p in res.engine.parent.iterdir()) == sorted([res.engine.name, res.sidecar.name])
     side = read_sidecar(res.sidecar)
@@ -140,7 +140,7 @@ def test_cli_builds_and_prints(bundle_copy, capsys):
     assert main([str(bundle_copy), "--flavour", "trt_rtx", "--precision", "fp32", "--no-verify",
                  "--max-batch", "4", "--opt-batch", "2"]) == 0
     names = sorted(p.name for p in (bundle_copy / "engines").iterdir())
-    tag = f"rtx{trt.__version__}"
+    tag = RTX.tag
     assert names == [f"decoder.fp32.portable.{tag}.json", f"decoder.fp32.portable.{tag}.plan",
                      f"encoder.fp32.portable.{tag}.json", f"encoder.fp32.portable.{tag}.plan"]
     capsys.readouterr()

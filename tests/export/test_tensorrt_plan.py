@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from export.trt_plan import (BuildOptions, PlanError, fp32_compute_layers, layers_to_constrain, onnx_nodes_of_layer,
+from export.trt_plan import (BuildOptions, ConstrainedLayer, PlanError, fp32_compute_layers, layers_to_constrain, onnx_nodes_of_layer,
                              parse_target, plan_build, trtexec_args)
 from runtime import bundle as B
 from runtime.engines import GpuInfo, TrtInfo
 
 LATENT, CH, SIZE = 8, 3, 32
-ORIN = GpuInfo("Orin", (8, 7))
-H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
-TRT103 = TrtInfo("trt", "10.3.0.30")
+ORIN = GpuInfo("Orin", (8, 7), 16, 2)
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0), 132)
+TRT103 = TrtInfo("trt", "10.3.0")  # tensorrt.__version__ on JetPack 6
 TRT108 = TrtInfo("trt", "10.8.0.43")
 TRT11 = TrtInfo("trt", "11.4.0.106")
 RTX = TrtInfo("trt_rtx", "1.7.1.116")
@@ -49,9 +49,9 @@ def test_trt10_fp16_builds_fp32_graph_with_flag_and_kept_layers(target):
     assert plan.set_flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS")
     assert plan.clear_flags == ("TF32",)
     assert plan.layer_precisions == KEPT
-    assert plan.engine_file == f"engines/decoder.fp16.orin-sm87.trt{target.version}.plan"
-    assert plan.sidecar_file == f"engines/decoder.fp16.orin-sm87.trt{target.version}.json"
-    assert plan.timing_cache == f"engines/timing.orin-sm87.trt{target.version}.cache"
+    assert plan.engine_file == f"engines/decoder.fp16.orin-sm87-16sms-2dla.trt{target.version}.plan"
+    assert plan.sidecar_file == f"engines/decoder.fp16.orin-sm87-16sms-2dla.trt{target.version}.json"
+    assert plan.timing_cache == f"engines/timing.orin-sm87-16sms-2dla.trt{target.version}.cache"
     assert (plan.profile.input, plan.profile.min, plan.profile.opt, plan.profile.max) == \
         (B.Z, (1, LATENT), (8, LATENT), (32, LATENT))
 
@@ -68,9 +68,10 @@ def test_trt10_fp16_variant_with_nothing_kept_has_no_constraints():
     assert plan.set_flags == ("FP16",)
 
 
-def test_trt10_int8_builds_qdq_variant_with_int8_flag():
+def test_trt10_int8_builds_qdq_variant_with_int8_and_fp16_flags():
+    # FP16 too, or the layers outside Q/DQ pairs run in FP32.
     plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS), BuildOptions(), ORIN)
-    assert (plan.onnx_file, plan.onnx_sha256, plan.set_flags) == ("decoder.int8.onnx", "8" * 64, ("INT8",))
+    assert (plan.onnx_file, plan.onnx_sha256, plan.set_flags) == ("decoder.int8.onnx", "8" * 64, ("INT8", "FP16"))
     with pytest.raises(PlanError, match=r"export\.quantize"):
         plan_build(TRT103, B.DECODER, "int8", manifest(), BuildOptions(), ORIN)
 
@@ -92,7 +93,7 @@ def test_trt11_fp16_is_strongly_typed_from_the_variant():
     assert plan.strongly_typed
     assert (plan.onnx_file, plan.onnx_sha256) == ("decoder.fp16.onnx", "f" * 64)
     assert plan.set_flags == () and plan.layer_precisions == ()
-    assert plan.engine_file == "engines/decoder.fp16.h100-80gb-hbm3-sm90.trt11.4.0.106.plan"
+    assert plan.engine_file == "engines/decoder.fp16.h100-80gb-hbm3-sm90-132sms.trt11.4.0.plan"
 
 
 @pytest.mark.parametrize("target", [TRT11, RTX], ids=["11.x", "rtx"])
@@ -105,7 +106,7 @@ def test_strongly_typed_needs_the_variant(target, precision, tool):
 def test_rtx_is_portable_and_has_no_timing_cache():
     plan = plan_build(RTX, B.DECODER, "int8", manifest(VARIANTS), BuildOptions(timing_cache="my.cache"), H100)
     assert plan.strongly_typed and plan.onnx_file == "decoder.int8.onnx"
-    assert plan.gpu is None and plan.engine_file == "engines/decoder.int8.portable.rtx1.7.1.116.plan"
+    assert plan.gpu is None and plan.engine_file == "engines/decoder.int8.portable.rtx1.7.1.plan"
     assert plan.timing_cache is None
     assert any("ignores timing caches" in n for n in plan.notes)
 
@@ -150,8 +151,8 @@ def test_missing_graph_and_bad_precision():
 
 
 def test_parse_target():
-    assert parse_target("trt:10.3.0") == TrtInfo("trt", "10.3.0")
-    assert parse_target("trt_rtx:1.7.1.116").tag == "rtx1.7.1.116"
+    assert parse_target("trt:10.3.0") == TrtInfo("trt", "10.3.0") == parse_target("trt:10.3.0.30")
+    assert parse_target("trt_rtx:1.7.1.116").tag == "rtx1.7.1"
     for bad in ("10.3", "tensorrt:10.3", "trt:ten"):
         with pytest.raises(PlanError):
             parse_target(bad)
@@ -165,20 +166,40 @@ def test_trtexec_trt10_fp16_has_precision_flags_and_shapes():
     args = trtexec_args(plan, "/b")
     assert args[0] == "trtexec"
     assert "--onnx=/b/decoder.onnx" in args
-    assert "--saveEngine=/b/engines/decoder.fp16.orin-sm87.trt10.3.0.30.plan" in args
+    assert "--saveEngine=/b/engines/decoder.fp16.orin-sm87-16sms-2dla.trt10.3.0.plan" in args
     assert [a for a in args if "Shapes" in a] == ["--minShapes=z:2x8", "--optShapes=z:4x8", "--maxShapes=z:16x8"]
     assert "--fp16" in args and "--precisionConstraints=obey" in args
     assert "--layerPrecisions=node_conv2d:fp32,node_tanh:fp32" in args
+    assert "--layerOutputTypes=node_conv2d:fp32,node_tanh:fp32" in args
     assert "--noTF32" in args and "--memPoolSize=workspace:512" in args
-    assert "--timingCacheFile=/b/engines/timing.orin-sm87.trt10.3.0.30.cache" in args
+    assert "--timingCacheFile=/b/engines/timing.orin-sm87-16sms-2dla.trt10.3.0.cache" in args
+    # With the parser's layers (a node's extra layers are <node>_1, ...), those are what trtexec is given.
+    layers = [ConstrainedLayer("node_conv2d", 1), ConstrainedLayer("node_conv2d_1", 1),
+              ConstrainedLayer("node_tanh", 2)]
+    args = trtexec_args(plan, "/b", layers)
+    assert "--layerPrecisions=node_conv2d:fp32,node_conv2d_1:fp32,node_tanh:fp32" in args
+    assert "--layerOutputTypes=node_conv2d:fp32,node_conv2d_1:fp32,node_tanh:fp32+fp32" in args
 
 
 def test_trtexec_trt10_dla_and_int8():
     plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS),
                       BuildOptions(dla_core=0, min_batch=2, opt_batch=2, max_batch=2), ORIN)
     args = trtexec_args(plan, "/b")
-    assert "--int8" in args and "--fp16" not in args and "--onnx=/b/decoder.int8.onnx" in args
+    assert "--int8" in args and "--fp16" in args and "--onnx=/b/decoder.int8.onnx" in args
     assert "--useDLACore=0" in args and "--allowGPUFallback" in args
+    # The DLA engine has a name of its own: building it never overwrites the GPU engine.
+    gpu_plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS), BuildOptions(), ORIN)
+    assert plan.engine_file == "engines/decoder.int8.orin-sm87-16sms-2dla.dla0.trt10.3.0.plan"
+    assert gpu_plan.engine_file == "engines/decoder.int8.orin-sm87-16sms-2dla.trt10.3.0.plan"
+
+
+def test_compute_capabilities_only_for_tensorrt_rtx():
+    plan = plan_build(RTX, B.DECODER, "fp32", manifest(), BuildOptions(compute_capabilities=("8.6", "8.9", "8.6")))
+    assert plan.compute_capabilities == ("8.6", "8.9")
+    with pytest.raises(PlanError, match="only TensorRT-RTX"):
+        plan_build(TRT103, B.DECODER, "fp32", manifest(), BuildOptions(compute_capabilities=("8.7",)), ORIN)
+    with pytest.raises(PlanError, match="values like 8.6"):
+        plan_build(RTX, B.DECODER, "fp32", manifest(), BuildOptions(compute_capabilities=("sm86",)))
 
 
 def test_trtexec_trt11_has_no_precision_flags():
@@ -253,12 +274,12 @@ def test_cli_print_trtexec_for_a_target_not_installed(tmp_path, capsys):
     from export.to_tensorrt import main
 
     B.write_manifest(tmp_path, manifest(VARIANTS))
-    assert main([str(tmp_path), "--graphs", "decoder", "--print-trtexec", "--target", "trt:10.3.0.30",
-                 "--workspace", "256"]) == 0
+    assert main([str(tmp_path), "--graphs", "decoder", "--precision", "int8", "--print-trtexec", "--target",
+                 "trt:10.3.0.30", "--workspace", "256"]) == 0
     out = capsys.readouterr().out
-    assert "# decoder fp16 for TensorRT 10.3.0.30" in out
-    assert "--fp16 \\\n" in out and "--layerPrecisions=node_conv2d:fp32,node_tanh:fp32" in out
-    assert f"--adopt {tmp_path}/engines/decoder.fp16.unknown-gpu.trt10.3.0.30.plan" in out
+    assert "# decoder int8 for TensorRT 10.3.0" in out
+    assert "--fp16 \\\n" in out and "--int8 \\\n" in out
+    assert f"--adopt {tmp_path}/engines/decoder.int8.unknown-gpu.trt10.3.0.plan" in out
     assert f"--max-batch 32 --workspace 256 --adopt" in out
 
     assert main([str(tmp_path), "--print-trtexec", "--target", "trt:11.4.0", "--precision", "int8"]) == 2
