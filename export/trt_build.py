@@ -293,7 +293,7 @@ def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, tr
             build_seconds=round(build_seconds, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             parity=({"verified": True, "passed": report.passed, "device": gpu.name if gpu else None,
                      "outputs": {o.name: {"max_abs": o.max_abs, "rel_l2": o.rel_l2, "psnr": o.psnr}
-                                 for o in report.outputs}} if report is not None else {"verified": False}))
+                                 for o in report.comparison.outputs}} if report is not None else {"verified": False}))
         # The sidecar first, then the engine: an engine never appears without its provenance.
         write_sidecar(sidecar_file, sidecar)
     return BuildResult(engine_path, sidecar_file, time.perf_counter() - t0, report is not None, report, fp32_layers)
