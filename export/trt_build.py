@@ -75,12 +75,13 @@ def parse_onnx(trt: Any, path: str | os.PathLike, *, strongly_typed: bool = Fals
 
 
 def _is_float_layer(trt: Any, layer: Any) -> bool:
-    """A layer that computes on floats: every input and output tensor float32/float16. Shape layers, INT64
-    constants and casts from integers are not, and a precision constraint on them is wrong or refused."""
+    """A layer that computes on floats: every output float32/float16, and so is its data input (input 0) where it
+    has one. Shape layers, INT64 constants and casts from integers are not, and an FP32 constraint on them is wrong;
+    a float Reshape/Shuffle whose second input is a shape tensor is."""
     floats = (trt.float32, trt.float16)
     outs = [layer.get_output(i) for i in range(layer.num_outputs)]
-    ins = [t for t in (layer.get_input(i) for i in range(layer.num_inputs)) if t is not None]
-    return bool(outs) and all(t.dtype in floats for t in outs + ins)
+    data = layer.get_input(0) if layer.num_inputs else None
+    return bool(outs) and all(t.dtype in floats for t in outs) and (data is None or data.dtype in floats)
 
 
 def constrained_layers(trt: Any, network: Any, kept: tuple[str, ...],

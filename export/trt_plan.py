@@ -14,7 +14,8 @@ Rules, by version:
 - TF32 is cleared unless asked for: FP32 engines are compared with a CPU FP32 reference at 1e-4, and TF32's 10-bit
   mantissa would fail that; FP32-kept layers of an FP16 engine stay real FP32 for the same reason.
 - One optimization profile over the batch axis. A timing cache per GPU and TensorRT version is reused across builds
-  (TensorRT-RTX ignores timing caches, so none is planned for it). DLA only on TensorRT 10.x, never for fp32; a DLA
+  (TensorRT-RTX ignores timing caches, so none is planned for it). DLA on TensorRT 10.0-10.7 and 11.4.1+ (see
+  dla_supported; on 11.x strongly typed, from the variant), never for fp32; a DLA
   engine's name carries its core (engines.engine_stem), so GPU and DLA engines of one graph live side by side.
 - TensorRT-RTX: the target compute capabilities are set explicitly and recorded in the sidecar (the builder's own
   default list is not what the sidecar would claim): every capability the installed builder offers but Turing
@@ -106,6 +107,15 @@ def strongly_typed_only(target: TrtInfo) -> bool:
     return target.flavour == "trt_rtx" or target.version_tuple[0] >= 11
 
 
+def dla_supported(target: TrtInfo) -> bool:
+    """TensorRT with DLA: 10.0-10.7 (10.7 was the last 10.x with DLA; JetPack 6 brings 10.3), none in 11.0-11.3,
+    and 11.4.1+ again on AGX Orin (NVIDIA's TensorRT 11.4.1 release notes), strongly typed like all of 11.x."""
+    if target.flavour != "trt":
+        return False
+    v = target.version_tuple
+    return (10, 0) <= v[:2] <= (10, 7) or v >= (11, 4, 1)
+
+
 def check_supported(target: TrtInfo) -> None:
     lowest = MIN_VERSION[target.flavour]
     if target.version_tuple[: len(lowest)] < lowest:
@@ -190,9 +200,9 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
     if dla is not None:
         if dla < 0:
             raise PlanError(f"--dla-core: expected a core index >= 0, got {dla}")
-        if target.flavour != "trt" or strong:
-            raise PlanError(f"--dla-core: DLA builds are supported here on TensorRT 10.x (JetPack 6) only, "
-                            f"not on {target.label}")
+        if not dla_supported(target):
+            raise PlanError(f"--dla-core: {target.label} has no DLA; DLA engines are built with TensorRT 10.0-10.7 "
+                            "(JetPack 6: 10.3) or TensorRT 11.4.1+ (AGX Orin, JetPack 7.2.2+)")
         if precision == "fp32":
             raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
         if not o.min_batch == o.opt_batch == o.max_batch:
@@ -207,6 +217,9 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
 
     timing_cache: str | None
     if target.flavour == "trt_rtx":
+        # Engines that can run on caller-provided memory, which TensorRT-RTX needs for stream capture (the
+        # runtime's cuda_graph option).
+        set_flags.append("REQUIRE_USER_ALLOCATION")
         timing_cache = None
         if o.timing_cache:
             notes.append("TensorRT-RTX ignores timing caches (it compiles kernels when the engine is loaded); "

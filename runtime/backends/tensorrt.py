@@ -206,7 +206,15 @@ class EngineRunner:
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         _call(self.cudart, "cudaSetDevice", self.device_index)
         if self.user_memory:
-            self.context = eng.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            # TensorRT-RTX (1.2+ release notes): stream capture needs application-provided memory; its own CUDA
+            # graphs must be off under ours, and kernels specialised up front (lazy specialisation swaps kernels
+            # mid-run, which would invalidate a captured graph).
+            config = eng.create_runtime_config()
+            config.set_execution_context_allocation_strategy(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.DISABLED
+            config.dynamic_shapes_kernel_specialization_strategy = \
+                trt.DynamicShapesKernelSpecializationStrategy.EAGER
+            self.context = eng.create_execution_context(config)
         else:
             self.context = eng.create_execution_context()
         if self.context is None:
@@ -291,6 +299,9 @@ class EngineRunner:
         """Capture one execute_async_v3 at the current shape; returns the instantiated graph (the input is already
         on the device, so the captured launch recomputes this call's result)."""
         cudart = self.cudart
+        capturable = getattr(self.context, "is_stream_capturable", None)  # TensorRT-RTX asks first
+        if capturable is not None and not capturable(int(self.stream)):
+            raise BackendError("the execution context says this stream cannot be captured")
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _call(cudart, "cudaStreamBeginCapture", self.stream, mode)
         ok = False

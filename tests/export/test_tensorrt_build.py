@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,126 @@ def test_kept_nodes_map_to_the_parser_layers(bundle):
     assert len(chosen) == sum(m == f"[ONNX Layer: {gemms[1]}]" for m in meta.values())
     _, unmatched = layers_to_constrain(layers, ["node_not_there"], nodes)
     assert unmatched == ["node_not_there"]
+
+
+# ----------------------------------------------------------------------------------------------- review fixes
+
+class _Untouchable:
+    """Stands for a TensorRT module that must not be used at all: any attribute is a test failure."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"trt.{name} was used")
+
+
+def test_full_tensorrt_without_gpu_refuses_before_creating_a_builder(bundle_copy):
+    """--no-verify on a TensorRT (not RTX) host with no GPU: a clear refusal, and no Builder (which would crash)."""
+    from runtime.backends.tensorrt import gpu_count
+
+    if gpu_count():
+        pytest.skip("a GPU is visible")
+    plan = plan_build(TrtInfo("trt", "10.3.0"), B.DECODER, "fp32", B.read_manifest(bundle_copy), BuildOptions())
+    with pytest.raises(TrtBuildError, match=r"TensorRT 10.3.0 builds engines on the GPU that will run them"):
+        build_engine(bundle_copy, plan, trt=_Untouchable(), verify=False, log=lambda *a: None)
+
+
+class _Config:
+    """A builder config whose timing cache calls fail the way full TensorRT's do on foreign bytes."""
+
+    def __init__(self, create, accept):
+        self._create, self._accept = create, accept
+
+    def create_timing_cache(self, data):
+        return self._create(data)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        if cache is None:  # what the real binding does with None
+            raise TypeError("set_timing_cache(): incompatible function arguments")
+        return self._accept
+
+
+@pytest.mark.parametrize("create,accept,why", [
+    (lambda data: None, True, "TensorRT could not read it"),
+    (lambda data: (_ for _ in ()).throw(RuntimeError("bad magic")), True, "RuntimeError: bad magic"),
+    (lambda data: object(), False, "TensorRT could not read it"),
+])
+def test_corrupt_or_foreign_timing_cache_is_a_clear_error(tmp_path, create, accept, why):
+    from export.trt_build import _timing_cache
+
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x00not a cache" * 10)
+    with pytest.raises(TrtBuildError, match=rf"{cache}: timing cache rejected \(.*{why}.*120 bytes"):
+        _timing_cache(_Config(create, accept), cache)
+
+
+def test_layer_precisions_only_on_float_layers(tmp_path):
+    """Kept-FP32 nodes resolve to the parser's float layers only: not a Shape layer, an INT64 constant or a cast
+    from integers (a float Reshape fed a shape tensor is a float layer)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.trt_build import constrained_layers
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Cast", ["s"], ["sf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Constant", [], ["two"], name="two",
+                              value=helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])),
+             helper.make_node("Mul", ["x", "two"], ["y"], name="mul"),
+             helper.make_node("Reshape", ["y", "s"], ["out"], name="reshape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4]),
+                               helper.make_tensor_value_info("sf", TensorProto.FLOAT, [2])])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _logger, _builder, network, _parser = parse_onnx(trt, path)
+    kept = ("shape", "cast", "mul", "reshape")
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    chosen = {c.name for c in constrained_layers(trt, network, kept, [n.name for n in nodes])}
+    assert chosen, layers
+    for name in chosen:
+        lay = layers[name]
+        assert all(lay.get_output(k).dtype == trt.float32 for k in range(lay.num_outputs)), name
+    node_of = {n: re.findall(r"\[ONNX Layer: ([^\]]+)\]", lay.metadata or "") for n, lay in layers.items()}
+    assert {node_of[n][0] for n in chosen} == {"mul", "reshape"}, (chosen, node_of)
+    left = [n for n, ns in node_of.items() if ns and ns[0] in ("shape", "cast")]
+    assert left and not set(left) & chosen  # the kept integer layers exist and were left alone
+
+
+def test_trtexec_gets_the_parser_layer_names(bundle_copy, capsys):
+    """The printed trtexec command lists the TensorRT layers the kept-FP32 nodes became (the parser's suffixes are
+    not predictable: node_linear's bias add is node_linear_0 here), with --layerOutputTypes, as the Python build."""
+    import onnx
+
+    from export.to_tensorrt import main
+    from export.trt_build import constrained_layers
+
+    v = add_fp16_variant(bundle_copy, B.DECODER)
+    kept = ("node_linear", "node_tanh")
+    m = B.read_manifest(bundle_copy)
+    spec = m.graphs[B.DECODER]
+    spec = dataclasses.replace(spec, variants={"fp16": dataclasses.replace(v, kept_fp32_nodes=kept)})
+    B.write_manifest(bundle_copy, dataclasses.replace(m, graphs={**m.graphs, B.DECODER: spec}))
+    path = bundle_copy / "decoder.onnx"
+    _logger, _builder, network, _parser = parse_onnx(trt, path)
+    chosen = constrained_layers(trt, network, kept, [n.name for n in onnx.load(str(path)).graph.node])
+    assert len(chosen) > len(kept)  # node_linear became more than one layer
+    capsys.readouterr()
+    assert main([str(bundle_copy), "--graphs", "decoder", "--print-trtexec", "--target", "trt:10.3.0"]) == 0
+    out = capsys.readouterr().out
+    assert f"from the tensorrt_rtx {trt.__version__} ONNX parser" in out
+    args = out.replace("\\\n", " ").split()
+    assert f"--layerPrecisions={','.join(c.name + ':fp32' for c in chosen)}" in args, out
+    assert f"--layerOutputTypes={','.join(c.name + ':fp32' for c in chosen)}" in args, out
+
+
+def test_rtx_build_records_the_compute_capabilities_it_set(bundle_copy):
+    manifest = B.read_manifest(bundle_copy)
+    plan = plan_build(RTX, B.DECODER, "fp32", manifest, BuildOptions(min_batch=1, opt_batch=2, max_batch=4))
+    res = build_engine(bundle_copy, plan, trt=trt, verify=False, log=lambda *a: None)
+    offered = [m for m in trt.ComputeCapability.__members__ if re.fullmatch(r"SM\d+", m)]
+    side = read_sidecar(res.sidecar)
+    assert side.compute_capabilities and "7.5" not in side.compute_capabilities  # Turing only when asked
+    assert len(side.compute_capabilities) == len(offered) - ("SM75" in offered)
+    assert "REQUIRE_USER_ALLOCATION" in side.build_options["set_flags"]
+    narrow = plan_build(RTX, B.DECODER, "fp32", manifest, BuildOptions(compute_capabilities=("8.6",)))
+    res = build_engine(bundle_copy, narrow, trt=trt, verify=False, log=lambda *a: None)
+    assert read_sidecar(res.sidecar).compute_capabilities == ("8.6",)

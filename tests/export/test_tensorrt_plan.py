@@ -80,7 +80,10 @@ def test_fp32_has_no_precision_flags_on_any_version():
     for target in (TRT103, TRT11, RTX):
         plan = plan_build(target, B.ENCODER, "fp32", manifest(VARIANTS), BuildOptions(), H100)
         assert plan.onnx_file == "encoder.onnx"
-        assert plan.set_flags == () and plan.layer_precisions == () and plan.clear_flags == ("TF32",)
+        # TensorRT-RTX plans ask for engines that run on caller memory (needed for CUDA-graph capture); no
+        # precision flag anywhere.
+        assert plan.set_flags == (("REQUIRE_USER_ALLOCATION",) if target is RTX else ())
+        assert plan.layer_precisions == () and plan.clear_flags == ("TF32",)
         assert plan.profile.max == (32, CH, SIZE, SIZE)
     allowed = plan_build(TRT103, B.ENCODER, "fp32", manifest(), BuildOptions(allow_tf32=True), H100)
     assert allowed.clear_flags == ()
@@ -128,8 +131,16 @@ def test_dla_rules():
         plan_build(TRT103, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=1), ORIN)
     with pytest.raises(PlanError, match="FP16 and INT8 only"):
         plan_build(TRT103, B.DECODER, "fp32", manifest(), BuildOptions(dla_core=0), ORIN)
-    with pytest.raises(PlanError, match="TensorRT 10.x"):
+    # TRT11 is 11.4.0: no DLA (11.0-11.3 have none, 11.4.0 only on Windows on ARM); 11.4.1 restores it on AGX Orin,
+    # strongly typed: from the fp16 variant, no FP16 flag.
+    with pytest.raises(PlanError, match=r"TensorRT 11.4.0 has no DLA.*11.4.1\+"):
         plan_build(TRT11, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=0), ORIN)
+    with pytest.raises(PlanError, match="has no DLA"):
+        plan_build(TrtInfo("trt", "10.8.0"), B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=0), ORIN)
+    p11 = plan_build(TrtInfo("trt", "11.4.1"), B.DECODER, "fp16", manifest(VARIANTS),
+                     BuildOptions(dla_core=0, **fixed), ORIN)
+    assert p11.strongly_typed and p11.onnx_file == "decoder.fp16.onnx" and p11.set_flags == ("GPU_FALLBACK",)
+    assert p11.engine_file.endswith(".dla0.trt11.4.1.plan")
 
 
 @pytest.mark.parametrize("opts,match", [
