@@ -12,6 +12,7 @@
 #
 # Results: imported target vae::onnxruntime, VAE_ORT_LIBRARY_VERSION; target vae::nlohmann_json;
 #          VAE_HAVE_TENSORRT with targets vae::tensorrt (nvinfer + CUDA runtime) when TensorRT is found.
+#          vae::tensorrt_headers (TensorRT + CUDA headers, nothing to link) with VAE_TENSORRT_COMPILE_CHECK.
 
 get_filename_component(_vae_repo_root "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
 set(VAE_THIRD_PARTY_DIR "${_vae_repo_root}/third_party" CACHE PATH
@@ -49,6 +50,10 @@ if(NOT (ONNXRUNTIME_INCLUDE_DIR AND ONNXRUNTIME_LIBRARY) AND NOT ONNXRUNTIME_ROO
     find_path(ONNXRUNTIME_INCLUDE_DIR onnxruntime_c_api.h HINTS ${_inc} PATH_SUFFIXES onnxruntime NO_DEFAULT_PATH)
     set(ONNXRUNTIME_LIBRARY "${_loc}" CACHE FILEPATH "ONNX Runtime shared library")
     message(STATUS "vae_runtime: ONNX Runtime from find_package(onnxruntime): ${onnxruntime_DIR}")
+  elseif(VAE_FETCH_DEPS AND CMAKE_CROSSCOMPILING AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64)$")
+    vae_fetch(onnxruntime_aarch64 _fetched)  # a cross build (toolchains/aarch64-linux-gnu.cmake): the target's library
+    set(ONNXRUNTIME_ROOT "${_fetched}" CACHE PATH "ONNX Runtime folder with include/ and lib/ (release archive)" FORCE)
+    set(VAE_ORT_FETCHED ON CACHE INTERNAL "")
   elseif(VAE_FETCH_DEPS)
     vae_fetch(onnxruntime _fetched)
     set(ONNXRUNTIME_ROOT "${_fetched}" CACHE PATH "ONNX Runtime folder with include/ and lib/ (release archive)" FORCE)
@@ -60,10 +65,13 @@ if(NOT (ONNXRUNTIME_INCLUDE_DIR AND ONNXRUNTIME_LIBRARY) AND NOT ONNXRUNTIME_ROO
 endif()
 
 if(ONNXRUNTIME_ROOT)
+  # An explicit folder of the target's ONNX Runtime: searched as given, also when cross-compiling (a toolchain's
+  # CMAKE_FIND_ROOT_PATH would otherwise re-root it under the sysroot).
   find_path(ONNXRUNTIME_INCLUDE_DIR onnxruntime_c_api.h HINTS "${ONNXRUNTIME_ROOT}"
-            PATH_SUFFIXES include include/onnxruntime include/onnxruntime/core/session NO_DEFAULT_PATH)
+            PATH_SUFFIXES include include/onnxruntime include/onnxruntime/core/session NO_DEFAULT_PATH
+            NO_CMAKE_FIND_ROOT_PATH)
   find_library(ONNXRUNTIME_LIBRARY NAMES onnxruntime HINTS "${ONNXRUNTIME_ROOT}" PATH_SUFFIXES lib lib64
-               NO_DEFAULT_PATH)
+               NO_DEFAULT_PATH NO_CMAKE_FIND_ROOT_PATH)
 endif()
 if(NOT ONNXRUNTIME_INCLUDE_DIR OR NOT ONNXRUNTIME_LIBRARY)
   message(FATAL_ERROR "vae_runtime: ONNX Runtime incomplete under '${ONNXRUNTIME_ROOT}': headers "
@@ -168,4 +176,40 @@ if(NOT VAE_WITH_TENSORRT STREQUAL "OFF")
   else()
     message(STATUS "vae_runtime: TensorRT backend OFF (NvInfer.h / libnvinfer / CUDA toolkit not all found)")
   endif()
+endif()
+
+# ---------------------------------------------------------------------------------------------------- TensorRT compile check
+# CI has no TensorRT library and no GPU, but it has TensorRT's published headers. With
+#   -DVAE_TENSORRT_COMPILE_CHECK=<TensorRT include folder> [-DVAE_CUDA_INCLUDE_DIR=<CUDA runtime headers>]
+# CMakeLists.txt adds the OBJECT target vae_runtime_trt_compile_check: every library source compiled, never linked,
+# with the TensorRT backend on and -Werror. Independent of VAE_WITH_TENSORRT; needs no libnvinfer, no CUDA toolkit.
+# Without VAE_CUDA_INCLUDE_DIR the CUDA 12.6 headers are fetched from PyPI (scripts/fetch_deps.py --only cuda_headers).
+set(VAE_TENSORRT_COMPILE_CHECK "" CACHE PATH "TensorRT include folder to compile (not link) the backend with")
+set(VAE_CUDA_INCLUDE_DIR "" CACHE PATH "CUDA runtime headers for VAE_TENSORRT_COMPILE_CHECK (empty: fetched)")
+if(VAE_TENSORRT_COMPILE_CHECK)
+  if(NOT EXISTS "${VAE_TENSORRT_COMPILE_CHECK}/NvInfer.h")
+    message(FATAL_ERROR "vae_runtime: VAE_TENSORRT_COMPILE_CHECK='${VAE_TENSORRT_COMPILE_CHECK}' has no NvInfer.h; "
+                        "expected TensorRT's include/ folder (e.g. ../shared/third_party/tensorrt/10.3/include)")
+  endif()
+  set(_vae_cuda_inc "${VAE_CUDA_INCLUDE_DIR}")
+  if(NOT _vae_cuda_inc)
+    if(NOT VAE_FETCH_DEPS)
+      message(FATAL_ERROR "vae_runtime: VAE_TENSORRT_COMPILE_CHECK needs CUDA runtime headers: pass "
+                          "-DVAE_CUDA_INCLUDE_DIR=<folder with cuda_runtime_api.h and crt/host_defines.h>, or "
+                          "-DVAE_FETCH_DEPS=ON")
+    endif()
+    vae_fetch(cuda_headers _cuda_root)
+    set(_vae_cuda_inc "${_cuda_root}/include")
+  endif()
+  foreach(_h cuda_runtime_api.h crt/host_defines.h)  # crt/ ships in the nvcc wheel, not the runtime one
+    if(NOT EXISTS "${_vae_cuda_inc}/${_h}")
+      message(FATAL_ERROR "vae_runtime: CUDA headers '${_vae_cuda_inc}' lack ${_h} (expected the include/ trees "
+                          "of nvidia-cuda-runtime-cu12 and nvidia-cuda-nvcc-cu12, or a CUDA toolkit's include/)")
+    endif()
+  endforeach()
+  add_library(vae_tensorrt_headers INTERFACE)
+  target_include_directories(vae_tensorrt_headers SYSTEM INTERFACE "${VAE_TENSORRT_COMPILE_CHECK}" "${_vae_cuda_inc}")
+  add_library(vae::tensorrt_headers ALIAS vae_tensorrt_headers)
+  message(STATUS "vae_runtime: TensorRT compile check against ${VAE_TENSORRT_COMPILE_CHECK} "
+                 "(CUDA headers ${_vae_cuda_inc}; target vae_runtime_trt_compile_check, nothing linked)")
 endif()

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Fetch the C++ runtime's third-party build inputs from package registries, at build time (never committed).
 
-    python3 runtime/cpp/scripts/fetch_deps.py [--dest third_party] [--only onnxruntime|nlohmann_json] [--print-root]
+    python3 runtime/cpp/scripts/fetch_deps.py [--dest third_party] [--only NAME]... [--print-root]
+    (NAME: onnxruntime, nlohmann_json; on request only: cuda_headers)
+    python3 runtime/cpp/scripts/fetch_deps.py --only onnxruntime_aarch64 --print-root   # cross builds: make cpp-aarch64
 
 What and why (the registries this project may use are PyPI, npm and Debian; ONNX Runtime publishes its C/C++
 release archive only on GitHub, and Debian has no ONNX Runtime package):
@@ -15,7 +17,18 @@ release archive only on GitHub, and Debian has no ONNX Runtime package):
   either: <root>/include/onnxruntime_c_api.h, <root>/lib/libonnxruntime.so -> libonnxruntime.so.1 -> .so.1.29.0.
 - nlohmann/json 3.12.0 (header-only, private to the library: parses vae.json and engine sidecars) from the PyPI
   package nlohmann-json==3.12.0. Debian's nlohmann-json3-dev is used instead when CMake finds it installed.
+- CUDA 12.6.68 runtime HEADERS only (no library), for the TensorRT compile check (CMake VAE_TENSORRT_COMPILE_CHECK):
+  the include/ trees of the PyPI wheels nvidia-cuda-runtime-cu12 (cuda_runtime_api.h) and nvidia-cuda-nvcc-cu12
+  (crt/host_defines.h, which cuda_runtime_api.h includes and only the nvcc wheel ships), merged into
+  <root>/include. 12.6 is JetPack 6's CUDA. The x86_64 wheels are fetched on any host (the headers are the same).
+  Fetched only on request (--only cuda_headers), never by a plain run.
 
+- onnxruntime_aarch64 (only on request, for cross builds: `make cpp-aarch64`): ONNX Runtime 1.29.0 for Linux aarch64
+  (glibc), the same release: the library from Microsoft's npm package onnxruntime-node@1.29.0
+  (bin/napi-v6/linux/arm64/libonnxruntime.so.1; needs glibc >= 2.28 and GLIBCXX_3.4.22, which JetPack 5 and 6 have),
+  the headers from com.github.asus4.onnxruntime@0.4.9 as above (onnxruntime-node carries no C headers). Both pinned
+  by sha256; the library is checked to be an aarch64 ELF exporting the symbol version VERS_1.29.0. Laid out like the
+  official onnxruntime-linux-aarch64-1.29.0.tgz, in <dest>/onnxruntime-1.29.0-linux-aarch64/.
 Every download is pinned by version and sha256. Extraction goes to a temporary folder next to the destination and
 is renamed into place only when complete, so an interrupted fetch never leaves a half-populated folder. Standard
 library only (runs under any python3 with pip; npm must be on PATH for ONNX Runtime).
@@ -49,6 +62,16 @@ NLOHMANN_VERSION = "3.12.0"
 NLOHMANN_WHEEL = f"nlohmann_json-{NLOHMANN_VERSION}-py3-none-any.whl"
 NLOHMANN_SHA256 = "5f6132720fb25d0d70bf0742f8397b49a540dcc193e7312a914f6aa49f054810"
 NLOHMANN_PREFIX = "nlohmann_json/include/nlohmann/"
+
+CUDA_VERSION = "12.6.68"
+CUDA_PLATFORM = "manylinux2014_x86_64"
+CUDA_WHEELS = (  # (PyPI name, wheel file, sha256, the include/ folder inside the wheel)
+    ("nvidia-cuda-runtime-cu12", f"nvidia_cuda_runtime_cu12-{CUDA_VERSION}-py3-none-{CUDA_PLATFORM}.whl",
+     "846987485889786d257f6d7bdcf7544a36452936514e20dd710527b896c0fe12", "nvidia/cuda_runtime/include/"),
+    ("nvidia-cuda-nvcc-cu12", f"nvidia_cuda_nvcc_cu12-{CUDA_VERSION}-py3-none-{CUDA_PLATFORM}.whl",
+     "3999aa4a42ac8723c09a8aafd06bc4a6ec1a0b05c53bc96c8d6cf195e84f6935", "nvidia/cuda_nvcc/include/"),
+)
+CUDA_REQUIRED_HEADERS = ("cuda_runtime_api.h", "crt/host_defines.h")
 
 DEFAULT_DEST = Path(__file__).resolve().parents[3] / "third_party"
 
@@ -94,6 +117,8 @@ def fetch_onnxruntime(dest: Path) -> Path:
     if (final / "SOURCE.json").is_file():
         return final
     arch = platform.machine()
+    if arch == "aarch64":  # a native build on a Jetson: the same release's aarch64 library
+        return fetch_onnxruntime_aarch64(dest)
     if arch not in ORT_LINUX_LIBS:
         raise FetchError(f"no ONNX Runtime library for {arch} in {ORT_NPM}; on a Jetson use JetPack's ONNX Runtime "
                          "build or the release archive, and pass -DONNXRUNTIME_ROOT=<folder with include/ and lib/>")
@@ -169,7 +194,110 @@ def fetch_nlohmann(dest: Path) -> Path:
         return _install(out, final)
 
 
-FETCHERS = {"onnxruntime": fetch_onnxruntime, "nlohmann_json": fetch_nlohmann}
+def fetch_cuda_headers(dest: Path) -> Path:
+    """<dest>/cuda-headers-<version>/include: CUDA runtime headers to compile (never link) the TensorRT backend."""
+    final = dest / f"cuda-headers-{CUDA_VERSION}"
+    if (final / "SOURCE.json").is_file():
+        return final
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-cuda-") as work:
+        work = Path(work)
+        specs = [f"{name}=={CUDA_VERSION}" for name, *_ in CUDA_WHEELS]
+        _run([sys.executable, "-m", "pip", "download", *specs, "--no-deps", "--only-binary=:all:",
+              "--platform", CUDA_PLATFORM, "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work)
+        out = work / "root"
+        (out / "include").mkdir(parents=True)
+        for name, wheel_name, sha, prefix in CUDA_WHEELS:
+            wheel = work / wheel_name
+            if not wheel.is_file():
+                raise FetchError(f"pip download {name}=={CUDA_VERSION} did not produce {wheel_name}")
+            _check_sha(wheel, sha)
+            with zipfile.ZipFile(wheel) as z:
+                for member in z.namelist():
+                    if member.startswith(prefix) and not member.endswith(("/", ".py")):
+                        target = out / "include" / member[len(prefix):]
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(z.read(member))
+        missing = [h for h in CUDA_REQUIRED_HEADERS if not (out / "include" / h).is_file()]
+        if missing:
+            raise FetchError(f"the CUDA {CUDA_VERSION} wheels lack include/{', include/'.join(missing)} "
+                             "(layout changed?)")
+        (out / "SOURCE.json").write_text(json.dumps(
+            {"packages": [f"{name}=={CUDA_VERSION}" for name, *_ in CUDA_WHEELS], "registry": "pypi",
+             "platform": CUDA_PLATFORM, "sha256": {w: sha for _, w, sha, _ in CUDA_WHEELS},
+             "contents": "headers only (the wheels' include/ trees)"}, indent=2) + "\n")
+        return _install(out, final)
+
+
+ORT_AARCH64_NPM = f"onnxruntime-node@{ORT_VERSION}"
+ORT_AARCH64_NPM_SHA256 = "cfdfb45ec4044b1fdca43e5d2e180fb6817e649ff8ad1e0dfc90e18e51b67037"
+ORT_AARCH64_LIB = "package/bin/napi-v6/linux/arm64/libonnxruntime.so.1"
+_ELF_MACHINE_AARCH64 = 183  # EM_AARCH64
+
+
+def _npm_pack(spec: str, sha256: str, work: Path) -> Path:
+    """`npm pack SPEC` into a new folder `work` (npm's cache makes a repeat cheap): the tarball, sha256-checked."""
+    work.mkdir(parents=True)
+    _run(["npm", "pack", spec, "--silent"], cwd=work)
+    tgz = next(work.glob("*.tgz"), None)
+    if tgz is None:
+        raise FetchError(f"npm pack {spec} produced no tarball")
+    _check_sha(tgz, sha256)
+    return tgz
+
+
+def fetch_onnxruntime_aarch64(dest: Path) -> Path:
+    """ONNX Runtime 1.29.0 for Linux aarch64 (cross builds): headers of the asus4 package, library of onnxruntime-node."""
+    final = dest / f"onnxruntime-{ORT_VERSION}-linux-aarch64"
+    if (final / "SOURCE.json").is_file():
+        return final
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-ort-aarch64-") as work:
+        work = Path(work)
+        out = work / "root"
+        (out / "include").mkdir(parents=True)
+        (out / "lib").mkdir()
+        headers = []
+        with tarfile.open(_npm_pack(ORT_NPM, ORT_NPM_SHA256, work / "headers"), "r:gz") as tar:
+            for m in tar:
+                if m.isfile() and m.name.startswith(ORT_HEADER_DIR) and m.name.endswith(".h"):
+                    (out / "include" / m.name[len(ORT_HEADER_DIR):]).write_bytes(tar.extractfile(m).read())
+                    headers.append(m.name[len(ORT_HEADER_DIR):])
+                elif m.isfile() and m.name == ORT_LICENSE:
+                    (out / "LICENSE").write_bytes(tar.extractfile(m).read())
+        if not (out / "include" / "onnxruntime_c_api.h").is_file():
+            raise FetchError(f"{ORT_NPM}: the tarball lacks onnxruntime_c_api.h (layout changed?)")
+        lib = out / "lib" / f"libonnxruntime.so.{ORT_VERSION}"
+        with tarfile.open(_npm_pack(ORT_AARCH64_NPM, ORT_AARCH64_NPM_SHA256, work / "lib"), "r:gz") as tar:
+            try:
+                member = tar.getmember(ORT_AARCH64_LIB)
+            except KeyError:
+                raise FetchError(f"{ORT_AARCH64_NPM}: no {ORT_AARCH64_LIB} in the tarball (layout changed?)") from None
+            with tar.extractfile(member) as src, open(lib, "wb") as f:
+                shutil.copyfileobj(src, f)
+        data = lib.read_bytes()
+        machine = int.from_bytes(data[18:20], "little") if data[:4] == b"\x7fELF" else None
+        versioned = f"VERS_{ORT_VERSION}".encode() in data
+        if machine != _ELF_MACHINE_AARCH64 or not versioned:
+            raise FetchError(f"{ORT_AARCH64_NPM}: {ORT_AARCH64_LIB} is not an aarch64 ONNX Runtime {ORT_VERSION} "
+                             f"library (ELF machine {machine}, expected {_ELF_MACHINE_AARCH64}; symbol version "
+                             f"VERS_{ORT_VERSION} {'present' if versioned else 'absent'})")
+        os.symlink(lib.name, out / "lib" / "libonnxruntime.so.1")
+        os.symlink("libonnxruntime.so.1", out / "lib" / "libonnxruntime.so")
+        (out / "VERSION_NUMBER").write_text(ORT_VERSION + "\n")
+        (out / "SOURCE.json").write_text(json.dumps(
+            {"onnxruntime": ORT_VERSION, "platform": "linux-aarch64",
+             "library": {"package": ORT_AARCH64_NPM, "registry": "npm", "sha256": ORT_AARCH64_NPM_SHA256,
+                         "file": ORT_AARCH64_LIB, "license": "MIT"},
+             "headers": {"package": ORT_NPM, "registry": "npm", "sha256": ORT_NPM_SHA256, "files": sorted(headers)}},
+            indent=2) + "\n")
+        return _install(out, final)
+
+
+FETCHERS = {"onnxruntime": fetch_onnxruntime, "nlohmann_json": fetch_nlohmann, "cuda_headers": fetch_cuda_headers}
+ON_REQUEST = {"cuda_headers"}  # not needed by the ordinary build: fetched only when named with --only
+FETCHERS["onnxruntime_aarch64"] = fetch_onnxruntime_aarch64  # cross builds (make cpp-aarch64)
+ON_REQUEST.add("onnxruntime_aarch64")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--print-root", action="store_true", help="print '<name>=<folder>' per fetched dependency")
     args = p.parse_args(argv)
     try:
-        for name in args.only or sorted(FETCHERS):
+        for name in args.only or sorted(set(FETCHERS) - ON_REQUEST):
             root = FETCHERS[name](args.dest.resolve())
             if args.print_root:
                 print(f"{name}={root}")
