@@ -27,7 +27,8 @@ class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("backend", ctypes.c_char_p), ("device", ctypes.c_char_p),
                 ("precision", ctypes.c_char_p), ("execution_provider", ctypes.c_char_p),
                 ("graphs", ctypes.c_char_p), ("threads", ctypes.c_int32), ("check_finite", ctypes.c_int32),
-                ("verify_sha256", ctypes.c_int32), ("batch_split", ctypes.c_int32), ("reserved", ctypes.c_int32)]
+                ("verify_sha256", ctypes.c_int32), ("batch_split", ctypes.c_int32), ("reserved", ctypes.c_int32),
+                ("dla_core", ctypes.c_int32), ("reserved2", ctypes.c_int32)]
 
 
 class _Info(ctypes.Structure):

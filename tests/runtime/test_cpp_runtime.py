@@ -170,6 +170,22 @@ def test_batch_split_equals_one_call(cpp_build, bundle, threads):
                 np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_dla_core_option_and_the_second_struct_layout(cpp_build, bundle):
+    """dla_core (appended to vae_options with reserved2) is checked, applies to the tensorrt backend only, and a
+    caller built against the previous header (struct ending at reserved, garbage after it) still gets its
+    batch_split honoured and dla_core's default."""
+    status, error = open_status(cpp_build, bundle, "dla_core=0")
+    assert status == "VAE_ERR_INVALID_ARGUMENT" and "DLA engines run on backend 'tensorrt'" in error
+    status, error = open_status(cpp_build, bundle, "dla_core=-2")
+    assert status == "VAE_ERR_INVALID_ARGUMENT" and "expected -1 (the GPU engines) or a DLA core index" in error
+    proc = c_check(cpp_build, "open", bundle, "second_layout=1", "batch_split=-1")
+    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert out["status"] == "VAE_OK" and "batch_split" not in out["backend"], proc.stdout
+    assert int(out["second_layout_size"]) not in (0,)
+    proc = c_check(cpp_build, "open", bundle, f"struct_size={out['second_layout_size']}", "threads=2")
+    assert "status=VAE_OK" in proc.stdout, proc.stdout
+
+
 def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
     from runtime.backends.onnxruntime import physical_cores
 

@@ -2,7 +2,7 @@
 //
 //   vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]
 //              [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]
-//              [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--repeat R]
+//              [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--dla-core N] [--repeat R]
 //
 // Latents: a float32/float64 .npy of shape (N, latent_dim), or N seeded standard-normal draws (std::mt19937 with
 // std::normal_distribution: reproducible with one standard library, not across different ones). Images: one file per
@@ -41,7 +41,8 @@ struct UsageError : std::runtime_error {
 const char* kUsage =
     "usage: vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]\n"
     "                  [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]\n"
-    "                  [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--repeat R]\n";
+    "                  [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--dla-core N]\n"
+    "                  [--repeat R]\n";
 
 long to_long(const std::string& flag, const std::string& v, long lo, long hi) {
     char* end = nullptr;
@@ -78,6 +79,7 @@ Args parse(int argc, char** argv) {
             const std::string v = value();
             a.options.batch_split = v == "off" ? -1 : static_cast<int>(to_long(k, v, 2, 1 << 20));
         }
+        else if (k == "--dla-core") a.options.dla_core = static_cast<int>(to_long(k, value(), 0, 15));
         else if (k == "--repeat") a.repeat = static_cast<int>(to_long(k, value(), 1, 100000));
         else if (!k.empty() && k[0] == '-') throw UsageError("unknown option " + k);
         else pos.push_back(k);

@@ -79,6 +79,9 @@ typedef struct vae_options {
                                 32, the encoder never), -1 = never, >= 2 = that batch for every graph. The per-core
                                 sessions are built on the first split call. */
     int32_t reserved;        /* 0; keeps the struct's size different from the earlier layout's on 64-bit targets */
+    int32_t dla_core;        /* backend "tensorrt" on a Jetson: run the engines built for this DLA core (python -m
+                                export.to_tensorrt --dla-core N); -1 (default) = the GPU engines */
+    int32_t reserved2;       /* 0; keeps this layout's size apart from the previous one's */
 } vae_options;
 
 typedef struct vae_model_info {
@@ -93,7 +96,8 @@ typedef struct vae_model_info {
     int32_t has_decoder;
 } vae_model_info;
 
-/* Fills defaults (every pointer NULL = default, threads 0, check_finite 1, verify_sha256 1, batch_split 0) into a
+/* Fills defaults (every pointer NULL = default, threads 0, check_finite 1, verify_sha256 1, batch_split 0,
+ * dla_core -1) into a
  * struct of `size` bytes (sizeof the caller's vae_options): only the fields that fit are written, and struct_size is
  * set to the size written. */
 VAE_API void vae_options_init_sized(vae_options* options, size_t size);

@@ -76,7 +76,13 @@ struct vae_options_v1 {
 static_assert(offsetof(vae_options_v1, verify_sha256) == offsetof(vae_options, verify_sha256) &&
                   offsetof(vae_options_v1, graphs) == offsetof(vae_options, graphs),
               "vae_options must extend the first layout");
-static_assert(sizeof(vae_options_v1) != sizeof(vae_options), "the two layouts must be told apart by struct_size");
+// The second layout (batch_split and reserved appended, before dla_core): its size is where dla_core starts,
+// rounded up to the struct's alignment, as the compiler of a caller with that header laid it out.
+constexpr size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+constexpr size_t kV2Size = round_up(offsetof(vae_options, dla_core), alignof(vae_options));
+static_assert(sizeof(vae_options_v1) != sizeof(vae_options) && kV2Size != sizeof(vae_options) &&
+                  kV2Size != sizeof(vae_options_v1),
+              "the three layouts must be told apart by struct_size");
 }  // namespace
 
 void vae_options_init_sized(vae_options* options, size_t size) {
@@ -84,6 +90,7 @@ void vae_options_init_sized(vae_options* options, size_t size) {
     vae_options d{};
     d.check_finite = 1;
     d.verify_sha256 = 1;
+    d.dla_core = -1;
     const size_t n = size < sizeof d ? size : sizeof d;  // never past the caller's struct
     d.struct_size = static_cast<uint32_t>(n);
     std::memcpy(options, &d, n);
@@ -102,13 +109,15 @@ vae_status vae_runtime_create(const char* bundle, const vae_options* options, va
         if (!bundle) throw vae::InvalidArgumentError("vae_runtime_create: bundle is NULL");
         vae::Options opt;
         if (options) {
-            // Two layouts of ABI version 1: the first one (up to verify_sha256, vae_options_v1 above) and the
-            // current one (batch_split, reserved appended). Any other size is an uninitialised struct or a header
-            // mismatch. From a first-layout struct nothing past verify_sha256 is read.
-            const bool current = options->struct_size == sizeof(vae_options);
-            if (!current && options->struct_size != sizeof(vae_options_v1))
-                throw vae::InvalidArgumentError("vae_options.struct_size is " + std::to_string(options->struct_size) +
-                                                ", expected " + std::to_string(sizeof(vae_options)) + " (or " +
+            // Three layouts of ABI version 1, told apart by struct_size: the first one (up to verify_sha256,
+            // vae_options_v1 above), the second (batch_split, reserved appended) and the current one (dla_core,
+            // reserved2). Any other size is an uninitialised struct or a header mismatch. Nothing past the caller's
+            // layout is read.
+            const size_t size = options->struct_size;
+            if (size != sizeof(vae_options) && size != kV2Size && size != sizeof(vae_options_v1))
+                throw vae::InvalidArgumentError("vae_options.struct_size is " + std::to_string(size) + ", expected " +
+                                                std::to_string(sizeof(vae_options)) + " (or " +
+                                                std::to_string(kV2Size) + " for the layout without dla_core, " +
                                                 std::to_string(sizeof(vae_options_v1)) +
                                                 " for the layout without batch_split; call vae_options_init first)");
             if (options->backend) opt.backend = options->backend;
@@ -119,7 +128,8 @@ vae_status vae_runtime_create(const char* bundle, const vae_options* options, va
             opt.threads = options->threads;
             opt.check_finite = options->check_finite != 0;
             opt.verify_sha256 = options->verify_sha256 != 0;
-            if (current) opt.batch_split = options->batch_split;
+            if (size >= kV2Size) opt.batch_split = options->batch_split;
+            if (size == sizeof(vae_options)) opt.dla_core = options->dla_core;
         }
         *out = new vae_runtime{vae::Runtime(bundle, opt)};
     });

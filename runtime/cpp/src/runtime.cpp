@@ -129,6 +129,12 @@ public:
         if (opt.batch_split < -1 || opt.batch_split == 1)
             throw InvalidArgumentError("option batch_split: expected 0 (default), -1 (never) or a batch size >= 2, got " +
                                        std::to_string(opt.batch_split));
+        if (opt.dla_core < -1)
+            throw InvalidArgumentError("option dla_core: expected -1 (the GPU engines) or a DLA core index >= 0, got " +
+                                       std::to_string(opt.dla_core));
+        if (opt.dla_core >= 0 && opt.backend != "tensorrt")
+            throw InvalidArgumentError("option dla_core: DLA engines run on backend 'tensorrt', got backend '" +
+                                       opt.backend + "' (leave dla_core at -1)");
         if (opt.threads < 0)
             throw InvalidArgumentError("option threads: expected 0 (default) or a positive integer, got " +
                                        std::to_string(opt.threads));

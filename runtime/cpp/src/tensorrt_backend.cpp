@@ -127,9 +127,6 @@ public:
             throw UnavailableError("backend 'tensorrt': libnvinfer is version " + std::to_string(lib) +
                                    ", this runtime was compiled with TensorRT " + kTrtVersion + " headers (" +
                                    std::to_string(hdr) + ")");
-        if (opt.dla_core < -1)
-            throw InvalidArgumentError("option dla_core: expected -1 (GPU engines) or a DLA core index >= 0, got " +
-                                       std::to_string(opt.dla_core));
         cuda_check(cudaSetDevice(dev.index), "cudaSetDevice(" + std::to_string(dev.index) + ")");
         cudaDeviceProp prop{};
         cuda_check(cudaGetDeviceProperties(&prop, dev.index), "cudaGetDeviceProperties");

@@ -97,11 +97,26 @@ typedef struct vae_options_v1 {
     int32_t verify_sha256;
 } vae_options_v1;
 
+/* vae_options of the second header (batch_split and reserved appended, before dla_core) */
+typedef struct vae_options_v2 {
+    uint32_t struct_size;
+    const char* backend;
+    const char* device;
+    const char* precision;
+    const char* execution_provider;
+    const char* graphs;
+    int32_t threads;
+    int32_t check_finite;
+    int32_t verify_sha256;
+    int32_t batch_split;
+    int32_t reserved;
+} vae_options_v2;
+
 static int cmd_open(const char* bundle, int argc, char** argv) {
     vae_options opt;
     vae_runtime* rt = NULL;
     vae_status s;
-    int i, first_layout = 0;
+    int i, first_layout = 0, second_layout = 0;
     union { vae_options aligned; unsigned char bytes[sizeof(vae_options) + 64]; } storage;
     unsigned char* garbage = storage.bytes;
     vae_options_init(&opt);
@@ -117,8 +132,10 @@ static int cmd_open(const char* bundle, int argc, char** argv) {
         else if (!strcmp(argv[i], "verify_sha256")) opt.verify_sha256 = atoi(eq + 1);
         else if (!strcmp(argv[i], "threads")) opt.threads = atoi(eq + 1);
         else if (!strcmp(argv[i], "batch_split")) opt.batch_split = atoi(eq + 1);
+        else if (!strcmp(argv[i], "dla_core")) opt.dla_core = atoi(eq + 1);
         else if (!strcmp(argv[i], "struct_size")) opt.struct_size = (uint32_t)atoi(eq + 1);
         else if (!strcmp(argv[i], "first_layout")) first_layout = atoi(eq + 1);
+        else if (!strcmp(argv[i], "second_layout")) second_layout = atoi(eq + 1);
         else return 2;
     }
     if (first_layout == 2) {
@@ -150,6 +167,16 @@ static int cmd_open(const char* bundle, int argc, char** argv) {
         v1.verify_sha256 = opt.verify_sha256;
         memset(storage.bytes, 0xfe, sizeof storage.bytes);
         memcpy(garbage, &v1, sizeof v1);
+        s = vae_runtime_create(bundle, (const vae_options*)(const void*)garbage, &rt);
+    } else if (second_layout) {
+        /* A caller compiled against the second header: garbage past its struct must not be read as dla_core. */
+        vae_options_v2 v2;
+        memset(&v2, 0xfe, sizeof v2);
+        memcpy(&v2, &opt, offsetof(vae_options, reserved) + sizeof opt.reserved);
+        v2.struct_size = sizeof v2;
+        memset(storage.bytes, 0xfe, sizeof storage.bytes);
+        memcpy(garbage, &v2, sizeof v2);
+        printf("second_layout_size=%u\n", (unsigned)sizeof v2);
         s = vae_runtime_create(bundle, (const vae_options*)(const void*)garbage, &rt);
     } else {
         s = vae_runtime_create(bundle, &opt, &rt);
