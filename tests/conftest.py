@@ -1,15 +1,47 @@
-"""Shared fixtures: tiny model configs and real checkpoints written to temporary directories."""
+"""Shared fixtures: tiny model configs and real checkpoints written to temporary directories.
+
+Without torch (JetPack 6's Python, `make test-jetpack`) only the runtime tests run, on bundles prebuilt by
+tests/make_bundles.py in a folder named by VAE_TEST_BUNDLES (see tests/runtime/conftest.py); the fixtures here that
+need torch skip there with that reason, and `--min-passed N` keeps such a run from passing by skipping nearly all.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.make_bundles import BUNDLE, CHECKPOINT, ENV
 
-from vae_model import VAEConfig, VanillaVAE, save_checkpoint  # noqa: E402
+try:
+    import torch
+except ModuleNotFoundError as e:
+    if e.name != "torch":
+        raise
+    torch = None  # the torch-less runtime environment
 
-TINY = VAEConfig(in_channels=3, out_channels=3, image_size=32, latent_dim=8, hidden_dims=(8, 16))
+if torch is not None:
+    from vae_model import VAEConfig, VanillaVAE, save_checkpoint
+
+    TINY = VAEConfig(in_channels=3, out_channels=3, image_size=32, latent_dim=8, hidden_dims=(8, 16))
+else:
+    TINY = None  # the model helpers below need torch; importing them must still work
+
+NO_TORCH_REASON = (f"torch is not installed (the runtime tests run on prebuilt bundles instead: {ENV}=DIR, "
+                   f"python -m tests.make_bundles DIR)")
+
+
+def prebuilt_bundles() -> Path | None:
+    """The folder of prebuilt bundles named by VAE_TEST_BUNDLES (None: unset, export them here with torch)."""
+    value = os.environ.get(ENV)
+    if not value:
+        return None
+    root = Path(value).resolve()
+    missing = [p for p in (root / CHECKPOINT, root / BUNDLE / "vae.json") if not p.is_file()]
+    if missing:
+        raise pytest.UsageError(f"{ENV}={value}: {', '.join(map(str, missing))} missing; "
+                                f"build them with: .venv/bin/python -m tests.make_bundles {value}")
+    return root
 
 
 def randomize_batchnorm(model: VanillaVAE, seed: int = 0) -> VanillaVAE:
@@ -33,12 +65,21 @@ def make_model(config: VAEConfig = TINY, seed: int = 0) -> VanillaVAE:
 
 @pytest.fixture(scope="session")
 def tiny_config() -> VAEConfig:
+    if torch is None:
+        pytest.skip(NO_TORCH_REASON)
     return TINY
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A vae-deploy checkpoint of a tiny model (32x32 RGB, latent 8) with randomized BatchNorm statistics."""
+    """A vae-deploy checkpoint of a tiny model (32x32 RGB, latent 8) with randomized BatchNorm statistics.
+
+    With VAE_TEST_BUNDLES: the prebuilt one the prebuilt bundles were exported from (no torch needed for the path)."""
+    prebuilt = prebuilt_bundles()
+    if prebuilt is not None:
+        return prebuilt / CHECKPOINT
+    if torch is None:
+        pytest.skip(NO_TORCH_REASON)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, make_model(TINY), training={"epoch": 0, "step": 0, "seed": 0})
     return path
@@ -47,6 +88,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint of the default (original-size) model: 64x64 RGB, latent 128, randomized BatchNorm."""
+    if torch is None:
+        pytest.skip(NO_TORCH_REASON)
     path = tmp_path_factory.mktemp("ckpt") / "default.pt"
     save_checkpoint(path, make_model(VAEConfig()), training={"epoch": 0, "step": 0, "seed": 0})
     return path
@@ -58,3 +101,40 @@ def cpp_build(tmp_path_factory):
     from tests.cpp_support import build_cpp
 
     return build_cpp(tmp_path_factory.mktemp("cpp-build"))
+
+
+# ----------------------------------------------------------------------------------------------- run-level checks
+
+def pytest_addoption(parser):
+    parser.addoption("--min-passed", type=int, default=0, metavar="N",
+                     help="fail the run when fewer than N tests passed (a run that skips nearly everything fails)")
+
+
+def pytest_configure(config):
+    prebuilt_bundles()  # a wrong VAE_TEST_BUNDLES stops the run here, once, with the command that builds the folder
+
+
+_passed: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        _passed.append(report.nodeid)
+
+
+def _too_few(config) -> str | None:
+    floor = config.getoption("min_passed")
+    if floor and len(_passed) < floor:
+        return f"--min-passed {floor}: only {len(_passed)} test(s) passed"
+    return None
+
+
+def pytest_sessionfinish(session):
+    if _too_few(session.config) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    message = _too_few(config)
+    if message:
+        terminalreporter.write_line(f"FAILED {message}", red=True, bold=True)

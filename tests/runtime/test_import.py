@@ -56,10 +56,12 @@ def test_runtime_runs_without_torch(bundle):
 DECODE_ONLY = r"""
 import json, sys
 import numpy as np
+before = set(sys.modules)  # numpy < 2 imports random itself (numpy.random eagerly): not the runtime's doing
 import runtime
 with runtime.load(sys.argv[1], graphs=("decoder",)) as rt:
     rt.decode(np.zeros((1, rt.latent_dim), np.float32))
-print(json.dumps(sorted(m for m in ("tempfile", "shutil", "bz2", "lzma", "random") if m in sys.modules)))
+print(json.dumps(sorted(m for m in ("tempfile", "shutil", "bz2", "lzma", "random")
+                        if m in sys.modules and m not in before)))
 """
 
 
