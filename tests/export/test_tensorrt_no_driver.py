@@ -4,12 +4,10 @@ dlopen libcuda.so.1") from cudaGetDeviceCount, 13.x returns cudaErrorInsufficien
 sha256-checked) into third_party/ and put on PYTHONPATH of a subprocess only: the test process never imports them."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,37 +27,18 @@ WHEELS = {
 pytestmark = pytest.mark.slow
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cuda_python(line: str) -> Path:
     """The extracted wheel folder (holding cuda/bindings) for cuda-python `line`; downloaded once."""
-    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    from tests.trt_api.wheels import Unavailable, pinned_wheel, python_tag
+
+    tag = python_tag()
     if (line, tag) not in WHEELS or os.uname().machine != "x86_64":
         pytest.skip(f"no pinned cuda-python {line} wheel for {tag} on {os.uname().machine}")
     req, name, sha = WHEELS[(line, tag)]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    wheel = CACHE / name
-    if not wheel.is_file() or _sha256(wheel) != sha:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                            "--disable-pip-version-check", "-q", "-d", str(CACHE), req],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0 and wheel.is_file(), f"pip download {req} failed: {r.stderr[-800:]}"
-        assert _sha256(wheel) == sha, f"{name}: sha256 differs from the pinned {sha}"
-    out = CACHE / f"{name[:-4]}.{sha[:12]}"
-    if not (out / "cuda" / "bindings").is_dir():
-        tmp = out.with_suffix(".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+    try:
+        return pinned_wheel(req, name, sha, "cuda/bindings", cache=CACHE)
+    except Unavailable as e:
+        pytest.fail(str(e))
 
 
 def run(site: Path, *args: str) -> subprocess.CompletedProcess:

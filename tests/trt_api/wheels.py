@@ -59,6 +59,31 @@ def python_tag() -> str:
     return f"cp{sys.version_info.major}{sys.version_info.minor}"
 
 
+def pinned_wheel(requirement: str, wheel: str, sha256: str, marker: str, cache: Path = CACHE) -> Path:
+    """Download `requirement` once (pip download --no-deps) into `cache`, check the wheel file's sha256, extract it
+    next to it and return that folder (`marker`, a path inside it, shows a finished extraction)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / wheel
+    if not path.is_file() or _sha256(path) != sha256:
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                            "--disable-pip-version-check", "-d", str(cache), requirement],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0 or not path.is_file():
+            raise Unavailable(f"pip download {requirement} failed: {r.stderr.strip()[-500:]}")
+        if _sha256(path) != sha256:
+            path.unlink()
+            raise AssertionError(f"{wheel}: sha256 differs from the pinned {sha256}; the download was removed")
+    out = cache / f"{wheel[:-4]}.{sha256[:12]}"
+    if not (out / marker).exists():
+        tmp = out.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(path) as z:
+            z.extractall(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
 def bindings(version: str) -> Path:
     """The extracted wheel (a folder holding `tensorrt_bindings/`) for this interpreter; downloads it once."""
     key = (version, python_tag())
@@ -66,26 +91,7 @@ def bindings(version: str) -> Path:
         raise Unavailable(f"no pinned tensorrt-cu12-bindings=={version} wheel for {python_tag()} on "
                           f"{sys.platform}/{os.uname().machine}")
     name, sha = WHEELS[key]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    wheel = CACHE / name
-    if not wheel.is_file() or _sha256(wheel) != sha:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                            "--disable-pip-version-check", "-d", str(CACHE), f"tensorrt-cu12-bindings=={version}"],
-                           capture_output=True, text=True, timeout=300)
-        if r.returncode != 0 or not wheel.is_file():
-            raise Unavailable(f"pip download tensorrt-cu12-bindings=={version} failed: {r.stderr.strip()[-500:]}")
-        if _sha256(wheel) != sha:
-            wheel.unlink()
-            raise AssertionError(f"{name}: sha256 differs from the pinned {sha}; the download was removed")
-    out = CACHE / f"{name[:-4]}.{sha[:12]}"
-    if not (out / "tensorrt_bindings" / "tensorrt.so").is_file():
-        tmp = out.with_suffix(".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+    return pinned_wheel(f"tensorrt-cu12-bindings=={version}", name, sha, "tensorrt_bindings/tensorrt.so")
 
 
 def _tool(name: str) -> str:
