@@ -156,7 +156,7 @@ def test_tensorrt_refusals(bundle_copy, tmp_path, capsys, case, expect):
     elif case in ("too_big", "two"):
         add_engine(bundle_copy, "decoder")
         if case == "two":
-            add_engine(bundle_copy, "decoder", trt=TrtInfo("trt", "10.3.0.30"))
+            add_engine(bundle_copy, "decoder", trt=TrtInfo("trt", "10.3.0"))
     extra = ["--max-batch", "128"] if case == "too_big" else []
     out = tmp_path / "repo"
     assert run(bundle_copy, "--out", out, "--platform", "tensorrt", "--precision", "fp16", "--graphs", "decoder",
@@ -168,11 +168,11 @@ def test_tensorrt_refusals(bundle_copy, tmp_path, capsys, case, expect):
 
 def test_engine_filter_picks_one(bundle_copy, tmp_path):
     add_engine(bundle_copy, "decoder")
-    add_engine(bundle_copy, "decoder", trt=TrtInfo("trt", "10.3.0.30"))
+    add_engine(bundle_copy, "decoder", trt=TrtInfo("trt", "10.3.0"))  # the version as tensorrt.__version__ says it
     out = tmp_path / "repo"
     assert run(bundle_copy, "--out", out, "--platform", "tensorrt", "--precision", "fp16", "--graphs", "decoder",
-               "--engine-filter", "trt10.3.0.30") == 0
-    assert json.loads((out / "vae_decoder" / "1" / "engine.json").read_text())["tensorrt"]["version"] == "10.3.0.30"
+               "--engine-filter", "trt10.3.0") == 0
+    assert json.loads((out / "vae_decoder" / "1" / "engine.json").read_text())["tensorrt"]["version"] == "10.3.0"
 
 
 # ----------------------------------------------------------------------------------------------- refusals, atomicity
