@@ -9,11 +9,20 @@ Layout of BUNDLE/:
     decoder.onnx      z (N,D) float32 -> image (N,C,H,W)
     reference.npz     golden inputs and PyTorch FP32 outputs, keys "<graph>.<tensor>" (e.g. "decoder.z")
     <graph>.<precision>.onnx   reduced-precision variants, listed under graphs.<graph>.variants
+
+What a manifest may say is checked here, once, when it is read (read_manifest), so every reader - runtime.load,
+parity, export's tools, serve - inherits it: each file it names (graphs, variants, the reference; engines through
+their sidecars, runtime.engines) is a relative name with no '..' that stays inside the bundle after symlinks
+(resolve_file); each graph and variant carries its sha256; the model section is bounded (MODEL_BOUNDS) and agrees
+with every graph's tensor shapes; shapes are lists of axes. Errors name the file, the field, the expected and the
+actual value. runtime/cpp/src/bundle.cpp applies the same rules.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,10 +45,94 @@ Z = "z"
 BATCH_AXIS = "batch"
 GRAPH_IO = {ENCODER: ((IMAGE,), (MU, LOGVAR)), DECODER: ((Z,), (IMAGE,))}
 PRECISIONS = ("fp32", "fp16", "int8")
+DTYPES = ("float32", "float16")  # of a graph's inputs/outputs (an FP16 variant may declare float16 I/O)
+
+# Bounds on the model section, checked when vae.json is read, before anything is sized from it (a vae.json claiming
+# latent_dim 10**9 made sample(1) allocate 4.8 GB). Far above any real VAE - PyTorch-VAE's models are 64x64 RGB with
+# 128 latents; image VAEs of diffusion models code 1024 px into 4-16 channels - and far below sizes whose arrays
+# cannot be allocated: one latent is at most 256 KiB of float32, one image at most 1 GiB.
+MAX_CHANNELS = 64             # grey, RGB(A), multispectral; a 64-band cube is already not this model's input
+MAX_IMAGE_SIZE = 8192         # an 8K square
+MAX_LATENT_DIM = 65536        # 256 KiB per float32 latent vector
+MAX_IMAGE_ELEMENTS = 1 << 28  # C x S x S of one image: 1 GiB of float32 (3 x 8192 x 8192 fits, 64 x 8192 x 8192 not)
+MAX_HIDDEN_DIM = 65536        # channels of one hidden layer
+MAX_HIDDEN_LAYERS = 64
+MAX_STATIC_AXIS = 1 << 31     # any other static axis (a fixed batch): what an ONNX/TensorRT dimension can hold
+MODEL_BOUNDS = {"in_channels": MAX_CHANNELS, "out_channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIZE,
+                "latent_dim": MAX_LATENT_DIM}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(ValueError):
     """A bundle is missing, malformed or inconsistent; the message names the file and what is wrong."""
+
+
+# ----------------------------------------------------------------------------------------------- file names
+# Every file a manifest (or an engine sidecar) names is read through the rules below: the name is relative, with '/'
+# separators and no '..' component, and the file it reaches - after symlinks - lies inside the bundle folder. A
+# manifest must never make a reader (runtime, parity, export's tools, serve) read or overwrite anything elsewhere.
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name a file inside a bundle (None: it can). Pure: looks at the string only."""
+    if not isinstance(name, str):
+        return f"not a string but {_json_type(name)}"
+    if not name:
+        return "it is empty"
+    if "\0" in name:
+        return "it holds a NUL character"
+    if "\\" in name:
+        return "'\\' is not a separator here: use '/'"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "it is absolute"
+    if ".." in name.split("/"):
+        return "'..' leaves the folder"
+    return None
+
+
+def check_name(name: object, *, source: str, field: str) -> str:
+    """`name` if it may name a file inside the bundle, else BundleError naming the file and the field."""
+    problem = name_problem(name)
+    if problem:
+        shown = repr(name) if isinstance(name, str) else _show(name)
+        raise BundleError(f"{source}: {field}: expected a relative path inside the bundle, got {shown} ({problem})")
+    return name  # type: ignore[return-value]
+
+
+def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """`path` (inside the folder `root`) resolved through its symlinks; BundleError if it then lies outside `root`."""
+    path = Path(path)
+    try:
+        base, real = Path(root).resolve(), path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise BundleError(f"{path}: cannot be resolved inside the bundle {root}: {e}") from None
+    if real != base and base not in real.parents:
+        raise BundleError(f"{path}: resolves to {real}, outside the bundle {base}; expected a file inside the bundle "
+                          "(a symlink out of it is refused)")
+    return real
+
+
+def _json_type(v: object) -> str:
+    """The JSON name of a value's type, for messages ('string', 'number', 'list', ...)."""
+    if v is None:
+        return "null"
+    for t, name in ((bool, "boolean"), (str, "string"), (int, "integer"), (float, "number"), (list, "list"),
+                    (tuple, "list"), (dict, "object")):
+        if isinstance(v, t):
+            return name
+    return type(v).__name__
+
+
+def _show(v: object) -> str:
+    """A value for a message, with its JSON type unless it is a plain integer: 8, string '8', number 8.5, null."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"boolean {json.dumps(v)}"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (str, float)):
+        return f"{_json_type(v)} {v!r}"
+    return _json_type(v)
 
 
 def reference_key(graph: str, tensor: str) -> str:
@@ -162,11 +255,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = MANIFEST_NAME) -> "Manifest":
+        """Read a manifest, checking every field it uses (the contract, once, for every reader); see _Checker."""
         if d.get("schema") != SCHEMA:
             raise BundleError(f"{source}: 'schema' is {d.get('schema')!r}, expected {SCHEMA!r}")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(f"{source}: schema_version {version!r}, this runtime reads {SCHEMA_VERSION}")
+        _Checker(source).document(d)
         try:
             lo, hi = (float(v) for v in d["pixel_range"])
             graphs = {g: GraphSpec.from_dict(g, s) for g, s in dict(d["graphs"]).items()}
@@ -176,14 +271,7 @@ class Manifest:
                     created=str(d.get("created", "")), schema_version=int(version))
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source}: malformed manifest: {type(e).__name__}: {e}") from None
-        unknown = sorted(set(m.graphs) - set(GRAPHS))
-        if unknown or not m.graphs:
-            raise BundleError(f"{source}: graphs {sorted(m.graphs)}; expected one or both of {list(GRAPHS)}")
-        for g, spec in m.graphs.items():
-            ins, outs = GRAPH_IO[g]
-            got = (tuple(t.name for t in spec.inputs), tuple(t.name for t in spec.outputs))
-            if got != (ins, outs):
-                raise BundleError(f"{source}: graph {g!r} has inputs/outputs {got}, expected {(ins, outs)}")
+        _check_shapes(m, source)
         return m
 
     def graph(self, name: str) -> GraphSpec:
@@ -204,9 +292,19 @@ class Manifest:
         return v.file, v.sha256
 
 
+def bundle_path(bundle: object) -> Path:
+    """`bundle` (a folder or its vae.json, as str or os.PathLike) as a Path, or BundleError saying what was expected."""
+    if isinstance(bundle, (str, os.PathLike)):
+        path = os.fspath(bundle)
+        if isinstance(path, str) and path:
+            return Path(path)
+    got = repr(bundle) if bundle is None or isinstance(bundle, str) else f"{type(bundle).__name__} {bundle!r}"
+    raise BundleError(f"bundle: expected a bundle folder or its {MANIFEST_NAME} (str or os.PathLike), got {got}")
+
+
 def read_manifest(bundle: str | os.PathLike) -> Manifest:
     """Read and validate BUNDLE/vae.json (or a path to the json itself)."""
-    path = Path(bundle)
+    path = bundle_path(bundle)
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
@@ -221,13 +319,19 @@ def read_manifest(bundle: str | os.PathLike) -> Manifest:
 
 
 def resolve_file(bundle: str | os.PathLike, name: str, sha256: str | None = None) -> Path:
-    """Path of a file named by the manifest; checks it exists and, if sha256 is given, that it is unchanged."""
-    bundle = Path(bundle)
+    """Path of a file named by the manifest, checked: `name` is relative and stays inside the bundle, also after
+    symlinks; the file exists; and, with `sha256`, it is unchanged. sha256=None checks presence only (for a caller
+    that hashes the file itself later, e.g. a lazily built session); any string must be a sha256 ('' is refused)."""
+    bundle = bundle_path(bundle)
     root = bundle if bundle.is_dir() else bundle.parent
+    check_name(name, source=str(root / MANIFEST_NAME), field="file name")
     path = root / name
     if not path.is_file():
         raise BundleError(f"{path}: listed in {root / MANIFEST_NAME} but missing")
-    if sha256:
+    resolve_inside(root, path)
+    if sha256 is not None:
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise BundleError(f"{path}: expected the file's sha256 (64 hex digits), got {_show(sha256)}")
         actual = sha256_file(path)
         if actual != sha256:
             raise BundleError(f"{path}: sha256 {actual[:12]}..., manifest says {sha256[:12]}...: "
@@ -237,3 +341,132 @@ def resolve_file(bundle: str | os.PathLike, name: str, sha256: str | None = None
 
 def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:
     return write_json_atomic(Path(bundle) / MANIFEST_NAME, manifest.to_dict())
+
+
+# ----------------------------------------------------------------------------------------------- the checks
+class _Checker:
+    """Checks the raw JSON of a manifest field by field, before any of it is used; each error names the file, the
+    field (as a path: graphs.decoder.inputs[0].shape), what was expected and what was found. The C++ reader
+    (runtime/cpp/src/bundle.cpp) applies the same rules."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, what: str) -> "BundleError":
+        return BundleError(f"{self.source}: {where}: {what}")
+
+    def get(self, obj: Any, key: str, where: str) -> Any:
+        if not isinstance(obj, Mapping):
+            raise self.fail(where or "top level", f"expected an object, got {_json_type(obj)}")
+        if key not in obj:
+            raise self.fail(f"{where}.{key}" if where else key, "missing")
+        return obj[key]
+
+    def integer(self, v: Any, lo: int, hi: int, where: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.fail(where, f"expected an integer in [{lo}, {hi}], got {_show(v)}")
+        return v
+
+    def sha256(self, obj: Mapping[str, Any], where: str) -> None:
+        if "sha256" not in obj:
+            raise self.fail(f"{where}.sha256", "expected the file's sha256 (64 hex digits), got nothing (the field is "
+                                               "missing)")
+        v = obj["sha256"]
+        if not isinstance(v, str) or not _SHA256.fullmatch(v):
+            raise self.fail(f"{where}.sha256", f"expected the file's sha256 (64 hex digits), got {_show(v)}")
+
+    def file(self, obj: Mapping[str, Any], where: str) -> None:
+        check_name(self.get(obj, "file", where), source=self.source, field=f"{where}.file")
+
+    def tensor(self, t: Any, where: str) -> None:
+        name = self.get(t, "name", where)
+        if not isinstance(name, str):
+            raise self.fail(f"{where}.name", f"expected a string, got {_show(name)}")
+        shape = self.get(t, "shape", where)
+        axes = "expected a list of axes (positive integers or axis names), got "
+        if not isinstance(shape, list):
+            raise self.fail(f"{where}.shape", axes + _show(shape))
+        for i, d in enumerate(shape):
+            ok = (isinstance(d, str) and d != "") or (
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_STATIC_AXIS)
+            if not ok:
+                raise self.fail(f"{where}.shape", axes + f"axis {i}: {_show(d)}")
+        dtype = t.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise self.fail(f"{where}.dtype", f"expected one of {list(DTYPES)}, got {_show(dtype)}")
+
+    def document(self, d: Mapping[str, Any]) -> None:
+        model = self.get(d, "model", "")
+        for key, hi in MODEL_BOUNDS.items():
+            self.integer(self.get(model, key, "model"), 1, hi, f"model.{key}")
+        elements = model["in_channels"] * model["image_size"] ** 2
+        if elements > MAX_IMAGE_ELEMENTS:
+            raise self.fail("model", f"in_channels x image_size^2 = {elements} values per image, expected at most "
+                                     f"{MAX_IMAGE_ELEMENTS}")
+        hidden = self.get(model, "hidden_dims", "model")
+        if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS:
+            raise self.fail("model.hidden_dims", f"expected a list of at most {MAX_HIDDEN_LAYERS} integers, got "
+                                                 f"{_json_type(hidden)}" + (f" of {len(hidden)}" if isinstance(hidden, list) else ""))
+        for i, h in enumerate(hidden):
+            self.integer(h, 1, MAX_HIDDEN_DIM, f"model.hidden_dims[{i}]")
+        pr = self.get(d, "pixel_range", "")
+        if (not isinstance(pr, list) or len(pr) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pr)
+                or not pr[0] < pr[1]):
+            raise self.fail("pixel_range", f"expected [low, high] with finite low < high, got {json.dumps(pr)}")
+        graphs = self.get(d, "graphs", "")
+        if not isinstance(graphs, Mapping) or not graphs:
+            raise self.fail("graphs", f"expected an object with one or both of {list(GRAPHS)}, got "
+                                      f"{json.dumps(graphs)[:80]}")
+        for g, spec in graphs.items():
+            where = f"graphs.{g}"
+            if g not in GRAPHS:
+                raise self.fail("graphs", f"unknown graph {g!r}; expected one or both of {list(GRAPHS)}")
+            self.file(spec, where)
+            self.sha256(spec, where)
+            self.integer(self.get(spec, "opset", where), 1, 1000, f"{where}.opset")
+            for side in ("inputs", "outputs"):
+                tensors = self.get(spec, side, where)
+                if not isinstance(tensors, list):
+                    raise self.fail(f"{where}.{side}", f"expected a list, got {_json_type(tensors)}")
+                for i, t in enumerate(tensors):
+                    self.tensor(t, f"{where}.{side}[{i}]")
+            variants = spec.get("variants", {})
+            if not isinstance(variants, Mapping):
+                raise self.fail(f"{where}.variants", f"expected an object, got {_json_type(variants)}")
+            for p, v in variants.items():
+                vwhere = f"{where}.variants.{p}"
+                if p not in PRECISIONS:
+                    raise self.fail(vwhere, f"unknown precision; expected one of {list(PRECISIONS)}")
+                self.file(v, vwhere)
+                self.sha256(v, vwhere)
+        ref = d.get("reference", {})
+        if not isinstance(ref, Mapping):
+            raise self.fail("reference", f"expected an object, got {_json_type(ref)}")
+        if ref:  # the golden data parity is judged by: named, and hashed, like the graphs
+            check_name(ref.get("file", REFERENCE_NAME), source=self.source, field="reference.file")
+            self.sha256(ref, "reference")
+
+
+def _check_shapes(m: Manifest, source: str) -> None:
+    """Each graph's tensors are those of GRAPH_IO with the shapes the model section implies: image (N, C, S, S),
+    latents (N, latent_dim); axis 0 is the batch (named, or a fixed size)."""
+    ms = m.model
+    image_in, image_out, latent = ("batch", *ms.image_shape), ("batch", *ms.output_shape), ("batch", ms.latent_dim)
+    implied = {ENCODER: ((image_in,), (latent, latent)), DECODER: ((latent,), (image_out,))}
+    for g, spec in m.graphs.items():
+        ins, outs = GRAPH_IO[g]
+        got = (tuple(t.name for t in spec.inputs), tuple(t.name for t in spec.outputs))
+        if got != (ins, outs):
+            raise BundleError(f"{source}: graph {g!r} has inputs/outputs {got}, expected {(ins, outs)}")
+        for side, tensors, shapes in (("inputs", spec.inputs, implied[g][0]), ("outputs", spec.outputs, implied[g][1])):
+            for t, want in zip(tensors, shapes):
+                ok = len(t.shape) == len(want) and all(
+                    w == "batch" or d == w for d, w in zip(t.shape, want))
+                if not ok:
+                    raise BundleError(f"{source}: graphs.{g}.{side} {t.name!r}: shape {_shape_str(t.shape)}, "
+                                      f"the model config implies {_shape_str(want)}")
+
+
+def _shape_str(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("N" if isinstance(d, str) else str(d) for d in shape) + ")"

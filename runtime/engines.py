@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .bundle import Manifest
+from .bundle import Manifest, name_problem, resolve_inside
 from .errors import BackendUnavailableError
 from .files import sha256_file, write_json_atomic
 
@@ -302,7 +302,7 @@ class EngineSidecar:
             raise EngineError(f"{source}: schema {d.get('schema')!r} version {d.get('schema_version')!r}, "
                               f"expected {SIDECAR_SCHEMA!r} version {SIDECAR_VERSION}")
         try:
-            return cls(graph=str(d["graph"]), precision=str(d["precision"]), engine_file=str(d["engine"]["file"]),
+            sidecar = cls(graph=str(d["graph"]), precision=str(d["precision"]), engine_file=str(d["engine"]["file"]),
                        engine_sha256=str(d["engine"]["sha256"]), source_file=str(d["source"]["file"]),
                        source_sha256=str(d["source"]["sha256"]), trt=TrtInfo.from_dict(d["tensorrt"]),
                        gpu=None if d.get("gpu") is None else GpuInfo.from_dict(d["gpu"]),
@@ -312,6 +312,14 @@ class EngineSidecar:
                        compute_capabilities=tuple(str(c) for c in d.get("compute_capabilities", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise EngineError(f"{source}: malformed engine sidecar: {type(e).__name__}: {e}") from None
+        # Names the bundle contract allows (runtime.bundle.name_problem): the engine sits in engines/ beside its
+        # sidecar, the source is a file of the bundle; nothing a sidecar says may point elsewhere.
+        for field, name, kind in (("engine", sidecar.engine_file, "a file name inside engines/"),
+                                  ("source", sidecar.source_file, "a relative path inside the bundle")):
+            problem = name_problem(name) or ("it names a folder" if field == "engine" and "/" in name else None)
+            if problem:
+                raise EngineError(f"{source}: {field}.file: expected {kind}, got {name!r} ({problem})")
+        return sidecar
 
 
 def write_sidecar(path: str | os.PathLike, sidecar: EngineSidecar) -> Path:
@@ -432,18 +440,25 @@ def require_usable(bundle: str | os.PathLike, engine: str | os.PathLike, *, mach
     return sidecar
 
 
+def _inside(bundle: str | os.PathLike, engine: Path) -> Path:
+    """`engine`, once it and its sidecar are known to stay inside the bundle after symlinks (else BundleError)."""
+    resolve_inside(bundle, engine)
+    resolve_inside(bundle, sidecar_path(engine))
+    return engine
+
+
 def locate_engine(bundle: str | os.PathLike, *, machine: MachineInfo, graph: str, precision: str,
                   dla_core: int | None = None) -> Path:
     """The engine built for this machine, or EngineError naming what exists instead and the command to build it."""
     want = engine_path(bundle, graph, precision, machine.gpu, machine.trt, dla_core)
     if want.is_file():
-        return want
+        return _inside(bundle, want)
     others = candidate_engines(bundle, graph, precision)
     # A portable TensorRT-RTX engine (built ahead of time without a GPU) serves any supported GPU.
     if machine.trt.flavour == "trt_rtx":
         portable = engine_path(bundle, graph, precision, None, machine.trt)
         if portable.is_file():
-            return portable
+            return _inside(bundle, portable)
     have = (" Engines present for other machines: " + ", ".join(p.name for p in others) + ".") if others else ""
     where = "" if dla_core is None else f", DLA core {dla_core}"
     raise EngineError(f"{want}: no {precision} {graph} engine for this machine ({machine.trt.label}, "

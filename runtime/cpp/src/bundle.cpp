@@ -3,6 +3,8 @@
 
 #include <sys/stat.h>
 
+#include <climits>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -59,10 +61,21 @@ public:
         return v.get<std::string>();
     }
 
-    int positive(const json& obj, const std::string& key, const std::string& where) const {
+    // An integer in [1, max]: the model section's bounds are runtime/bundle.py's (MODEL_BOUNDS, with the reasons).
+    int positive(const json& obj, const std::string& key, const std::string& where, std::int64_t max = 1 << 20) const {
         std::int64_t v = integer(obj, key, where);
-        if (v < 1 || v > (1 << 20)) fail(where + "." + key, "expected a positive integer, got " + std::to_string(v));
+        if (v < 1 || v > max)
+            fail(where + "." + key, "expected an integer in [1, " + std::to_string(max) + "], got " + std::to_string(v));
         return static_cast<int>(v);
+    }
+
+    // A graph or variant file's sha256 is required: an empty one would turn the check off (resolve_file).
+    std::string sha256(const json& obj, const std::string& where) const {
+        std::string s = string(obj, "sha256", where);
+        bool hex = s.size() == 64;
+        for (char c : s) hex = hex && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
+        if (!hex) fail(where + ".sha256", "expected the file's sha256 (64 hex digits), got '" + s + "'");
+        return s;
     }
 
     TensorSpec tensor(const json& t, const std::string& where) const {
@@ -160,10 +173,14 @@ Manifest read_manifest(const std::string& bundle) {
                                          std::to_string(kSchemaVersion));
     }
     const json& model = r.get(doc, "model", "");
-    m.model.in_channels = r.positive(model, "in_channels", "model");
-    m.model.out_channels = r.positive(model, "out_channels", "model");
-    m.model.image_size = r.positive(model, "image_size", "model");
-    m.model.latent_dim = r.positive(model, "latent_dim", "model");
+    m.model.in_channels = r.positive(model, "in_channels", "model", 64);
+    m.model.out_channels = r.positive(model, "out_channels", "model", 64);
+    m.model.image_size = r.positive(model, "image_size", "model", 8192);
+    m.model.latent_dim = r.positive(model, "latent_dim", "model", 65536);
+    const std::int64_t elements = std::int64_t{m.model.in_channels} * m.model.image_size * m.model.image_size;
+    if (elements > (std::int64_t{1} << 28))
+        r.fail("model", "in_channels x image_size^2 = " + std::to_string(elements) +
+                            " values per image, expected at most " + std::to_string(std::int64_t{1} << 28));
     const json& hd = r.get(model, "hidden_dims", "model");
     if (!hd.is_array()) r.fail("model.hidden_dims", std::string("expected a list, got ") + hd.type_name());
     for (const json& h : hd) {
@@ -194,7 +211,7 @@ Manifest read_manifest(const std::string& bundle) {
         GraphSpec spec;
         spec.name = name;
         spec.file = r.string(g, "file", where);
-        spec.sha256 = r.string(g, "sha256", where);
+        spec.sha256 = r.sha256(g, where);
         spec.opset = static_cast<int>(r.integer(g, "opset", where));
         for (const char* side : {"inputs", "outputs"}) {
             const json& list = r.get(g, side, where);
@@ -227,7 +244,7 @@ Manifest read_manifest(const std::string& bundle) {
                 VariantSpec var;
                 var.precision = v.key();
                 var.file = r.string(v.value(), "file", where + ".variants." + v.key());
-                var.sha256 = r.string(v.value(), "sha256", where + ".variants." + v.key());
+                var.sha256 = r.sha256(v.value(), where + ".variants." + v.key());
                 spec.variants[var.precision] = var;
             }
         }
@@ -243,6 +260,14 @@ std::string resolve_file(const Manifest& m, const std::string& name, const std::
         throw BundleError(m.path + ": file name '" + name + "' must be a relative path inside the bundle");
     const std::string path = join(m.root, name);
     if (!is_file(path)) throw BundleError(path + ": listed in " + m.path + " but missing");
+    // ... also after symlinks: the file itself must lie inside the bundle folder.
+    char real[PATH_MAX], base[PATH_MAX];
+    if (!::realpath(path.c_str(), real) || !::realpath(m.root.c_str(), base))
+        throw BundleError(path + ": cannot be resolved");
+    const std::string r(real), b(base);
+    if (r.compare(0, b.size(), b) != 0 || (b != "/" && r.size() > b.size() && r[b.size()] != '/'))
+        throw BundleError(path + ": resolves to " + r + ", outside the bundle " + b +
+                          "; expected a file inside the bundle (a symlink out of it is refused)");
     if (!sha256.empty()) {
         const std::string actual = sha256_file(path);
         if (actual != sha256)

@@ -265,11 +265,14 @@ private:
                                    ", " + host_.machine + "). Build it here with:\n  python -m export.to_tensorrt " +
                                    m.root + " --graphs " + spec.name + " --precision " + opt.precision +
                                    (dla_core_ >= 0 ? " --dla-core " + std::to_string(dla_core_) : std::string()));
+        // Plan and sidecar must lie inside the bundle after symlinks, like every file the manifest names.
+        resolve_file(m, "engines/" + stem + ".plan", "");
         std::vector<char> bytes((std::istreambuf_iterator<char>(probe)), std::istreambuf_iterator<char>());
         std::string text;
         try {
-            text = read_text_file(sidecar);
+            text = read_text_file(resolve_file(m, "engines/" + stem + ".json", ""));
         } catch (const BundleError&) {
+            if (std::ifstream(sidecar)) throw;  // there, but outside the bundle or unreadable: say so
             throw UnavailableError(sidecar + ": engine sidecar missing; an engine without provenance is never used "
                                    "(rebuild it with python -m export.to_tensorrt)");
         }
