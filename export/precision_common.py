@@ -112,10 +112,48 @@ def open_bundle(bundle: str | os.PathLike, graphs: Sequence[str] | None = None) 
         raise B.BundleError(f"{path / B.MANIFEST_NAME}: no {missing} graph (it has {sorted(manifest.graphs)})")
     data = BundleData(path, manifest)
     for g in wanted:
-        data.graph_path(g)
+        check_graph_io(data.graph_path(g), manifest.graph(g), path / B.MANIFEST_NAME)
     ref = manifest.reference or {"file": B.REFERENCE_NAME}
     B.resolve_file(path, str(ref.get("file", B.REFERENCE_NAME)), ref.get("sha256"))
     return data, wanted
+
+
+def _io_of(vi) -> tuple[str, str, tuple[int | str, ...]]:
+    import onnx
+
+    t = vi.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "undefined"
+    # A symbolic or unknown axis is dynamic whatever its name; only static sizes are compared by value.
+    dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "dynamic" for d in t.shape.dim)
+    return vi.name, dtype, dims
+
+
+def check_graph_io(path: Path, spec: B.GraphSpec, manifest_path: Path) -> None:
+    """The ONNX file's inputs and outputs (names, dtypes, ranks, static sizes) are the ones vae.json lists for the
+    graph, before any work: a graph file swapped for another model (its sha256 updated to match) is a BundleError
+    here, not a raw error deep inside a converter."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as e:
+        raise B.BundleError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    inits = {i.name for i in m.graph.initializer}
+
+    def want(tensors) -> list[tuple[str, str, tuple[int | str, ...]]]:
+        return [(t.name, t.dtype, tuple(d if isinstance(d, int) else "dynamic" for d in t.shape)) for t in tensors]
+
+    got_in = [_io_of(vi) for vi in m.graph.input if vi.name not in inits]
+    got_out = [_io_of(vi) for vi in m.graph.output]
+    problems = []
+    for kind, got, exp in (("inputs", got_in, want(spec.inputs)), ("outputs", got_out, want(spec.outputs))):
+        if got != exp:
+            fmt = lambda xs: ", ".join(f"{n} {d} [{', '.join(map(str, s))}]" for n, d, s in xs) or "none"  # noqa: E731
+            problems.append(f"{kind} {fmt(got)}, {manifest_path} lists {fmt(exp)}")
+    if problems:
+        raise B.BundleError(f"{path}: graph {spec.name!r} does not match the manifest: {'; '.join(problems)} "
+                            "(the file was replaced by another model? re-export the bundle)")
 
 
 def ort_session(model, *, optimize: bool = True):
@@ -474,6 +512,70 @@ def register_variant(bundle: str | os.PathLike, graph: str, variant: B.VariantSp
     m = replace(m, graphs={**m.graphs, graph: new_spec})
     B.write_manifest(bundle, m)
     return m
+
+
+def commit_variant(bundle: str | os.PathLike, graph: str, model, variant: B.VariantSpec) -> B.Manifest:
+    """Write a variant's ONNX model and register it in vae.json so that a kill at any point leaves a bundle whose
+    every listed file matches its sha256 (the previous variant stays valid until the new one is committed):
+
+    1. the model goes to a content-addressed name, <graph>.<precision>.staged-<sha256[:16]>.onnx, over nothing;
+    2. vae.json is committed naming that file (the previous variant file is now unlisted, still intact);
+    3. <graph>.<precision>.onnx is atomically replaced by a hard link to (or a copy of) the staged file;
+    4. vae.json is committed naming <graph>.<precision>.onnx;
+    5. the staged file is removed.
+    A run killed after 2 leaves a valid bundle naming the staged file; recover_variants (at the start of the next
+    to_fp16 / quantize run) finishes 3-5. `variant.file` and `variant.sha256` are filled in here.
+    """
+    import onnx
+
+    from runtime.files import write_staged
+
+    bundle = Path(bundle)
+    name = variant_file(graph, variant.precision)
+    staged, sha = write_staged(bundle, name, lambda tmp: onnx.save_model(model, str(tmp), save_as_external_data=False))
+    register_variant(bundle, graph, replace(variant, file=staged.name, sha256=sha))
+    return _settle_variant(bundle, graph, variant.precision)
+
+
+def _settle_variant(bundle: Path, graph: str, precision: str) -> B.Manifest:
+    """Steps 3-5 of commit_variant for a variant vae.json lists under its staged name."""
+    from runtime.files import link_or_copy_atomic, staged_target
+
+    m = B.read_manifest(bundle)
+    v = m.graph(graph).variants[precision]
+    final = staged_target(v.file)
+    if final is None:
+        return m
+    link_or_copy_atomic(bundle / v.file, bundle / final)
+    m = register_variant(bundle, graph, replace(v, file=final))
+    (bundle / v.file).unlink(missing_ok=True)
+    return m
+
+
+def recover_variants(bundle: str | os.PathLike) -> list[str]:
+    """Finish or clean up after a to_fp16 / quantize run that was killed in this bundle; returns what was done.
+
+    A variant vae.json lists under its staged name whose file is intact is moved to its final name (commit_variant
+    steps 3-5); staged files vae.json does not list, and temporary files and folders of dead runs (.quantize.*,
+    .<file>.<pid>.*.tmp), are removed. Only names this toolkit makes are touched, and a staged file only when its
+    content still hashes to its name."""
+    from runtime.files import clean_stale_inside, is_provably_staged, sha256_file as sha
+
+    bundle = Path(bundle)
+    done = [f"removed {p.name}" for p in clean_stale_inside(bundle)]
+    m = B.read_manifest(bundle)
+    for g, spec in m.graphs.items():
+        for p, v in spec.variants.items():
+            f = bundle / v.file
+            if is_provably_staged(f) and sha(f) == v.sha256:
+                _settle_variant(bundle, g, p)
+                done.append(f"finished {v.file}")
+    listed = {v.file for spec in B.read_manifest(bundle).graphs.values() for v in spec.variants.values()}
+    for f in bundle.iterdir():
+        if f.name not in listed and is_provably_staged(f):
+            f.unlink()
+            done.append(f"removed {f.name}")
+    return done
 
 
 def precision_table(bundle: str | os.PathLike) -> str:

@@ -36,6 +36,8 @@ that is mostly FP32 is not an INT8 graph. Default budget: decoder images PSNR >=
 mu / logvar relative L2 <= 0.1. A variant that misses its budget is not written unless --force (then it is
 registered with passed: false). Unlike FP16, ONNX Runtime CPU measures INT8 faithfully: the Q/DQ nodes perform the
 INT8 rounding and clipping explicitly.
+The graph's inputs and outputs are checked against vae.json before any work, and the variant is committed so that
+a kill at any point leaves the previous one valid (precision_common.commit_variant / recover_variants, as to_fp16).
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph unless --force), 2 bad input.
 """
 from __future__ import annotations
@@ -50,12 +52,13 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.files import temp_prefix
 from runtime.metrics import ComparisonReport, Tolerance
 
 from .cli import non_negative_int, positive_float
-from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, dataset_images,
-                               evaluation_sets, float_nodes, make_budget, measure, open_bundle, precision_table,
-                               quiet, realistic_inputs, register_variant, save_model_atomic, search_kept_nodes,
+from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, commit_variant,
+                               dataset_images, evaluation_sets, float_nodes, make_budget, measure, open_bundle,
+                               precision_table, quiet, realistic_inputs, recover_variants, search_kept_nodes,
                                summarize, timestamp, variant_file)
 
 PRECISION = "int8"
@@ -368,6 +371,8 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     from tqdm import tqdm
 
     data, _ = open_bundle(bundle, [graph])
+    for line in recover_variants(bundle):  # a run killed earlier in this bundle (.quantize.* folders, staged files)
+        log(f"recovered: {line}")
     if samples < 1:
         raise PrecisionError(f"--samples must be >= 1, got {samples}")
     if decoder_form not in DECODER_FORMS:
@@ -378,7 +383,8 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     calib = calibration_inputs(bundle, graph, samples, seed + 1000, calibration)
     sets = evaluation_sets(data, graph, samples=eval_samples, seed=seed, folder=calibration)
     source_form: dict = {}
-    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=Path(bundle)) as tmp:
+    # Named .quantize.<pid>.*.tmp: a killed run's folder is recognised (and removed) by the next run.
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("quantize"), suffix=".tmp", dir=Path(bundle)) as tmp:
         ckpt = resolve_decoder_form(data, decoder_form, checkpoint, log) if graph == B.DECODER else None
         if ckpt is not None:
             try:
@@ -408,7 +414,6 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
         raise BudgetError(f"{graph}: the INT8 variant misses its budget: {'; '.join(res.report.failures()) or res.search.log[-1]}",
                           res.report)
     name = variant_file(graph, PRECISION)
-    sha = save_model_atomic(res.model, Path(bundle) / name)
     accuracy = {"passed": res.passed, "forced": bool(force and not res.passed), "measured": timestamp(),
                 "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
                 "onnxruntime_cpu": summarize(res.report),
@@ -420,9 +425,10 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
                 "search": {"evaluations": res.search.evaluations, "log": list(res.search.log), "max_kept": max_kept,
                            "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
                 "samples": eval_samples, "seed": seed}
-    register_variant(bundle, graph, B.VariantSpec(precision=PRECISION, file=name, sha256=sha,
-                                                  kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
-                                                  budget=budget_to_dict(budget), source_form=source_form))
+    # The previous int8 variant stays valid until vae.json names the new one (commit_variant).
+    commit_variant(bundle, graph, res.model, B.VariantSpec(precision=PRECISION, file=name, sha256="",
+                                                           kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
+                                                           budget=budget_to_dict(budget), source_form=source_form))
     log(f"wrote {Path(bundle) / name}" + ("" if res.passed else " (FORCED: it misses its budget)"))
     return res
 

@@ -29,6 +29,10 @@ accumulate), storage in FP16. The search uses the emulation; the variant must al
 Budget (defaults from runtime.metrics): decoder images PSNR >= 40 dB against FP32 over [-1, 1], no NaN/Inf;
 encoder mu / logvar relative L2 <= 1e-2. Measured on the golden inputs and the realistic ones of reference.npz
 (PyTorch FP32) and on --samples fresh realistic inputs (FP32 graph outputs).
+The graph's inputs and outputs are checked against vae.json before any work (precision_common.check_graph_io). The
+variant is committed so that a kill at any point leaves the previous variant valid until vae.json names the new one
+(precision_common.commit_variant: a content-addressed staged file first, then vae.json); the next run finishes or
+cleans up what a killed run left (recover_variants).
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph), 2 bad input.
 """
 from __future__ import annotations
@@ -48,9 +52,9 @@ from runtime.metrics import ComparisonReport, Tolerance
 
 from .cli import non_negative_int, positive_float
 from .precision_common import (FP16_MAX, BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict,
-                               evaluation_sets, expose_intermediates, float_nodes, make_budget, measure,
-                               open_bundle, ort_session, precision_table, quiet, register_variant, run_graph,
-                               save_model_atomic, search_kept_nodes, summarize, timestamp, variant_file)
+                               commit_variant, evaluation_sets, expose_intermediates, float_nodes, make_budget,
+                               measure, open_bundle, ort_session, precision_table, quiet, recover_variants, run_graph,
+                               search_kept_nodes, summarize, timestamp, variant_file)
 
 PRECISION = "fp16"
 _EMU_SUFFIX = "__fp16_emulation"
@@ -325,6 +329,8 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     import onnx
 
     data, _ = open_bundle(bundle, [graph])
+    for line in recover_variants(bundle):  # a run killed earlier in this bundle
+        log(f"recovered: {line}")
     budget = make_budget(PRECISION, graph, psnr=budget_psnr, rel_l2=budget_rel_l2)
     sets = evaluation_sets(data, graph, samples=samples, seed=seed, folder=calibration)
     model = onnx.load(str(data.graph_path(graph)))
@@ -339,7 +345,6 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
         failed = res.report_ort.failures() + res.report_emulated.failures()
         raise BudgetError(f"{graph}: the FP16 variant misses its budget: {'; '.join(failed)}", res.report_ort)
     name = variant_file(graph, PRECISION)
-    sha = save_model_atomic(res.model, Path(bundle) / name)
     accuracy = {"passed": True, "measured": timestamp(),
                 "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
                 "onnxruntime_cpu": summarize(res.report_ort),
@@ -349,9 +354,10 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
                            "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
                 "samples": samples, "seed": seed,
                 "data": str(calibration) if calibration else "embedded shapes + prior"}
-    register_variant(bundle, graph, B.VariantSpec(precision=PRECISION, file=name, sha256=sha,
-                                                  kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
-                                                  budget=budget_to_dict(budget)))
+    # The previous fp16 variant stays valid until vae.json names the new one (commit_variant).
+    commit_variant(bundle, graph, res.model, B.VariantSpec(precision=PRECISION, file=name, sha256="",
+                                                           kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
+                                                           budget=budget_to_dict(budget)))
     log(f"wrote {Path(bundle) / name}")
     return res
 

@@ -32,9 +32,14 @@ BatchNormalization after ConvTranspose for onnxslim to fix. The few seconds are 
 default model: 7-8 s on 2 cores), so we take the supported exporter, which names inputs from forward(). We fold
 BatchNorm ourselves either way, so the graph does not depend on what one exporter version's optimiser does.
 
-The bundle is built in a temporary folder next to DIR and renamed into place only when everything passed: a failed
-gate, an error or an interrupt leaves no bundle and no temporary files, and an existing bundle at DIR is replaced
-only by a complete new one. Exit codes: 0 ok, 1 parity failure, 2 bad input (one line on stderr).
+The bundle is built in a temporary folder next to DIR and swapped into place (one atomic exchange on Linux) only when
+everything passed: a failed gate, an error or an interrupt leaves no bundle and no temporary files, and an existing
+bundle at DIR is replaced only by a complete new one. What is replaced is only what the exporter can prove it wrote:
+DIR's vae.json and the files it lists with a matching sha256 (graphs, variants, reference.npz). DIR/engines/ is kept
+(see KEPT_ON_REEXPORT: the runtime refuses an engine whose graph changed, by sha256, and gives the rebuild command).
+Any other file in DIR - or a vae.json that does not read as a manifest - makes the export refuse before any work
+(exit 2), naming the files. Leftovers of a killed run next to DIR are cleaned up (runtime/files.py clean_stale).
+Exit codes: 0 ok, 1 parity failure, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
 
@@ -46,7 +51,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,7 +61,8 @@ import numpy as np
 
 from export.cli import non_negative_int
 from runtime import bundle as B
-from runtime.files import make_dir_public, replace_dir, sha256_file
+from runtime.engines import ENGINES_DIR
+from runtime.files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
 from runtime.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
 
 DEFAULT_OPSET = 18
@@ -66,6 +71,10 @@ MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and converts up
 PASS_TOLERANCE = Tolerance(max_abs=1e-4)
 PRODUCER = "vae-deploy"
 PRODUCER_VERSION = "0.1.0"
+# Re-exporting into a bundle keeps its engines: they are built on the target machine (minutes on a Jetson), the
+# runtime refuses one whose source graph changed (the sidecar's sha256 against vae.json's, with the rebuild command),
+# and one built from an unchanged graph stays valid.
+KEPT_ON_REEXPORT = (ENGINES_DIR,)
 
 
 class ExportError(ValueError):
@@ -282,10 +291,6 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
                  rewrite: bool = True, log=print) -> ExportResult:
     """Export an in-memory VanillaVAE (left untouched) to a bundle at out_dir. See the module docstring."""
     import onnx
-    import onnxruntime
-    import torch
-
-    from export.passes import count_batchnorm, fold_batchnorm
 
     t0 = time.perf_counter()
     graphs = list(dict.fromkeys(graphs))
@@ -297,10 +302,27 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
         raise ExportError(f"--opset {opset}: unsupported; expected {MIN_OPSET} to {max_opset} (onnx {onnx.__version__}"
                           f" with the torch.export-based exporter)")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"--out {out_dir}: exists and is not a folder")
-    if out_dir.exists() and not (out_dir / B.MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
-        raise ExportError(f"--out {out_dir}: exists, is not empty and is not a bundle; refusing to replace it")
+    try:  # before any work: a folder we may not replace, or cannot write to, is refused now, not after the export
+        tmp = begin_output_dir(out_dir, bundle_files, keep=KEPT_ON_REEXPORT, what="--out", manifest=B.MANIFEST_NAME)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
+    try:
+        return _export_into(model, tmp, out_dir, pixel_range=pixel_range, source=source, opset=opset, graphs=graphs,
+                            verify=verify, batch_for_reference=batch_for_reference, seed=seed, tolerances=tolerances,
+                            rewrite=rewrite, log=log, t0=t0)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset, graphs, verify, batch_for_reference,
+                 seed, tolerances, rewrite, log, t0) -> ExportResult:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from export.passes import count_batchnorm, fold_batchnorm
+
     cfg = model.config
     source = dict(source or {})
     # Work on an eval-mode copy: the caller's model keeps its mode and weights, and a model handed over in train
@@ -319,76 +341,87 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
                 "latent_dim": cfg.latent_dim, "image_size": cfg.image_size, "in_channels": cfg.in_channels,
                 "out_channels": cfg.out_channels, "pixel_range": f"{pixel_range[0]:g},{pixel_range[1]:g}",
                 "source_sha256": source.get("sha256", ""), "source_checkpoint": source.get("checkpoint", "")}
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    except OSError as e:
-        where = f"{e.strerror}: {e.filename}" if e.filename else str(e)
-        raise ExportError(f"--out {out_dir}: cannot create a bundle there ({where})") from None
-    try:
-        modules = _graph_modules(folded)
-        graph_meta: dict[str, dict[str, str]] = {g: {} for g in graphs}
-        if rewrite and B.DECODER in graphs:
-            # Checked here against the original model before it is exported (exact up to FP32 rounding).
-            from export.rewrites import RewriteError, rewrite_decoder
+    modules = _graph_modules(folded)
+    graph_meta: dict[str, dict[str, str]] = {g: {} for g in graphs}
+    if rewrite and B.DECODER in graphs:
+        # Checked here against the original model before it is exported (exact up to FP32 rounding).
+        from export.rewrites import RewriteError, rewrite_decoder
 
-            try:
-                rw = rewrite_decoder(folded)
-            except RewriteError as e:
-                raise ExportError(f"{e} (export with --no-rewrite)") from None
-            with torch.no_grad():
-                got = {f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
-                       for k, x in inputs.items() if _split_key(k)[1] == B.DECODER}
-            check = parity_report(got, {k: reference[k] for k in got}, PASS_TOLERANCE, "rewritten PyTorch")
-            if not check:
-                raise ParityError(check)
-            modules[B.DECODER] = rw.module
-            graph_meta[B.DECODER] = rw.metadata()
-            log(f"decoder rewrites: {graph_meta[B.DECODER]['rewrites']}")
-        examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
-        specs = {}
-        for graph in graphs:
-            t = time.perf_counter()
-            path = tmp / f"{graph}.onnx"
-            export_graph(modules[graph], graph, examples[graph], path, opset, {**metadata, **graph_meta[graph]})
-            specs[graph] = _graph_spec(graph, path)
-            log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
+        try:
+            rw = rewrite_decoder(folded)
+        except RewriteError as e:
+            raise ExportError(f"{e} (export with --no-rewrite)") from None
+        with torch.no_grad():
+            got = {f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
+                   for k, x in inputs.items() if _split_key(k)[1] == B.DECODER}
+        check = parity_report(got, {k: reference[k] for k in got}, PASS_TOLERANCE, "rewritten PyTorch")
+        if not check:
+            raise ParityError(check)
+        modules[B.DECODER] = rw.module
+        graph_meta[B.DECODER] = rw.metadata()
+        log(f"decoder rewrites: {graph_meta[B.DECODER]['rewrites']}")
+    examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
+    specs = {}
+    for graph in graphs:
+        t = time.perf_counter()
+        path = tmp / f"{graph}.onnx"
+        export_graph(modules[graph], graph, examples[graph], path, opset, {**metadata, **graph_meta[graph]})
+        specs[graph] = _graph_spec(graph, path)
+        log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
 
-        keep = {k: v for k, v in {**inputs, **reference}.items() if k.split(".")[-2] in graphs}
-        np.savez(tmp / B.REFERENCE_NAME, **keep)
-        report = None
-        if verify:
-            report = parity_report(ort_outputs(tmp, graphs, inputs), {k: v for k, v in reference.items()
-                                                                       if k.split(".")[-2] in graphs},
-                                   tolerances)
-            log(report.table())
-            if not report:
-                raise ParityError(report)
-        else:
-            log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
-                "run `python -m runtime.parity BUNDLE` before trusting them")
-        manifest = B.Manifest(
-            model=B.ModelSpec(cfg.in_channels, cfg.out_channels, cfg.image_size, cfg.latent_dim, cfg.hidden_dims),
-            pixel_range=(float(pixel_range[0]), float(pixel_range[1])), graphs=specs,
-            source=source,
-            versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
-                      "onnxruntime": onnxruntime.__version__, "vae_deploy": PRODUCER_VERSION},
-            reference={"file": B.REFERENCE_NAME, "sha256": sha256_file(tmp / B.REFERENCE_NAME),
-                       "batch": batch_for_reference, "seed": seed},
-            parity=({"verified": True, "backend": "onnxruntime-cpu", "passed": report.passed,
-                     # to_dict: strict JSON (an infinite PSNR of identical outputs becomes null)
-                     "outputs": {o.name: {k: v for k, v in o.to_dict().items()
-                                          if k in ("max_abs", "mean_abs", "rel_l2", "cosine", "psnr")}
-                                 for o in report.outputs}} if report else {"verified": False}),
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        B.write_manifest(tmp, manifest)
-        make_dir_public(tmp)
-        replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    keep = {k: v for k, v in {**inputs, **reference}.items() if k.split(".")[-2] in graphs}
+    np.savez(tmp / B.REFERENCE_NAME, **keep)
+    report = None
+    if verify:
+        report = parity_report(ort_outputs(tmp, graphs, inputs), {k: v for k, v in reference.items()
+                                                                   if k.split(".")[-2] in graphs},
+                               tolerances)
+        log(report.table())
+        if not report:
+            raise ParityError(report)
+    else:
+        log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
+            "run `python -m runtime.parity BUNDLE` before trusting them")
+    manifest = B.Manifest(
+        model=B.ModelSpec(cfg.in_channels, cfg.out_channels, cfg.image_size, cfg.latent_dim, cfg.hidden_dims),
+        pixel_range=(float(pixel_range[0]), float(pixel_range[1])), graphs=specs,
+        source=source,
+        versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "vae_deploy": PRODUCER_VERSION},
+        reference={"file": B.REFERENCE_NAME, "sha256": sha256_file(tmp / B.REFERENCE_NAME),
+                   "batch": batch_for_reference, "seed": seed},
+        parity=({"verified": True, "backend": "onnxruntime-cpu", "passed": report.passed,
+                 # to_dict: strict JSON (an infinite PSNR of identical outputs becomes null)
+                 "outputs": {o.name: {k: v for k, v in o.to_dict().items()
+                                      if k in ("max_abs", "mean_abs", "rel_l2", "cosine", "psnr")}
+                             for o in report.outputs}} if report else {"verified": False}),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    B.write_manifest(tmp, manifest)
+    make_dir_public(tmp)
+    try:
+        replace_dir(tmp, out_dir, owned=bundle_files, keep=KEPT_ON_REEXPORT, what="--out",
+                    manifest=B.MANIFEST_NAME)
+    except OutputError as e:  # a file appeared in --out during the export
+        raise ExportError(str(e)) from None
     return ExportResult(out_dir, report, time.perf_counter() - t0)
+
+
+def bundle_files(folder: Path) -> dict[str, str | None]:
+    """What a bundle folder's vae.json proves this toolkit wrote there: file -> sha256 (None for vae.json itself,
+    proven by parsing). Nothing without a manifest that reads: then every file in the folder is someone else's."""
+    try:
+        m = B.read_manifest(folder)
+    except B.BundleError:
+        return {}
+    owned: dict[str, str | None] = {B.MANIFEST_NAME: None}
+    for spec in m.graphs.values():
+        owned[spec.file] = spec.sha256 or "-"  # no sha256 recorded: nothing proves the file is ours
+        for v in spec.variants.values():
+            owned[v.file] = v.sha256 or "-"
+    if m.reference.get("file"):
+        owned[str(m.reference["file"])] = str(m.reference.get("sha256") or "-")
+    return owned
 
 
 def _graph_spec(graph: str, path: Path) -> B.GraphSpec:
@@ -422,7 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path, metavar="CKPT",
                    help="vae-deploy .pt, PyTorch-VAE / Lightning .ckpt (any device) or bare state_dict")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="bundle folder; an existing bundle is replaced only by a complete new one (default: bundle/ next to CKPT)")
+                   help="bundle folder (default: bundle/ next to CKPT). An existing bundle is replaced only by a "
+                        "complete new one, and only its vae.json and the files it lists with a matching sha256; its "
+                        "engines/ is kept (the runtime refuses an engine whose graph changed and prints the rebuild "
+                        "command); any other file there makes the export refuse (exit 2), naming it")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET}, which TensorRT 10 parses)")
     p.add_argument("--graphs", default=",".join(B.GRAPHS), metavar="LIST",

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the installed TensorRT-RTX offers; recorded in the sidecar)")
     p.add_argument("--no-verify", action="store_true",
                    help="keep the engine without the parity check (needed where no GPU is visible; said in the sidecar)")
+    p.add_argument("--force", action="store_true",
+                   help="with --adopt --no-verify: replace an engine already in place that passed its parity check "
+                        "(refused otherwise: nothing checks the new one)")
     return p
 
 
@@ -169,7 +172,7 @@ def _build_all(args: argparse.Namespace, trt, plans: list[BuildPlan]) -> int:
             tqdm.write(f"note: {note}")
         try:
             kw = dict(trt=trt, verify=not args.no_verify, device_index=args.device, log=tqdm.write)
-            res = (adopt_engine(args.bundle, plan, args.adopt, **kw) if args.adopt is not None
+            res = (adopt_engine(args.bundle, plan, args.adopt, force=args.force, **kw) if args.adopt is not None
                    else build_engine(args.bundle, plan, **kw))
         except EngineParityError as e:
             tqdm.write(f"error: {e}")

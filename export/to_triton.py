@@ -18,8 +18,11 @@ Platforms (the format is defined in runtime/triton_repo.py, shared with python -
 Every config.pbtxt has dims without the batch axis, max_batch_size, dynamic_batching (unless turned off),
 instance_group and model_warmup, and is parsed against Triton's ModelConfig protobuf schema (tritonclient's
 model_config_pb2) before the repository is moved into place; without tritonclient the check is skipped with a
-warning (--validate makes it required). The repository is written to a temporary folder next to --out and renamed
-into place: an error leaves no partial repository, and an existing one is replaced only by a complete new one.
+warning (--validate makes it required). The repository is written to a temporary folder next to --out and swapped
+into place: an error leaves no partial repository, and an existing one is replaced only by a complete new one. Its
+marker (vae-triton.json) lists every file written with its sha256: an existing --out is replaced only when it holds
+nothing else (a file of yours there, or a marker that does not list the files, makes it refuse before any work,
+naming them). An --out that cannot be written is refused before any work, in one line.
 
 Exit codes: 0 written, 2 bad input (bundle, option, engine; one line on stderr).
 """
@@ -49,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "         docker run --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/runs/triton:/models \\\n"
                "             nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_REPOSITORY", help="repository folder to write")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_REPOSITORY",
+                   help="repository folder to write; an existing one is replaced only if every file in it is one this "
+                        "tool wrote (listed in its vae-triton.json with a matching sha256), else refused (exit 2)")
     p.add_argument("--platform", choices=PLATFORMS, default="onnxruntime",
                    help="onnxruntime_onnx (default), tensorrt_plan (engines from export.to_tensorrt) or python "
                         "(this runtime inside Triton's Python backend)")

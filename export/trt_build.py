@@ -224,9 +224,15 @@ def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify
 
 
 def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | os.PathLike, *, trt: Any,
-                 verify: bool = True, device_index: int = 0, log: Callable[[str], None] = print) -> BuildResult:
+                 verify: bool = True, device_index: int = 0, log: Callable[[str], None] = print,
+                 force: bool = False) -> BuildResult:
     """Verify an engine built elsewhere from the same plan (e.g. by the printed trtexec command) and give it its
-    place and sidecar in BUNDLE/engines; an engine that fails parity is not adopted (the given file is left alone)."""
+    place and sidecar in BUNDLE/engines; an engine that fails parity is not adopted (the given file is left alone).
+
+    Unverified (verify=False), nothing proves the bytes are an engine: TensorRT's plan header is undocumented (the
+    builds seen here start with b"ftrt", TensorRT-RTX's with b"vtrt", but NVIDIA offers no API or promise about it),
+    so only the size is checked, and an engine already in place whose sidecar says it passed parity is never replaced
+    by an unverified one unless `force`."""
     path = Path(engine_file)
     if not path.is_file():
         raise TrtBuildError(f"--adopt {path}: no such engine file")
@@ -236,6 +242,18 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
     if len(data) < MIN_ENGINE_BYTES:
         raise TrtBuildError(f"--adopt {path}: {len(data)} bytes, too small to be a TensorRT engine "
                             f"(expected at least {MIN_ENGINE_BYTES}); was the trtexec build interrupted?")
+    existing = Path(bundle) / plan.engine_file
+    if not verify and not force and existing.is_file():
+        from runtime.engines import EngineError, read_sidecar, sidecar_path
+
+        try:
+            parity = read_sidecar(sidecar_path(existing)).parity
+        except (EngineError, OSError, ValueError):
+            parity = {}  # no readable sidecar: the engine in place is unusable anyway
+        if parity.get("verified") and parity.get("passed"):
+            raise TrtBuildError(f"--adopt {path}: {existing} is already there and passed its parity check "
+                                f"(on {parity.get('device') or 'a GPU'}); refusing to replace it with an unverified "
+                                "engine (--no-verify): adopt it on a GPU without --no-verify, or pass --force")
     ccs: tuple[str, ...] = ()
     if plan.target.flavour == "trt_rtx":
         # The targets of an engine built elsewhere are known only when the plan named them; otherwise the one

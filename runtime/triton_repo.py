@@ -22,14 +22,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bundle import GRAPHS, GraphSpec, Manifest, read_manifest, resolve_file
-from .files import make_dir_public, replace_dir, sha256_file
+from .files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
@@ -340,12 +339,25 @@ class Repository:
     options: RepoOptions = field(default_factory=RepoOptions)
 
 
+def repository_files(folder: Path) -> dict[str, str | None]:
+    """What a repository's marker proves this tool wrote there: file -> sha256 (the marker itself: None). Nothing
+    without a marker that lists its files (one written before markers did, or not by this tool)."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(marker, dict) or marker.get("schema") != MARKER_SCHEMA or not isinstance(marker.get("files"), dict):
+        return {}
+    return {MARKER: None, **{str(k): str(v) for k, v in marker["files"].items()}}
+
+
 def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, options: RepoOptions, *,
                      validate: bool | None = None) -> Repository:
     """Write a model repository for `bundle` at `out`, atomically: built in a temporary folder next to `out`, each
     config.pbtxt parsed against Triton's schema (validate=None: when tritonclient is installed; True: required),
-    then renamed into place. An existing repository written by this tool is replaced only by a complete new one;
-    any other non-empty folder is refused."""
+    then swapped into place. An existing repository is replaced only by a complete new one, and only when its
+    marker lists every file there with a matching sha256; any other file makes it refuse (RepositoryError naming the
+    files) before any work. Leftovers of a killed run next to `out` are cleaned up (runtime/files.py)."""
     check_options(options)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -361,8 +373,10 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, options:
         raise RepositoryError(f"--out {out}: exists, is not empty and is not a repository written by this tool "
                               f"(no {MARKER}); refusing to replace it")
     check = schema_available() if validate is None else validate
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:  # before any work: only a repository whose marker lists every file (with its sha256) is replaced
+        tmp = begin_output_dir(out, repository_files, what="--out", manifest=MARKER)
+    except OutputError as e:
+        raise RepositoryError(str(e)) from None
     try:
         models = [_write_model(tmp, root, manifest, g, options) for g in graphs]
         if check:
@@ -371,10 +385,14 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, options:
                 validate_config(path.read_text(), str(out / m["model"] / "config.pbtxt"))
         marker = {"schema": MARKER_SCHEMA, "schema_version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "bundle": str(root.resolve()), "source_sha256": manifest.source.get("sha256", ""),
-                  "options": options.to_dict(), "models": models, "validated": bool(check)}
+                  "options": options.to_dict(), "models": models, "validated": bool(check),
+                  "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_dir_public(tmp)
-        replace_dir(tmp, out)
+        try:
+            replace_dir(tmp, out, owned=repository_files, what="--out", manifest=MARKER)
+        except OutputError as e:  # a file appeared in --out meanwhile
+            raise RepositoryError(str(e)) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

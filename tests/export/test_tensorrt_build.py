@@ -306,3 +306,33 @@ def test_rtx_build_records_the_compute_capabilities_it_set(bundle_copy):
     narrow = plan_build(RTX, B.DECODER, "fp32", manifest, BuildOptions(compute_capabilities=("8.6",)))
     res = build_engine(bundle_copy, narrow, trt=trt, verify=False, log=lambda *a: None)
     assert read_sidecar(res.sidecar).compute_capabilities == ("8.6",)
+
+
+def test_adopt_unverified_never_replaces_a_verified_engine_unless_forced(bundle_copy, capsys):
+    """5,000 random bytes with --no-verify: nothing can check them here (TensorRT's plan header is undocumented), so
+    an engine already in place that passed parity is kept; --force replaces it (the sidecar then says unverified)."""
+    import numpy as np
+
+    from export.to_tensorrt import main
+    from runtime.engines import write_sidecar
+
+    args = [str(bundle_copy), "--flavour", "trt_rtx", "--graphs", "decoder", "--precision", "fp32", "--no-verify"]
+    assert main(args) == 0
+    engine = bundle_copy / "engines" / f"decoder.fp32.portable.{RTX.tag}.plan"
+    sidecar = engine.with_suffix(".json")
+    verified = dataclasses.replace(read_sidecar(sidecar), parity={"verified": True, "passed": True, "device": "RTX"})
+    write_sidecar(sidecar, verified)  # as if it had been built and checked on a GPU
+    before = engine.read_bytes(), sidecar.read_bytes()
+    random_bytes = bundle_copy / "random.plan"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(5000))
+    capsys.readouterr()
+    assert main([*args, "--adopt", str(random_bytes)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --adopt {random_bytes}: {engine} is already there and passed its parity check "
+                          "(on RTX); refusing to replace it with an unverified engine (--no-verify)")
+    assert "--force" in err and len(err.strip().splitlines()) == 1
+    assert (engine.read_bytes(), sidecar.read_bytes()) == before
+    assert main([*args, "--adopt", str(random_bytes), "--force"]) == 0
+    assert engine.read_bytes() == random_bytes.read_bytes() and read_sidecar(sidecar).parity == {"verified": False}
+    # an unverified engine in place may be replaced by another unverified one
+    assert main([*args, "--adopt", str(random_bytes)]) == 0

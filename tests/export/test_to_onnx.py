@@ -227,7 +227,8 @@ def test_cli_no_verify_warns(tiny_checkpoint, tmp_path, capsys):
 def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not a bundle; refusing to replace it"):
+    with pytest.raises(ExportError, match=r"docs: refusing to replace it: 1 file\(s\) there were not written by this "
+                                          r"tool \(not listed in vae.json with a matching sha256\): notes.txt"):
         export_bundle(tiny_checkpoint, tmp_path / "docs", **QUIET)
     assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
 
@@ -315,7 +316,7 @@ def test_cli_unwritable_output_exits_2(tiny_checkpoint, tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main([str(tiny_checkpoint), "--out", str(blocker / "bundle")]) == 2
     err = capsys.readouterr().err
-    assert f"--out {blocker / 'bundle'}: cannot create a bundle there" in err and str(blocker) in err
+    assert f"--out {blocker / 'bundle'}: cannot write there" in err and str(blocker) in err
     assert main([str(tiny_checkpoint), "--out", str(blocker)]) == 2
     assert f"--out {blocker}: exists and is not a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"] and blocker.read_text() == "not a folder"

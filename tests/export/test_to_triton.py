@@ -208,10 +208,13 @@ def test_not_a_bundle_and_foreign_folder(bundle, tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
-def test_rewrite_replaces_a_previous_repository_whole(bundle, tmp_path):
+def test_rewrite_replaces_a_previous_repository_whole(bundle, tmp_path, capsys):
     out = tmp_path / "repo"
     assert run(bundle, "--out", out, "--max-batch", 16) == 0
-    (out / "vae_encoder" / "stale.txt").write_text("from the old repository")
+    (out / "vae_encoder" / "stale.txt").write_text("not written by the tool")  # someone else's: refused, kept
+    assert run(bundle, "--out", out, "--max-batch", 8, "--graphs", "decoder") == 2
+    assert "vae_encoder/stale.txt" in capsys.readouterr().err and (out / "vae_encoder" / "stale.txt").exists()
+    (out / "vae_encoder" / "stale.txt").unlink()
     assert run(bundle, "--out", out, "--max-batch", 8, "--graphs", "decoder") == 0
     assert not (out / "vae_encoder").exists()
     assert parse(out / "vae_decoder" / "config.pbtxt").max_batch_size == 8
