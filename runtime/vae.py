@@ -9,7 +9,8 @@ From a PNG to latents and back, in three lines (Pillow only for the file I/O)::
 Arrays in and out are NumPy: images are float32 NCHW batches in the bundle's pixel range (vae.pixel_range, from
 vae.json), latents are float32 (N, latent_dim). Inputs are checked once at the boundary (runtime.validation: float64
 is converted, non-contiguous arrays are copied, integers / NaN / Inf / empty batches / wrong shapes are refused with
-an error naming the tensor, the expected and the actual value). Batches larger than the engine's limit are chunked.
+an error naming the tensor, the expected and the actual value). Every engine call gets at most `max_chunk` items
+(load's option, default 256) or the engine's own limit; a bigger batch is run chunk by chunk into one output array.
 One runtime may be shared by many threads. close() (or leaving a `with` block) releases the engine.
 """
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from . import images as _images
 from .backends import Backend, Device, resolve
-from .bundle import DECODER, ENCODER, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest, read_manifest
+from .backends.base import DEFAULT_MAX_CHUNK, check_max_chunk
+from .bundle import (DECODER, ENCODER, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest, bundle_path,
+                     read_manifest)
 from .errors import BackendError, ShapeError
 from .validation import check_input
 
@@ -180,13 +183,19 @@ class VAERuntime:
 
 
 def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str = "fp32", *,
-         graphs: Iterable[str] | None = None, check_finite: bool = True, **options: Any) -> VAERuntime:
+         graphs: str | Iterable[str] | None = None, check_finite: bool = True,
+         max_chunk: int | None = DEFAULT_MAX_CHUNK, **options: Any) -> VAERuntime:
     """Load a bundle (folder or its vae.json) on a backend.
 
     backend: "auto" (cpu: onnxruntime; cuda: tensorrt when its engines are usable here, else onnxruntime),
              "onnxruntime", "tensorrt" or "torch" (the PyTorch reference; parity and benchmarks only).
     device: "cpu", "cuda" or "cuda:N".  precision: "fp32", "fp16" or "int8" (a variant listed in vae.json).
-    graphs: the graphs to load (default: all in the bundle), e.g. ("decoder",) for a decoder-only app.
+    graphs: the graphs to load (default: all in the bundle): a list of names, e.g. ("decoder",) for a decoder-only
+            app, or one string, "decoder" or "encoder,decoder" (comma-separated, as the CLIs' --graphs take them).
+    max_chunk: largest batch one engine call gets, on every backend (default DEFAULT_MAX_CHUNK, 256); a bigger batch
+             runs chunk by chunk into one output array, so memory beyond the inputs and outputs stays bounded by
+             one chunk. None: one call per batch, whatever its size (memory grows with the batch; see
+             runtime/backends/base.py). Changeable later through `runtime.backend.max_chunk`.
     options: backend options, checked by name (onnxruntime: threads, inter_op_threads, graph_optimization_level,
              execution_provider, io_binding, provider_options, max_batch, spinning, preload, batch_split - see
              runtime/backends/onnxruntime.py; torch: checkpoint, threads; tensorrt: its own).
@@ -194,13 +203,13 @@ def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", 
     (preload=True: here), so a process that only decodes never builds the encoder's session.
     Raises BundleError (files / manifest), BackendError or BackendUnavailableError (choice, options, engine).
     """
-    path = Path(bundle)
+    path = bundle_path(bundle)  # BundleError naming what was expected for None, bytes, ''
     root = path if path.is_dir() or path.name != MANIFEST_NAME else path.parent
     manifest = read_manifest(root)
     dev = Device.parse(device)
     if precision not in PRECISIONS:
         raise BackendError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-    wanted = tuple(dict.fromkeys(graphs)) if graphs is not None else tuple(manifest.graphs)
+    wanted = _graph_names(graphs) if graphs is not None else tuple(manifest.graphs)
     missing = [g for g in wanted if g not in manifest.graphs]
     if missing or not wanted:
         raise BackendError(f"graphs: asked for {list(wanted)}, the bundle {root} has {sorted(manifest.graphs)}")
@@ -212,5 +221,22 @@ def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", 
     unknown = sorted(set(options) - set(cls.options))
     if unknown:
         raise BackendError(f"backend {cls.name!r}: unknown option(s) {unknown}; it accepts {list(cls.options)}")
+    max_chunk = check_max_chunk(max_chunk)
     be = cls.open(root, manifest, device=dev, precision=precision, graphs=wanted, check_finite=check_finite, **options)
+    be.max_chunk = max_chunk
     return VAERuntime(be, manifest, root, chosen=chosen)
+
+
+def _graph_names(graphs: Any) -> tuple[str, ...]:
+    """load()'s `graphs` as a tuple of names, duplicates dropped: a string is one name or a comma-separated list
+    ("decoder", "encoder,decoder"), never its characters; anything else must be an iterable of strings."""
+    if isinstance(graphs, str):
+        return tuple(dict.fromkeys(g.strip() for g in graphs.split(",") if g.strip()))
+    if isinstance(graphs, (bytes, Mapping)) or not isinstance(graphs, Iterable):
+        raise BackendError(f"graphs: expected a graph name, a comma-separated string or a list of names, got "
+                           f"{type(graphs).__name__} {graphs!r}")
+    names = tuple(graphs)
+    bad = [g for g in names if not isinstance(g, str)]
+    if bad:
+        raise BackendError(f"graphs: expected graph names (strings), got {type(bad[0]).__name__} {bad[0]!r}")
+    return tuple(dict.fromkeys(names))

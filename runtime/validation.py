@@ -21,6 +21,8 @@ import numpy as np
 from .bundle import IMAGE, LOGVAR, MU, Z, TensorSpec
 from .errors import DTypeError, EmptyBatchError, NonFiniteError, ShapeError
 
+_FINITE_BLOCK = 1 << 20  # values per NaN/Inf check: its mask stays ~1 MiB whatever the batch
+
 # What each axis means, for messages ("channels 1, expected 3" reads better than "axis 1").
 _AXIS_NAMES = {
     IMAGE: ("batch", "channels", "height", "width"),
@@ -72,8 +74,10 @@ def check_input(spec: TensorSpec, value: Any, *, check_finite: bool = True) -> n
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, reported just below
         arr = np.ascontiguousarray(arr, dtype=np.float32)
     if check_finite:
-        finite = np.isfinite(arr)
-        if not finite.all():
+        # Block by block: a mask of the whole batch would be a quarter of its size again (issue 16: memory bounded).
+        rows = max(1, _FINITE_BLOCK // max(1, arr[0].size))
+        if not all(np.isfinite(arr[i:i + rows]).all() for i in range(0, arr.shape[0], rows)):
+            finite = np.isfinite(arr)
             nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
             first = tuple(int(i) for i in np.argwhere(~finite)[0])
             raise NonFiniteError(f"tensor {name!r}: {nan} NaN and {inf} Inf value(s), first at index {first}; "

@@ -6,8 +6,12 @@ A backend runs one bundle's graphs (encoder, decoder) on one engine at one devic
 1. the graph is one this backend loaded, the feeds are exactly the graph's inputs (names from the manifest);
 2. each input passes runtime.validation.check_input (rank, shape, channels, latent size, dtype, contiguity, NaN/Inf,
    empty batch) -> C-contiguous float32;
-3. a batch larger than `max_batch(graph)` (e.g. a TensorRT optimization profile's max) is split into chunks and the
-   outputs concatenated, so callers never see the engine's limit;
+3. a batch larger than `chunk_size(graph)` - the smaller of `max_chunk` (every backend, DEFAULT_MAX_CHUNK unless
+   load(..., max_chunk=N) says otherwise) and `max_batch(graph)` (the engine's own limit, e.g. a TensorRT optimization
+   profile's max) - is run chunk by chunk, each chunk's outputs written into one output array allocated once for the
+   whole batch. Callers never see the engine's limit, and memory beyond the inputs and outputs themselves is bounded
+   by one chunk: an engine's intermediate buffers grow with the batch of one call (ONNX Runtime's arena keeps them
+   afterwards), so one call of 10,000 default-size latents peaked at 7.7 GB (benchmarks/NOTES.md section 13);
 4. `_run(graph, feeds)` - the engine hook - is called, under a lock if the class says it is not thread-safe
    (`thread_safe = False`), and any of the engine's own exception types (`engine_errors`) becomes a BackendError;
 5. outputs are checked against the manifest (names, batch, static dims) and returned as float32 arrays.
@@ -35,6 +39,20 @@ from ..errors import BackendError, ClosedError, ShapeError
 from ..validation import check_input, shape_str
 
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+#: Largest batch one engine call gets unless load(..., max_chunk=N) says otherwise. Measured on the default model's
+#: decoder, 10,000 latents, 2 CPU cores (benchmarks/NOTES.md section 13): chunks of 32 to 1024 took the same time
+#: within this machine's noise (~6 s), one call 2x that; the peak above the output grows with the chunk, ~1.3 MiB
+#: per item (256: 0.45 GiB; one call: 7.1 GiB, 13.3 GiB after a second call). 256 keeps that under half a GiB while
+#: leaving GPU engines batches large enough to fill them and batch_split 16 images per core on a 16-core host.
+DEFAULT_MAX_CHUNK = 256
+
+
+def check_max_chunk(value: Any) -> int | None:
+    """The max_chunk option: a positive integer, or None for no limit (one engine call per batch, memory unbounded)."""
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+        raise BackendError(f"option max_chunk: expected a positive integer or None (no limit), got {value!r}")
+    return None if value is None else int(value)
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,16 @@ class Backend(abc.ABC):
         self._state = threading.Condition()      # guards _closed and _in_flight
         self._in_flight = 0
         self._closed = False
+        self._max_chunk: int | None = DEFAULT_MAX_CHUNK
+
+    @property
+    def max_chunk(self) -> int | None:
+        """Largest batch one engine call gets (None: no limit); see DEFAULT_MAX_CHUNK. Settable, checked."""
+        return self._max_chunk
+
+    @max_chunk.setter
+    def max_chunk(self, value: int | None) -> None:
+        self._max_chunk = check_max_chunk(value)
 
     # ------------------------------------------------------------------ to implement
     @classmethod
@@ -106,13 +134,19 @@ class Backend(abc.ABC):
         """Release the engine (sessions, contexts, buffers). Called once."""
 
     def max_batch(self, graph: str) -> int | None:
-        """Largest batch one _run call takes (None: unlimited). Bigger batches are chunked by run()."""
+        """Largest batch the engine itself takes in one _run call (None: unlimited). Bigger batches are chunked."""
         return None
+
+    def chunk_size(self, graph: str) -> int | None:
+        """Largest batch one _run call gets: the smaller of max_chunk and max_batch(graph) (None: no limit)."""
+        limits = [x for x in (self._max_chunk, self.max_batch(graph)) if x is not None]
+        return min(limits) if limits else None
 
     def describe(self) -> dict[str, Any]:
         """Provenance for reports: engine versions, providers, files. Subclasses extend it."""
         return {"backend": self.name, "device": str(self.device), "precision": self.precision,
-                "graphs": list(self.graphs), "max_batch": {g: self.max_batch(g) for g in self.graphs}}
+                "graphs": list(self.graphs), "max_batch": {g: self.max_batch(g) for g in self.graphs},
+                "max_chunk": self._max_chunk}
 
     # ------------------------------------------------------------------ the protocol
     @property
@@ -126,7 +160,7 @@ class Backend(abc.ABC):
         return self.manifest.graphs[graph]
 
     def run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Validate `feeds`, run `graph` (in chunks of max_batch), return {output name: float32 array}."""
+        """Validate `feeds`, run `graph` (in chunks of chunk_size(graph)), return {output name: float32 array}."""
         spec = self.spec(graph)
         want = [t.name for t in spec.inputs]
         if set(feeds) != set(want):
@@ -136,17 +170,32 @@ class Backend(abc.ABC):
         if len(set(sizes.values())) > 1:
             raise ShapeError(f"graph {graph!r}: inputs have different batch sizes {sizes}")
         n = next(iter(sizes.values()))
-        limit = self.max_batch(graph)
+        limit = self.chunk_size(graph)
         self._enter()
         try:
             if limit is None or n <= limit:
-                outs = self._checked_run(graph, spec, arrays, n)
-            else:
-                parts = [self._checked_run(graph, spec, {k: v[i:i + limit] for k, v in arrays.items()},
-                                           min(limit, n - i)) for i in range(0, n, limit)]
-                outs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                return self._checked_run(graph, spec, arrays, n)
+            return self._chunked_run(graph, spec, arrays, n, limit)
         finally:
             self._leave()
+
+    def _chunked_run(self, graph: str, spec: GraphSpec, arrays: dict[str, np.ndarray], n: int,
+                     limit: int) -> dict[str, np.ndarray]:
+        """Run `limit` rows at a time (views of the inputs, no copies), each chunk's outputs written straight into
+        outputs allocated once for all n rows: no list of parts and no concatenation, which would double the output."""
+        outs: dict[str, np.ndarray] = {}
+        for i in range(0, n, limit):
+            m = min(limit, n - i)
+            part = self._checked_run(graph, spec, {k: v[i:i + m] for k, v in arrays.items()}, m)
+            for k, a in part.items():
+                if k not in outs:
+                    outs[k] = np.empty((n, *a.shape[1:]), np.float32)
+                elif a.shape[1:] != outs[k].shape[1:]:
+                    raise BackendError(f"{self.name} backend: output {k!r} of graph {graph!r} has shape "
+                                       f"{tuple(a.shape)} for rows {i}..{i + m - 1}, but {tuple(outs[k].shape)} "
+                                       f"for the rows before")
+                outs[k][i:i + m] = a
+            del part  # this chunk's outputs go before the next chunk runs
         return outs
 
     def _checked_run(self, graph: str, spec: GraphSpec, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -196,3 +245,31 @@ class Backend(abc.ABC):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.name} {self.device} {self.precision} graphs={list(self.graphs)} {state}>"
+
+
+#: Dtypes a backend accepts for a loaded graph's inputs/outputs: the backends cast float feeds and outputs (an FP16
+#: variant may take float16 where vae.json, written for the FP32 graph, says float32); anything else is another model.
+FLOAT_DTYPES = ("float32", "float16", "float64")
+
+
+def check_graph_io(source: str | Path, spec: GraphSpec, inputs: Iterable[tuple[str, tuple[Any, ...], str | None]],
+                   outputs: Iterable[tuple[str, tuple[Any, ...], str | None]]) -> None:
+    """A loaded graph's own inputs/outputs, as (name, shape, dtype) with symbolic axes as str or None and dtype as a
+    NumPy name (None: not known), against vae.json's: the same names in order, the same rank, the same static dims,
+    a floating dtype. Every backend calls it when it loads a graph, so a graph file swapped for another model (its
+    sha256 updated) is refused there, naming the file, the tensor, the expected and the actual value."""
+    from ..bundle import BundleError
+
+    for kind, actual, declared in (("inputs", list(inputs), spec.inputs), ("outputs", list(outputs), spec.outputs)):
+        got, want = [a[0] for a in actual], [t.name for t in declared]
+        if got != want:
+            raise BundleError(f"{source}: graph {kind} are {got}, vae.json says {want}")
+        for (name, shape, dtype), t in zip(actual, declared):
+            shape = tuple(shape)
+            static = [i for i, (d, w) in enumerate(zip(shape, t.shape))
+                      if isinstance(w, int) and d != w and not (isinstance(d, str) or d is None)]
+            if len(shape) != len(t.shape) or static:
+                raise BundleError(f"{source}: {kind[:-1]} {name!r} has shape {list(shape)}, "
+                                  f"vae.json says {list(t.shape)}")
+            if dtype is not None and dtype not in FLOAT_DTYPES:
+                raise BundleError(f"{source}: {kind[:-1]} {name!r} has dtype {dtype}, vae.json says {t.dtype}")

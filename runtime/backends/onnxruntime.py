@@ -13,8 +13,9 @@ Options (load(..., **options)):
                               lets ONNX Runtime place outputs where we say instead of guessing; one binding per call,
                               so it is thread-safe. It works on CPU too, which is how the code path is tested here.
     provider_options          dict of extra options for the chosen provider (e.g. trt_engine_cache_enable)
-    max_batch                 largest batch per session call (default: unlimited); bigger batches are chunked by the
-                              base class, which bounds peak activation memory on small devices
+    max_batch                 largest batch per session call (default: unlimited here); bigger batches are chunked
+                              by the base class. load(..., max_chunk=N), every backend's option, already chunks every
+                              call (default 256, runtime/backends/base.py); max_batch only matters when smaller
     spinning                  ONNX Runtime's intra-op thread spinning ("session.intra_op.allow_spinning"; default:
                               ONNX Runtime's, which is on). Spinning threads busy-wait for the next piece of work:
                               fastest on cores of one's own (off was 1.3-1.6x slower at batch 1 on an idle 2-core
@@ -35,8 +36,9 @@ Options (load(..., **options)):
                               at 8; the encoder (all Conv, which ONNX Runtime parallelises well) 2-9% slower, hence
                               off for it by default. The single-threaded sessions are built on the first split call
                               (one per core, ~15 ms and ~9 MiB each for the default decoder), so a process that never
-                              decodes a large batch never pays for them. With max_batch set, the threshold applies
-                              to each max_batch piece (max_batch=16 and batch_split=32: nothing is split).
+                              decodes a large batch never pays for them. The threshold applies to each chunk the
+                              base class makes (max_chunk, default 256, or max_batch when smaller): a chunk of 256
+                              is split across the cores, max_chunk=16 with batch_split=32 splits nothing.
 
 Lazy sessions. load() checks that every requested graph's file is there and imports onnxruntime; the file's sha256
 (against vae.json) and the InferenceSession itself (graph optimisation, weight prepacking: tens of ms and ~20 MiB for
@@ -63,11 +65,12 @@ import numpy as np
 
 from ..bundle import BundleError, Manifest, resolve_file
 from ..errors import BackendError, BackendUnavailableError
-from .base import Backend, Device
+from .base import Backend, Device, check_graph_io
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
 def _import_ort():
@@ -388,14 +391,9 @@ def physical_cores() -> int:
 
 
 def _check_io(path: Path, sess: Any, spec) -> None:
-    """The session's inputs/outputs must be the manifest's: same names, same static dims."""
-    for kind, actual, declared in (("inputs", sess.get_inputs(), spec.inputs), ("outputs", sess.get_outputs(), spec.outputs)):
-        got = [a.name for a in actual]
-        want = [t.name for t in declared]
-        if got != want:
-            raise BundleError(f"{path}: graph {kind} are {got}, vae.json says {want}")
-        for a, t in zip(actual, declared):
-            static = [(i, d, w) for i, (d, w) in enumerate(zip(a.shape, t.shape)) if isinstance(w, int) and d != w
-                      and not (isinstance(d, str) or d is None)]
-            if len(a.shape) != len(t.shape) or static:
-                raise BundleError(f"{path}: {kind[:-1]} {a.name!r} has shape {list(a.shape)}, vae.json says {list(t.shape)}")
+    """The session's inputs/outputs must be the manifest's (names, ranks, static dims, a float dtype): base's check."""
+    def io(args: Any) -> list[tuple[str, tuple[Any, ...], str]]:
+        return [(a.name, tuple(a.shape), _ORT_DTYPES.get(a.type, a.type.removeprefix("tensor(").rstrip(")")))
+                for a in args]
+
+    check_graph_io(path, spec, io(sess.get_inputs()), io(sess.get_outputs()))

@@ -9,6 +9,11 @@
 // ConvTranspose (per-image GEMM + col2im) scales poorly over threads; whole images per core share nothing. The
 // per-core sessions are built on the first split call, so a cold start that decodes one image never pays for them.
 //
+// Every ONNX Runtime call gets at most kMaxChunk rows (the Python runtime's DEFAULT_MAX_CHUNK in
+// runtime/backends/base.py): a bigger batch runs chunk by chunk, bound at each chunk's offset in the caller's buffers,
+// batch_split applying to each chunk. ORT's intermediate buffers (kept by its arena) grow with one call's batch:
+// 10,000 tiny latents in one call took ~530 MiB beyond their output, so memory is now bounded by the chunk (issue 16).
+//
 // ORT_API_MANUAL_INIT is defined for this target (CMake), so the C++ wrapper does not fetch the API table in a static
 // initializer: we fetch it here, and a library older than the headers gives an UnavailableError instead of a crash.
 #include <algorithm>
@@ -174,7 +179,8 @@ public:
             worker_so_.SetInterOpNumThreads(1);
         }
         description_ = std::string("onnxruntime ") + OrtGetApiBase()->GetVersionString() + " (" + first + ", " +
-                       dev.str() + ", " + opt.precision + split_text + ")";
+                       dev.str() + ", " + opt.precision + split_text + ", max_chunk " + std::to_string(kMaxChunk) +
+                       ")";
 
         for (const auto& g : graphs) {
             auto [file, sha] = m.graph_file(g, opt.precision);
@@ -199,16 +205,29 @@ public:
         auto it = sessions_.find(graph.name);
         if (it == sessions_.end()) throw UnavailableError("graph '" + graph.name + "' was not loaded");
         const std::int64_t n = inputs.empty() ? 0 : inputs[0].shape[0];
+        if (n <= kMaxChunk) {
+            run_chunk(*it->second, graph, inputs, outputs, n);
+            return;
+        }
+        for (std::int64_t begin = 0; begin < n; begin += kMaxChunk) {
+            const std::int64_t end = std::min(n, begin + kMaxChunk);
+            run_chunk(*it->second, graph, rows(inputs, begin, end), rows(outputs, begin, end), end - begin);
+        }
+    }
+
+private:
+    static constexpr int kDefaultBatchSplit = 32;
+    static constexpr std::int64_t kMaxChunk = 256;
+
+    void run_chunk(Ort::Session& session, const GraphSpec& graph, const std::vector<InputBuffer>& inputs,
+                   const std::vector<OutputBuffer>& outputs, std::int64_t n) {
         const auto split = split_min_.find(graph.name);
         if (split != split_min_.end() && n >= split->second) {
             run_split(graph, inputs, outputs, n);
             return;
         }
-        run_on(*it->second, graph, inputs, outputs);
+        run_on(session, graph, inputs, outputs);
     }
-
-private:
-    static constexpr int kDefaultBatchSplit = 32;
 
     struct Workers {
         std::mutex mutex;  // guards sessions: built once, by the first split call, never changed afterwards
