@@ -35,6 +35,11 @@ SCHEMA = "vae-deploy/latency"
 SCHEMA_VERSION = 1
 
 
+#: Share of this machine's physical memory the largest batch's inputs and outputs may take (checked before anything
+#: is allocated). The runtimes chunk every engine call, so what a batch costs beyond them is bounded by one chunk.
+MEMORY_SHARE = 0.5
+
+
 class BenchError(ValueError):
     pass
 
@@ -125,6 +130,46 @@ def _inputs(manifest, graph: str, batch: int, seed: int) -> np.ndarray:
         return rng.standard_normal((batch, m.latent_dim), dtype=np.float32)
     lo, hi = manifest.pixel_range
     return (rng.random((batch, *m.image_shape), dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
+
+
+def item_bytes(manifest, graph: str) -> int:
+    """float32 bytes of one item's input and outputs in `graph`: what each item of a batch costs the benchmark."""
+    m = manifest.model
+    if graph == "decoder":
+        return 4 * (m.latent_dim + math.prod(m.output_shape))
+    return 4 * (math.prod(m.image_shape) + 2 * m.latent_dim)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_sizes(manifest, graphs: Sequence[str], batches: Sequence[int], memory: int | None) -> None:
+    """Refuse, before anything is allocated, a batch whose inputs and outputs alone would not fit in MEMORY_SHARE of
+    `memory` (e.g. --batch 100000000 of the default decoder: 4.6 TiB)."""
+    if memory is None or not batches:
+        return
+    budget = int(memory * MEMORY_SHARE)
+    for graph in (g for g in graphs if g in manifest.graphs):
+        per = item_bytes(manifest, graph)
+        if max(batches) * per > budget:
+            raise BenchError(f"--batch {max(batches)}: the {graph}'s inputs and outputs alone need "
+                             f"{_fmt_bytes(max(batches) * per)} ({per} bytes per item), more than "
+                             f"{MEMORY_SHARE:.0%} of this machine's memory ({_fmt_bytes(memory)}); the largest "
+                             f"{graph} batch allowed here is {budget // per}")
+
+
+def _fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
@@ -367,6 +412,26 @@ def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list
     return "\n".join(lines), changes
 
 
+OUTPUT_FILES = ("latency.json", "latency.csv", "latency_percentiles.png", "throughput.png")
+
+
+def check_out_dir(out: Path) -> None:
+    """Before any measuring: `out` must be (or become) a folder this user can write, whose output names are free for
+    files, so a whole run is never measured only to be lost at the end. Creates the folder."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out}: exists and is not a folder (--out names the folder for "
+                         f"{', '.join(OUTPUT_FILES)})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"--out {out}: cannot create the folder: {e.strerror or e}") from None
+    blocked = [n for n in OUTPUT_FILES if (out / n).exists() and not (out / n).is_file()]
+    if blocked:
+        raise BenchError(f"--out {out}: {blocked} exist and are not files; the results are written under these names")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise BenchError(f"--out {out}: this user cannot write in the folder")
+
+
 def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     from runtime.files import atomic_path, write_json_atomic
 
@@ -462,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.errors import BackendError
 
     try:
-        read_manifest(args.bundle)
+        manifest = read_manifest(args.bundle)
         device = str(Device.parse(args.device))
         bad = [b for b in args.backends if b not in BACKENDS]
         if bad:
@@ -479,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BenchError(f"--threads must be >= 1, got {args.threads}")
         if args.warmup < 0 or (args.duration is not None and not args.duration > 0):
             raise BenchError(f"--warmup must be >= 0 and --duration > 0, got {args.warmup} and {args.duration}")
+        check_batch_sizes(manifest, args.graphs, args.batch, physical_memory())
+        if args.out is not None:
+            check_out_dir(args.out)
         old = None
         if args.compare is not None:
             try:

@@ -10,6 +10,14 @@ binary serves it over HTTP and gRPC (KServe v2 protocol; any tritonclient, curl,
 (wrong shape or dtype: refused by Triton against config.pbtxt; NaN / Inf: refused by the runtime's validation) get an
 error response and the server keeps serving. Ctrl-C / SIGTERM stop it gracefully; the repository is removed.
 
+Staying up: HTTP clients talk to a small front (runtime/serve_guard.py) that forwards to Triton's private HTTP port and
+refuses requests whose claimed shape disagrees with the data they carry (Triton 2.51 sizes a buffer from the claimed
+shape first: `"shape": [2147483648, 128]` aborted it with std::bad_alloc) or whose body exceeds --max-request-bytes.
+Whatever else ends tritonserver (a crash, a kill, the OOM killer), a supervisor thread logs it (exit code or signal)
+and restarts it with backoff (0.5 s doubling to 30 s; it gives up after 5 restarts in a row that never become ready,
+exit 1); meanwhile HTTP answers 503 with the reason. tritonserver dies with runtime.serve (PR_SET_PDEATHSIG), so even
+a `kill -9` of runtime.serve leaves nothing on the ports.
+
 Where tritonserver comes from: PyPI's nvidia-pytriton wheel carries a CPU-capable Triton server (2.51) with the Python
 backend and stubs for Python 3.8-3.13. The PyTriton *library* pins numpy<2 (its stubs mishandle NumPy 2 arrays; see
 runtime/triton_model.py for how the model sidesteps that), which conflicts with this project's numpy pin, so it is not
@@ -23,24 +31,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .bundle import BundleError
 from .files import sha256_file
+from .serve_guard import DEFAULT_MAX_REQUEST_BYTES, HttpFront, Upstream
 from .triton_repo import RepoOptions, RepositoryError, parse_batches, write_repository
 
 PYTRITON_VERSION = "0.7.0"
@@ -50,6 +62,9 @@ ENV_VAR = "VAE_TRITONSERVER"
 INSTALL_DIR = "triton"  # under sys.prefix (the virtual environment)
 STUB = "triton_python_backend_stub"
 DEFAULT_STARTUP_TIMEOUT = 120.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+log = logging.getLogger("runtime.serve")
 
 
 class ServerUnavailableError(RuntimeError):
@@ -196,16 +211,72 @@ def server_env(dist: TritonDist) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------------------------- the server
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How runtime.serve brings tritonserver back after it exits by itself: after `first_delay` s, doubling up to
+    `max_delay`; a server that ran `stable_after` s counts as healthy again (the delay starts over). Gives up after
+    `max_failed_starts` restarts in a row that never became ready (a fault that a restart cannot cure)."""
+
+    first_delay: float = 0.5
+    max_delay: float = 30.0
+    stable_after: float = 60.0
+    max_failed_starts: int = 5
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit code 1' / 'killed by signal 6 (SIGABRT)' for a Popen return code."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"killed by signal {-code} ({name})"
+    return f"exit code {code}"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn making the child receive SIGKILL when the thread that started it ends (Linux PR_SET_PDEATHSIG):
+    a `kill -9` of runtime.serve takes tritonserver with it instead of leaving it on the ports. libc is loaded here, in
+    the parent, so that the child between fork and exec only makes two system calls."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, parent = libc.prctl, os.getpid()
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before the request took effect: nobody would stop us
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
+
+
 class TritonServer:
-    """One tritonserver process serving `repository`. start() waits until ready; stop() ends it gracefully (SIGINT,
-    then SIGKILL to its whole process group after `timeout`), leaving no process behind. A context manager."""
+    """One supervised tritonserver serving `repository`, behind an HTTP front (runtime.serve_guard) on `http_port`.
+
+    start() claims the HTTP port, starts tritonserver (its own HTTP endpoint on a private 127.0.0.1 port; gRPC on
+    `grpc_port`) and waits until ready. From then on a supervisor thread restarts tritonserver whenever it exits by
+    itself (a crash, a kill, the OOM killer), with backoff, logging each event on the `runtime.serve` logger and in
+    the server log. The supervisor thread is also the one that starts every tritonserver process: PR_SET_PDEATHSIG
+    fires when the *thread* that forked the child ends, so the children must come from a thread that lives exactly as
+    long as the service. stop() ends it gracefully (SIGINT, then SIGKILL to its whole process group after `timeout`),
+    leaving no process behind. A context manager."""
 
     def __init__(self, repository: str | os.PathLike, *, dist: TritonDist | None = None, host: str = "127.0.0.1",
                  http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
-                 log_file: str | os.PathLike | None = None, cleanup: Sequence[Path] = ()) -> None:
+                 log_file: str | os.PathLike | None = None, cleanup: Sequence[Path] = (),
+                 restart: RestartPolicy | None = RestartPolicy(),
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.repository = Path(repository)
         self.dist = dist or find_server()
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
+        self.restart_policy = restart
+        self.max_request_bytes = max_request_bytes
         self._cleanup = list(cleanup)
         if log_file is None:
             own = Path(tempfile.mkdtemp(prefix="vae-triton-log."))
@@ -213,8 +284,18 @@ class TritonServer:
             log_file = own / "tritonserver.log"
         self.log_file = Path(log_file)
         self._workspace: Path | None = None
+        self._backends: Path | None = None
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
+        self.restarts = 0
+        self.internal_http_port: int | None = None
+        self._front: HttpFront | None = None
+        self._lock = threading.Lock()           # spawning vs stopping
+        self._stopping = threading.Event()
+        self._started = threading.Event()       # the first start finished (ready, or failed: _start_error)
+        self._start_error: BaseException | None = None
+        self._supervisor: threading.Thread | None = None
+        self._down: str | None = None           # why tritonserver is not serving right now (None: it is)
         # Python-backend shared memory regions of this server: /dev/shm/<prefix>*, unique per server
         self.shm_prefix = f"vae{os.getpid()}_{secrets.token_hex(3)}_"
 
@@ -250,8 +331,11 @@ class TritonServer:
 
     def command(self, backends: Path) -> list[str]:
         shm_prefix = self.shm_prefix
+        http_port = self.internal_http_port or self.http_port
         cmd = [str(self.dist.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
-               f"--http-address={self.host}", f"--http-port={self.http_port}",
+               # Triton's HTTP endpoint is private: clients reach it through the front, which refuses requests that
+               # would make it allocate by a claimed shape (runtime/serve_guard.py)
+               "--http-address=127.0.0.1", f"--http-port={http_port}",
                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true",
                "--exit-timeout-secs=10", "--model-control-mode=none", "--allow-gpu-metrics=false",
@@ -264,25 +348,126 @@ class TritonServer:
             cmd += ["--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
         return cmd
 
+    def _event(self, level: int, message: str) -> None:
+        """A supervision event: on the runtime.serve logger and in the server log, where Triton's own lines are."""
+        log.log(level, message)
+        with contextlib.suppress(OSError), open(self.log_file, "a") as f:
+            f.write(f"[runtime.serve] {time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+
     def start(self, timeout: float = DEFAULT_STARTUP_TIMEOUT) -> "TritonServer":
-        if self.proc is not None:
+        if self._supervisor is not None:
             raise ServerError("this server was already started")
-        cmd = self.command(self._backends_dir())
-        with open(self.log_file, "ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches us, not the server, and stop() can end the whole group
-            # (the server and its Python-backend stubs) by the group id of the process it started.
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=server_env(self.dist), start_new_session=True)
+        self._backends = self._backends_dir()
         try:
-            self.wait_ready(timeout)
+            self.internal_http_port = _free_port()
+            self._front = HttpFront(self.host, self.http_port, Upstream("127.0.0.1", self.internal_http_port,
+                                                                       lambda: self._down),
+                                    max_request_bytes=self.max_request_bytes).start()
+        except OSError as e:
+            self.stop()
+            raise ServerError(f"HTTP port {self.host}:{self.http_port}: cannot listen ({e.strerror or e})") from None
+        self._supervisor = threading.Thread(target=self._run, args=(timeout,), name="vae-serve-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
+        try:
+            self._started.wait()
         except BaseException:
             self.stop()
             raise
+        if self._start_error is not None:
+            self.stop()
+            raise self._start_error
         return self
 
-    def ready(self) -> bool:
+    def _spawn(self) -> subprocess.Popen:
+        with self._lock:
+            if self._stopping.is_set():
+                raise ServerError("stopping")
+            with open(self.log_file, "ab") as out:
+                # Own session: a Ctrl-C in the terminal reaches us, not the server, and stop() can end the whole
+                # group (the server and its Python-backend stubs) by the group id of the process it started.
+                self.proc = subprocess.Popen(self.command(self._backends), stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, env=server_env(self.dist),
+                                             start_new_session=True, preexec_fn=_die_with_parent())
+            self.returncode = None
+            return self.proc
+
+    def _run(self, timeout: float) -> None:
+        """The supervisor thread: the first start, then restarts for as long as the service lives."""
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+            self._spawn()
+            self.wait_ready(timeout)
+        except BaseException as e:  # noqa: BLE001 - handed to start(), which raises it in the caller's thread
+            self._start_error = e
+            self._started.set()
+            return
+        self._started.set()
+        if self.restart_policy is not None:
+            self._supervise(self.restart_policy)
+
+    def _supervise(self, policy: RestartPolicy) -> None:
+        delay, failed, since = policy.first_delay, 0, time.monotonic()
+        while True:
+            proc = self.proc
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if self._down is None:  # the first exit of this outage (not a failed restart)
+                down_since = time.monotonic()
+            ran = time.monotonic() - since
+            if ran >= policy.stable_after:
+                delay, failed = policy.first_delay, 0
+            self._down = f"tritonserver {describe_exit(code)}; restarting"
+            self._reap(proc)
+            if failed >= policy.max_failed_starts:
+                self._down = f"tritonserver {describe_exit(code)}; gave up after {failed} failed restarts"
+                self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)}; {failed} restarts "
+                                           "in a row never became ready: giving up. Its log ends:\n"
+                                           + self.log_tail(15))
+                return
+            self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)} after serving "
+                                       f"{ran:.1f} s; restarting in {delay:.1f} s (restart {self.restarts + 1})")
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, policy.max_delay)
+            since = time.monotonic()
+            self.restarts += 1
+            try:
+                new = self._spawn()
+                self.wait_ready(policy.startup_timeout)
+            except ServerError as e:
+                if self._stopping.is_set():
+                    return
+                failed += 1
+                self._event(logging.ERROR, f"restart {self.restarts} failed: {str(e).splitlines()[0]}")
+                if self.proc is not None and self.proc.poll() is None:  # hung while starting: end it
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                continue
+            failed = 0
+            self._event(logging.WARNING, f"tritonserver restarted (pid {new.pid}, restart {self.restarts}): "
+                                         f"serving again {time.monotonic() - down_since:.1f} s after the exit")
+            self._down = None
+
+    @property
+    def down(self) -> str | None:
+        """Why tritonserver is not serving now (restarting, or given up); None while it serves."""
+        return self._down
+
+    @property
+    def supervising(self) -> bool:
+        """Whether the service is up or being brought back (False once stopped or given up)."""
+        return self._supervisor is not None and self._supervisor.is_alive()
+
+    def wait(self, poll: float = 0.5) -> None:
+        """Block until the service ends (stopped, or the supervisor gave up); KeyboardInterrupt gets through."""
+        while self.supervising:
+            self._supervisor.join(poll)
+
+    def ready(self) -> bool:
+        port = self.internal_http_port or self.http_port
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
@@ -306,44 +491,59 @@ class TritonServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def _reap(self, proc: subprocess.Popen) -> None:
+        """After `proc` exited: end the stubs that outlived it (its process group), wait until none is left, and
+        remove the shared memory regions Triton leaves behind (even after a clean exit; the prefix is ours alone)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for region in Path("/dev/shm").glob(self.shm_prefix + "*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """Stop the server (idempotent); returns its exit code: 0, or 1 when Triton's exit timeout (10 s) expired,
         e.g. because a client kept an HTTP connection open (close clients first for a prompt, clean stop)."""
-        proc = self.proc
-        if proc is not None and self.returncode is None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            # Stubs that outlived the server (a crash, or still exiting) are in its process group: end them too, and
-            # wait until the group is gone, so that no process of this server survives stop().
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while group_alive(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self.returncode = proc.returncode
-            # Triton leaves its stubs' shared memory regions behind (even after a clean exit); they are this
-            # server's alone (unique prefix), so remove them once no process of it is left.
-            for region in Path("/dev/shm").glob(self.shm_prefix + "*"):
-                with contextlib.suppress(OSError):
-                    region.unlink()
+        self._stopping.set()
+        with self._lock:
+            proc = self.proc
+            if proc is not None and self.returncode is None:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        proc.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                self._reap(proc)
+                self.returncode = proc.returncode
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join()
+        if self._front is not None:
+            self._front.close()
+            self._front = None
         for path in [*self._cleanup, *([self._workspace] if self._workspace else [])]:
             shutil.rmtree(path, ignore_errors=True)
         self._cleanup, self._workspace = [], None
         return self.returncode
 
     def __enter__(self) -> "TritonServer":
-        if self.proc is None:
+        if self._supervisor is None:
             self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    """A port free on 127.0.0.1 now (for Triton's private HTTP endpoint; kept across restarts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def group_alive(pgid: int) -> bool:
@@ -369,9 +569,12 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
           metrics_port: int | None = None, max_batch: int = 64, queue_delay_us: int = 100,
           dynamic_batching: bool = True, preferred_batch: Sequence[int] = (), instances: int = 1,
           threads: int | None = None, precision: str = "fp32", tritonserver: str | os.PathLike | None = None,
-          log_file: str | os.PathLike | None = None, timeout: float = DEFAULT_STARTUP_TIMEOUT) -> TritonServer:
+          log_file: str | os.PathLike | None = None, timeout: float = DEFAULT_STARTUP_TIMEOUT,
+          restart: RestartPolicy | None = RestartPolicy(),
+          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> TritonServer:
     """Write a python-platform repository for `bundle` into a temporary folder and start Triton on it (ready on
-    return). Call .stop() (or use it as a context manager): the repository folder is removed with the server."""
+    return), supervised (`restart`; None: not restarted) behind the HTTP front (requests over `max_request_bytes`
+    refused). Call .stop() (or use it as a context manager): the repository folder is removed with the server."""
     dist = find_server(tritonserver)
     options = RepoOptions(platform="python", kind="cpu", precision=precision, max_batch=max_batch,
                           instances=instances, dynamic_batching=dynamic_batching,
@@ -384,7 +587,8 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
         raise
     # The repository (and the log, unless log_file says otherwise) goes with the server: stop() removes `work`.
     server = TritonServer(repo.path, dist=dist, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_file=log_file or work / "tritonserver.log", cleanup=[work])
+                          metrics_port=metrics_port, log_file=log_file or work / "tritonserver.log", cleanup=[work],
+                          restart=restart, max_request_bytes=max_request_bytes)
     return server.start(timeout)
 
 
@@ -425,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tritonserver", type=Path, default=None, metavar="DIR",
                    help=f"Triton installation (bin/tritonserver, backends/); default ${ENV_VAR}, then $VENV/{INSTALL_DIR}")
     p.add_argument("--log", type=Path, default=None, metavar="FILE", help="server log file (default: a temporary file)")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+                   help=f"largest HTTP request body accepted (default {DEFAULT_MAX_REQUEST_BYTES >> 20} MiB)")
     p.add_argument("--install-server", type=Path, default=None, metavar="WHEEL",
                    help=f"unpack tritonserver from an nvidia-pytriton {PYTRITON_VERSION} wheel (or the folder holding it) "
                         f"into $VENV/{INSTALL_DIR} and exit")
@@ -447,6 +653,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C
 
+    if args.max_request_bytes < 1:
+        print(f"error: --max-request-bytes must be >= 1, got {args.max_request_bytes}", file=sys.stderr)
+        return 2
+    if not log.handlers:  # supervision events (restarts) go to stderr, with a time stamp
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s runtime.serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
     previous = signal.signal(signal.SIGTERM, on_signal)
     server = None
     try:
@@ -454,12 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                        metrics_port=None if args.no_metrics else args.metrics_port, max_batch=args.max_batch,
                        queue_delay_us=args.queue_delay_us, dynamic_batching=not args.no_dynamic_batching,
                        preferred_batch=args.preferred_batch, instances=args.instances, threads=args.threads,
-                       precision=args.precision, tritonserver=args.tritonserver, log_file=args.log)
+                       precision=args.precision, tritonserver=args.tritonserver, log_file=args.log,
+                       max_request_bytes=args.max_request_bytes)
         print(f"serving {args.bundle} as vae_encoder, vae_decoder: HTTP {server.http_url}, gRPC {server.grpc_url}"
               + (f", metrics {server.metrics_url}" if server.metrics_url else "")
-              + f"\nserver log: {server.log_file}\nCtrl-C stops it", flush=True)
-        code = server.proc.wait()
-        print(f"error: tritonserver exited by itself with code {code}; its log:\n{server.log_tail()}", file=sys.stderr)
+              + f"\nserver log: {server.log_file}\ntritonserver pid {server.proc.pid} (restarted if it exits)"
+              + "\nCtrl-C stops it", flush=True)
+        server.wait()  # returns only when the supervisor gives up (it has logged why)
+        print(f"error: tritonserver could not be brought back; its log ends:\n{server.log_tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if server is not None:

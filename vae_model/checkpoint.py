@@ -85,16 +85,21 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's text ends by advising weights_only=False, i.e. running the file's code: never pass that on.
         text = str(e)
-        glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if glob:
-            raise NotACheckpointError(
-                f"{path}: holds Python objects that safe loading (weights_only=True) refuses to run "
-                f"(global {glob.group(1)}). Re-save it as a plain dict of tensors, "
-                "e.g. torch.save(model.state_dict(), path)."
+        named = re.findall(r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+) whose module", text)
+        calls = [a or b for a, b in named] or _unsafe_calls(path)
+        if calls:
+            raise UnsafeCheckpointError(
+                f"{path}: refused: loading this file would run code it carries (it calls {', '.join(calls)}); "
+                "checkpoints are only ever loaded in a mode that runs none, and a checkpoint needs only tensors. "
+                "If you made this file, re-save it as a plain dict of tensors, e.g. "
+                "torch.save(model.state_dict(), path); if you did not, do not use it."
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
         reason = detail.group(1) if detail else _first_line(text, e)
+        if "weights_only" in reason:
+            reason = "its pickle is not one the safe loader reads"
         raise CorruptCheckpointError(f"{path}: not a torch checkpoint ({size} bytes; unpickling failed: {reason})") from None
     except KeyError as e:  # the legacy (non-zip) loader reading bytes that are not a pickle: an opcode number
         raise CorruptCheckpointError(
@@ -104,6 +109,62 @@ def _read(path: Path) -> Any:
         raise CorruptCheckpointError(
             f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated or corrupt?): {_first_line(str(e), e)}"
         ) from None
+
+
+class UnsafeCheckpointError(NotACheckpointError):
+    """The file's pickle would call code when loaded (os.system, exec, a custom class...): refused, never run."""
+
+
+# Globals torch's own checkpoints reference (tensor rebuilding, storages, containers): not evidence of a payload.
+_BENIGN_GLOBAL = re.compile(r"^(torch\.(_utils\._rebuild_\w+|\w*Storage|storage\.\w+|_tensor\._rebuild_from_type_v2|"
+                            r"(float|double|half|bfloat16|u?int\d*|bool|long|complex\d*|strided|device|Size|"
+                            r"serialization\._get_layout))|collections\.OrderedDict)$")
+_PICKLE_SCAN_LIMIT = 64 << 20
+
+
+def _unsafe_calls(path: Path) -> list[str]:
+    """Globals other than torch's own that the file's pickle(s) would import, found by reading its opcodes with
+    pickletools (which parses, never executes). Scans a raw pickle stream (several in torch's legacy format) or the
+    data.pkl of a torch zip archive; returns [] when nothing is found or the bytes are not a pickle."""
+    import io
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if member is None or zf.getinfo(member).file_size > _PICKLE_SCAN_LIMIT:
+                    return []
+                data = zf.read(member)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(_PICKLE_SCAN_LIMIT)
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(5):  # torch's legacy format: magic, protocol, sys info, the object, storage keys
+        strings: list[str] = []
+        memo: dict[int, str] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str) and ("UNICODE" in op.name or op.name.endswith("STRING")):
+                    strings.append(str(arg))
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT") and strings:
+                    memo[int(arg)] = strings[-1]
+                elif op.name in ("GET", "BINGET", "LONG_BINGET") and int(arg) in memo:
+                    strings.append(memo[int(arg)])
+        except (ValueError, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
+            break
+        if stream.tell() >= len(data):
+            break
+    return list(dict.fromkeys(g for g in found if not _BENIGN_GLOBAL.match(g)))
 
 
 def _first_line(text: str, e: BaseException) -> str:

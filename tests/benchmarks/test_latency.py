@@ -112,6 +112,48 @@ def test_bad_batch_split_exits_2(bench_run, capsys, value):
     assert f"expected 'off' or a batch size >= 2, got {value!r}" in capsys.readouterr().err
 
 
+def test_batch_beyond_memory_exits_2_before_allocating(bench_run, monkeypatch, capsys):
+    """--batch 100000000 used to allocate its inputs first (issue 16): now sized against the machine's memory first."""
+    from benchmarks import latency
+
+    bundle, _, _ = bench_run
+
+    def must_not_run(plan):
+        raise AssertionError("the benchmark ran: nothing may be allocated before the batch sizes are checked")
+
+    monkeypatch.setattr(latency, "run", must_not_run)
+    assert main([str(bundle), "--batch", "1,100000000"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch 100000000: the encoder's inputs and outputs alone need" in err and "Traceback" not in err
+    # tiny model: encoder 3x32x32 in, 2 x 8 out; decoder 8 in, 3x32x32 out, float32 -> 12352 and 12320 bytes per item
+    monkeypatch.setattr(latency, "physical_memory", lambda: 2 * 12352 * 1000)
+    assert main([str(bundle), "--batch", "1001", "--graphs", "encoder"]) == 2
+    assert ("the encoder's inputs and outputs alone need 11.8 MiB (12352 bytes per item), more than 50% of this "
+            "machine's memory (23.6 MiB); the largest encoder batch allowed here is 1000") in capsys.readouterr().err
+    monkeypatch.setattr(latency, "run", lambda plan: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # 1000 passes the check and reaches the benchmark
+        main([str(bundle), "--batch", "1000", "--graphs", "encoder"])
+
+
+def test_unusable_out_exits_2_before_measuring(bench_run, monkeypatch, tmp_path, capsys):
+    """--out an existing file used to be found only after the whole run, by a traceback that lost it (issue 16)."""
+    from benchmarks import latency
+
+    bundle, _, _ = bench_run
+    monkeypatch.setattr(latency, "run", lambda plan: pytest.fail("measured before --out was checked"))
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("the user's notes\n")
+    assert main([str(bundle), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {a_file}: exists and is not a folder" in err and "Traceback" not in err
+    assert a_file.read_text() == "the user's notes\n"
+    assert main([str(bundle), "--out", str(a_file / "sub")]) == 2  # under a file: cannot be created
+    assert f"--out {a_file / 'sub'}: cannot create the folder" in capsys.readouterr().err
+    (tmp_path / "out" / "latency.json").mkdir(parents=True)
+    assert main([str(bundle), "--out", str(tmp_path / "out")]) == 2
+    assert "['latency.json'] exist and are not files" in capsys.readouterr().err
+
+
 def test_unreadable_compare_file_exits_2_before_measuring(bench_run, tmp_path, capsys):
     bundle, _, report = bench_run
     bad = tmp_path / "list.json"

@@ -123,6 +123,30 @@ def test_decoder_matches_python_runtime_on_default_bundle(cpp_build, default_bun
         assert f"  {stage} " in proc.stdout, proc.stdout
 
 
+def test_vae_decode_never_overwrites_the_users_files_unasked(cpp_build, bundle, tmp_path):
+    """vae_decode --out DIR used to replace DIR/image_000.png silently (issue 16): it stops before decoding, exit 2."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "image_001.png").write_bytes(b"the user's picture")
+    (tmp_path / "images.npy").write_bytes(b"the user's array")
+    exe = cpp_build.exe("vae_decode")
+    proc = _run([exe, bundle, "--count", "3", "--out", out, "--save-npy", tmp_path / "images.npy"], check=False)
+    assert proc.returncode == 2, proc
+    assert proc.stderr == (f"vae_decode: error: would overwrite 2 existing file(s): {out}/image_001.png, "
+                           f"{tmp_path}/images.npy; pass --overwrite to replace them, or choose another --out / "
+                           "--save-npy\n")
+    assert sorted(p.name for p in out.iterdir()) == ["image_001.png"]  # nothing written, nothing replaced
+    assert (out / "image_001.png").read_bytes() == b"the user's picture"
+    assert (tmp_path / "images.npy").read_bytes() == b"the user's array"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    proc = _run([exe, bundle, "--count", "1", "--out", a_file], check=False)
+    assert proc.returncode == 2 and f"--out {a_file}: exists and is not a folder" in proc.stderr
+    _run([exe, bundle, "--count", "3", "--out", out, "--overwrite"])  # asked for: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["image_000.png", "image_001.png", "image_002.png"]
+    assert (out / "image_001.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_encoder_matches_python_runtime_on_default_bundle(cpp_build, default_bundle, tmp_path):
     with python_runtime(default_bundle) as rt:
         m = rt.manifest
@@ -149,6 +173,23 @@ def test_c_abi_misuse_battery(cpp_build, bundle):
     assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
     assert sum(line.startswith("ok ") for line in lines) >= 30, proc.stdout  # the battery really ran
     assert lines[-1] == "0 check(s) failed"
+
+
+def test_large_decode_peak_memory_is_the_output_plus_one_chunk(cpp_build, bundle):
+    """Every ONNX Runtime call gets at most 256 rows, as in the Python runtime (issue 16): 10,000 tiny latents in one
+    call peaked ~530 MiB above their 117 MiB output; chunked, the same bound as tests/runtime/test_memory.py holds."""
+    import runtime
+    from benchmarks.cpp_runtime import CppRuntime
+    from tests.runtime.test_memory import BOUND_MIB, N, peak_memory
+
+    r = peak_memory(bundle, "decoder", library=cpp_build.library)
+    assert r["shape"] == [N, 3, 32, 32]
+    assert r["extra_mib"] < BOUND_MIB, r
+    z = np.random.default_rng(5).standard_normal((2 * 256 + 5, 8), dtype=np.float32)
+    with CppRuntime(bundle, library=cpp_build.library, graphs="decoder") as rt, \
+            runtime.load(bundle, backend="onnxruntime", max_chunk=None, batch_split=False) as whole:
+        assert "max_chunk 256)" in rt.backend
+        np.testing.assert_allclose(rt.decode(z), whole.decode(z), rtol=0, atol=TOL)  # rows in order across chunks
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -275,6 +316,40 @@ def test_malformed_manifest(cpp_build, bundle_copy, edit, needle):
     _edit_manifest(bundle_copy, edit)
     status, err = open_status(cpp_build, bundle_copy)
     assert status == "VAE_ERR_BUNDLE" and needle in err and "vae.json" in err, err
+
+
+def _escape_by_symlink(bundle: Path) -> None:
+    outside = bundle.parent / "outside.onnx"
+    (bundle / "decoder.onnx").rename(outside)
+    os.symlink(outside, bundle / "decoder.onnx")
+
+
+def _latent(n: int):
+    def edit(d):
+        d["model"]["latent_dim"] = n
+        for t in (*d["graphs"]["encoder"]["outputs"], *d["graphs"]["decoder"]["inputs"]):
+            t["shape"] = ["batch", n]
+    return edit
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d["graphs"]["decoder"].update(file="/etc/passwd"), "file name '/etc/passwd' must be a relative path"),
+    (_escape_by_symlink, "outside.onnx, outside the bundle"),
+    (lambda d: d["graphs"]["decoder"].update(sha256=""),
+     "graphs.decoder.sha256: expected the file's sha256 (64 hex digits), got ''"),
+    (lambda d: d["graphs"]["decoder"].update(variants={"fp16": {"file": "decoder.onnx", "sha256": ""}}),
+     "graphs.decoder.variants.fp16.sha256: expected the file's sha256 (64 hex digits), got ''"),
+    (_latent(100_000), "model.latent_dim: expected an integer in [1, 65536], got 100000"),
+])
+def test_bundle_contract_files_inside_sha256_required_model_bounded(cpp_build, bundle_copy, edit, needle):
+    """Issue 16, the C++ reader: names stay inside the bundle (also through symlinks), graph and variant sha256 are
+    required (an empty one used to turn the check off), the model section is bounded as in runtime/bundle.py."""
+    if edit is _escape_by_symlink:
+        edit(bundle_copy)
+    else:
+        _edit_manifest(bundle_copy, edit)
+    status, err = open_status(cpp_build, bundle_copy)
+    assert status == "VAE_ERR_BUNDLE" and needle in err, err
 
 
 def test_manifest_not_json(cpp_build, bundle_copy):

@@ -2,6 +2,9 @@
 runtime, malformed requests answered with errors while the server keeps serving, a clean stop, the CLI."""
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import re
 import signal
@@ -10,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +219,134 @@ def test_a_bad_request_in_a_batch_fails_alone(server, local):
     assert all(kind == "ok" and err <= PARITY for k, (kind, err) in outcomes.items() if k != 0), outcomes
 
 
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    """POST a KServe JSON body with the standard library (no client-side checks): (HTTP status, decoded answer)."""
+    req = urllib.request.Request(f"http://{url}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+OVERSIZED = [  # each once made tritonserver size a buffer from the claimed shape (1 TiB: std::bad_alloc, signal 6)
+    ({"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "data": [0]},
+     r"input 'z': shape \[2147483648, 128\] has 274877906944 element\(s\), 'data' holds 1 value\(s\)"),
+    ({"name": "z", "shape": [1 << 40, 8], "datatype": "FP32", "data": [[0] * 8]}, r"'data' holds 8 value"),
+    ({"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
+     r"needs 1099511627776 bytes, binary_data_size is 4"),
+    ({"name": "z", "shape": [-1, 8], "datatype": "FP32", "data": [0] * 8}, r"non-negative integers, got \[-1, 8\]"),
+    ({"name": "z", "shape": "2147483648,128", "datatype": "FP32", "data": [0]}, r"non-negative integers"),
+]
+
+
+@pytest.mark.parametrize("tensor,expect", OVERSIZED, ids=["json-1TiB", "json-2^43", "binary-1TiB", "negative", "str"])
+def test_a_shape_larger_than_its_data_is_refused_and_the_server_keeps_serving(server, local, tensor, expect):
+    pid = server.proc.pid
+    status, answer = post_json(f"{server.http_url}/v2/models/vae_decoder/infer", {"inputs": [tensor]})
+    assert status == 400 and re.search(expect, answer["error"]), (status, answer)
+    z = latents(local, 2)
+    with httpclient.InferenceServerClient(server.http_url) as c:  # the same server, still serving, still right
+        assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+    assert server.proc.pid == pid and server.proc.poll() is None and server.restarts == 0
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(bundle, dist, local):
+    with serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=4, max_request_bytes=300) as s:
+        status, answer = post_json(f"{s.http_url}/v2/models/vae_decoder/infer",
+                                   {"inputs": [{"name": "z", "shape": [4, local.latent_dim], "datatype": "FP32",
+                                                "data": [0.123456789] * (4 * local.latent_dim)}]})
+        assert status == 413 and "at most 300 (runtime.serve --max-request-bytes)" in answer["error"], answer
+        with httpclient.InferenceServerClient(s.http_url) as c:
+            z = latents(local, 1)
+            assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+
+
+def test_a_huge_shape_over_grpc_gets_tritons_shape_error(server):
+    """gRPC sizes a tensor from the bytes received, not from the claimed shape: no front is needed there."""
+    from tritonclient.grpc import service_pb2
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        req = service_pb2.ModelInferRequest(model_name="vae_decoder")
+        tensor = req.inputs.add(name="z", datatype="FP32", shape=[2147483648, 128])
+        tensor.contents.fp32_contents.extend([0.0])
+        with pytest.raises(Exception, match=r"unexpected shape for input 'z'.*got \[2147483648,128\]"):
+            c._client_stub.ModelInfer(req, timeout=30)
+        assert c.is_server_ready()
+
+
+# ----------------------------------------------------------------------------------------------- supervision
+
+def process_running(pid: int) -> bool:
+    """Whether any thread of process `pid` is still alive. A zombie awaiting a reaper holds no port and runs nothing,
+    but its main thread turns zombie before the others have exited (and closed its sockets): look at every thread."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+def test_a_killed_tritonserver_is_restarted_and_the_event_logged(bundle, dist, local, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="runtime.serve")
+    log = tmp_path / "server.log"
+    with serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=4, log_file=log) as s:
+        first = s.proc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (s.proc.pid != first and s.down is None):
+            time.sleep(0.2)
+        assert s.proc.pid != first and s.restarts == 1, "not serving again within 60 s"
+        z = latents(local, 2)
+        with httpclient.InferenceServerClient(s.http_url) as h, grpcclient.InferenceServerClient(s.grpc_url) as g:
+            assert close(http_infer(h, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+            assert close(grpc_infer(g, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+        assert not process_running(first)
+        second = s.proc.pid
+    lines = caplog.text
+    assert f"tritonserver (pid {first}) killed by signal 9 (SIGKILL) after serving" in lines, lines
+    assert re.search(rf"tritonserver restarted \(pid {second}, restart 1\): serving again [\d.]+ s after", lines)
+    assert "[runtime.serve] " in log.read_text() and f"(pid {first}) killed by signal 9" in log.read_text()
+    assert not process_running(second)  # and a stop after a restart still ends it
+
+
+def test_kill_9_of_serve_takes_tritonserver_with_it(bundle, dist):
+    http, grpc = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.serve", str(bundle), "--port", str(http),
+                             "--grpc-port", str(grpc), "--no-metrics", "--max-batch", "4"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    triton = None
+    try:
+        assert proc.stdout.readline().startswith(f"serving {bundle}")
+        children = {int(p) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for p in (task / "children").read_text().split()}
+        assert len(children) == 1, children  # tritonserver
+        triton = children.pop()
+        assert process_running(triton)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while process_running(triton) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_running(triton), f"tritonserver {triton} outlived runtime.serve (kill -9)"
+        with socket.socket() as s:  # its gRPC port is free again
+            s.bind(("127.0.0.1", grpc))
+        # its Python-backend stubs notice that their parent is gone and exit by themselves (within about 3 s)
+        deadline = time.monotonic() + 15
+        while group_alive(triton) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not group_alive(triton)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if triton is not None:  # never leave one behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(triton, signal.SIGKILL)
+
+
 # ----------------------------------------------------------------------------------------------- lifetime, CLI
 
 def test_stop_leaves_no_process_and_no_files(bundle, dist, tmp_path):
@@ -260,6 +393,10 @@ def test_port_in_use_fails_with_the_servers_reason(bundle, dist, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         assert serve_main([str(bundle), "--port", str(port), "--grpc-port", str(free_port()), "--no-metrics"]) == 1
+        err = capsys.readouterr().err
+        assert f"HTTP port 127.0.0.1:{port}: cannot listen (Address already in use)" in err and "Traceback" not in err
+        # the gRPC port is Triton's own: its reason
+        assert serve_main([str(bundle), "--port", str(free_port()), "--grpc-port", str(port), "--no-metrics"]) == 1
     err = capsys.readouterr().err
     assert f"Socket '127.0.0.1:{port}' already in use" in err and "Traceback" not in err
 

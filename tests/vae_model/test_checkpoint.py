@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from tests.conftest import TINY, make_model
 from vae_model import (CheckpointNotFoundError, CorruptCheckpointError, ForeignModelError, NotACheckpointError,
                        ShapeMismatchError, VAEConfig, VanillaVAE, load_checkpoint, save_checkpoint)
-from vae_model.checkpoint import infer_config
+from vae_model.checkpoint import UnsafeCheckpointError, infer_config
 
 
 def _same_weights(a: VanillaVAE, b: VanillaVAE) -> bool:
@@ -81,12 +82,42 @@ class Evil:
         return (print, ("this must never run",))
 
 
+class Payload:
+    """What a hostile checkpoint carries: a call that, if it ever ran, would leave a file behind."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("save", [
+    pytest.param(lambda obj, p: torch.save({"state_dict": obj}, p), id="torch-zip"),
+    pytest.param(lambda obj, p: torch.save(obj, p, _use_new_zipfile_serialization=False), id="torch-legacy"),
+    *[pytest.param(lambda obj, p, k=k: p.write_bytes(pickle.dumps({"state_dict": obj}, protocol=k)), id=f"pickle-{k}")
+      for k in (0, 2, 4, 5)],
+])
+def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path, save):
+    marker, path = tmp_path / "PWNED", tmp_path / "model.pt"
+    save(Payload(marker), path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert not marker.exists()  # the payload never ran
+    assert message.startswith(f"{path}: refused: loading this file would run code it carries (it calls ")
+    assert "system" in message and "torch.save(model.state_dict(), path)" in message
+    assert "weights_only" not in message and "False" not in message  # never advice to turn the guard off
+    assert isinstance(info.value, NotACheckpointError)
+
+
 @pytest.mark.parametrize("name, write, error, match", [
     ("missing.pt", None, CheckpointNotFoundError, "missing.pt: no such checkpoint file"),
     ("empty.pt", lambda p: p.write_bytes(b""), CorruptCheckpointError, "empty.pt: the file is empty"),
     ("text.pt", lambda p: p.write_text("hello, not a checkpoint\n" * 10), CorruptCheckpointError,
      r"text.pt: not a torch checkpoint \(240 bytes; neither a torch zip archive nor a pickle"),
-    ("evil.pt", lambda p: torch.save({"state_dict": Evil()}, p), NotACheckpointError, r"evil.pt: holds Python objects .*\(global print\)"),
+    ("evil.pt", lambda p: torch.save({"state_dict": Evil()}, p), NotACheckpointError,
+     r"evil.pt: refused: loading this file would run code it carries \(it calls .*print\)"),
     ("pickle.pt", lambda p: p.write_bytes(pickle.dumps({"a": 1})), CorruptCheckpointError, r"pickle.pt: not a torch checkpoint \(\d+ bytes; unpickling failed: Unsupported operand"),
     ("list.pt", lambda p: torch.save([1, 2, 3], p), NotACheckpointError, "list.pt: not a VAE checkpoint"),
     ("nostate.pt", lambda p: torch.save({"epoch": 1, "optimizer_states": []}, p), NotACheckpointError,

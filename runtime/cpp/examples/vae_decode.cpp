@@ -3,10 +3,13 @@
 //   vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]
 //              [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]
 //              [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--dla-core N] [--repeat R]
+//              [--overwrite]
 //
 // Latents: a float32/float64 .npy of shape (N, latent_dim), or N seeded standard-normal draws (std::mt19937 with
 // std::normal_distribution: reproducible with one standard library, not across different ones). Images: one file per
-// item, DIR/image_000.png ... mapped from the bundle's pixel range to 8 bits like runtime.images.to_uint8.
+// item, DIR/image_000.png ... mapped from the bundle's pixel range to 8 bits like runtime.images.to_uint8. Files that
+// already exist (an image name it would write, the --save-npy file) are never replaced without --overwrite: the run
+// stops before decoding, naming them (exit 2).
 // Timing: load (read vae.json, hash and open the graphs), latents, decode (best and mean of R runs), to_uint8, write,
 // first (process start -> first decoded batch) and the process's peak RSS (VmHWM, Linux).
 // Exit codes: 0 ok, 1 a failure while running (engine error, writing images), 2 bad input: usage, bundle, latents
@@ -31,6 +34,7 @@ struct Args {
     long count = 0;
     unsigned long seed = 0;
     int repeat = 1;
+    bool overwrite = false;
     vae::Options options;
 };
 
@@ -42,7 +46,7 @@ const char* kUsage =
     "usage: vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]\n"
     "                  [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]\n"
     "                  [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--dla-core N]\n"
-    "                  [--repeat R]\n";
+    "                  [--repeat R] [--overwrite]\n";
 
 long to_long(const std::string& flag, const std::string& v, long lo, long hi) {
     char* end = nullptr;
@@ -81,6 +85,7 @@ Args parse(int argc, char** argv) {
         }
         else if (k == "--dla-core") a.options.dla_core = static_cast<int>(to_long(k, value(), 0, 15));
         else if (k == "--repeat") a.repeat = static_cast<int>(to_long(k, value(), 1, 100000));
+        else if (k == "--overwrite") a.overwrite = true;
         else if (!k.empty() && k[0] == '-') throw UsageError("unknown option " + k);
         else pos.push_back(k);
     }
@@ -108,6 +113,32 @@ long peak_rss_kib() {
         if (std::sscanf(line, "VmHWM: %ld kB", &kib) == 1) break;
     std::fclose(f);
     return kib;
+}
+
+std::string image_path(const Args& a, std::int64_t i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "image_%03lld.%s", static_cast<long long>(i), a.format.c_str());
+    return a.out + "/" + name;
+}
+
+// Before any decoding: the files this run would write must not exist already (unless --overwrite), and --out must be
+// a folder if it exists. Throws InvalidArgumentError (exit 2) naming the files.
+void check_outputs(const Args& a, std::int64_t batch) {
+    struct stat st;
+    std::vector<std::string> existing;
+    if (a.format != "none") {
+        if (::stat(a.out.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+            throw vae::InvalidArgumentError("--out " + a.out + ": exists and is not a folder");
+        for (std::int64_t i = 0; i < batch; ++i)
+            if (const std::string p = image_path(a, i); ::stat(p.c_str(), &st) == 0) existing.push_back(p);
+    }
+    if (!a.save_npy.empty() && ::stat(a.save_npy.c_str(), &st) == 0) existing.push_back(a.save_npy);
+    if (existing.empty() || a.overwrite) return;
+    std::string names;
+    for (std::size_t i = 0; i < existing.size() && i < 3; ++i) names += (i ? ", " : "") + existing[i];
+    if (existing.size() > 3) names += " and " + std::to_string(existing.size() - 3) + " more";
+    throw vae::InvalidArgumentError("would overwrite " + std::to_string(existing.size()) + " existing file(s): " +
+                                    names + "; pass --overwrite to replace them, or choose another --out / --save-npy");
 }
 
 double ms_since(Clock::time_point t0) {
@@ -147,6 +178,7 @@ int run(const Args& a) {
         for (float& v : z) v = normal(gen);
     }
     const double t_latents = ms_since(t0);
+    check_outputs(a, batch);
 
     std::vector<float> images(rt.image_elements(batch));
     double best = 1e300, total = 0, t_first = 0;
@@ -172,9 +204,7 @@ int run(const Args& a) {
     if (a.format != "none") {
         ::mkdir(a.out.c_str(), 0755);  // an existing folder is fine; a failure shows up when the first file is written
         for (std::int64_t i = 0; i < batch; ++i) {
-            char name[32];
-            std::snprintf(name, sizeof name, "image_%03lld.%s", static_cast<long long>(i), a.format.c_str());
-            const std::string path = a.out + "/" + name;
+            const std::string path = image_path(a, i);
             if (a.format == "png") imgio::write_png(path, pixels[i], S, S, C);
             else imgio::write_pnm(path, pixels[i], S, S, C);
         }
