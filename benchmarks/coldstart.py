@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 # The child prints one JSON line: seconds from its own start to the first decoded image.
 # Peak RSS of the child's own image: VmHWM starts afresh at exec. (rusage's ru_maxrss would not do: on Linux it keeps
@@ -45,7 +45,9 @@ import time, json, sys
 t0 = time.perf_counter()
 import numpy as np
 import runtime
-rt = runtime.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3], device=sys.argv[4], graphs=("decoder",))
+options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+rt = runtime.load(sys.argv[1], backend=sys.argv[2], precision=sys.argv[3], device=sys.argv[4], graphs=("decoder",),
+                  **options)
 z = np.random.default_rng(0).standard_normal((1, rt.latent_dim), dtype=np.float32)
 img = rt.decode(z)
 assert img.shape[0] == 1
@@ -130,8 +132,10 @@ def _interpreter_startup() -> float:
 
 
 def cold_start_runtime(bundle: str | os.PathLike, backend: str = "onnxruntime", precision: str = "fp32",
-                       device: str = "cpu") -> ColdStart:
-    return _run_child(_RUNTIME_CHILD, [str(bundle), backend, precision, device], f"{backend}/{precision}")
+                       device: str = "cpu", options: dict[str, Any] | None = None) -> ColdStart:
+    """options: backend options passed to runtime.load in the child (JSON-serialisable, e.g. {"dla_core": 0})."""
+    return _run_child(_RUNTIME_CHILD, [str(bundle), backend, precision, device, json.dumps(options or {})],
+                      f"{backend}/{precision}")
 
 
 def cold_start_torch(checkpoint: str | os.PathLike, device: str = "cpu") -> ColdStart:

@@ -99,6 +99,8 @@ class Plan:
     spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
     batch_split: int | bool | None = None  # onnxruntime / cpp on the CPU (None: the runtimes' default; False: off)
     device: str = "cpu"              # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
+    dla_core: int | None = None      # tensorrt: the engines built for this Jetson DLA core (None: the GPU engines)
+    cuda_graph: bool = False         # tensorrt: replay each batch size as a captured CUDA graph
     cpp_lib: Path | None = None      # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
     progress: bool = True
     seed: int = 0
@@ -194,7 +196,20 @@ def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
             kwargs["spinning"] = plan.spinning
         if plan.batch_split is not None:
             kwargs["batch_split"] = plan.batch_split
+    kwargs.update(_tensorrt_options(plan, backend))
     return runtime.load(plan.bundle, **kwargs)
+
+
+def _tensorrt_options(plan: Plan, backend: str) -> dict[str, Any]:
+    """The tensorrt backend's options from the plan (none for other backends)."""
+    if backend != "tensorrt":
+        return {}
+    out: dict[str, Any] = {}
+    if plan.dla_core is not None:
+        out["dla_core"] = plan.dla_core
+    if plan.cuda_graph:
+        out["cuda_graph"] = True
+    return out
 
 
 def run(plan: Plan) -> dict[str, Any]:
@@ -294,7 +309,8 @@ def run(plan: Plan) -> dict[str, Any]:
         "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
                  "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
                  "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
-                 "spinning": plan.spinning, "batch_split": plan.batch_split,
+                 "spinning": plan.spinning, "batch_split": plan.batch_split, "dla_core": plan.dla_core,
+                 "cuda_graph": plan.cuda_graph,
                  "cold_start_runs": plan.cold_start_runs, "device": plan.device},
         "environment": env,
         "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": ceiling_threads},
@@ -337,8 +353,8 @@ def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str], 
                 exe = find_library(plan.cpp_lib).parent / "vae_decode"
                 r = best_of(lambda: cold_start_cpp(plan.bundle, exe, precision, plan.device), plan.cold_start_runs)
             else:
-                r = best_of(lambda: cold_start_runtime(plan.bundle, backend, precision, plan.device),
-                            plan.cold_start_runs)
+                r = best_of(lambda: cold_start_runtime(plan.bundle, backend, precision, plan.device,
+                                                       _tensorrt_options(plan, backend)), plan.cold_start_runs)
             out.append({**r.to_dict(), "status": "ok", "device": plan.device})
         except ColdStartError as e:
             out.append({"path": path, "status": "error", "reason": str(e), "device": plan.device})
@@ -472,6 +488,16 @@ def _int_list(text: str) -> list[int]:
     return vals
 
 
+def _dla_core(text: str) -> int:
+    try:
+        core = int(text)
+    except ValueError:
+        core = -1
+    if core < 0:
+        raise argparse.ArgumentTypeError(f"expected a DLA core index >= 0, got {text!r}")
+    return core
+
+
 def _batch_split(text: str) -> int | bool:
     if text.strip().lower() == "off":
         return False
@@ -510,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-split", type=_batch_split, default=None, metavar="N|off",
                    help="onnxruntime and cpp on the CPU: smallest batch cut into one chunk per core, each run by a "
                         "single-threaded session (default: the runtimes', 32); 'off' runs every batch as one call")
+    p.add_argument("--dla-core", type=_dla_core, default=None, metavar="N",
+                   help="tensorrt on a Jetson: measure the engines built for DLA core N (python -m export.to_tensorrt "
+                        "--dla-core N); default: the GPU engines")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="tensorrt: replay each batch size as a captured CUDA graph (after one plain run)")
     p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
     p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
     p.add_argument("--seed", type=int, default=0)
@@ -566,7 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
                 cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
                 spinning=None if args.spinning is None else args.spinning == "on",
-                batch_split=args.batch_split, device=device, cpp_lib=args.cpp_lib, progress=not args.no_progress,
+                batch_split=args.batch_split, device=device, dla_core=args.dla_core, cuda_graph=args.cuda_graph,
+                cpp_lib=args.cpp_lib, progress=not args.no_progress,
                 seed=args.seed)
     report = run(plan)
     print(format_table(report))

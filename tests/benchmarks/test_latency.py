@@ -264,3 +264,31 @@ def test_ctrl_c_during_the_cold_starts_keeps_the_latencies(bench_run, tmp_path, 
     assert report["interrupted"] is True and report["results"][0]["status"] == "ok"
     assert report["matmul_ceiling_gflops"]["threads"] >= 1
     assert "interrupted during the cold starts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "dla0"])
+def test_bad_dla_core_exits_2(bench_run, capsys, value):
+    bundle, _, _ = bench_run
+    with pytest.raises(SystemExit) as e:
+        main([str(bundle), "--dla-core", value])
+    assert e.value.code == 2
+    assert f"expected a DLA core index >= 0, got {value!r}" in capsys.readouterr().err
+
+
+def test_tensorrt_options_reach_the_backend_and_the_cold_start(bench_run, monkeypatch):
+    """--dla-core / --cuda-graph are the tensorrt backend's options, in this process and in the cold-start child
+    (which takes runtime.load options as JSON: proven here with an option the onnxruntime backend has)."""
+    from benchmarks.coldstart import cold_start_runtime
+    from benchmarks.latency import Plan, _load, _tensorrt_options
+
+    bundle, _, _ = bench_run
+    plan = Plan(bundle=bundle, backends=["tensorrt"], graphs=["decoder"], precisions=["fp16"], batches=[1],
+                dla_core=1, cuda_graph=True)
+    assert _tensorrt_options(plan, "tensorrt") == {"dla_core": 1, "cuda_graph": True}
+    assert _tensorrt_options(plan, "onnxruntime") == {}
+    seen = {}
+    monkeypatch.setattr("runtime.load", lambda bundle, **kw: seen.update(kw))
+    _load(plan, "tensorrt", "fp16", ["decoder"])
+    assert seen["dla_core"] == 1 and seen["cuda_graph"] is True and seen["backend"] == "tensorrt"
+    monkeypatch.undo()
+    assert cold_start_runtime(bundle, "onnxruntime", "fp32", "cpu", {"max_chunk": 16}).first_result_s > 0
