@@ -552,6 +552,34 @@ def _settle_variant(bundle: Path, graph: str, precision: str) -> B.Manifest:
     return m
 
 
+def bundle_locked(fn: Callable) -> Callable:
+    """Run fn(bundle, ...) holding an exclusive lock on the bundle folder (flock on the folder itself, no file added).
+
+    Two variant writers on one bundle would otherwise race: each reads, edits and rewrites vae.json, and one run's
+    recover_variants would take the other's staged file for a dead run's leftover. A second run is refused at once
+    with a BundleError rather than left waiting."""
+    import functools
+
+    @functools.wraps(fn)
+    def locked(bundle, *args, **kwargs):
+        import fcntl
+
+        root = Path(bundle)
+        root = root if root.is_dir() else root.parent
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise B.BundleError(f"{root}: another export.to_fp16 / export.quantize run is writing this bundle; "
+                                    "wait for it to finish") from None
+            return fn(bundle, *args, **kwargs)
+        finally:
+            os.close(fd)  # releases the lock
+
+    return locked
+
+
 def recover_variants(bundle: str | os.PathLike) -> list[str]:
     """Finish or clean up after a to_fp16 / quantize run that was killed in this bundle; returns what was done.
 

@@ -56,10 +56,10 @@ from runtime.files import temp_prefix
 from runtime.metrics import ComparisonReport, Tolerance
 
 from .cli import non_negative_int, positive_float
-from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, commit_variant,
-                               dataset_images, evaluation_sets, float_nodes, make_budget, measure, open_bundle,
-                               precision_table, quiet, realistic_inputs, recover_variants, search_kept_nodes,
-                               summarize, timestamp, variant_file)
+from .precision_common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, bundle_locked,
+                               commit_variant, dataset_images, evaluation_sets, float_nodes, make_budget, measure,
+                               open_bundle, precision_table, quiet, realistic_inputs, recover_variants,
+                               search_kept_nodes, summarize, timestamp, variant_file)
 
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
@@ -357,6 +357,7 @@ def search_int8(quantizer: Quantizer, model_fp32, graph: str, sets: Sequence[Eva
     return Int8Result(graph, model, kept, result, report, check_qdq(model), passed and report.passed)
 
 
+@bundle_locked
 def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
                       budget_rel_l2: float | None = None, samples: int = 128, eval_samples: int = 32,
                       seed: int = 1, calibration: Path | None = None, method: str = "minmax", max_kept: int = 2,

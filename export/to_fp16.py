@@ -52,9 +52,9 @@ from runtime.metrics import ComparisonReport, Tolerance
 
 from .cli import non_negative_int, positive_float
 from .precision_common import (FP16_MAX, BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict,
-                               commit_variant, evaluation_sets, expose_intermediates, float_nodes, make_budget,
-                               measure, open_bundle, ort_session, precision_table, quiet, recover_variants, run_graph,
-                               search_kept_nodes, summarize, timestamp, variant_file)
+                               bundle_locked, commit_variant, evaluation_sets, expose_intermediates, float_nodes,
+                               make_budget, measure, open_bundle, ort_session, precision_table, quiet,
+                               recover_variants, run_graph, search_kept_nodes, summarize, timestamp, variant_file)
 
 PRECISION = "fp16"
 _EMU_SUFFIX = "__fp16_emulation"
@@ -321,6 +321,7 @@ def search_fp16(model, graph: str, sets: Sequence[EvalSet], budget: Mapping[str,
 
 # ----------------------------------------------------------------------------------------------- bundle level
 
+@bundle_locked
 def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
                       budget_rel_l2: float | None = None, samples: int = 32, seed: int = 1,
                       calibration: Path | None = None, progress: bool = True,

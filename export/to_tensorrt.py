@@ -131,19 +131,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _layer_names(bundle: Path, plan: BuildPlan, trt) -> tuple[list | None, str]:
     """The TensorRT layers the plan's kept-FP32 nodes become, from parsing the graph with an installed TensorRT
     parser (the target's own when it is installed); (None, why) where none is."""
-    from runtime.backends.tensorrt import import_tensorrt
+    from runtime.backends.tensorrt import cuda_gpu_info, import_tensorrt
     from runtime.errors import BackendUnavailableError
 
-    if trt is None:
+    # Parsing creates a Builder, which crashes full TensorRT where no GPU is visible: there, only TensorRT-RTX's
+    # parser (which runs on a CPU) may be used.
+    flavours = [plan.target.flavour, "trt_rtx" if plan.target.flavour == "trt" else "trt"]
+    if cuda_gpu_info() is None:
+        flavours = [f for f in flavours if f == "trt_rtx"]
+    if trt is not None and trt.__name__ != "tensorrt_rtx" and "trt" not in flavours:
+        trt = None
+    for flavour in ([] if trt is not None else flavours):
         try:
-            trt, _ = import_tensorrt(plan.target.flavour)
+            trt, _ = import_tensorrt(flavour)
+            break
         except BackendUnavailableError:
-            try:
-                trt, _ = import_tensorrt(None)
-            except BackendUnavailableError:
-                return None, ("no TensorRT parser installed here: --layerPrecisions lists the kept ONNX node names, "
-                              "which trtexec matches only for nodes that became one layer; the Python build "
-                              "(without --print-trtexec) resolves every layer")
+            continue
+    if trt is None:
+        return None, ("no TensorRT parser usable here (full TensorRT needs a GPU to parse): --layerPrecisions lists "
+                      "the kept ONNX node names, which trtexec matches only for nodes that became one layer; the "
+                      "Python build (without --print-trtexec) resolves every layer")
     import onnx
 
     from export.trt_build import TrtBuildError, constrained_layers, parse_onnx

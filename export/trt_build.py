@@ -262,6 +262,10 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
 
         gpu = cuda_gpu_info(device_index)
         ccs = plan.compute_capabilities or ((gpu.cc,) if verify and gpu is not None else ())
+        if not ccs:
+            raise TrtBuildError(f"--adopt {path}: a TensorRT-RTX engine adopted without verification records no "
+                                "target GPUs, so the runtime would refuse it; pass --compute-capabilities (the "
+                                "targets it was built for) or adopt it on a GPU without --no-verify")
     return finish_engine(bundle, plan, data, trt=trt, verify=verify, device_index=device_index,
                          build_seconds=0.0, constrained=[], log=log, t0=time.perf_counter(),
                          extra={"adopted_from": str(path.resolve())}, compute_capabilities=ccs)

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from runtime import bundle as B
+from runtime.files import staged_target
 from runtime.engines import (ENGINE_SUFFIX, ENGINES_DIR, FLAVOURS, SIDECAR_SUFFIX, GpuInfo, Profile, TrtInfo,
                              gpu_slug)
 
-MIN_VERSION = {"trt": (10, 0), "trt_rtx": (1, 0)}
+# TensorRT-RTX 1.2 brought REQUIRE_USER_ALLOCATION and is_stream_capturable, which RTX plans and the runtime use.
+MIN_VERSION = {"trt": (10, 0), "trt_rtx": (1, 2)}
 CLI = {"trt": "trtexec", "trt_rtx": "tensorrt_rtx"}
 
 
@@ -195,6 +197,12 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
         onnx_file, onnx_sha = variant.file, variant.sha256
         # FP16 too: without it every layer outside a Q/DQ pair (Tanh, the ConvTranspose bias adds...) runs in FP32.
         set_flags += ["INT8", "FP16"]
+
+    if staged_target(onnx_file) is not None:
+        # A variant still under its staged name: a to_fp16 / quantize run was killed mid-commit. An engine built
+        # from it would record that name and be refused once the commit is finished.
+        raise PlanError(f"vae.json names {onnx_file}, a variant a killed export.to_fp16 / export.quantize run left "
+                        f"half-committed; run that command on the bundle again (it finishes the commit first)")
 
     dla = o.dla_core
     if dla is not None:

@@ -82,6 +82,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.(?P<kind>tmp|old)$")
 # Names of the versions before pids were recorded (mkstemp / mkdtemp's 8 random characters): stale only when old.
 _LEGACY_RE = re.compile(r"^\.(?P<name>.+?)\.[a-z0-9_]{8}(?P<kind>\.tmp|\.old|)$")
+# A legacy name counts as ours only for a file kind this toolkit writes (or .quantize.*): a user's own
+# `.notes.20240101.tmp` has the same shape and must never be taken for a leftover.
+_LEGACY_TARGETS = (".onnx", ".json", ".npz", ".plan", ".cache", ".pbtxt", ".py", ".data")
+MANIFEST_NAMES = ("vae.json", "vae-triton.json")
 LEGACY_STALE_SECONDS = 3600.0
 # A variant or other file staged under a content-addressed name: <stem>.staged-<first 16 hex of its sha256><suffix>
 _STAGED_RE = re.compile(r"^(?P<stem>.+)\.staged-(?P<sha>[0-9a-f]{16})(?P<suffix>\.[A-Za-z0-9]+)$")
@@ -105,8 +109,17 @@ def _pid_alive(pid: int) -> bool:
 
 def is_temp_name(name: str) -> bool:
     """A name this toolkit gives its temporary files and folders (current or legacy form)."""
-    return bool(_TEMP_RE.match(name) or _LEGACY_RE.match(name) and (name.endswith((".tmp", ".old"))
-                                                                     or name.startswith(".quantize.")))
+    if _TEMP_RE.match(name):
+        return True
+    m = _LEGACY_RE.match(name)
+    return bool(m and (m["kind"] or m["name"] == "quantize") and _legacy_ours(m, None))
+
+
+def _legacy_ours(m: re.Match, name: str | None) -> bool:
+    """A legacy-shaped name is ours for the target the caller names, else only for a file kind we write."""
+    if name is not None:
+        return m["name"] == name
+    return m["name"] == "quantize" or m["name"].endswith(_LEGACY_TARGETS)
 
 
 def stale_temp(path: Path, name: str | None = None) -> bool:
@@ -118,7 +131,7 @@ def stale_temp(path: Path, name: str | None = None) -> bool:
     if m:
         return (name is None or m["name"] == name) and not _pid_alive(int(m["pid"]))
     m = _LEGACY_RE.match(path.name)
-    if m and (m["kind"] or m["name"] == "quantize") and (name is None or m["name"] == name):
+    if m and (m["kind"] or m["name"] == "quantize") and _legacy_ours(m, name):
         try:
             return time.time() - path.lstat().st_mtime > LEGACY_STALE_SECONDS
         except OSError:
@@ -149,9 +162,13 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
         return []
     stale = sorted((p for p in parent.iterdir() if p.name.startswith(f".{target.name}.") and stale_temp(p, target.name)),
                    key=lambda p: p.lstat().st_mtime)
-    olds = [p for p in stale if p.name.endswith(".old") and p.is_dir()]
+    # The folder that was at `target` when the run died: a swapped-out .old that holds something, one with a manifest
+    # first (an empty .old of a run killed right after making it must never win), then the newest. The mtime alone
+    # would not do: a renamed folder keeps its own.
+    olds = [p for p in stale if p.name.endswith(".old") and p.is_dir() and any(p.iterdir())]
+    olds.sort(key=lambda p: (any((p / m).is_file() for m in MANIFEST_NAMES), p.lstat().st_mtime))
     if olds and not os.path.lexists(target):
-        os.rename(olds[-1], target)  # the newest: the folder that was at `target` when the run died
+        os.rename(olds[-1], target)
         stale.remove(olds[-1])
     for p in stale:
         _remove(p)

@@ -178,6 +178,7 @@ class EngineRunner:
         self._host: dict[str, _Pinned] = {}
         self._graphs: dict[int, Any] = {}
         self._scratch = 0
+        self._last_run: int | None = None  # the batch size the context last ran (plainly or as a graph)
         self.graph_failures: dict[int, str] = {}
         self.stream = None
         self.context = None
@@ -281,8 +282,12 @@ class EngineRunner:
     def _execute(self, n: int) -> None:
         if not self.use_cuda_graph or n in self.graph_failures:
             self._enqueue(n)
-        elif n in self._graphs:
+        elif n in self._graphs and self._last_run == n:
             _call(self.cudart, "cudaGraphLaunch", self._graphs[n], self.stream)
+        elif n in self._graphs:
+            # The context last ran another shape: TensorRT's shape-dependent updates happen inside an enqueue, not
+            # inside the captured graph, so the first call back at this shape runs plainly; the next one replays.
+            self._enqueue(n)
         else:
             # First time at this shape: a plain run settles TensorRT's shape-dependent state (and is this call's
             # result if the capture fails); capture starts only after it has finished.
@@ -290,10 +295,11 @@ class EngineRunner:
             _call(self.cudart, "cudaStreamSynchronize", self.stream)
             try:
                 self._graphs[n] = self._capture(n)
-            except (CudaError, BackendError) as e:
-                self.graph_failures[n] = str(e)
+            except Exception as e:  # noqa: BLE001 - any capture failure: this call's result is already computed
+                self.graph_failures[n] = f"{type(e).__name__}: {e}"
                 warnings.warn(f"{self.source}: CUDA graph capture failed at batch {n} ({e}); this batch size runs "
                               "without a CUDA graph from now on", RuntimeWarning, stacklevel=2)
+        self._last_run = n
 
     def _capture(self, n: int) -> Any:
         """Capture one execute_async_v3 at the current shape; returns the instantiated graph (the input is already
@@ -342,6 +348,14 @@ class EngineRunner:
             cudart.cudaFree(self._scratch)
             self._scratch = 0
         self.engine = None
+
+
+def _built_for_user_memory(info: TrtInfo, sidecar: Mapping[str, Any] | None) -> bool:
+    """A TensorRT-RTX engine built with REQUIRE_USER_ALLOCATION (every plan of this tool): only such an engine can run
+    on caller-provided memory of a fixed size, which stream capture needs. Others run plainly under cuda_graph (their
+    capture fails and falls back)."""
+    flags = ((sidecar or {}).get("build_options") or {}).get("set_flags") or ()
+    return info.flavour == "trt_rtx" and "REQUIRE_USER_ALLOCATION" in flags
 
 
 # ----------------------------------------------------------------------------------------------- the backend
@@ -445,7 +459,7 @@ class TensorRTBackend(Backend):
                                                inputs=tuple(t.name for t in spec.inputs),
                                                outputs=tuple(t.name for t in spec.outputs),
                                                device_index=device.index, cuda_graph=cuda_graph, source=str(path),
-                                               user_memory=cuda_graph and info.flavour == "trt_rtx")
+                                               user_memory=cuda_graph and _built_for_user_memory(info, sidecars.get(g)))
                 self.engine_files[g] = str(path)
         except (CudaError, OSError) as e:
             self._close()

@@ -425,3 +425,52 @@ def test_to_fp16_on_a_graph_swapped_for_another_model_is_a_clear_error(bundle, c
                           "image float32 [dynamic, 3, 32, 32]")
     assert "lists z float32 [dynamic, 8]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (bundle / "decoder.fp16.onnx").exists()
+
+
+# ----------------------------------------------------------------------------------------------- review follow-ups
+
+def test_a_second_variant_writer_on_the_same_bundle_is_refused(bundle):
+    """Two to_fp16 / quantize runs on one bundle would race on vae.json and on each other's staged files: the
+    second is refused at once while the first holds the bundle."""
+    import fcntl
+
+    from export.to_fp16 import make_fp16_variant
+
+    fd = os.open(bundle, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running to_fp16 does
+        before = snapshot(bundle)
+        with pytest.raises(B.BundleError, match="another export.to_fp16 / export.quantize run is writing this bundle"):
+            make_fp16_variant(bundle, "decoder", samples=2, progress=False, log=lambda *a: None)
+        assert snapshot(bundle) == before
+    finally:
+        os.close(fd)
+
+
+def test_user_files_shaped_like_old_temporary_names_are_never_ours(tmp_path):
+    from runtime.files import clean_stale_inside, is_temp_name
+
+    for name in (".notes.20240101.tmp", ".backup.abcdefgh.old", ".diary.12345678.tmp"):
+        assert not is_temp_name(name)
+        (tmp_path / name).write_text("mine")
+        os.utime(tmp_path / name, (0, 0))  # older than any staleness age
+    assert is_temp_name(".decoder.onnx.ab12cd34.tmp") and is_temp_name(".quantize.ab12cd_x")
+    assert clean_stale_inside(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".backup.abcdefgh.old", ".diary.12345678.tmp",
+                                                           ".notes.20240101.tmp"]
+
+
+def test_a_cut_swap_restores_the_old_folder_with_a_manifest_not_an_empty_one(tmp_path):
+    """Two dead runs left .old folders: the one holding the bundle is put back even when an empty one is newer."""
+    from runtime.files import clean_stale
+
+    target = tmp_path / "bundle"
+    pid = dead_pid()
+    real = tmp_path / f".bundle.{pid}.aaaaaaaa.old"
+    real.mkdir()
+    (real / "vae.json").write_text("{}")
+    empty = tmp_path / f".bundle.{pid}.bbbbbbbb.old"
+    empty.mkdir()
+    os.utime(real, (1, 1))  # a renamed folder keeps its own, older mtime
+    clean_stale(target)
+    assert (target / "vae.json").read_text() == "{}" and not real.exists() and not empty.exists()

@@ -332,7 +332,12 @@ def test_adopt_unverified_never_replaces_a_verified_engine_unless_forced(bundle_
                           "(on RTX); refusing to replace it with an unverified engine (--no-verify)")
     assert "--force" in err and len(err.strip().splitlines()) == 1
     assert (engine.read_bytes(), sidecar.read_bytes()) == before
-    assert main([*args, "--adopt", str(random_bytes), "--force"]) == 0
+    # unverified, a TensorRT-RTX engine needs its targets named: otherwise the runtime could never accept it
+    assert main([*args, "--adopt", str(random_bytes), "--force"]) == 2
+    assert "records no target GPUs" in capsys.readouterr().err
+    ccs = ["--compute-capabilities", "8.6"]
+    assert main([*args, "--adopt", str(random_bytes), "--force", *ccs]) == 0
     assert engine.read_bytes() == random_bytes.read_bytes() and read_sidecar(sidecar).parity == {"verified": False}
+    assert read_sidecar(sidecar).compute_capabilities == ("8.6",)
     # an unverified engine in place may be replaced by another unverified one
-    assert main([*args, "--adopt", str(random_bytes)]) == 0
+    assert main([*args, "--adopt", str(random_bytes), *ccs]) == 0

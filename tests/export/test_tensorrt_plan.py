@@ -298,3 +298,9 @@ def test_cli_print_trtexec_for_a_target_not_installed(tmp_path, capsys):
     assert err.count("\n") == 1 and "strongly typed" in err and "'encoder'" in err
     assert main([str(tmp_path), "--target", "trt:10.3"]) == 2
     assert "only works with --print-trtexec" in capsys.readouterr().err
+
+
+def test_a_half_committed_variant_is_not_built_from():
+    staged = B.VariantSpec("fp16", "decoder.fp16.staged-0123456789abcdef.onnx", "f" * 64)
+    with pytest.raises(PlanError, match=r"decoder.fp16.staged-0123456789abcdef.onnx, a variant a killed"):
+        plan_build(TRT11, B.DECODER, "fp16", manifest({"fp16": staged}), BuildOptions(), H100)

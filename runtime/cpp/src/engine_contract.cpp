@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <regex>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -65,7 +66,11 @@ std::string normalize_trt_version(const std::string& text) {
     parts.push_back(cur);
     while (parts.size() < 3) parts.push_back("0");
     std::string out;
-    for (std::size_t i = 0; i < 3; ++i) out += (i ? "." : "") + std::to_string(std::stoll(parts[i]));
+    try {
+        for (std::size_t i = 0; i < 3; ++i) out += (i ? "." : "") + std::to_string(std::stoll(parts[i]));
+    } catch (const std::out_of_range&) {
+        throw InvalidArgumentError("TensorRT version: a component of '" + text + "' is out of range");
+    }
     return out;
 }
 
@@ -151,7 +156,7 @@ SidecarVerdict check_sidecar(const Manifest& manifest, const std::string& sideca
         } catch (const InvalidArgumentError&) {
         }
         if (flavour != "trt" || built_version != host.trt_version)
-            bad.push_back("TensorRT: engine built with " + trt_label(flavour, version) + ", this machine has " +
+            bad.push_back("TensorRT: engine built with " + trt_label(flavour, built_version) + ", this machine has " +
                           trt_label("trt", host.trt_version));
         const json& plat = sc.at("platform");
         if (str_or(plat, "machine") != host.machine)

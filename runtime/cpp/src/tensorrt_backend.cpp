@@ -133,7 +133,9 @@ public:
         runtime_.reset(nvinfer1::createInferRuntime(logger_));
         if (!runtime_) throw UnavailableError("backend 'tensorrt': createInferRuntime failed: " + logger_.last());
         host_.trt_version = kTrtVersion;
-        host_.gpu_name = prop.name;
+        host_.gpu_name = prop.name;  // trimmed as runtime/backends/tensorrt.py does, so both name the same GPU
+        host_.gpu_name.erase(0, host_.gpu_name.find_first_not_of(" \t"));
+        host_.gpu_name.erase(host_.gpu_name.find_last_not_of(" \t") + 1);
         host_.cc_major = prop.major;
         host_.cc_minor = prop.minor;
         host_.sm_count = prop.multiProcessorCount;
