@@ -52,7 +52,7 @@ from typing import Callable, Sequence
 
 from .bundle import BundleError
 from .files import sha256_file
-from .serve_guard import DEFAULT_MAX_REQUEST_BYTES, HttpFront, Upstream
+from .serve_guard import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUEST_BYTES, HttpFront, Upstream
 from .triton_repo import RepoOptions, RepositoryError, parse_batches, write_repository
 
 PYTRITON_VERSION = "0.7.0"
@@ -271,12 +271,13 @@ class TritonServer:
                  http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
                  log_file: str | os.PathLike | None = None, cleanup: Sequence[Path] = (),
                  restart: RestartPolicy | None = RestartPolicy(),
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
         self.repository = Path(repository)
         self.dist = dist or find_server()
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.restart_policy = restart
-        self.max_request_bytes = max_request_bytes
+        self.max_request_bytes, self.max_concurrent = max_request_bytes, max_concurrent
         self._cleanup = list(cleanup)
         if log_file is None:
             own = Path(tempfile.mkdtemp(prefix="vae-triton-log."))
@@ -362,7 +363,8 @@ class TritonServer:
             self.internal_http_port = _free_port()
             self._front = HttpFront(self.host, self.http_port, Upstream("127.0.0.1", self.internal_http_port,
                                                                        lambda: self._down),
-                                    max_request_bytes=self.max_request_bytes).start()
+                                    max_request_bytes=self.max_request_bytes,
+                                    max_concurrent=self.max_concurrent).start()
         except OSError as e:
             self.stop()
             raise ServerError(f"HTTP port {self.host}:{self.http_port}: cannot listen ({e.strerror or e})") from None
@@ -404,11 +406,27 @@ class TritonServer:
         self._started.set()
         if self.restart_policy is not None:
             self._supervise(self.restart_policy)
+        else:
+            self._watch()
+
+    def _watch(self) -> None:
+        """restart=None: no restarts, but this thread must still live as long as tritonserver does. It forked the
+        process with PR_SET_PDEATHSIG, which fires when the forking *thread* ends: returning here would SIGKILL the
+        server the moment it became ready."""
+        proc = self.proc
+        code = proc.wait()
+        if self._stopping.is_set():
+            return
+        self._down = f"tritonserver {describe_exit(code)}; not restarted (restart=None)"
+        self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)}; not restarted "
+                                   "(restart=None)")
+        self._reap(proc)
 
     def _supervise(self, policy: RestartPolicy) -> None:
         delay, failed, since = policy.first_delay, 0, time.monotonic()
+        reaped: subprocess.Popen | None = None
         while True:
-            proc = self.proc
+            proc = self.proc  # still the old, reaped one when the last restart failed before a process existed
             code = proc.wait()
             if self._stopping.is_set():
                 return
@@ -418,7 +436,9 @@ class TritonServer:
             if ran >= policy.stable_after:
                 delay, failed = policy.first_delay, 0
             self._down = f"tritonserver {describe_exit(code)}; restarting"
-            self._reap(proc)
+            if proc is not reaped:  # never twice: its pid (the group id) may belong to another process by now
+                self._reap(proc)
+                reaped = proc
             if failed >= policy.max_failed_starts:
                 self._down = f"tritonserver {describe_exit(code)}; gave up after {failed} failed restarts"
                 self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)}; {failed} restarts "
@@ -435,11 +455,12 @@ class TritonServer:
             try:
                 new = self._spawn()
                 self.wait_ready(policy.startup_timeout)
-            except ServerError as e:
+            except Exception as e:  # noqa: BLE001 - OSError from fork/exec/the log file too: this thread must live on
                 if self._stopping.is_set():
                     return
                 failed += 1
-                self._event(logging.ERROR, f"restart {self.restarts} failed: {str(e).splitlines()[0]}")
+                first_line = (str(e) or type(e).__name__).splitlines()[0]
+                self._event(logging.ERROR, f"restart {self.restarts} failed ({type(e).__name__}): {first_line}")
                 if self.proc is not None and self.proc.poll() is None:  # hung while starting: end it
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -571,10 +592,11 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
           threads: int | None = None, precision: str = "fp32", tritonserver: str | os.PathLike | None = None,
           log_file: str | os.PathLike | None = None, timeout: float = DEFAULT_STARTUP_TIMEOUT,
           restart: RestartPolicy | None = RestartPolicy(),
-          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> TritonServer:
+          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+          max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> TritonServer:
     """Write a python-platform repository for `bundle` into a temporary folder and start Triton on it (ready on
     return), supervised (`restart`; None: not restarted) behind the HTTP front (requests over `max_request_bytes`
-    refused). Call .stop() (or use it as a context manager): the repository folder is removed with the server."""
+    refused; at most `max_concurrent` HTTP requests in flight, more get 503). Call .stop() (or use it as a context manager): the repository folder is removed with the server."""
     dist = find_server(tritonserver)
     options = RepoOptions(platform="python", kind="cpu", precision=precision, max_batch=max_batch,
                           instances=instances, dynamic_batching=dynamic_batching,
@@ -588,7 +610,7 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
     # The repository (and the log, unless log_file says otherwise) goes with the server: stop() removes `work`.
     server = TritonServer(repo.path, dist=dist, host=host, http_port=http_port, grpc_port=grpc_port,
                           metrics_port=metrics_port, log_file=log_file or work / "tritonserver.log", cleanup=[work],
-                          restart=restart, max_request_bytes=max_request_bytes)
+                          restart=restart, max_request_bytes=max_request_bytes, max_concurrent=max_concurrent)
     return server.start(timeout)
 
 

@@ -11,10 +11,18 @@ affected (tests/runtime/test_serve.py checks both).
 
 What is checked (standard library only; each refusal is a KServe error body {"error": ...} with HTTP 400, 411 or 413):
 - the body is at most `max_request_bytes` (compressed bodies are inflated here, up to the same bound);
-- for POST /v2/models/<model>[/versions/<v>]/infer: each input's shape is a list of non-negative integers, and the
+- it fails closed: the request target is a path ('/...'; absolute-form targets are refused), every POST body (the
+  JSON header of a binary-data request) parses strictly as JSON (no duplicate keys, NaN/Infinity, NUL bytes, too deep
+  nesting: on each of these Python's parser and Triton's rapidjson disagree, and an unparsable body must not be
+  forwarded unchecked), and every body that is an object with "inputs" is checked, whatever its path;
+- for POST /v2/models/<model>[/versions/<v>]/infer (and any such body): each input's shape is a list of non-negative integers, and the
   data the request carries agrees with it: as many JSON values as the shape has elements, or binary_data_size equal
   to elements x dtype size. Inputs in registered shared memory are sized by Triton against their region.
 Triton then checks the shape against the model's dims and max_batch_size as before.
+
+Limits: a client connection silent for `client_timeout` s is closed, at most `max_concurrent` requests are in flight
+(more get 503 "busy"), and Triton's responses are streamed through in blocks, never held whole. A request is resent
+to Triton only when a kept-alive connection to it had gone stale before the request got through (see _exchange).
 """
 from __future__ import annotations
 
@@ -22,8 +30,8 @@ import http.client
 import json
 import logging
 import re
-import socket
 import threading
+import urllib.parse
 import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +45,10 @@ DEFAULT_MAX_REQUEST_BYTES = 128 << 20
 DTYPE_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
                "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer/?(\?.*)?$")
+DEFAULT_MAX_CONCURRENT = 32      # requests in flight through the front; more get 503 "busy"
+DEFAULT_CLIENT_TIMEOUT = 30.0    # seconds a client connection may stay silent (idle keep-alive, half a request)
+_BLOCK = 1 << 16                 # bytes relayed at a time from Triton's response
+_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer/?$")  # on the path, query removed
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones this proxy rewrites
 _NOT_FORWARDED = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                   "content-length", "host", "expect"}
@@ -77,6 +88,8 @@ def check_infer_header(header: Any, body_bytes: int) -> None:
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
             raise RequestRefused(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if any(d >= 1 << 63 for d in shape):  # Triton reads dims as int64: a larger one would mean something else
+            raise RequestRefused(f"input {name!r}: shape {shape} has a dimension over 2^63 - 1")
         elements = prod(shape)
         params = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
         if "shared_memory_region" in params:
@@ -116,15 +129,61 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: Python keeps the last of duplicate keys, Triton's rapidjson the first, so a request with
+    "shape" twice would be checked against one shape and served with the other. Refuse it instead."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        if "\x00" in key:  # rapidjson and C code downstream compare such keys differently from Python
+            raise ValueError(f"NUL in key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    """parse_constant: NaN/Infinity are not JSON, yet rapidjson (Triton) accepts them; a front that skipped such a
+    body as 'unparsable' would forward it unchecked."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(data: bytes) -> Any:
+    """The JSON value of `data`, parsed so that whatever passes means the same to Triton's parser as to this check;
+    RequestRefused (400) for anything else. Python and rapidjson disagree on NUL bytes (rapidjson stops there),
+    duplicate keys, NaN/Infinity and non-UTF-8 text: each is refused, never forwarded unchecked."""
+    if b"\x00" in data:
+        raise RequestRefused("the JSON request holds a NUL byte")
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise RequestRefused("the JSON request is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise RequestRefused(f"the request body is not strict JSON: {e}") from None
+
+
+def request_path(target: str) -> str:
+    """The path of an origin-form request target ('/v2/...?q'); RequestRefused for any other form: an absolute-form
+    'http://host/v2/.../infer' or '//host/...' would not match the infer path check, yet Triton serves it."""
+    if not target.startswith("/") or target.startswith("//"):
+        raise RequestRefused(f"request target {target[:100]!r}: expected a path starting with a single '/'")
+    return urllib.parse.urlsplit(target).path
+
+
 def check_request(method: str, path: str, headers: Any, body: bytes, limit: int) -> tuple[bytes, bool]:
     """The body to forward (inflated when it came compressed) and whether it was inflated; RequestRefused when the
-    request must not reach Triton."""
+    request must not reach Triton.
+
+    Fails closed: every POST body must parse strictly (an empty one only outside the infer endpoints), and every body
+    that is an object with "inputs" is checked, whatever the path says, so that no spelling of the path or the body
+    that this check misreads reaches Triton's shape-sized allocation unchecked."""
     inflated = False
     encoding = (headers.get("Content-Encoding") or "").strip().lower()
     if encoding and encoding != "identity":
         body, inflated = _inflate(body, encoding, limit), True
-    if method != "POST" or not _INFER_PATH.match(path):
+    if method != "POST":
         return body, inflated
+    infer = _INFER_PATH.match(request_path(path)) is not None
     length = headers.get(HEADER_LENGTH)
     if length is None:
         header_len = len(body)
@@ -135,10 +194,9 @@ def check_request(method: str, path: str, headers: Any, body: bytes, limit: int)
             raise RequestRefused(f"{HEADER_LENGTH}: expected an integer, got {length!r}") from None
         if not 0 <= header_len <= len(body):
             raise RequestRefused(f"{HEADER_LENGTH} {header_len}: the body has {len(body)} bytes")
-    try:
-        header = json.loads(body[:header_len])
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return body, inflated  # Triton refuses unparsable JSON itself
+    if header_len == 0 and not infer:
+        return body, inflated  # e.g. POST /v2/repository/index without a body: nothing to check
+    header = strict_json(body[:header_len])
     check_infer_header(header, len(body) - header_len)
     return body, inflated
 
@@ -171,18 +229,50 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _upstream(self, fresh: bool = False) -> http.client.HTTPConnection:
+    def setup(self) -> None:
+        # A per-connection socket timeout: without it a client that opens a connection (or sends half a request) and
+        # goes quiet holds a thread forever. handle_one_request() closes the connection on the timeout.
+        self.timeout = self.server.client_timeout
+        super().setup()
+
+    def _upstream(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to Triton and whether it is a kept-alive one (already connected): only such a
+        connection may have gone stale behind our back (e.g. Triton restarted), which is what a retry is for."""
         local = self.server.connections
         conn = getattr(local, "conn", None)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
+        if conn is None:
             up = self.server.upstream
             conn = local.conn = http.client.HTTPConnection(up.host, up.port, timeout=self.server.upstream_timeout)
-        return conn
+        return conn, conn.sock is not None
+
+    def _drop_upstream(self) -> None:
+        conn = getattr(self.server.connections, "conn", None)
+        if conn is not None:
+            conn.close()
+        self.server.connections.conn = None
 
     def _forward(self) -> None:
         front = self.server
+        # Bound the requests in flight (each holds a thread, its body and an upstream connection). Refuse rather than
+        # queue: the body is not read, so the connection is closed with the answer.
+        if not front.slots.acquire(blocking=False):
+            return self._answer(503, f"busy: {front.max_concurrent} requests in flight, try again", close=True)
+        try:
+            self._forward_request()
+        finally:
+            front.slots.release()
+
+    def _forward_request(self) -> None:
+        front = self.server
+        try:
+            request_path(self.path)
+        except RequestRefused as e:
+            front.refused += 1
+            return self._answer(e.status, str(e), close=True)
+        for name in ("Content-Length", "Content-Encoding", HEADER_LENGTH):
+            if len(self.headers.get_all(name) or ()) > 1:  # which one would Triton read? refuse to guess
+                front.refused += 1
+                return self._answer(400, f"{name} given more than once", close=True)
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._answer(411, "chunked request bodies are not accepted: send Content-Length", close=True)
         try:
@@ -194,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(413, f"the request body has {length} bytes; this server accepts at most "
                                      f"{front.max_request_bytes} (runtime.serve --max-request-bytes)", close=True)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            return self._answer(400, f"the request body ended after {len(body)} of {length} bytes", close=True)
         try:
             body, inflated = check_request(self.command, self.path, self.headers, body, front.max_request_bytes)
         except RequestRefused as e:
@@ -202,27 +294,79 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_FORWARDED
                    and not (inflated and k.lower() == "content-encoding")}
         headers["Content-Length"] = str(len(body))
-        for attempt in (0, 1):  # a kept-alive upstream connection may have died with a server restart: one retry
-            conn = self._upstream(fresh=attempt > 0)
+        reply = self._exchange(body, headers)
+        if reply is not None:
+            self._relay(reply)
+
+    def _exchange(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse | None:
+        """Send the request to Triton and return its response (headers read, body not); None when an error answer
+        was sent instead. A request is sent again only when it provably never reached Triton whole: a kept-alive
+        connection that Triton had closed (a restart) fails while sending, or is closed before any response.
+        Never after a timeout or a reset once the request was sent: inference is not idempotent, and a request that
+        crashed Triton would crash the restarted one too."""
+        front = self.server
+        for attempt in (0, 1):
+            conn, reused = self._upstream()
             try:
                 conn.request(self.command, self.path, body=body, headers=headers)
-                reply = conn.getresponse()
-                data = reply.read()
-                break
-            except (ConnectionError, http.client.HTTPException, socket.timeout, OSError) as e:
-                conn.close()
-                self.server.connections.conn = None
-                if attempt:
-                    reason = front.upstream.down_reason() or f"tritonserver did not answer ({e})"
-                    return self._answer(503, reason)
+            except (BrokenPipeError, ConnectionResetError) as e:
+                self._drop_upstream()
+                if reused and attempt == 0:
+                    continue
+                return self._upstream_failed(e)
+            except (OSError, http.client.HTTPException) as e:  # refused (Triton down), timeout connecting, ...
+                self._drop_upstream()
+                return self._upstream_failed(e)
+            try:
+                return conn.getresponse()
+            except http.client.RemoteDisconnected as e:  # closed without a byte of response
+                self._drop_upstream()
+                if reused and attempt == 0:
+                    continue
+                return self._upstream_failed(e)
+            except (OSError, http.client.HTTPException) as e:  # socket.timeout is an OSError: not retried
+                self._drop_upstream()
+                return self._upstream_failed(e)
+        return None  # not reached: the second attempt always returns
+
+    def _upstream_failed(self, error: BaseException) -> None:
+        if isinstance(error, TimeoutError):
+            return self._answer(504, f"tritonserver did not answer within {self.server.upstream_timeout:g} s")
+        reason = self.server.upstream.down_reason() or f"tritonserver did not answer ({error!r})"
+        return self._answer(503, reason)
+
+    def _relay(self, reply: http.client.HTTPResponse) -> None:
+        """Triton's response to the client, streamed in blocks: an output can be far larger than any request, and
+        buffering it whole would hold that much memory per request in flight."""
         self.send_response_only(reply.status, reply.reason)
         for k, v in reply.getheaders():
             if k.lower() not in _NOT_FORWARDED:
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        known = reply.length  # None: Triton sent it chunked (or until close)
+        chunked = known is None and self.command != "HEAD"
+        if self.command == "HEAD" or known is not None:
+            self.send_header("Content-Length", reply.getheader("Content-Length") or str(known or 0))
+        elif self.request_version == "HTTP/1.1":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:  # an HTTP/1.0 client: the end of the body is the end of the connection
+            chunked, self.close_connection = False, True
+            self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        if self.command == "HEAD":
+            reply.read()
+            return
+        try:
+            while block := reply.read1(_BLOCK):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (OSError, http.client.HTTPException):
+            # Triton or the client went away mid-body: the status is sent, so the only honest signal left is to cut
+            # the client's connection; the upstream connection is in an unknown state.
+            self._drop_upstream()
+            self.close_connection = True
+        if not reply.isclosed():
+            self._drop_upstream()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
@@ -236,9 +380,12 @@ class HttpFront(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, host: str, port: int, upstream: Upstream, *,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, upstream_timeout: float = 600.0) -> None:
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, upstream_timeout: float = 600.0,
+                 max_concurrent: int = DEFAULT_MAX_CONCURRENT, client_timeout: float = DEFAULT_CLIENT_TIMEOUT) -> None:
         super().__init__((host, port), _Handler)
         self.upstream, self.max_request_bytes, self.upstream_timeout = upstream, max_request_bytes, upstream_timeout
+        self.max_concurrent, self.client_timeout = max_concurrent, client_timeout
+        self.slots = threading.BoundedSemaphore(max_concurrent)
         self.connections = threading.local()
         self.refused = 0
         self._thread: threading.Thread | None = None

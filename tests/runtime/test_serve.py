@@ -3,6 +3,7 @@ runtime, malformed requests answered with errors while the server keeps serving,
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ httpclient = pytest.importorskip("tritonclient.http", reason="the `serve` extra 
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import runtime  # noqa: E402
+from runtime.serve_guard import HttpFront, Upstream  # noqa: E402
 from runtime.serve import (PYTRITON_VERSION, ServerUnavailableError, find_server, group_alive,  # noqa: E402
                            install_server, main as serve_main, serve)
 
@@ -230,6 +233,21 @@ def post_json(url: str, body: dict) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def post_raw(url: str, target: str, body: bytes) -> tuple[int, dict]:
+    """POST `body` as it is, with `target` as the request line's target (absolute-form too): (status, answer)."""
+    host, port = url.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        c.request("POST", target, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        c.close()
+
+
+_1TIB = b'{"inputs":[{"name":"z","shape":[2147483648,128],"datatype":"FP32","data":[0]}]}'
+_INFER = "/v2/models/vae_decoder/infer"
+
 OVERSIZED = [  # each once made tritonserver size a buffer from the claimed shape (1 TiB: std::bad_alloc, signal 6)
     ({"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "data": [0]},
      r"input 'z': shape \[2147483648, 128\] has 274877906944 element\(s\), 'data' holds 1 value\(s\)"),
@@ -238,13 +256,27 @@ OVERSIZED = [  # each once made tritonserver size a buffer from the claimed shap
      r"needs 1099511627776 bytes, binary_data_size is 4"),
     ({"name": "z", "shape": [-1, 8], "datatype": "FP32", "data": [0] * 8}, r"non-negative integers, got \[-1, 8\]"),
     ({"name": "z", "shape": "2147483648,128", "datatype": "FP32", "data": [0]}, r"non-negative integers"),
+    # bypasses of a front that parsed leniently or matched the path loosely: (request target, raw body)
+    ((_INFER, b'{"inputs":[{"name":"z","shape":[2147483648,128],"shape":[1,1],"datatype":"FP32","data":[0]}]}'),
+     r"duplicate key 'shape'"),  # Python keeps the last "shape", rapidjson the first
+    ((_INFER, _1TIB + b"\x00"), r"NUL byte"),  # rapidjson stops at the NUL, Python's parser failed
+    ((_INFER, _1TIB[:-1] + b',"x":Inf}'), r"not strict JSON"),  # rapidjson accepts Inf/NaN
+    ((_INFER, _1TIB[:-1] + b',"x":NaN}'), r"NaN is not JSON"),
+    ((_INFER, _1TIB[:-1] + b',"x":' + b"[" * 1200 + b"]" * 1200 + b"}"), r"nested too deeply"),
+    (("http://127.0.0.1" + _INFER, _1TIB), r"expected a path starting with a single '/'"),  # absolute-form target
+    (("/v2/models/vae_decoder/./infer", _1TIB), r"274877906944 element"),  # no infer path: checked for its "inputs"
 ]
 
 
-@pytest.mark.parametrize("tensor,expect", OVERSIZED, ids=["json-1TiB", "json-2^43", "binary-1TiB", "negative", "str"])
+@pytest.mark.parametrize("tensor,expect", OVERSIZED, ids=["json-1TiB", "json-2^43", "binary-1TiB", "negative", "str",
+                                                          "dup-key", "nul", "Inf", "NaN", "deep", "absolute-form",
+                                                          "other-path"])
 def test_a_shape_larger_than_its_data_is_refused_and_the_server_keeps_serving(server, local, tensor, expect):
     pid = server.proc.pid
-    status, answer = post_json(f"{server.http_url}/v2/models/vae_decoder/infer", {"inputs": [tensor]})
+    if isinstance(tensor, dict):
+        status, answer = post_json(f"{server.http_url}/v2/models/vae_decoder/infer", {"inputs": [tensor]})
+    else:
+        status, answer = post_raw(server.http_url, *tensor)
     assert status == 400 and re.search(expect, answer["error"]), (status, answer)
     z = latents(local, 2)
     with httpclient.InferenceServerClient(server.http_url) as c:  # the same server, still serving, still right
@@ -274,6 +306,152 @@ def test_a_huge_shape_over_grpc_gets_tritons_shape_error(server):
         with pytest.raises(Exception, match=r"unexpected shape for input 'z'.*got \[2147483648,128\]"):
             c._client_stub.ModelInfer(req, timeout=30)
         assert c.is_server_ready()
+
+
+# ----------------------------------------------------------------------------------------------- the front's limits
+# HttpFront alone, in front of a scripted stand-in for Triton's HTTP endpoint: quick, and it can misbehave on cue.
+
+class _Fake(BaseHTTPRequestHandler):
+    """Answers each POST by calling the server's `script(handler, body)`; counts the requests it read."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.seen += 1
+        self.server.script(self, body)
+
+
+def reply(handler, payload: bytes = b"{}", status: int = 200) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+@contextlib.contextmanager
+def fake_triton(script, **front_options):
+    """(front, fake): a front on a free port forwarding to a fake Triton whose POST answers are `script`."""
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
+    fake.daemon_threads, fake.script, fake.seen = True, script, 0
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    front = HttpFront("127.0.0.1", 0, Upstream("127.0.0.1", fake.server_address[1]), **front_options).start()
+    try:
+        yield front, fake
+    finally:
+        front.close()
+        fake.shutdown()
+        fake.server_close()
+
+
+def front_conn(front, timeout=10.0) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", front.server_address[1], timeout=timeout)
+
+
+def test_the_front_closes_a_silent_connection():
+    with fake_triton(reply, client_timeout=0.5) as (front, _):
+        with socket.create_connection(("127.0.0.1", front.server_address[1]), timeout=10) as s:
+            s.sendall(b"POST /v2/models/vae_decoder/infer HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # then silence
+            start = time.monotonic()
+            assert s.recv(1024) == b""  # closed by the front, not left waiting for the rest
+            assert time.monotonic() - start < 5
+
+
+def test_the_front_answers_busy_beyond_its_concurrency():
+    release = threading.Event()
+
+    def slow(handler, body):
+        release.wait(20)
+        reply(handler)
+
+    with fake_triton(slow, max_concurrent=1) as (front, fake):
+        first = front_conn(front)
+        first.request("POST", "/v2/repository/index", body=b"{}")
+        deadline = time.monotonic() + 10
+        while fake.seen == 0 and time.monotonic() < deadline:  # the first request holds the only slot
+            time.sleep(0.02)
+        second = front_conn(front)
+        second.request("POST", "/v2/repository/index", body=b"{}")
+        r = second.getresponse()
+        assert r.status == 503 and "busy" in json.loads(r.read())["error"]
+        release.set()
+        assert first.getresponse().status == 200
+        first.close(), second.close()
+        third = front_conn(front)  # the slot is free again
+        third.request("POST", "/v2/repository/index", body=b"{}")
+        assert third.getresponse().status == 200
+        third.close()
+
+
+def test_the_front_streams_a_response_instead_of_buffering_it():
+    half, received = b"x" * (1 << 20), threading.Event()
+
+    def two_halves(handler, body):  # the second half only after the client has the first: buffering would deadlock
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(2 * len(half)))
+        handler.end_headers()
+        handler.wfile.write(half)
+        handler.wfile.flush()
+        received.wait(20)
+        handler.wfile.write(half)
+
+    with fake_triton(two_halves) as (front, _):
+        c = front_conn(front, timeout=5)
+        c.request("POST", "/v2/repository/index", body=b"{}")
+        r = c.getresponse()
+        assert r.status == 200 and int(r.getheader("Content-Length")) == 2 * len(half)
+        first = b""
+        while len(first) < len(half):
+            first += r.read(len(half) - len(first))  # times out (5 s) if the front waits for the whole body
+        received.set()
+        assert first + r.read() == half + half
+        c.close()
+
+
+def _read_then_close(handler, body):
+    handler.close_connection = True  # Triton died after receiving the request: no response at all
+
+
+def _too_slow(handler, body):
+    time.sleep(1.5)
+    reply(handler)
+
+
+@pytest.mark.parametrize("script,status", [(_read_then_close, 503), (_too_slow, 504)], ids=["closed", "timeout"])
+def test_the_front_never_resends_a_request_triton_received(script, status):
+    with fake_triton(reply, upstream_timeout=0.5) as (front, fake):
+        c = front_conn(front)
+        c.request("POST", "/v2/repository/index", body=b"{}")
+        assert c.getresponse().read() == b"{}"  # the front now holds a kept-alive connection to the fake
+        fake.script, seen = script, fake.seen
+        c.request("POST", _INFER, body=b'{"inputs": []}')  # on the front's reused upstream connection
+        r = c.getresponse()
+        assert r.status == status, r.read()
+        time.sleep(1.5)  # a resend would have arrived by now
+        assert fake.seen == seen + 1
+        c.close()
+
+
+def test_the_front_retries_a_stale_kept_alive_connection():
+    def reply_and_close(handler, body):  # like a Triton that restarted between two requests
+        reply(handler)
+        handler.close_connection = True
+
+    with fake_triton(reply) as (front, fake):
+        c = front_conn(front)
+        c.request("POST", "/v2/repository/index", body=b"{}")
+        assert c.getresponse().read() == b"{}"  # the front now holds a kept-alive connection to the fake
+        fake.script = reply_and_close
+        c.request("POST", "/v2/repository/index", body=b"{}")
+        assert c.getresponse().read() == b"{}"  # ... which the fake then closed
+        time.sleep(0.2)
+        fake.script = reply
+        c.request("POST", "/v2/repository/index", body=b"{}")
+        assert c.getresponse().status == 200
+        c.close()
 
 
 # ----------------------------------------------------------------------------------------------- supervision
@@ -345,6 +523,43 @@ def test_kill_9_of_serve_takes_tritonserver_with_it(bundle, dist):
         if triton is not None:  # never leave one behind, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(triton, signal.SIGKILL)
+
+
+def test_without_restarts_the_server_stays_up(bundle, dist, local):
+    """restart=None: nothing restarts tritonserver, but it must not die when the thread that started it is done."""
+    with serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=4, restart=None) as s:
+        time.sleep(3)
+        z = latents(local, 1)
+        with httpclient.InferenceServerClient(s.http_url) as c:
+            assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+        assert s.proc.poll() is None and s.supervising
+
+
+def test_a_restart_that_fails_with_an_oserror_is_retried(bundle, dist, local, caplog):
+    from runtime.serve import RestartPolicy
+
+    caplog.set_level(logging.INFO, logger="runtime.serve")
+    policy = RestartPolicy(first_delay=0.1, max_delay=0.2)
+    with serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=4, restart=policy) as s:
+        spawn, calls = s._spawn, []
+
+        def flaky():  # the first restart fails as fork/exec or the log file can
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(24, "Too many open files")
+            return spawn()
+
+        s._spawn = flaky
+        first = s.proc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (s.proc.pid != first and s.down is None):
+            time.sleep(0.2)
+        assert s.supervising and s.proc.pid != first and s.down is None and s.restarts == 2, caplog.text
+        z = latents(local, 1)
+        with httpclient.InferenceServerClient(s.http_url) as c:
+            assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+    assert "restart 1 failed (OSError): [Errno 24] Too many open files" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------- lifetime, CLI
