@@ -16,7 +16,6 @@ skip, saying so, unless VAE_REQUIRE_AARCH64=1 (set by .ci/run), which turns the 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cpp_support import cmake_args, run_checked
+from tests.cpp_support import CppBuild, cmake_args, run_checked
 
 REPO = Path(__file__).resolve().parents[2]
 CPP = REPO / "runtime" / "cpp"
@@ -61,23 +60,13 @@ def _cross_tools():
         pytest.fail("cmake is not on PATH: the C++ runtime tests need cmake >= 3.18")
 
 
-@dataclasses.dataclass(frozen=True)
-class Aarch64Build:
-    build_dir: Path
-    configure_log: str
-    seconds: float
-
-    def exe(self, name: str) -> Path:
-        return self.build_dir / name
-
-
 def qemu(*args, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run an aarch64 program (first argument) under QEMU the way CMake's probe ran."""
     return run_checked(["bash", QEMU_RUN, "--sysroot", SYSROOT, *args], check=check, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def aarch64_build(tmp_path_factory) -> Aarch64Build:
+def aarch64_build(tmp_path_factory) -> CppBuild:
     """What `make cpp-aarch64` does, in a fresh folder: fetch ONNX Runtime for aarch64, configure, build."""
     build = tmp_path_factory.mktemp("cpp-build-aarch64")
     t0 = time.perf_counter()
@@ -88,7 +77,7 @@ def aarch64_build(tmp_path_factory) -> Aarch64Build:
     run_checked(["cmake", "--build", build, "-j", str(min(os.cpu_count() or 1, 4))])
     seconds = time.perf_counter() - t0
     print(f"aarch64 cross build (fetch + configure + build): {seconds:.1f} s")
-    return Aarch64Build(build, conf.stdout + conf.stderr, seconds)
+    return CppBuild(build, conf.stdout + conf.stderr, seconds)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +118,7 @@ def test_cross_build_is_aarch64_against_onnxruntime_1_29(aarch64_build):
 
 # ----------------------------------------------------------------------------------------------- decoder parity
 
-def _decode_under_qemu(build: Aarch64Build, bundle: Path, z: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, float]:
+def _decode_under_qemu(build: CppBuild, bundle: Path, z: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, float]:
     np.save(tmp_path / "z.npy", np.ascontiguousarray(z, dtype=np.float32))
     t0 = time.perf_counter()
     proc = qemu(build.exe("vae_decode"), bundle, "--latents", tmp_path / "z.npy", "--format", "none",
