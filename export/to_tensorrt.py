@@ -18,6 +18,7 @@ Exit codes: 0 ok, 1 an engine failed its parity check (and was not kept), 2 bad 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # and a Builder may be created only where a GPU was seen.
                 from runtime.backends.tensorrt import dla_core_count, trt_logger
 
-                gpu = cuda_gpu_info(args.device, dla_core_count(trt.Builder(trt_logger(trt))))
+                gpu = dataclasses.replace(gpu, dla_cores=dla_core_count(trt.Builder(trt_logger(trt))))
         plans = make_plans(args.bundle, target, graphs, args.precision, options, gpu)
         if args.print_trtexec:
             for plan in plans:
@@ -138,15 +139,15 @@ def _layer_names(bundle: Path, plan: BuildPlan, trt) -> tuple[list | None, str]:
     # parser (which runs on a CPU) may be used.
     flavours = [plan.target.flavour, "trt_rtx" if plan.target.flavour == "trt" else "trt"]
     if cuda_gpu_info() is None:
-        flavours = [f for f in flavours if f == "trt_rtx"]
-    if trt is not None and trt.__name__ != "tensorrt_rtx" and "trt" not in flavours:
+        flavours = ["trt_rtx"]
+    if trt is None or ("trt_rtx" if trt.__name__ == "tensorrt_rtx" else "trt") not in flavours:
         trt = None
-    for flavour in ([] if trt is not None else flavours):
-        try:
-            trt, _ = import_tensorrt(flavour)
-            break
-        except BackendUnavailableError:
-            continue
+        for flavour in flavours:
+            try:
+                trt, _ = import_tensorrt(flavour)
+                break
+            except BackendUnavailableError:
+                continue
     if trt is None:
         return None, ("no TensorRT parser usable here (full TensorRT needs a GPU to parse): --layerPrecisions lists "
                       "the kept ONNX node names, which trtexec matches only for nodes that became one layer; the "

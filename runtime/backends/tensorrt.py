@@ -18,6 +18,7 @@ Never create a TensorRT runtime without a GPU (it crashes the process): open() c
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import importlib.util
 import re
@@ -119,9 +120,9 @@ def gpu_count() -> int:
         return 0
 
 
-def cuda_gpu_info(index: int = 0, dla_cores: int = 0) -> GpuInfo | None:
-    """Name, compute capability and SM count of CUDA device `index` (None where there is none); dla_cores is what
-    TensorRT reports (see dla_core_count), since CUDA knows nothing of DLA."""
+def cuda_gpu_info(index: int = 0) -> GpuInfo | None:
+    """Name, compute capability and SM count of CUDA device `index` (None where there is none). Its dla_cores is 0:
+    CUDA knows nothing of DLA; callers holding a TensorRT object fill it in (dla_core_count)."""
     if gpu_count() <= index:
         return None
     cudart = import_cudart()
@@ -131,17 +132,13 @@ def cuda_gpu_info(index: int = 0, dla_cores: int = 0) -> GpuInfo | None:
         return None
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(name=name.split("\x00", 1)[0].strip(), compute_capability=(int(props.major), int(props.minor)),
-                   sm_count=int(props.multiProcessorCount), dla_cores=int(dla_cores))
+                   sm_count=int(props.multiProcessorCount))
 
 
 def dla_core_count(trt_object: Any) -> int:
     """DLA cores a TensorRT Builder or Runtime reports (0 for TensorRT-RTX and GPUs without DLA). Only call it on a
     host where a GPU was seen: creating either object without one crashes full TensorRT."""
     return int(getattr(trt_object, "num_DLA_cores", 0) or 0)
-
-
-def machine_info(trt: TrtInfo, device_index: int = 0, dla_cores: int = 0) -> MachineInfo:
-    return MachineInfo(trt=trt, gpu=cuda_gpu_info(device_index, dla_cores), platform=host_platform())
 
 
 # ----------------------------------------------------------------------------------------------- one engine
@@ -410,7 +407,8 @@ class TensorRTBackend(Backend):
             raise BackendError(f"tensorrt backend: dla_core: expected a DLA core index >= 0 or None, got {dla_core!r}")
         trt, info = import_tensorrt(options.get("flavour"))
         cudart = import_cudart()
-        if cuda_gpu_info(device.index) is None:
+        gpu = cuda_gpu_info(device.index)
+        if gpu is None:
             raise BackendUnavailableError(f"tensorrt backend: no CUDA GPU {device} visible "
                                           f"(cuda-python sees {gpu_count()} device(s))")
         try:
@@ -422,7 +420,7 @@ class TensorRTBackend(Backend):
         if dla_core is not None and dla_core >= dla_cores:
             raise BackendUnavailableError(f"tensorrt backend: dla_core {dla_core} asked for, this device has "
                                           f"{dla_cores} DLA core(s)")
-        machine = machine_info(info, device.index, dla_cores)
+        machine = MachineInfo(trt=info, gpu=dataclasses.replace(gpu, dla_cores=dla_cores), platform=host_platform())
         given = dict(options.get("engines") or {})
         check = bool(options.get("check_sidecar", True))
         files, sidecars = {}, {}
