@@ -48,6 +48,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 ORT_VERSION = "1.29.0"
 ORT_NPM = "com.github.asus4.onnxruntime@0.4.9"
@@ -102,6 +103,30 @@ def _check_sha(path: Path, expected: str) -> None:
     actual = _sha256(path)
     if actual != expected:
         raise FetchError(f"{path.name}: sha256 {actual}, expected {expected} (the registry served another file)")
+
+
+def _pip_wheels(wheels: list[tuple[str, str, str]], work: Path, *extra: str) -> list[Path]:
+    """`pip download --no-deps` each (requirement, wheel file, sha256) into `work`; the wheel paths, sha256-checked."""
+    _run([sys.executable, "-m", "pip", "download", *(req for req, _, _ in wheels), "--no-deps", "--only-binary=:all:",
+          *extra, "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work)
+    out = []
+    for req, name, sha in wheels:
+        wheel = work / name
+        if not wheel.is_file():
+            raise FetchError(f"pip download {req} did not produce {name}")
+        _check_sha(wheel, sha)
+        out.append(wheel)
+    return out
+
+
+def _extract_tree(wheel: Path, prefix: str, dest: Path, keep: Callable[[str], bool]) -> None:
+    """Copy the wheel's members under `prefix` that `keep` accepts to `dest`, keeping their paths below `prefix`."""
+    with zipfile.ZipFile(wheel) as z:
+        for member in z.namelist():
+            if member.startswith(prefix) and keep(member):
+                target = dest / member[len(prefix):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(z.read(member))
 
 
 def _install(tmp: Path, final: Path) -> Path:
@@ -173,19 +198,9 @@ def fetch_nlohmann(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-json-") as work:
         work = Path(work)
-        _run([sys.executable, "-m", "pip", "download", f"nlohmann-json=={NLOHMANN_VERSION}", "--no-deps",
-              "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work)
-        wheel = work / NLOHMANN_WHEEL
-        if not wheel.is_file():
-            raise FetchError(f"pip download nlohmann-json=={NLOHMANN_VERSION} did not produce {NLOHMANN_WHEEL}")
-        _check_sha(wheel, NLOHMANN_SHA256)
+        [wheel] = _pip_wheels([(f"nlohmann-json=={NLOHMANN_VERSION}", NLOHMANN_WHEEL, NLOHMANN_SHA256)], work)
         out = work / "root"
-        with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
-                if name.startswith(NLOHMANN_PREFIX) and name.endswith(".hpp"):
-                    target = out / "include" / "nlohmann" / name[len(NLOHMANN_PREFIX):]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(z.read(name))
+        _extract_tree(wheel, NLOHMANN_PREFIX, out / "include" / "nlohmann", lambda m: m.endswith(".hpp"))
         if not (out / "include" / "nlohmann" / "json.hpp").is_file():
             raise FetchError(f"{NLOHMANN_WHEEL}: no nlohmann/json.hpp inside (layout changed?)")
         (out / "SOURCE.json").write_text(json.dumps(
@@ -202,22 +217,12 @@ def fetch_cuda_headers(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-cuda-") as work:
         work = Path(work)
-        specs = [f"{name}=={CUDA_VERSION}" for name, *_ in CUDA_WHEELS]
-        _run([sys.executable, "-m", "pip", "download", *specs, "--no-deps", "--only-binary=:all:",
-              "--platform", CUDA_PLATFORM, "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work)
+        wheels = _pip_wheels([(f"{name}=={CUDA_VERSION}", w, sha) for name, w, sha, _ in CUDA_WHEELS], work,
+                             "--platform", CUDA_PLATFORM)
         out = work / "root"
         (out / "include").mkdir(parents=True)
-        for name, wheel_name, sha, prefix in CUDA_WHEELS:
-            wheel = work / wheel_name
-            if not wheel.is_file():
-                raise FetchError(f"pip download {name}=={CUDA_VERSION} did not produce {wheel_name}")
-            _check_sha(wheel, sha)
-            with zipfile.ZipFile(wheel) as z:
-                for member in z.namelist():
-                    if member.startswith(prefix) and not member.endswith(("/", ".py")):
-                        target = out / "include" / member[len(prefix):]
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_bytes(z.read(member))
+        for wheel, (*_, prefix) in zip(wheels, CUDA_WHEELS):
+            _extract_tree(wheel, prefix, out / "include", lambda m: not m.endswith(("/", ".py")))
         missing = [h for h in CUDA_REQUIRED_HEADERS if not (out / "include" / h).is_file()]
         if missing:
             raise FetchError(f"the CUDA {CUDA_VERSION} wheels lack include/{', include/'.join(missing)} "
