@@ -9,7 +9,6 @@ because the driver never calls a real pybind11 method (proxy.py). Wheels are dow
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,6 +17,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from runtime.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "third_party" / "trt-api-wheels"
@@ -47,14 +48,6 @@ class Unavailable(Exception):
     """Why the real bindings cannot be prepared here (the test skips with this reason)."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def python_tag() -> str:
     return f"cp{sys.version_info.major}{sys.version_info.minor}"
 
@@ -64,13 +57,13 @@ def pinned_wheel(requirement: str, wheel: str, sha256: str, marker: str, cache: 
     next to it and return that folder (`marker`, a path inside it, shows a finished extraction)."""
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / wheel
-    if not path.is_file() or _sha256(path) != sha256:
+    if not path.is_file() or sha256_file(path) != sha256:
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                             "--disable-pip-version-check", "-d", str(cache), requirement],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0 or not path.is_file():
             raise Unavailable(f"pip download {requirement} failed: {r.stderr.strip()[-500:]}")
-        if _sha256(path) != sha256:
+        if sha256_file(path) != sha256:
             path.unlink()
             raise AssertionError(f"{wheel}: sha256 differs from the pinned {sha256}; the download was removed")
     out = cache / f"{wheel[:-4]}.{sha256[:12]}"
