@@ -380,6 +380,9 @@ def test_the_front_answers_busy_beyond_its_concurrency():
         release.set()
         assert first.getresponse().status == 200
         first.close(), second.close()
+        # The client has the whole reply a moment before the handler thread gives its slot back: wait for that.
+        assert front.slots.acquire(timeout=5)
+        front.slots.release()
         third = front_conn(front)  # the slot is free again
         third.request("POST", "/v2/repository/index", body=b"{}")
         assert third.getresponse().status == 200
