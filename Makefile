@@ -13,21 +13,21 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
-	@# tritonserver for runtime.serve: from the pinned nvidia-pytriton wheel, sha256-checked; the PyTriton library itself
-	@# is not installed (it pins numpy<2). See runtime/serve.py.
+	@# tritonserver for runtime.serving.serve: from the pinned nvidia-pytriton wheel, sha256-checked; the PyTriton library itself
+	@# is not installed (it pins numpy<2). See runtime/serving/serve.py.
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps -c constraints.txt -d $(VENV)/wheels nvidia-pytriton
-	$(PY) -m runtime.serve --install-server $(VENV)/wheels
+	$(PY) -m runtime.serving.serve --install-server $(VENV)/wheels
 	touch $(STAMP)
 
 demo: $(STAMP)
 	@# A short schedule: batch 32 and lr 1e-3 (instead of the original 64 / 5e-3) learn recognisable shapes in ~3 min on 2 cores.
 	$(PY) -m vae_model.train --out $(DEMO)/train --epochs 8 --train-size 4096 --val-size 256 --batch-size 32 --lr 0.001 --seed 0
 	$(PY) -m export.to_onnx $(DEMO)/train/best.pt --out $(DEMO)/bundle
-	$(PY) -m export.to_fp16 $(DEMO)/bundle
-	$(PY) -m export.quantize $(DEMO)/bundle --int8
-	$(PY) -m runtime.parity $(DEMO)/bundle --precision fp32 --json $(DEMO)/parity.fp32.json
-	$(PY) -m runtime.parity $(DEMO)/bundle --precision fp16 --json $(DEMO)/parity.fp16.json
-	$(PY) -m runtime.parity $(DEMO)/bundle --precision int8 --json $(DEMO)/parity.int8.json
+	$(PY) -m export.precision.fp16 $(DEMO)/bundle
+	$(PY) -m export.precision.int8 $(DEMO)/bundle --int8
+	$(PY) -m runtime.verify.parity $(DEMO)/bundle --precision fp32 --json $(DEMO)/parity.fp32.json
+	$(PY) -m runtime.verify.parity $(DEMO)/bundle --precision fp16 --json $(DEMO)/parity.fp16.json
+	$(PY) -m runtime.verify.parity $(DEMO)/bundle --precision int8 --json $(DEMO)/parity.int8.json
 	$(PY) -m benchmarks.latency $(DEMO)/bundle --backends torch,onnxruntime --precision fp32,fp16,int8 \
 		--batch 1,64 --duration 1.5 --checkpoint $(DEMO)/train/best.pt --out $(DEMO)/bench
 	@echo "demo done: samples in $(DEMO)/train/samples_e008.png, bundle in $(DEMO)/bundle, plots in $(DEMO)/bench/*.png"
@@ -38,7 +38,7 @@ test: $(STAMP)
 # JetPack 6's Python (Ubuntu 22.04): the runtime alone on Python 3.10 with numpy 1.26, onnxruntime 1.19 and no torch
 # (constraints-jetpack.txt). The main venv exports the test bundles (tests/make_bundles.py); the runtime tests run on
 # them in .venv-jetpack, skipping only JETPACK_SKIPS (tests/runtime/conftest.py, each with its reason) and failing when
-# fewer than JP_MIN_PASSED pass; then runtime.parity checks export's FP32/FP16/INT8 variants on that ONNX Runtime.
+# fewer than JP_MIN_PASSED pass; then runtime.verify.parity checks export's FP32/FP16/INT8 variants on that ONNX Runtime.
 JP_PYTHON     ?= /root/.pyenv/versions/3.10.13/bin/python3.10
 JP_VENV       := .venv-jetpack
 JP_PY         := $(JP_VENV)/bin/python
@@ -62,7 +62,7 @@ test-jetpack: $(STAMP) $(JP_STAMP)
 	$(JP_PY) -c "import sys, numpy, onnxruntime as ort; \
 		print('JetPack run: Python', sys.version.split()[0], 'numpy', numpy.__version__, 'onnxruntime', ort.__version__)"
 	VAE_TEST_BUNDLES=$(JP_BUNDLES) $(JP_PY) -m pytest -q tests/runtime --min-passed $(JP_MIN_PASSED)
-	for p in fp32 fp16 int8; do $(JP_PY) -m runtime.parity $(JP_BUNDLES)/tiny-variants --precision $$p || exit 1; done
+	for p in fp32 fp16 int8; do $(JP_PY) -m runtime.verify.parity $(JP_BUNDLES)/tiny-variants --precision $$p || exit 1; done
 
 cpp: $(STAMP)
 	cmake -S runtime/cpp -B runtime/cpp/build -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(PY)
@@ -71,7 +71,7 @@ cpp: $(STAMP)
 # Compiles (never links) the whole C++ runtime with its native TensorRT backend, -Werror, against the published headers
 # of each TensorRT in TRT_VERSIONS (../shared/third_party/tensorrt/<v>/include, used in place) and CUDA 12.6 headers
 # fetched from PyPI (fetch_deps.py cuda_headers); no TensorRT library, CUDA toolkit or GPU needed. The same check as
-# tests/runtime/test_cpp_tensorrt_compile.py; build folders runtime/cpp/build/trt-check-<v>.
+# tests/runtime/cpp/test_cpp_tensorrt_compile.py; build folders runtime/cpp/build/trt-check-<v>.
 TRT_HEADERS  ?= $(abspath ../shared/third_party/tensorrt)
 TRT_VERSIONS ?= 10.3 11.1
 .PHONY: cpp-trt-check

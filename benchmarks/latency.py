@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime and cpp on the CPU: smallest batch cut into one chunk per core, each run by a "
                         "single-threaded session (default: the runtimes', 32); 'off' runs every batch as one call")
     p.add_argument("--dla-core", type=_dla_core, default=None, metavar="N",
-                   help="tensorrt on a Jetson: measure the engines built for DLA core N (python -m export.to_tensorrt "
+                   help="tensorrt on a Jetson: measure the engines built for DLA core N (python -m export.tensorrt.build "
                         "--dla-core N); default: the GPU engines")
     p.add_argument("--cuda-graph", action="store_true",
                    help="tensorrt: replay each batch size as a captured CUDA graph (after one plain run)")

@@ -1,4 +1,4 @@
-"""A bounded load test of the local Triton server (python -m runtime.serve): throughput and p50/p99 latency with
+"""A bounded load test of the local Triton server (python -m runtime.serving.serve): throughput and p50/p99 latency with
 dynamic batching on and off, on loopback only.
 
     python -m benchmarks.serving BUNDLE [--requests 2000] [--concurrency 8] [--batch-per-request 1] [--model decoder]
@@ -142,7 +142,7 @@ def run(bundle: Path, *, modes: Sequence[str], requests: int, concurrency: int, 
         protocol: str, max_batch: int, queue_delay_us: int, instances: int, threads: int | None,
         max_seconds: float, warmup: int, log=print) -> dict[str, Any]:
     from runtime.bundle import read_manifest
-    from runtime.serve import serve
+    from runtime.serving.serve import serve
 
     manifest = read_manifest(bundle)
     shape = ((batch_per_request, manifest.model.latent_dim) if model == "decoder"
@@ -212,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="folder for serving.json (default runs/serving)")
     args = p.parse_args(argv)
     from runtime.bundle import BundleError
-    from runtime.serve import ServerError, ServerUnavailableError, find_server
-    from runtime.triton_repo import RepositoryError
+    from runtime.serving.serve import ServerError, ServerUnavailableError, find_server
+    from runtime.serving.repository import RepositoryError
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:

@@ -4,13 +4,13 @@
 
 Writes DIR/{encoder.onnx, decoder.onnx, vae.json, reference.npz} (contract: runtime/bundle.py). Steps:
 1. An eval-mode FP32 CPU copy of the model (the caller's model keeps its mode and weights), BatchNorm folded into
-   the convolutions (export/passes.py; ConvTranspose weights scaled along axis 1) and checked against the unfolded
+   the convolutions (export/graph/passes.py; ConvTranspose weights scaled along axis 1) and checked against the unfolded
    model (max abs <= 1e-4).
-2. The decoder's speed rewrite, on by default (`--no-rewrite` opts out; export/rewrites.py): the stem Linear and the
+2. The decoder's speed rewrite, on by default (`--no-rewrite` opts out; export/graph/rewrites.py): the stem Linear and the
    first ConvTranspose composed into one Linear, the last upsampling block in sub-pixel form computed at the low
    resolution; exact (checked against the original model in PyTorch before export) and ~2x faster on ONNX Runtime CPU
    (benchmarks/NOTES.md). The decoder graph's metadata records it: "rewrites" (what was done) and "rewrite_options"
-   (JSON arguments of rewrite_decoder). runtime.divergence reads them to rebuild the same rewritten PyTorch module
+   (JSON arguments of rewrite_decoder). export.divergence reads them to rebuild the same rewritten PyTorch module
    when it looks for the first diverging layer; a block the rewrite fused (e.g. final_layer's ConvTranspose +
    LeakyReLU + Conv + Tanh) can then only be named as a whole. Opt out for a graph whose every node maps to one
    PyTorch module, or to compare with the plain form; the rewrite's effect on TensorRT is not measured yet.
@@ -63,7 +63,7 @@ from export.cli import non_negative_int
 from runtime import bundle as B
 from runtime.engines import ENGINES_DIR
 from runtime.files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
-from runtime.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
+from runtime.verify.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and converts upwards only
@@ -270,7 +270,7 @@ def ort_outputs(bundle_dir: Path, graphs: Sequence[str], inputs: Mapping[str, np
 def parity_report(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
                   tolerances: Tolerance | Mapping[str, Tolerance] | None = None,
                   label: str = "onnxruntime-cpu fp32") -> ComparisonReport:
-    """Compare with the FP32 defaults of runtime.metrics, overridden per output (full or tensor name) by `tolerances`."""
+    """Compare with the FP32 defaults of runtime.verify.metrics, overridden per output (full or tensor name) by `tolerances`."""
     def tol_for(key: str) -> Tolerance:
         try:
             return tolerance_for(key, tolerances or {})
@@ -321,7 +321,7 @@ def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset,
     import onnxruntime
     import torch
 
-    from export.passes import count_batchnorm, fold_batchnorm
+    from export.graph.passes import count_batchnorm, fold_batchnorm
 
     cfg = model.config
     source = dict(source or {})
@@ -345,7 +345,7 @@ def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset,
     graph_meta: dict[str, dict[str, str]] = {g: {} for g in graphs}
     if rewrite and B.DECODER in graphs:
         # Checked here against the original model before it is exported (exact up to FP32 rounding).
-        from export.rewrites import RewriteError, rewrite_decoder
+        from export.graph.rewrites import RewriteError, rewrite_decoder
 
         try:
             rw = rewrite_decoder(folded)
@@ -381,7 +381,7 @@ def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset,
             raise ParityError(report)
     else:
         log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
-            "run `python -m runtime.parity BUNDLE` before trusting them")
+            "run `python -m runtime.verify.parity BUNDLE` before trusting them")
     manifest = B.Manifest(
         model=B.ModelSpec(cfg.in_channels, cfg.out_channels, cfg.image_size, cfg.latent_dim, cfg.hidden_dims),
         pixel_range=(float(pixel_range[0]), float(pixel_range[1])), graphs=specs,
@@ -466,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the parity gate (prints a warning; vae.json records parity as unverified)")
     p.add_argument("--no-rewrite", action="store_true",
-                   help="export the decoder as the PyTorch modules are, without the speed rewrite (export/rewrites.py,"
+                   help="export the decoder as the PyTorch modules are, without the speed rewrite (export/graph/rewrites.py,"
                         " on by default: exact, ~2x faster on ONNX Runtime CPU; the divergence finder then names the "
                         "blocks it fused only as a whole)")
     p.add_argument("--max-abs", type=float, default=None, metavar="TOL",

@@ -5,8 +5,8 @@
         posterior = vae.encode(images)          # float32 NCHW in vae.pixel_range -> Posterior(mu, logvar)
         images = vae.decode(posterior.mu)
 
-See runtime/vae.py (the runtime), runtime/backends/ (the Backend protocol and engines), runtime/parity.py (the
-parity tool: `python -m runtime.parity BUNDLE`), runtime/images.py (uint8 helpers), runtime/bundle.py (vae.json).
+See runtime/vae.py (the runtime), runtime/backends/ (the Backend protocol and engines), runtime/verify/parity.py (the
+parity tool: `python -m runtime.verify.parity BUNDLE`), runtime/images.py (uint8 helpers), runtime/bundle.py (vae.json).
 """
 from .bundle import BundleError, Manifest, read_manifest
 from .errors import (BackendError, BackendUnavailableError, ClosedError, DTypeError, EmptyBatchError, InputError,

@@ -287,7 +287,7 @@ class Manifest:
         if precision not in spec.variants:
             have = ["fp32", *sorted(spec.variants)]
             raise BundleError(f"graph {name!r} has no {precision!r} variant (it has {have}); "
-                              f"create it with `python -m export.to_fp16` or `python -m export.quantize`")
+                              f"create it with `python -m export.precision.fp16` or `python -m export.precision.int8`")
         v = spec.variants[precision]
         return v.file, v.sha256
 

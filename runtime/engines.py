@@ -1,6 +1,6 @@
 """TensorRT engine files and their sidecars: naming, provenance, and the check that refuses a stale engine.
 
-Shared by the builder (export.to_tensorrt writes engines and sidecars) and the runtime (the tensorrt backend reads
+Shared by the builder (export.tensorrt.build writes engines and sidecars) and the runtime (the tensorrt backend reads
 them). Standard library only, so the C++ runtime's conventions and this file can be compared line by line.
 
 An engine is tied to the TensorRT version, the GPU (compute capability) and the platform it was built on, and to the
@@ -330,7 +330,7 @@ def read_sidecar(path: str | os.PathLike) -> EngineSidecar:
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"{path}: engine sidecar missing; an engine without provenance is never used "
-                          "(rebuild it with python -m export.to_tensorrt)")
+                          "(rebuild it with python -m export.tensorrt.build)")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -344,8 +344,8 @@ def read_sidecar(path: str | os.PathLike) -> EngineSidecar:
 
 def rebuild_command(bundle: str | os.PathLike, graph: str, precision: str, batch: tuple[int, int, int] | None = None,
                     extra: Mapping[str, Any] | None = None) -> str:
-    """The exact `python -m export.to_tensorrt` command that (re)builds this engine on the machine it is run on."""
-    args = ["python", "-m", "export.to_tensorrt", str(bundle), "--graphs", graph, "--precision", precision]
+    """The exact `python -m export.tensorrt.build` command that (re)builds this engine on the machine it is run on."""
+    args = ["python", "-m", "export.tensorrt.build", str(bundle), "--graphs", graph, "--precision", precision]
     if batch is not None:
         args += ["--min-batch", str(batch[0]), "--opt-batch", str(batch[1]), "--max-batch", str(batch[2])]
     for key, value in (extra or {}).items():

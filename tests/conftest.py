@@ -7,8 +7,10 @@ need torch skip there with that reason, and `--min-passed N` keeps such a run fr
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.make_bundles import BUNDLE, CHECKPOINT, ENV
@@ -138,3 +140,46 @@ def pytest_terminal_summary(terminalreporter, config):
     message = _too_few(config)
     if message:
         terminalreporter.write_line(f"FAILED {message}", red=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A verified encoder+decoder bundle of the tiny model (32x32 RGB, latent 8). Treat it as read-only.
+
+    With VAE_TEST_BUNDLES: a copy of the prebuilt one (exported from tiny_checkpoint by tests/make_bundles.py)."""
+    prebuilt = prebuilt_bundles()
+    if prebuilt is not None:
+        return Path(shutil.copytree(prebuilt / BUNDLE, tmp_path_factory.mktemp("bundle") / "tiny"))
+    from export.to_onnx import export_bundle
+
+    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny", log=lambda *a: None)
+
+
+@pytest.fixture
+def bundle_copy(bundle, tmp_path) -> Path:
+    """A private copy of the bundle, for tests that change files in it."""
+    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
+
+
+def perturb_initializer(bundle_dir: Path, graph: str, initializer: str, delta: float = 0.05) -> str:
+    """Add `delta` to one weight of `graph` in a bundle copy (vae.json's sha256 updated, so it still loads).
+
+    Returns the name of the node that consumes the weight: where a divergence finder must point.
+    """
+    import dataclasses
+
+    import onnx
+    from onnx import numpy_helper
+
+    from runtime.bundle import read_manifest, sha256_file, write_manifest
+
+    path = bundle_dir / f"{graph}.onnx"
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name == initializer)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(delta), initializer))
+    onnx.save(model, str(path))
+    m = read_manifest(bundle_dir)
+    graphs = dict(m.graphs)
+    graphs[graph] = dataclasses.replace(graphs[graph], sha256=sha256_file(path))
+    write_manifest(bundle_dir, dataclasses.replace(m, graphs=graphs))
+    return next(n.name for n in model.graph.node if initializer in n.input)

@@ -7,7 +7,7 @@ Run with the main venv (torch, export), then point the torch-less run at the fol
 
 It writes DIR/tiny.pt, the checkpoint of the `tiny_checkpoint` fixture (tests/conftest.py), DIR/tiny/, the bundle
 of the `bundle` fixture (tests/runtime/conftest.py), and DIR/tiny-variants/, the same bundle with export's FP16 and
-INT8 variants added (export.to_fp16, export.quantize; their output in DIR/variants.log), for `python -m runtime.parity
+INT8 variants added (export.precision.fp16, export.precision.int8; their output in DIR/variants.log), for `python -m runtime.verify.parity
 --precision`. All exported by today's export code: the torch-less run then proves that what export writes now loads
 and passes on the older ONNX Runtime. Each graph's ONNX IR version and opset are printed, because those decide whether
 an older ONNX Runtime can load it at all.
@@ -28,7 +28,7 @@ VARIANTS = "tiny-variants"
 
 def make_bundles(out: Path) -> Path:
     """(Re)build OUT/tiny.pt, OUT/tiny/ and OUT/tiny-variants/ from scratch; returns OUT."""
-    from export import quantize, to_fp16
+    from export.precision import fp16, int8
     from export.to_onnx import export_bundle
     from vae_model import save_checkpoint
 
@@ -42,10 +42,10 @@ def make_bundles(out: Path) -> Path:
     variants = Path(shutil.copytree(out / BUNDLE, out / VARIANTS))
     log = out / "variants.log"
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        status = (to_fp16.main([str(variants), "--no-progress"]),
-                  quantize.main([str(variants), "--int8", "--no-progress"]))
+        status = (fp16.main([str(variants), "--no-progress"]),
+                  int8.main([str(variants), "--int8", "--no-progress"]))
     if status != (0, 0):
-        raise SystemExit(f"{log.read_text()}\nexport.to_fp16 / export.quantize --int8 exited {status} (log: {log})")
+        raise SystemExit(f"{log.read_text()}\nexport.to_fp16 / export.precision.int8 --int8 exited {status} (log: {log})")
     return out
 
 

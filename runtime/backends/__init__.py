@@ -1,8 +1,11 @@
 """Backend registry: names -> modules, imported only when chosen (so `import runtime` stays numpy-only).
 
     onnxruntime  runtime/backends/onnxruntime.py  CPU / CUDA / TensorRT execution providers (the default)
-    tensorrt     runtime/backends/tensorrt.py     native TensorRT engines built on the target (issue 6)
-    torch        runtime/backends/torch_ref.py    the PyTorch model itself: the reference for parity and benchmarks
+    tensorrt     runtime/backends/tensorrt.py     native TensorRT engines built on the target
+
+Other installed packages add backends through the `vae_deploy.backends` entry-point group ("module:Class"), so the
+runtime never imports them: this project's pyproject.toml registers `torch` (export/reference.py: the PyTorch model
+itself, the reference for parity and benchmarks).
 
 backend="auto" picks, in order, the first of AUTO_ORDER[device kind] whose module imports and whose
 `unavailable_reason(...)` is None; the reference backend is never picked automatically.
@@ -10,6 +13,7 @@ backend="auto" picks, in order, the first of AUTO_ORDER[device kind] whose modul
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from ..bundle import Manifest
@@ -19,16 +23,26 @@ from .base import Backend, Device
 BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("runtime.backends.tensorrt", "TensorRTBackend"),
-    "torch": ("runtime.backends.torch_ref", "TorchBackend"),
 }
+PLUGIN_GROUP = "vae_deploy.backends"
+
+
+def _registered() -> dict[str, tuple[str, str]]:
+    """The built-in backends plus those other installed packages register under PLUGIN_GROUP."""
+    found = dict(BACKENDS)
+    for ep in entry_points(group=PLUGIN_GROUP):
+        module, _, cls = ep.value.partition(":")
+        found.setdefault(ep.name, (module.strip(), cls.strip()))
+    return found
 AUTO_ORDER = {"cpu": ("onnxruntime",), "cuda": ("tensorrt", "onnxruntime")}
 
 
 def backend_class(name: str) -> type[Backend]:
     """The Backend subclass registered as `name` (imports its module, which imports no engine yet)."""
-    if name not in BACKENDS:
-        raise BackendError(f"backend: expected 'auto' or one of {sorted(BACKENDS)}, got {name!r}")
-    module, cls = BACKENDS[name]
+    known = _registered()
+    if name not in known:
+        raise BackendError(f"backend: expected 'auto' or one of {sorted(known)}, got {name!r}")
+    module, cls = known[name]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -57,4 +71,4 @@ def resolve(name: str, bundle: Path, manifest: Manifest, device: Device, precisi
     raise BackendUnavailableError(f"backend 'auto' on {device}: no usable backend: " + "; ".join(reasons))
 
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "Device", "backend_class", "resolve"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "PLUGIN_GROUP", "Backend", "Device", "backend_class", "resolve"]

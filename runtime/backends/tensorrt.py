@@ -1,4 +1,4 @@
-"""Native TensorRT backend: runs the engines built on this machine by `python -m export.to_tensorrt`.
+"""Native TensorRT backend: runs the engines built on this machine by `python -m export.tensorrt.build`.
 
 Per graph: the engine is deserialized once, with one execution context, one CUDA stream, device buffers and pinned
 (page-locked) host buffers sized for the optimization profile's max batch; a call copies the inputs into pinned
@@ -182,7 +182,7 @@ class EngineRunner:
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BackendError(f"{source}: TensorRT could not deserialize this engine (built by another TensorRT "
-                               "version or for another GPU?); rebuild it with python -m export.to_tensorrt")
+                               "version or for another GPU?); rebuild it with python -m export.tensorrt.build")
         try:
             self._setup(inputs, outputs)
         except BaseException:
@@ -384,7 +384,7 @@ class TensorRTBackend(Backend):
         missing = [g for g in manifest.graphs if not candidate_engines(bundle, g, precision)]
         if missing:
             return (f"no {precision} engine for {missing} in {Path(bundle) / ENGINES_DIR} "
-                    f"(build with python -m export.to_tensorrt {bundle} --precision {precision})")
+                    f"(build with python -m export.tensorrt.build {bundle} --precision {precision})")
         return None
 
     @classmethod

@@ -149,7 +149,7 @@ def test_reexport_replaces_a_bundle_with_variants_it_wrote(bundle, tiny_checkpoi
 
 def _triton_main(*argv) -> int:
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient (the `serve` extra)")
-    from export.to_triton import main
+    from runtime.serving.to_triton import main
 
     return main([str(a) for a in argv])
 
@@ -187,7 +187,7 @@ def test_triton_marker_without_a_file_list_proves_nothing(base_bundle, tmp_path,
 
 
 def test_triton_unwritable_out_is_one_line_before_any_work(base_bundle, tmp_path, capsys, monkeypatch):
-    import runtime.triton_repo as TR
+    import runtime.serving.repository as TR
 
     def no_work(*a, **k):
         raise AssertionError("files were copied before --out was checked")
@@ -324,8 +324,8 @@ def _bundle_with_variant(tmp_path: Path, precision: str) -> Path:
 
 def _tool_argv(precision: str, bundle: Path) -> list[str]:
     if precision == "fp16":
-        return ["export.to_fp16", str(bundle), "--graphs", "decoder", "--samples", "4", "--no-progress"]
-    return ["export.quantize", str(bundle), "--int8", "--graphs", "decoder", "--samples", "8", "--eval-samples", "4",
+        return ["export.precision.fp16", str(bundle), "--graphs", "decoder", "--samples", "4", "--no-progress"]
+    return ["export.precision.int8", str(bundle), "--int8", "--graphs", "decoder", "--samples", "8", "--eval-samples", "4",
             "--decoder-form", "bundle", "--force", "--no-progress"]
 
 
@@ -388,7 +388,7 @@ def _decodes(bundle: Path, precision: str) -> None:
 
 
 def test_stale_quantize_folders_and_temp_files_inside_a_bundle_are_removed_by_the_next_run(bundle, capsys):
-    from export.to_fp16 import main
+    from export.precision.fp16 import main
 
     pid = dead_pid()
     stale_dir = bundle / f".quantize.{pid}.abcd1234.tmp"
@@ -413,7 +413,7 @@ def test_to_fp16_on_a_graph_swapped_for_another_model_is_a_clear_error(bundle, c
     """decoder.onnx replaced by the encoder, its sha256 updated in vae.json: refused before any work, one line."""
     import dataclasses
 
-    from export.to_fp16 import main
+    from export.precision.fp16 import main
 
     shutil.copyfile(bundle / "encoder.onnx", bundle / "decoder.onnx")
     m = B.read_manifest(bundle)
@@ -434,13 +434,13 @@ def test_a_second_variant_writer_on_the_same_bundle_is_refused(bundle):
     second is refused at once while the first holds the bundle."""
     import fcntl
 
-    from export.to_fp16 import make_fp16_variant
+    from export.precision.fp16 import make_fp16_variant
 
     fd = os.open(bundle, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running to_fp16 does
         before = snapshot(bundle)
-        with pytest.raises(B.BundleError, match="another export.to_fp16 / export.quantize run is writing this bundle"):
+        with pytest.raises(B.BundleError, match="another export.precision.fp16 / export.precision.int8 run is writing this bundle"):
             make_fp16_variant(bundle, "decoder", samples=2, progress=False, log=lambda *a: None)
         assert snapshot(bundle) == before
     finally:

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.passes import count_batchnorm, fold_batchnorm
+from export.graph.passes import count_batchnorm, fold_batchnorm
 from export.to_onnx import ExportError, ParityError, export_bundle, export_model, main
 from runtime import bundle as B
-from runtime.metrics import Tolerance
+from runtime.verify.metrics import Tolerance
 from tests.conftest import TINY, make_model
 from vae_model import VAEConfig, load_checkpoint
 

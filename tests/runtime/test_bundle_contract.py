@@ -4,7 +4,7 @@ Issue 16: every file the manifest names (graphs, variants, the reference; engine
 relative name that stays inside the bundle, also after symlinks; every graph and variant carries its sha256; the model
 section is bounded and agrees with the graphs' tensor shapes; shapes are lists. Every reader (runtime.load, parity,
 export's tools, serve) reads through runtime.bundle, so these tests drive the contract through the public entry points
-(read_manifest, resolve_file, runtime.load, the runtime.parity CLI) on real bundles copied into tmp_path.
+(read_manifest, resolve_file, runtime.load, the runtime.verify.parity CLI) on real bundles copied into tmp_path.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_parity_cli_refuses_a_graph_outside_the_bundle(bundle_copy):
     outside = _outside_copy(bundle_copy)
     _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(file="../outside/decoder.onnx",
                                                                sha256=sha256_file(outside)))
-    proc = subprocess.run([sys.executable, "-m", "runtime.parity", str(bundle_copy), "--backend", "onnxruntime",
+    proc = subprocess.run([sys.executable, "-m", "runtime.verify.parity", str(bundle_copy), "--backend", "onnxruntime",
                            "--no-locate"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -33,7 +33,7 @@ try:
     torch_error = None
 except runtime.BackendUnavailableError as e:
     torch_error = str(e)
-from runtime.parity import check_parity
+from runtime.verify.parity import check_parity
 report = check_parity(sys.argv[1], backend="onnxruntime")
 heavy = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED))
 print(json.dumps({"after_import": after_import, "heavy": heavy, "backend": backend, "shape": list(img.shape),

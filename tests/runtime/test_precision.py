@@ -1,5 +1,5 @@
 """precision= loads a reduced-precision variant listed in vae.json (made here with onnxconverter-common's FP16
-conversion, standing in for export.to_fp16's output): FP32-IO variants and pure-FP16-IO graphs both run."""
+conversion, standing in for export.precision.fp16's output): FP32-IO variants and pure-FP16-IO graphs both run."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ import pytest
 
 import runtime
 from runtime.bundle import VariantSpec, read_manifest, sha256_file, write_manifest
-from runtime.parity import check_parity
+from runtime.verify.parity import check_parity
 
 
 def _add_fp16_variant(bundle_dir, keep_io_types: bool) -> None:

@@ -51,7 +51,7 @@ def test_unavailable_reason_is_cheap_and_specific(bundle):
     assert cls.unavailable_reason(bundle, m, Device("cpu"), "fp32") == "runs on CUDA devices only"
     why = cls.unavailable_reason(bundle, m, Device("cuda"), "fp16")
     assert why is not None
-    assert ("not installed" in why) or ("no fp16 engine" in why and "export.to_tensorrt" in why)
+    assert ("not installed" in why) or ("no fp16 engine" in why and "export.tensorrt.build" in why)
 
 
 def _gpu_skip_reason() -> str | None:
@@ -85,8 +85,8 @@ def gpu_bundle(bundle, tmp_path_factory):
     reason = _gpu_skip_reason()
     if reason:
         pytest.skip(reason)
-    from export.trt_build import build_engine
-    from export.trt_plan import BuildOptions, plan_build
+    from export.tensorrt.engine import build_engine
+    from export.tensorrt.build_plan import BuildOptions, plan_build
     from runtime.backends.tensorrt import cuda_gpu_info, import_tensorrt
 
     root = shutil.copytree(bundle, tmp_path_factory.mktemp("gpu") / "bundle")

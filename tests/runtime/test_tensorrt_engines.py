@@ -172,7 +172,7 @@ def test_require_usable_accepts_then_refuses_after_reexport(bundle_with_engine):
     err = info.value
     assert len(err.mismatches) == 2
     assert "TensorRT 10.7.0" in str(err) and "the graph changed since the build" in str(err)
-    assert err.rebuild == (f"python -m export.to_tensorrt {bundle} --graphs decoder --precision fp16 "
+    assert err.rebuild == (f"python -m export.tensorrt.build {bundle} --graphs decoder --precision fp16 "
                            "--min-batch 1 --opt-batch 8 --max-batch 32 --workspace 512")
     assert err.rebuild in str(err)
 
@@ -193,4 +193,4 @@ def test_missing_sidecar_or_engine(bundle_with_engine):
         locate_engine(bundle, machine=HERE, graph="decoder", precision="fp16", dla_core=0)
     assert "decoder.fp16.orin-sm87-16sms-2dla.dla0.trt10.3.0.plan: no fp16 decoder engine" in str(info.value)
     assert "DLA core 0" in str(info.value) and "--dla-core 0" in str(info.value)
-    assert f"python -m export.to_tensorrt {bundle} --graphs decoder --precision fp16" in msg
+    assert f"python -m export.tensorrt.build {bundle} --graphs decoder --precision fp16" in msg

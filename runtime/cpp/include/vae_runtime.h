@@ -80,7 +80,7 @@ typedef struct vae_options {
                                 sessions are built on the first split call. */
     int32_t reserved;        /* 0; keeps the struct's size different from the earlier layout's on 64-bit targets */
     int32_t dla_core;        /* backend "tensorrt" on a Jetson: run the engines built for this DLA core (python -m
-                                export.to_tensorrt --dla-core N); -1 (default) = the GPU engines */
+                                export.tensorrt.build --dla-core N); -1 (default) = the GPU engines */
     int32_t reserved2;       /* 0; keeps this layout's size apart from the previous one's */
 } vae_options;
 

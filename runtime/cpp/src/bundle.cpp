@@ -135,7 +135,7 @@ std::pair<std::string, std::string> Manifest::graph_file(const std::string& grap
         std::string have = "fp32";
         for (const auto& kv : g.variants) have += ", " + kv.first;
         throw UnavailableError("graph '" + graph_name + "' has no '" + precision + "' variant (it has: " + have +
-                               "); create it with `python -m export.to_fp16` or `python -m export.quantize`");
+                               "); create it with `python -m export.precision.fp16` or `python -m export.precision.int8`");
     }
     return {it->second.file, it->second.sha256};
 }

@@ -138,7 +138,7 @@ SidecarVerdict check_sidecar(const Manifest& manifest, const std::string& sideca
                                sc["schema"].dump() : std::string("(none)")) + " version " +
                                (sc.is_object() && sc.contains("schema_version") ? sc["schema_version"].dump() :
                                std::string("(none)")) + ", expected '" + kSidecarSchema + "' version " +
-                               std::to_string(kSidecarVersion) + " (rebuild it with python -m export.to_tensorrt)");
+                               std::to_string(kSidecarVersion) + " (rebuild it with python -m export.tensorrt.build)");
     SidecarVerdict v;
     auto& bad = v.problems;
     try {
@@ -209,7 +209,7 @@ SidecarVerdict check_sidecar(const Manifest& manifest, const std::string& sideca
         throw UnavailableError(sidecar_path + ": malformed engine sidecar: " + e.what());
     }
     // As runtime.engines.sidecar_rebuild_command.
-    std::string cmd = "python -m export.to_tensorrt " + quote(manifest.root) + " --graphs " + quote(graph) +
+    std::string cmd = "python -m export.tensorrt.build " + quote(manifest.root) + " --graphs " + quote(graph) +
                       " --precision " + quote(precision);
     const json& p = sc.contains("profile") ? sc["profile"] : json();
     if (p.is_object() && p.contains("min") && p["min"].is_array() && !p["min"].empty() && p.contains("opt") &&

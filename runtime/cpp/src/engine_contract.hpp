@@ -1,7 +1,7 @@
 // engine_contract.hpp - TensorRT engine file names and the sidecar check, the C++ half of runtime/engines.py.
 //
 // Pure: no TensorRT and no CUDA, so it is compiled into every build and tested against the Python half on the same
-// golden sidecars (tests/runtime/test_engine_contract.py drives tests/engine_contract_check.cpp). The TensorRT
+// golden sidecars (tests/runtime/cpp/test_engine_contract.py drives tests/engine_contract_check.cpp). The TensorRT
 // backend supplies the facts of this machine (EngineHost) and calls these functions; nothing here probes a device.
 #pragma once
 
@@ -46,7 +46,7 @@ std::string parse_tegra_release(const std::string& line);
 
 struct SidecarVerdict {
     std::vector<std::string> problems;  // empty: usable here
-    std::string rebuild;                // the python -m export.to_tensorrt command that rebuilds it here
+    std::string rebuild;                // the python -m export.tensorrt.build command that rebuilds it here
 };
 
 // Every reason the engine described by `sidecar_text` (read from `sidecar_path`) must not run here, as

@@ -1,7 +1,7 @@
 // tensorrt_backend.cpp - native TensorRT backend: BUNDLE/engines/<stem>.plan plus its .json sidecar, named and
 // checked by engine_contract.cpp (the C++ half of runtime/engines.py, tested against it on golden sidecars).
 //
-// Compiled against the published TensorRT 10.3 and 11.1 headers in CI (tests/runtime/test_cpp_tensorrt_compile.py);
+// Compiled against the published TensorRT 10.3 and 11.1 headers in CI (tests/runtime/cpp/test_cpp_tensorrt_compile.py);
 // never RUN there: that needs a Jetson or a GPU box with TensorRT. Keep it small.
 //
 // - RAII: IRuntime -> ICudaEngine -> IExecutionContext held in unique_ptr, declared in that order so they are
@@ -264,7 +264,7 @@ private:
             throw UnavailableError(plan + ": no " + opt.precision + " " + spec.name + " engine for this machine (" +
                                    "TensorRT " + kTrtVersion + ", GPU " + gpu_slug(host_) +
                                    (dla_core_ >= 0 ? ", DLA core " + std::to_string(dla_core_) : std::string()) +
-                                   ", " + host_.machine + "). Build it here with:\n  python -m export.to_tensorrt " +
+                                   ", " + host_.machine + "). Build it here with:\n  python -m export.tensorrt.build " +
                                    m.root + " --graphs " + spec.name + " --precision " + opt.precision +
                                    (dla_core_ >= 0 ? " --dla-core " + std::to_string(dla_core_) : std::string()));
         // Plan and sidecar must lie inside the bundle after symlinks, like every file the manifest names.
@@ -276,7 +276,7 @@ private:
         } catch (const BundleError&) {
             if (std::ifstream(sidecar)) throw;  // there, but outside the bundle or unreadable: say so
             throw UnavailableError(sidecar + ": engine sidecar missing; an engine without provenance is never used "
-                                   "(rebuild it with python -m export.to_tensorrt)");
+                                   "(rebuild it with python -m export.tensorrt.build)");
         }
         const std::string actual = opt.verify_sha256 ? sha256_bytes(bytes.data(), bytes.size()) : std::string();
         const SidecarVerdict verdict = check_sidecar(m, sidecar, text, spec.name, opt.precision, host_, dla_core_,

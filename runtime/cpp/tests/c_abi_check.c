@@ -1,5 +1,5 @@
 /*
- * c_abi_check.c - a plain C99 program that drives the C ABI (vae_runtime.h); tests/runtime/test_cpp_runtime.py runs it.
+ * c_abi_check.c - a plain C99 program that drives the C ABI (vae_runtime.h); tests/runtime/cpp/test_cpp_runtime.py runs it.
  *
  *   vae_c_abi_check info   BUNDLE                          print the model info, one key=value per line
  *   vae_c_abi_check open   BUNDLE [key=value ...]          create with options (backend= device= precision=

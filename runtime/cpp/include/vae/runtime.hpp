@@ -69,7 +69,7 @@ struct Options {
                                           // on its own single-threaded session; 0: default (decoder from 32,
                                           // encoder never), -1: never, N >= 2: every graph from N
     int dla_core = -1;                    // tensorrt on a Jetson: run the engines built for this DLA core
-                                          // (python -m export.to_tensorrt --dla-core N); -1: the GPU engines
+                                          // (python -m export.tensorrt.build --dla-core N); -1: the GPU engines
 };
 
 struct ModelInfo {

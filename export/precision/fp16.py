@@ -1,0 +1,403 @@
+"""Mixed-precision FP16 variants of a bundle's graphs, with the FP32-kept nodes chosen by measurement.
+
+    python -m export.precision.fp16 BUNDLE [--graphs encoder,decoder] [--budget-psnr 40] [--budget-rel-l2 1e-2]
+                             [--samples 32] [--seed 1] [--calibration DIR] [--no-progress]
+
+Writes BUNDLE/<graph>.fp16.onnx and registers it under graphs.<graph>.variants.fp16 in vae.json (file, sha256, the
+kept-FP32 node names, the measured accuracy and the budget), so the TensorRT 10 path can apply the same choice as
+layer precisions. Inputs and outputs stay float32 (keep_io_types); weights and activations are float16 except in the
+kept nodes. Conversion: onnxruntime.transformers.float16 (ORT's maintained copy of the onnxconverter-common
+converter; the onnxconverter-common one emits a type error when a node is blocked), followed by `fuse_fp32_islands`,
+which removes the Cast(FP32->FP16)->Cast(FP16->FP32) pairs that converter leaves between two adjacent kept nodes:
+those pairs would round (and overflow) exactly the values the nodes were kept in FP32 for.
+
+Per graph:
+1. FP16 range check, before anything is written: weights beyond +-65504, FP32 activations beyond +-65504 (as a
+   node's output or input) on the evaluation inputs, and the nodes where the all-FP16 graph first turns a finite
+   input into Inf/NaN, each reported by node name.
+2. Search (export.precision.common.search_kept_nodes): all-FP16 first; if the budget is missed, rank nodes by the
+   error of the graph with that node alone in FP16, bisect on the ranked prefix, then prune to a 1-minimal set.
+3. Final measurement of the written graph on ONNX Runtime CPU and under FP16 storage emulation; both must pass.
+
+Why two measurements: ONNX Runtime's CPU provider has no FP16 kernels for Conv / ConvTranspose / Gemm on x86. Its
+InsertCastTransformer runs such nodes in FP32 and drops the casts between consecutive nodes, so on the CPU an
+"FP16" graph only rounds its weights: activations are neither rounded nor able to overflow. A GPU stores them in
+FP16. `emulate_fp16_storage` therefore builds an FP32 graph with an explicit FP32->FP16->FP32 round trip on every
+tensor that is FP16 in the variant (ORT keeps such lossy pairs): arithmetic in FP32 (as FP16 tensor-core kernels
+accumulate), storage in FP16. The search uses the emulation; the variant must also pass as ORT runs it.
+
+Budget (defaults from runtime.verify.metrics): decoder images PSNR >= 40 dB against FP32 over [-1, 1], no NaN/Inf;
+encoder mu / logvar relative L2 <= 1e-2. Measured on the golden inputs and the realistic ones of reference.npz
+(PyTorch FP32) and on --samples fresh realistic inputs (FP32 graph outputs).
+The graph's inputs and outputs are checked against vae.json before any work (precision_common.check_graph_io). The
+variant is committed so that a kill at any point leaves the previous variant valid until vae.json names the new one
+(precision_common.commit_variant: a content-addressed staged file first, then vae.json); the next run finishes or
+cleans up what a killed run left (recover_variants).
+Exit codes: 0 ok, 1 a budget missed (nothing written for that graph), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from runtime import bundle as B
+from runtime.verify.metrics import ComparisonReport, Tolerance
+
+from ..cli import non_negative_int, positive_float
+from .common import (FP16_MAX, BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict,
+                               bundle_locked, commit_variant, evaluation_sets, expose_intermediates, float_nodes,
+                               make_budget, measure, open_bundle, ort_session, precision_table, quiet,
+                               recover_variants, run_graph, search_kept_nodes, summarize, timestamp, variant_file)
+
+PRECISION = "fp16"
+_EMU_SUFFIX = "__fp16_emulation"
+
+
+# ----------------------------------------------------------------------------------------------- range check
+
+@dataclass(frozen=True)
+class RangeIssue:
+    node: str
+    op_type: str
+    kind: str      # "weight" | "output" | "input" (an FP32 value beyond +-65504) | "nonfinite" (Inf/NaN starts here)
+    tensor: str
+    value: float   # max |x| for the range kinds, number of non-finite values for "nonfinite"
+
+    def describe(self) -> str:
+        if self.kind == "nonfinite":
+            return (f"{self.node} ({self.op_type}): its output {self.tensor!r} turns Inf/NaN in FP16 "
+                    f"({int(self.value)} values) although its inputs are finite")
+        return (f"{self.node} ({self.op_type}): {self.kind} {self.tensor!r} reaches |x| = {self.value:.4g} "
+                f"> {FP16_MAX:g} (FP16 max)")
+
+
+@dataclass(frozen=True)
+class RangeReport:
+    """FP16 range findings for one graph; true when clean."""
+
+    graph: str
+    issues: tuple[RangeIssue, ...]
+    max_abs: dict[str, float]  # node -> largest |x| of its FP32 outputs on the evaluation inputs
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(i.node for i in self.issues))
+
+    def __bool__(self) -> bool:
+        return not self.issues
+
+    def text(self) -> str:
+        if not self.issues:
+            top = max(self.max_abs.values(), default=0.0)
+            return f"{self.graph}: FP16 range check clean (largest FP32 activation |x| = {top:.4g})"
+        return f"{self.graph}: FP16 range check found {len(self.issues)} issue(s):\n  " + "\n  ".join(
+            i.describe() for i in self.issues)
+
+    def to_dict(self) -> dict:
+        return {"clean": not self.issues, "issues": [i.__dict__ for i in self.issues]}
+
+
+def range_check(model, inputs: Sequence[Mapping[str, np.ndarray]], graph: str = "") -> RangeReport:
+    """Check an FP32 ModelProto for values FP16 cannot hold, on the given input batches. Writes nothing."""
+    from onnx import TensorProto, numpy_helper
+
+    issues: list[RangeIssue] = []
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        for name in node.input:
+            t = inits.get(name)
+            if t is not None and t.data_type == TensorProto.FLOAT:
+                big = float(np.max(np.abs(numpy_helper.to_array(t)), initial=0.0))
+                if big > FP16_MAX:
+                    issues.append(RangeIssue(node.name, node.op_type, "weight", name, big))
+
+    exposed = expose_intermediates(model)
+    sess = ort_session(exposed)
+    peak: dict[str, float] = defaultdict(float)
+    for batch in inputs:
+        for name, v in run_graph(sess, batch).items():
+            peak[name] = max(peak[name], float(np.max(np.abs(v), initial=0.0)))
+    max_abs = {}
+    for node in model.graph.node:
+        outs = [peak[o] for o in node.output if o in peak]
+        if outs:
+            max_abs[node.name] = max(outs)
+        for o in node.output:
+            if peak.get(o, 0.0) > FP16_MAX:
+                issues.append(RangeIssue(node.name, node.op_type, "output", o, peak[o]))
+        for i in node.input:
+            if i not in inits and peak.get(i, 0.0) > FP16_MAX:
+                issues.append(RangeIssue(node.name, node.op_type, "input", i, peak[i]))
+
+    # Where does the all-FP16 graph (storage emulated) first produce Inf/NaN from finite inputs?
+    emu = expose_intermediates(emulate_fp16_storage(convert_fp16(model)))
+    sess = ort_session(emu)
+    bad: dict[str, int] = defaultdict(int)
+    for batch in inputs:
+        for name, v in run_graph(sess, batch).items():
+            bad[name] += int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+    for node in model.graph.node:
+        if any(bad.get(o, 0) for o in node.output) and not any(bad.get(i, 0) for i in node.input):
+            o = next(o for o in node.output if bad.get(o, 0))
+            issues.append(RangeIssue(node.name, node.op_type, "nonfinite", o, float(bad[o])))
+    return RangeReport(graph, tuple(issues), max_abs)
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def convert_fp16(model, keep_fp32: Iterable[str] = ()):
+    """FP16 copy of an FP32 ModelProto: float32 inputs/outputs, the nodes named in `keep_fp32` left in FP32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    keep = sorted(set(keep_fp32))
+    unknown = sorted(set(keep) - {n.name for n in model.graph.node})
+    if unknown:
+        raise PrecisionError(f"keep_fp32: no node(s) named {unknown} in the graph")
+    with quiet():
+        m16 = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, node_block_list=keep,
+                                       op_block_list=[], max_finite_val=FP16_MAX)
+    m16 = fuse_fp32_islands(m16)
+    onnx.checker.check_model(m16)
+    return m16
+
+
+def fuse_fp32_islands(model):
+    """Remove Cast(FP32->FP16) -> Cast(FP16->FP32) pairs: two adjacent FP32 nodes then exchange FP32 data directly.
+
+    When the pair feeds a graph output, the two casts become one Identity so the output name is kept.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
+                                                            *inferred.graph.output)}
+    g = model.graph
+    consumers: dict[str, list] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            consumers[i].append(n)
+    graph_outputs = {o.name for o in g.output}
+    drop, rename, extra = set(), {}, []
+    for n in g.node:
+        if _cast_to(n) != TensorProto.FLOAT16 or types.get(n.input[0]) != TensorProto.FLOAT:
+            continue
+        mid = n.output[0]
+        cons = consumers.get(mid, [])
+        if mid in graph_outputs or not cons or any(_cast_to(c) != TensorProto.FLOAT for c in cons):
+            continue
+        drop.add(id(n))
+        for c in cons:
+            drop.add(id(c))
+            if c.output[0] in graph_outputs:
+                extra.append(helper.make_node("Identity", [n.input[0]], [c.output[0]], name=f"{c.name}_fp32"))
+            else:
+                rename[c.output[0]] = n.input[0]
+    if not drop:
+        _toposort(g)  # the converter appends its casts at the end of the node list
+        return model
+    kept_nodes = [n for n in g.node if id(n) not in drop] + extra
+    for n in kept_nodes:
+        for k, name in enumerate(n.input):
+            while name in rename:
+                name = rename[name]
+            n.input[k] = name
+    del g.node[:]
+    g.node.extend(kept_nodes)
+    gone = set(rename)
+    vis = [v for v in g.value_info if v.name not in gone]
+    del g.value_info[:]
+    g.value_info.extend(vis)
+    _toposort(g)
+    return model
+
+
+def _toposort(g) -> None:
+    produced = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:
+            raise PrecisionError("graph has a cycle or a dangling input after FP16 conversion")
+        for n in ready:
+            ordered.append(n)
+            produced.update(n.output)
+        pending = [n for n in pending if all(id(n) != id(r) for r in ready)]
+    del g.node[:]
+    g.node.extend(ordered)
+
+
+def emulate_fp16_storage(model16):
+    """An FP32 graph that computes like `model16` stores: every FP16 tensor rounded through FP16, maths in FP32.
+
+    FP16 weights become FP32 tensors holding the same (FP16-representable) values; each FP16 activation gets an
+    explicit Cast(FP32->FP16) -> Cast(FP16->FP32), which ONNX Runtime executes (unlike the casts it inserts itself),
+    so overflow to Inf and FP16 rounding happen where they would on a GPU. Tensor names are kept.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.shape_inference.infer_shapes(copy.deepcopy(model16))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*m.graph.value_info, *m.graph.output)}
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == "Cast":
+            if _cast_to(n) == TensorProto.FLOAT16:
+                out, half = n.output[0], n.output[0] + _EMU_SUFFIX
+                n.output[0] = half
+                nodes += [n, helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT, name=n.name + _EMU_SUFFIX)]
+            else:
+                nodes.append(n)
+            continue
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+        nodes.append(n)
+        for k, out in enumerate(n.output):
+            if types.get(out) == TensorProto.FLOAT16:
+                raw, half = out + _EMU_SUFFIX + "_fp32", out + _EMU_SUFFIX
+                n.output[k] = raw
+                nodes += [helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=n.name + _EMU_SUFFIX),
+                          helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT,
+                                           name=n.name + _EMU_SUFFIX + "_load")]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    for t in m.graph.initializer:
+        if t.data_type == TensorProto.FLOAT16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    for vi in (*m.graph.input, *m.graph.output):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    del m.graph.value_info[:]
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- search
+
+@dataclass(frozen=True)
+class Fp16Result:
+    """The chosen FP16 graph of one ONNX model and the evidence for it."""
+
+    graph: str
+    model: object                 # onnx.ModelProto, the variant to write
+    kept_fp32_nodes: tuple[str, ...]
+    range_report: RangeReport
+    search: SearchResult
+    report_ort: ComparisonReport       # the variant as ONNX Runtime CPU runs it
+    report_emulated: ComparisonReport  # under FP16 storage emulation
+
+    @property
+    def passed(self) -> bool:
+        return self.report_ort.passed and self.report_emulated.passed
+
+
+def search_fp16(model, graph: str, sets: Sequence[EvalSet], budget: Mapping[str, Tolerance], *,
+                progress: bool = True, log: Callable[[str], None] = print) -> Fp16Result:
+    """Range check, then find the fewest FP32-kept nodes meeting `budget` on `sets`; see the module docstring."""
+    rr = range_check(model, [s.inputs for s in sets], graph)
+    log(rr.text())
+
+    def evaluate(keep: frozenset[str]) -> ComparisonReport:
+        return measure(graph, emulate_fp16_storage(convert_fp16(model, keep)), sets, budget,
+                       label=f"{graph} fp16 (storage emulated), {len(keep)} kept")
+
+    result = search_kept_nodes(float_nodes(model), evaluate, desc=f"{graph} fp16 search", progress=progress)
+    variant = convert_fp16(model, result.kept)
+    report_ort = measure(graph, variant, sets, budget, label=f"{graph} fp16 on onnxruntime-cpu")
+    return Fp16Result(graph, variant, result.kept, rr, result, report_ort, result.report)
+
+
+# ----------------------------------------------------------------------------------------------- bundle level
+
+@bundle_locked
+def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
+                      budget_rel_l2: float | None = None, samples: int = 32, seed: int = 1,
+                      calibration: Path | None = None, progress: bool = True,
+                      log: Callable[[str], None] = print) -> Fp16Result:
+    """Search, verify and (only if the budget is met) write BUNDLE/<graph>.fp16.onnx and register it in vae.json."""
+    import onnx
+
+    data, _ = open_bundle(bundle, [graph])
+    for line in recover_variants(bundle):  # a run killed earlier in this bundle
+        log(f"recovered: {line}")
+    budget = make_budget(PRECISION, graph, psnr=budget_psnr, rel_l2=budget_rel_l2)
+    sets = evaluation_sets(data, graph, samples=samples, seed=seed, folder=calibration)
+    model = onnx.load(str(data.graph_path(graph)))
+    res = search_fp16(model, graph, sets, budget, progress=progress, log=log)
+    log(f"{graph}: kept in FP32: {list(res.kept_fp32_nodes) or 'none'} "
+        f"({res.search.evaluations} graphs measured)")
+    for line in res.search.log:
+        log(f"  {line}")
+    log(res.report_emulated.table())
+    log(res.report_ort.table())
+    if not res.passed:
+        failed = res.report_ort.failures() + res.report_emulated.failures()
+        raise BudgetError(f"{graph}: the FP16 variant misses its budget: {'; '.join(failed)}", res.report_ort)
+    name = variant_file(graph, PRECISION)
+    accuracy = {"passed": True, "measured": timestamp(),
+                "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
+                "onnxruntime_cpu": summarize(res.report_ort),
+                "fp16_storage_emulation": summarize(res.report_emulated),
+                "range_check": res.range_report.to_dict(),
+                "search": {"evaluations": res.search.evaluations, "log": list(res.search.log),
+                           "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
+                "samples": samples, "seed": seed,
+                "data": str(calibration) if calibration else "embedded shapes + prior"}
+    # The previous fp16 variant stays valid until vae.json names the new one (commit_variant).
+    commit_variant(bundle, graph, res.model, B.VariantSpec(precision=PRECISION, file=name, sha256="",
+                                                           kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
+                                                           budget=budget_to_dict(budget)))
+    log(f"wrote {Path(bundle) / name}")
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.precision.fp16", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--graphs", default=None, help="encoder,decoder (default: every graph of the bundle)")
+    p.add_argument("--budget-psnr", type=positive_float, default=None, help="decoder image PSNR floor in dB (default 40)")
+    p.add_argument("--budget-rel-l2", type=positive_float, default=None, help="encoder mu/logvar rel L2 ceiling (default 1e-2)")
+    p.add_argument("--samples", type=int, default=32, help="fresh realistic inputs per graph (default 32)")
+    p.add_argument("--seed", type=non_negative_int, default=1)
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="folder of images for the realistic inputs (default: the embedded shapes dataset)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if args.samples < 0:
+            raise PrecisionError(f"--samples must be >= 0, got {args.samples}")
+        graphs = args.graphs.split(",") if args.graphs else None
+        _, graphs = open_bundle(args.bundle, graphs)
+    except (PrecisionError, B.BundleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    missed = []
+    for graph in graphs:
+        try:
+            make_fp16_variant(args.bundle, graph, budget_psnr=args.budget_psnr, budget_rel_l2=args.budget_rel_l2,
+                              samples=args.samples, seed=args.seed, calibration=args.calibration,
+                              progress=not args.no_progress)
+        except BudgetError as e:
+            print(f"error: {e}; {graph}.fp16.onnx not written", file=sys.stderr)
+            missed.append(graph)
+        except (PrecisionError, B.BundleError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(precision_table(args.bundle))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
