@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
-EXTRAS := train,export,ort,bench,trt-cpu,dev,serve
+EXTRAS := train,export,ort,images,openvino,bench,trt-cpu,dev,serve
 
 .PHONY: demo test venv clean cpp cpp-aarch64 apt-deps
 venv: $(STAMP)
@@ -50,8 +50,8 @@ JP_MIN_PASSED := 100
 $(JP_STAMP): pyproject.toml constraints-jetpack.txt
 	@test -x $(JP_PYTHON) || { echo "test-jetpack: no Python 3.10 at $(JP_PYTHON) (set JP_PYTHON=...)" >&2; exit 1; }
 	test -x $(JP_PY) || $(JP_PYTHON) -m venv $(JP_VENV)
-	$(JP_PY) -m pip install --quiet --disable-pip-version-check -c constraints-jetpack.txt -e '.[ort]' \
-		pytest pytest-timeout pillow
+	$(JP_PY) -m pip install --quiet --disable-pip-version-check -c constraints-jetpack.txt -e '.[ort,images]' \
+		pytest pytest-timeout
 	@# The runtime must not need these: make sure they cannot be imported here.
 	$(JP_PY) -c "import importlib.util as u, sys; bad = [m for m in ('torch', 'onnx') if u.find_spec(m)]; \
 		sys.exit(f'$(JP_VENV) must not have {bad}' if bad else 0)"
@@ -65,7 +65,7 @@ test-jetpack: $(STAMP) $(JP_STAMP)
 	for p in fp32 fp16 int8; do $(JP_PY) -m runtime.verify.parity $(JP_BUNDLES)/tiny-variants --precision $$p || exit 1; done
 
 cpp: $(STAMP)
-	cmake -S runtime/cpp -B runtime/cpp/build -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(PY)
+	cmake -S runtime/cpp -B runtime/cpp/build -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(CURDIR)/$(PY)
 	cmake --build runtime/cpp/build -j2
 
 # Compiles (never links) the whole C++ runtime with its native TensorRT backend, -Werror, against the published headers
@@ -89,7 +89,8 @@ apt-deps:
 	bash .ci/install-apt-packages.sh
 
 # The C++ runtime and its programs for Linux aarch64 (Jetson), cross-built with Debian's g++-aarch64-linux-gnu against
-# ONNX Runtime 1.29.0 for aarch64 (fetch_deps.py onnxruntime_aarch64); CMake's version probe runs under qemu-aarch64.
+# ONNX Runtime 1.32.0 for aarch64 (fetch_deps.py onnxruntime_aarch64: the PyPI wheel's library, as for x86_64); CMake's
+# ABI probe runs under qemu-aarch64.
 # Run the results under QEMU with: runtime/cpp/cmake/toolchains/qemu-aarch64-run runtime/cpp/build-aarch64/vae_decode ...
 AARCH64_BUILD := runtime/cpp/build-aarch64
 cpp-aarch64: $(STAMP)
@@ -100,6 +101,18 @@ cpp-aarch64: $(STAMP)
 	cmake -S runtime/cpp -B $(AARCH64_BUILD) -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE=$(CURDIR)/$(PY) \
 		-DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/runtime/cpp/cmake/toolchains/aarch64-linux-gnu.cmake -DONNXRUNTIME_ROOT="$$ort"
 	cmake --build $(AARCH64_BUILD) -j2
+
+# The inner loop: `make check` = ruff (pyproject.toml [tool.ruff]), then the quick tests: pure Python, no bundle
+# export, no C++ build, no server (about 25 s of pytest on 2 idle cores; `make test` still runs everything).
+QUICK_TESTS := tests/test_version.py tests/runtime/verify/test_metrics.py tests/benchmarks/test_stats.py \
+	tests/benchmarks/test_flops.py tests/runtime/test_tensorrt_runner.py tests/vae_model/test_model.py \
+	tests/vae_model/test_checkpoint.py
+.PHONY: lint check
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+check: lint
+	$(PY) -m pytest -q $(QUICK_TESTS)
 
 clean:
 	rm -rf $(VENV) $(JP_VENV) runs runtime/cpp/build runtime/cpp/build-aarch64 third_party

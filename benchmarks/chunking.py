@@ -1,6 +1,6 @@
 """Chunk size vs time and peak memory of one large batch: `python -m benchmarks.chunking BUNDLE [--n 10000] ...`.
 
-How runtime.load's default `max_chunk` was chosen (benchmarks/NOTES.md section 13). Each (chunk size, round) runs in
+How runtime.load's default `max_chunk` was chosen (docs/performance.md#bounded-memory). Each (chunk size, round) runs in
 a fresh process - peak RSS is a process's high-water mark, and ONNX Runtime's arena keeps what one call grew it to -
 which loads the bundle's decoder (sessions created before the clock starts), then decodes the same N seeded latents
 twice: the first call (what a one-off large batch costs, arena growth included) and the second (warm). Reported per

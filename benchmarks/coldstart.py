@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from runtime.errors import VaeError  # the harness's own process only: each measured child starts bare
+
 # The child prints one JSON line: seconds from its own start to the first decoded image.
 # Peak RSS of the child's own image: VmHWM starts afresh at exec. (rusage's ru_maxrss would not do: on Linux it keeps
 # the parent's RSS at fork time, so a harness holding torch would bill every child for torch.)
@@ -86,8 +88,8 @@ class ColdStart:
         return d
 
 
-class ColdStartError(RuntimeError):
-    pass
+class ColdStartError(VaeError, RuntimeError):
+    """A measured child process failed; the message carries its exit code and the last line of its stderr."""
 
 
 def _run_child(code: str, args: list[str], label: str, env: dict | None = None) -> ColdStart:

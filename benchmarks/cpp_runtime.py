@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import VaeError
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LIB = REPO / "runtime" / "cpp" / "build" / "libvae_runtime.so"
 ABI_VERSION = 1
 
 
-class CppRuntimeError(RuntimeError):
+class CppRuntimeError(VaeError, RuntimeError):
     """The C++ library is missing or refused a call; the message carries its status name and last error."""
 
 

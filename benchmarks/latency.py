@@ -28,6 +28,7 @@ import numpy as np
 
 from . import environment
 from .ceiling import measure_matmul_gflops
+from .errors import BenchError
 from .stats import LatencyStats, compare, summarize
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "cpp")
@@ -38,10 +39,6 @@ SCHEMA_VERSION = 1
 #: Share of this machine's physical memory the largest batch's inputs and outputs may take (checked before anything
 #: is allocated). The runtimes chunk every engine call, so what a batch costs beyond them is bounded by one chunk.
 MEMORY_SHARE = 0.5
-
-
-class BenchError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -216,13 +213,60 @@ def run(plan: Plan) -> dict[str, Any]:
     """Measure everything in the plan and return the report dict (also what latency.json holds)."""
     from runtime.bundle import read_manifest
 
-    from .flops import count_flops
-
     manifest = read_manifest(plan.bundle)
-    cfg_json = json.dumps({k: v for k, v in manifest.model.to_dict().items() if k != "family"}, sort_keys=True)
     configs = [BenchConfig(b, g, p, n) for b, p, g, n in
                itertools.product(plan.backends, plan.precisions, plan.graphs, plan.batches)]
     results: dict[str, BenchResult] = {}
+    loaded = _load_runtimes(plan, manifest, configs)
+    active = _runnable_configs(configs, manifest, loaded.errors, results)
+    measured = _measure(plan, manifest, loaded.runtimes, active, results)
+    best_ceiling = max(measured.ceilings) if measured.ceilings else 0.0
+    for c in measured.active:
+        results[c.key] = _measured_result(c, measured.samples[c.key], manifest, best_ceiling)
+    cold = _ColdStarts([], measured.interrupted)
+    if plan.cold_start and not measured.interrupted:
+        cold = _run_cold_starts(plan, manifest, loaded.errors)
+    env = environment.collect(plan.threads)
+    env["device"] = plan.device
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bundle": str(plan.bundle),
+        "plan": _plan_summary(plan),
+        "environment": env,
+        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": measured.ceilings,
+                                  "threads": measured.ceiling_threads},
+        "interrupted": cold.interrupted,
+        "results": [{**results[c.key].to_dict(), "device": plan.device} for c in configs],
+        "cold_start": cold.rows,
+    }
+
+
+@dataclass(frozen=True)
+class _LoadedRuntimes:
+    runtimes: dict[tuple[str, str], Any]   # (backend, precision) -> runtime
+    errors: dict[tuple[str, str], str]     # (backend, precision) -> why it did not load
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    """The timed rounds: the configs that ran (warm-up failures removed), their per-round samples and the matmul
+    ceilings; partial when interrupted."""
+    active: list[BenchConfig]
+    samples: dict[str, list[list[float]]]
+    ceilings: list[float]
+    ceiling_threads: int | None
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class _ColdStarts:
+    rows: list[dict[str, Any]]
+    interrupted: bool   # the run as a whole: interrupted during the rounds or the cold starts
+
+
+def _load_runtimes(plan: Plan, manifest, configs: Sequence[BenchConfig]) -> _LoadedRuntimes:
+    """One runtime per (backend, precision); a load failure is kept as the reason to skip its rows."""
     runtimes: dict[tuple[str, str], Any] = {}
     load_errors: dict[tuple[str, str], str] = {}
     # Only the requested graphs the bundle has are loaded: a decoder-only engine set must not fail on the encoder.
@@ -234,6 +278,12 @@ def run(plan: Plan) -> dict[str, Any]:
             runtimes[(backend, precision)] = _load(plan, backend, precision, graphs)
         except Exception as e:  # noqa: BLE001 - any load failure means "skip this backend", with its message
             load_errors[(backend, precision)] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return _LoadedRuntimes(runtimes, load_errors)
+
+
+def _runnable_configs(configs: Sequence[BenchConfig], manifest, load_errors: dict[tuple[str, str], str],
+                      results: dict[str, BenchResult]) -> list[BenchConfig]:
+    """The configs that can be measured; the others get their skipped row in `results`."""
     active = []
     for c in configs:
         if c.graph not in manifest.graphs:
@@ -242,36 +292,24 @@ def run(plan: Plan) -> dict[str, Any]:
             results[c.key] = BenchResult(c, "skipped", load_errors[(c.backend, c.precision)])
         else:
             active.append(c)
+    return active
+
+
+def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active: list[BenchConfig],
+             results: dict[str, BenchResult]) -> _Measurement:
+    """Warm up, then time every active config in interleaved rounds; closes the runtimes. Ctrl-C stops early."""
+    from tqdm import tqdm
 
     samples: dict[str, list[list[float]]] = {c.key: [] for c in active}
     ceilings: list[float] = []
     interrupted = False
-    per_round_s = plan.duration_s / plan.rounds if plan.duration_s is not None else None
-    per_round_n = max(1, math.ceil(plan.iterations / plan.rounds)) if plan.iterations is not None else None
-    from tqdm import tqdm
-
     # The BLAS on as many threads as the backends use, so the share compares work on the same cores.
     ceiling_threads = plan.threads or os.cpu_count()
     bar = tqdm(total=len(active) * plan.rounds, desc="benchmark", disable=not plan.progress, dynamic_ncols=True)
     try:
-        for c in list(active):  # warm-up once per config: first-call allocations, thread pools, lazy init
-            fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
-            try:
-                timed_calls(fn, duration_s=plan.warmup_s, iterations=None, min_calls=2)
-            except Exception as e:  # noqa: BLE001 - a config that cannot run is reported; the others are measured
-                first = str(e).splitlines()[0] if str(e) else ""
-                results[c.key] = BenchResult(c, "error", f"{type(e).__name__}: {first}")
-                active.remove(c)
-                samples.pop(c.key)
+        _warm_up(plan, manifest, runtimes, active, samples, results)
         bar.total = len(active) * plan.rounds
-        for r in range(plan.rounds):
-            ceilings.append(measure_matmul_gflops(threads=ceiling_threads).gflops)
-            order = active if r % 2 == 0 else active[::-1]
-            for c in order:
-                bar.set_postfix_str(c.key)
-                fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
-                samples[c.key].append(timed_calls(fn, duration_s=per_round_s, iterations=per_round_n))
-                bar.update(1)
+        _timed_rounds(plan, manifest, runtimes, active, samples, ceilings, ceiling_threads, bar)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: reporting what was measured so far", file=sys.stderr)
@@ -279,45 +317,75 @@ def run(plan: Plan) -> dict[str, Any]:
         bar.close()
         for rt in runtimes.values():
             rt.close()
+    return _Measurement(active, samples, ceilings, ceiling_threads, interrupted)
 
-    best_ceiling = max(ceilings) if ceilings else 0.0
-    for c in active:
-        rounds = [s for s in samples[c.key] if s]
-        if not rounds:
-            results[c.key] = BenchResult(c, "skipped", "interrupted before it was measured")
-            continue
-        stats = summarize([x for s in rounds for x in s], c.batch)
-        gflop = count_flops(cfg_json, c.graph, c.batch) / 1e9
-        gflops = gflop / (stats.p50_ms / 1e3)
-        results[c.key] = BenchResult(c, "ok", stats=stats, round_p50_ms=tuple(float(np.median(s)) for s in rounds),
-                                     gflop_per_call=gflop, gflops=gflops,
-                                     ceiling_share=gflops / best_ceiling if best_ceiling else 0.0)
 
-    cold: list[dict[str, Any]] = []
-    if plan.cold_start and not interrupted:
+def _warm_up(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active: list[BenchConfig],
+             samples: dict[str, list[list[float]]], results: dict[str, BenchResult]) -> None:
+    """Warm-up once per config (first-call allocations, thread pools, lazy init). A config that fails gets its
+    error row and leaves `active` and `samples`; the others are measured."""
+    for c in list(active):
+        fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
         try:
-            _cold_starts(plan, manifest, load_errors, cold)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted during the cold starts: reporting what was measured so far", file=sys.stderr)
-    env = environment.collect(plan.threads)
-    env["device"] = plan.device
-    return {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "bundle": str(plan.bundle),
-        "plan": {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
-                 "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
-                 "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
-                 "spinning": plan.spinning, "batch_split": plan.batch_split, "dla_core": plan.dla_core,
-                 "cuda_graph": plan.cuda_graph,
-                 "cold_start_runs": plan.cold_start_runs, "device": plan.device},
-        "environment": env,
-        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": ceilings, "threads": ceiling_threads},
-        "interrupted": interrupted,
-        "results": [{**results[c.key].to_dict(), "device": plan.device} for c in configs],
-        "cold_start": cold,
-    }
+            timed_calls(fn, duration_s=plan.warmup_s, iterations=None, min_calls=2)
+        except Exception as e:  # noqa: BLE001 - a config that cannot run is reported; the others are measured
+            first = str(e).splitlines()[0] if str(e) else ""
+            results[c.key] = BenchResult(c, "error", f"{type(e).__name__}: {first}")
+            active.remove(c)
+            samples.pop(c.key)
+
+
+def _timed_rounds(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active: list[BenchConfig],
+                  samples: dict[str, list[list[float]]], ceilings: list[float], ceiling_threads: int | None,
+                  bar) -> None:
+    """Each round: the matmul ceiling, then every config (order reversed every other round). Appends to `samples`
+    and `ceilings` as it goes, so an interrupt keeps what was measured."""
+    per_round_s = plan.duration_s / plan.rounds if plan.duration_s is not None else None
+    per_round_n = max(1, math.ceil(plan.iterations / plan.rounds)) if plan.iterations is not None else None
+    for r in range(plan.rounds):
+        ceilings.append(measure_matmul_gflops(threads=ceiling_threads).gflops)
+        order = active if r % 2 == 0 else active[::-1]
+        for c in order:
+            bar.set_postfix_str(c.key)
+            fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
+            samples[c.key].append(timed_calls(fn, duration_s=per_round_s, iterations=per_round_n))
+            bar.update(1)
+
+
+def _measured_result(c: BenchConfig, samples: list[list[float]], manifest, best_ceiling: float) -> BenchResult:
+    """The ok row of one config from its rounds' samples (skipped if interrupted before any)."""
+    from .flops import count_flops
+
+    rounds = [s for s in samples if s]
+    if not rounds:
+        return BenchResult(c, "skipped", "interrupted before it was measured")
+    cfg_json = json.dumps({k: v for k, v in manifest.model.to_dict().items() if k != "family"}, sort_keys=True)
+    stats = summarize([x for s in rounds for x in s], c.batch)
+    gflop = count_flops(cfg_json, c.graph, c.batch) / 1e9
+    gflops = gflop / (stats.p50_ms / 1e3)
+    return BenchResult(c, "ok", stats=stats, round_p50_ms=tuple(float(np.median(s)) for s in rounds),
+                       gflop_per_call=gflop, gflops=gflops,
+                       ceiling_share=gflops / best_ceiling if best_ceiling else 0.0)
+
+
+def _run_cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str]) -> _ColdStarts:
+    cold: list[dict[str, Any]] = []
+    try:
+        _cold_starts(plan, manifest, load_errors, cold)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the cold starts: reporting what was measured so far", file=sys.stderr)
+        return _ColdStarts(cold, True)
+    return _ColdStarts(cold, False)
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    """The report's "plan": the options the numbers were measured with."""
+    return {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
+            "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
+            "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
+            "spinning": plan.spinning, "batch_split": plan.batch_split, "dla_core": plan.dla_core,
+            "cuda_graph": plan.cuda_graph,
+            "cold_start_runs": plan.cold_start_runs, "device": plan.device}
 
 
 def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
@@ -554,8 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from runtime.backends.base import Device
-    from runtime.bundle import BundleError, read_manifest
-    from runtime.errors import BackendError
+    from runtime.bundle import read_manifest
+    from runtime.errors import VaeError
 
     try:
         manifest = read_manifest(args.bundle)
@@ -588,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 got = old.get("schema") if isinstance(old, dict) else type(old).__name__
                 raise BenchError(f"--compare {args.compare}: schema {got!r}, expected {SCHEMA!r}")
             _check_report_rows(old, args.compare)
-    except (BundleError, BenchError, BackendError) as e:
+    except VaeError as e:  # BundleError, BenchError, BackendError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     duration = args.duration if args.duration is not None else (None if args.iterations else 3.0)

@@ -27,14 +27,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.environment import collect
+from benchmarks.errors import BenchError
 from benchmarks.stats import summarize
 
 SCHEMA = "vae-deploy/serving-benchmark"
 MODELS = {"decoder": ("vae_decoder", "z", "image"), "encoder": ("vae_encoder", "image", "mu")}
-
-
-class BenchError(ValueError):
-    """A bad option; the message names it."""
 
 
 def free_port() -> int:
@@ -211,9 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/serving"), metavar="DIR",
                    help="folder for serving.json (default runs/serving)")
     args = p.parse_args(argv)
-    from runtime.bundle import BundleError
-    from runtime.serving.serve import ServerError, ServerUnavailableError, find_server
-    from runtime.serving.repository import RepositoryError
+    from runtime.errors import VaeError
+    from runtime.serving.serve import ServerError, find_server
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
@@ -235,12 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      batch_per_request=args.batch_per_request, model=args.model, protocol=args.protocol,
                      max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
                      threads=args.threads, max_seconds=args.max_seconds, warmup=args.warmup)
-    except (BenchError, BundleError, RepositoryError, ServerUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except VaeError as e:  # BenchError, BundleError, RepositoryError, ServerUnavailableError, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from runtime.files import write_json_atomic
 
     path = write_json_atomic(args.out / "serving.json", report)

@@ -2,29 +2,16 @@
 
     python -m export.divergence BUNDLE [runtime.verify.parity's options]   # parity, then locate what fails
 
-Handed to runtime.verify.parity.check_parity as its `locate` step (the runtime never imports this module). Needs
-onnx, onnxruntime, torch and vae_model, imported lazily: a debugging tool for a development machine, not part of the
-deployed runtime.
-
-How the two sides are matched. Export keeps PyTorch parameter names as ONNX initializer names (`vae.<module>.weight`,
-the graph wrapper holding the model as `vae`), so every Conv / ConvTranspose / Gemm node is mapped to its PyTorch
-module by the weight it consumes - also through a DequantizeLinear or Cast in front of the weight (INT8 QDQ and FP16
-variants). BatchNorm is folded into the convolution at export, so such a node's output is compared with the output of
-the BatchNorm that follows the module in PyTorch. An activation node (LeakyRelu, Relu, Tanh, Sigmoid) that consumes an
-anchored tensor is mapped to the module after it in the same Sequential. Each anchor's tensor is marked as a graph
-output, the graph runs on ONNX Runtime CPU, the PyTorch model runs with forward hooks on the same input, and anchors
-are compared in graph (topological) order: the first whose relative L2 error exceeds the threshold is the culprit.
-
-Rewritten decoders. By default export.to_onnx speed-rewrites the decoder (export/graph/rewrites.py) and records it in the
-decoder graph's metadata: "rewrites" (what was done) and "rewrite_options" (JSON, the arguments of rewrite_decoder).
-Such a graph no longer mirrors the model's modules (the stem Linear absorbs the first ConvTranspose, the last
-upsampling block runs as sub-pixel phases), so for it the PyTorch side is rebuilt the same way from the checkpoint -
-export.graph.passes.fold_batchnorm, then export.graph.rewrites.rewrite_decoder with the recorded options - and its parameter names
-are the graph's initializer names again. Anchors are named by the original modules they compute
-(`decoder.1.0`, `decoder_input + decoder.0.0`); a fused sub-pixel block is compared only as a whole, at the
-DepthToSpace that ends it (the k-th DepthToSpace of the graph is the k-th block; in the "nhwc" form a block without
-a head ends in a Transpose back to NCHW instead), and the report says which layers it cannot tell apart. The
-rebuilt module is the BN-folded one, exact to FP32 rounding (~1e-7 relative).
+Handed to runtime.verify.parity.check_parity as its `locate` step (the runtime never imports this module); needs onnx,
+onnxruntime, torch and vae_model, imported lazily: a tool for a development machine. Matching: export keeps PyTorch
+parameter names as ONNX initializer names, so each Conv / ConvTranspose / Gemm node is mapped to its module by the
+weight it consumes (also through a DequantizeLinear or Cast: INT8 and FP16 variants) and compared with the output of
+the BatchNorm folded into it, if any; an activation node consuming an anchored tensor maps to the module after it.
+Anchors become graph outputs, the graph runs on ONNX Runtime CPU and the model with forward hooks on the same input;
+the first anchor (in topological order) whose relative L2 error exceeds the threshold is the culprit. A rewritten
+decoder (metadata "rewrite_options") is matched against the same rewrite rebuilt from the checkpoint (fold_batchnorm,
+then rewrite_decoder); its anchors are named by the original modules they compute, and a fused sub-pixel block is
+compared only as a whole, at the DepthToSpace (nhwc form: the Transpose back to NCHW) that ends it.
 """
 from __future__ import annotations
 
@@ -180,8 +167,8 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     checkpoint: the PyTorch checkpoint (default: the one vae.json names, as the torch backend finds it).
     """
     import onnx
-    import onnxruntime as ort
-    import torch
+    import onnxruntime  # noqa: F401 - the tool needs it (_anchor_outputs): fail before any work without it
+    import torch  # noqa: F401 - likewise (_module_outputs)
 
     from export.reference import find_checkpoint
     from runtime.verify.parity import load_reference
@@ -197,37 +184,74 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     x = np.ascontiguousarray(inputs, dtype=np.float32)
     model = load_checkpoint(find_checkpoint(root, manifest, checkpoint)).model.eval()
     proto = onnx.load(str(path))
+    record = _export_record(root, manifest, graph, precision, proto)
+    side = _torch_side(model, graph, record.meta)
+    modules = dict(side.module.named_modules())
+    anchors = _anchors(proto, _torch_targets(side.module), modules, blocks=side.blocks)
+    onnx_vals = _anchor_outputs(proto, anchors, in_name, x)
+    captured = _module_outputs(modules, {a[2] for a in anchors}, side.run, x)
+    thr = THRESHOLDS.get(precision, 1e-4) if threshold is None else float(threshold)
+    result = [_compare_anchor(node, out_name, module, onnx_vals[out_name], captured[module], thr, side)
+              for node, out_name, module in anchors]
+    return Divergence(graph=graph, precision=precision, threshold=thr, anchors=tuple(result),
+                      notes=record.notes + side.notes)
+
+
+@dataclass(frozen=True)
+class _ExportRecord:
+    """What the exporter did to the graph ("rewrites", "rewrite_options") and how that was found out."""
+
+    meta: dict[str, str]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _TorchSide:
+    """The PyTorch module the graph is compared with, and how its names relate to the original model's."""
+
+    module: Any                  # the module whose submodules are hooked
+    run: Any                     # called on the input batch
+    sources: dict[str, str]      # rewritten module name -> original name ({} without rewrite)
+    fused: dict[str, str]        # modules that stand for several original layers
+    blocks: tuple[str, ...]      # sub-pixel blocks in graph order
+    notes: tuple[str, ...]
+
+
+def _export_record(root: Path, manifest: Manifest, graph: str, precision: str, proto) -> _ExportRecord:
+    import onnx
+
     # What the exporter did to this graph is recorded in the FP32 graph (variants may not keep metadata).
     meta = {p.key: p.value for p in (proto if precision == "fp32" else onnx.load(
         str(resolve_file(root, manifest.graphs[graph].file)), load_external_data=False)).metadata_props}
-    notes: list[str] = []
     # A variant made from another form of the graph (export.precision.int8 --decoder-form subpixel) records that form's
     # rewrite in vae.json: rebuild that one, not the FP32 file's, or every anchor would be named after the wrong form.
     variant = manifest.graphs[graph].variants.get(precision) if precision != "fp32" else None
     form = dict(variant.source_form) if variant is not None else {}
-    if form:
-        if "rewrite_options" not in form or "rewrites" not in form:
-            raise BundleError(f"{root / MANIFEST_NAME}: the {precision} {graph} variant was made from another form "
-                              f"({form.get('form', '?')!r}) and does not record its rewrite options: its layers "
-                              "cannot be located; compare the FP32 graph instead (precision='fp32')")
-        meta = {"rewrites": str(form["rewrites"]), "rewrite_options": json.dumps(form["rewrite_options"])}
-        notes.append(f"the {precision} variant was quantized from the {form.get('form', '?')!r} form of the graph, "
-                     f"not {manifest.graphs[graph].file}; its anchors are that form's blocks")
-    sources: dict[str, str] = {}
-    fused: dict[str, str] = {}
-    blocks: tuple[str, ...] = ()
-    if graph == "decoder" and meta.get("rewrites", "none") != "none":  # (older exports also tagged the encoder)
-        module, sources, fused, blocks, rw_notes = _rewritten_reference(model, meta)
-        notes += rw_notes
-        run = module
-    else:
-        module = model
-        run = model.encode if graph == "encoder" else model.decode
-    modules = dict(module.named_modules())
-    targets = _torch_targets(module)
-    anchors = _anchors(proto, targets, modules, blocks=blocks)
+    if not form:
+        return _ExportRecord(meta, ())
+    if "rewrite_options" not in form or "rewrites" not in form:
+        raise BundleError(f"{root / MANIFEST_NAME}: the {precision} {graph} variant was made from another form "
+                          f"({form.get('form', '?')!r}) and does not record its rewrite options: its layers "
+                          "cannot be located; compare the FP32 graph instead (precision='fp32')")
+    return _ExportRecord(
+        {"rewrites": str(form["rewrites"]), "rewrite_options": json.dumps(form["rewrite_options"])},
+        (f"the {precision} variant was quantized from the {form.get('form', '?')!r} form of the graph, "
+         f"not {manifest.graphs[graph].file}; its anchors are that form's blocks",))
 
-    # Mark every anchor tensor as a graph output (types from shape inference; FP32 when unknown).
+
+def _torch_side(model, graph: str, meta: dict[str, str]) -> _TorchSide:
+    if graph == "decoder" and meta.get("rewrites", "none") != "none":  # (older exports also tagged the encoder)
+        module, sources, fused, blocks, notes = _rewritten_reference(model, meta)
+        return _TorchSide(module, module, sources, fused, blocks, tuple(notes))
+    return _TorchSide(model, model.encode if graph == "encoder" else model.decode, {}, {}, (), ())
+
+
+def _anchor_outputs(proto, anchors: list[tuple[Any, str, str]], in_name: str, x: np.ndarray) -> dict[str, Any]:
+    """Every anchor tensor's value: marked as a graph output, the graph run on ONNX Runtime CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    # Types from shape inference; FP32 when unknown.
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
     present = {o.name for o in proto.graph.output}
@@ -240,10 +264,14 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed_type = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
     names = [a[1] for a in anchors]
-    onnx_vals = dict(zip(names, sess.run(names, {in_name: x.astype(feed_type)})))
+    return dict(zip(names, sess.run(names, {in_name: x.astype(feed_type)})))
+
+
+def _module_outputs(modules: dict[str, Any], wanted: set[str], run, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The output of each wanted module when `run` runs on x (forward hooks, removed afterwards)."""
+    import torch
 
     captured: dict[str, np.ndarray] = {}
-    wanted = {a[2] for a in anchors}
     hooks = [modules[m].register_forward_hook(
         lambda mod, args, out, m=m: captured.__setitem__(m, out.detach().cpu().numpy())) for m in wanted]
     try:
@@ -252,26 +280,24 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     finally:
         for h in hooks:
             h.remove()
+    return captured
 
-    thr = THRESHOLDS.get(precision, 1e-4) if threshold is None else float(threshold)
-    result = []
-    for node, out_name, module in anchors:
-        a = np.asarray(onnx_vals[out_name], dtype=np.float64)
-        e = np.asarray(captured[module], dtype=np.float64)
-        if a.shape != e.shape:
-            a = a.reshape(e.shape) if a.size == e.size else a
-        if a.shape != e.shape:
-            result.append(Anchor(node.name, node.op_type, out_name, module, float("inf"), float("inf"), True))
-            continue
-        diff = a - e
-        ref = float(np.linalg.norm(e))
-        err = float(np.linalg.norm(diff))
-        rel = err / ref if ref > 0 else (0.0 if err == 0 else float("inf"))
-        max_abs = float(np.abs(diff).max()) if diff.size else 0.0
-        bad = not (np.isfinite(a).all() and rel <= thr)
-        result.append(Anchor(node.name, node.op_type, out_name, sources.get(module, module), max_abs, rel, bad,
-                             rewritten_module=module if sources else "", fused=module in fused))
-    return Divergence(graph=graph, precision=precision, threshold=thr, anchors=tuple(result), notes=tuple(notes))
+
+def _compare_anchor(node, out_name: str, module: str, actual, expected, thr: float, side: _TorchSide) -> Anchor:
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        a = a.reshape(e.shape) if a.size == e.size else a
+    if a.shape != e.shape:
+        return Anchor(node.name, node.op_type, out_name, module, float("inf"), float("inf"), True)
+    diff = a - e
+    ref = float(np.linalg.norm(e))
+    err = float(np.linalg.norm(diff))
+    rel = err / ref if ref > 0 else (0.0 if err == 0 else float("inf"))
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    bad = not (np.isfinite(a).all() and rel <= thr)
+    return Anchor(node.name, node.op_type, out_name, side.sources.get(module, module), max_abs, rel, bad,
+                  rewritten_module=module if side.sources else "", fused=module in side.fused)
 
 
 def _rewritten_reference(model, meta: dict[str, str]):
@@ -305,11 +331,23 @@ def _rewritten_reference(model, meta: dict[str, str]):
     return rw.module.eval(), dict(rw.sources), fused, rw.blocks, notes
 
 
+def _locate_for_parity(*args: Any, **kwargs: Any) -> Any:
+    """locate_divergence as runtime.verify.parity calls it. The runtime cannot know vae_model's errors (its CLI
+    catches runtime.errors.VaeError only), so a checkpoint that cannot be used becomes a BundleError, which parity
+    reports as a note on the failing graph."""
+    from vae_model import VaeModelError
+
+    try:
+        return locate_divergence(*args, **kwargs)
+    except VaeModelError as e:
+        raise BundleError(f"checkpoint: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """runtime.verify.parity's CLI with the divergence finder plugged in (exit 0 pass, 1 fail, 2 bad input)."""
     from runtime.verify.parity import main as parity_main
 
-    return parity_main(argv, locate=locate_divergence, prog="python -m export.divergence")
+    return parity_main(argv, locate=_locate_for_parity, prog="python -m export.divergence")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ class TorchBackend(Backend):
         try:
             import torch
 
-            from vae_model import CheckpointError, load_checkpoint
+            from vae_model import VaeModelError, load_checkpoint
         except ImportError as e:
             raise BackendUnavailableError(f"backend 'torch': needs torch and vae_model ({e}); "
                                           "pip install 'vae-deploy[train]'") from None
@@ -78,7 +78,7 @@ class TorchBackend(Backend):
             raise BackendUnavailableError(f"backend 'torch' on {device}: torch.cuda.is_available() is False")
         try:
             ck = load_checkpoint(path)
-        except CheckpointError as e:
+        except VaeModelError as e:
             raise BackendError(f"backend 'torch': {e}") from None
         want = manifest.source.get("sha256")
         if want and ck.sha256 != want:

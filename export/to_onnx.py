@@ -2,43 +2,16 @@
 
     python -m export.to_onnx CKPT [--out DIR] [--opset N] [--graphs encoder,decoder] [--no-verify] [--no-rewrite]
 
-Writes DIR/{encoder.onnx, decoder.onnx, vae.json, reference.npz} (contract: runtime/bundle.py). Steps:
-1. An eval-mode FP32 CPU copy of the model (the caller's model keeps its mode and weights), BatchNorm folded into
-   the convolutions (export/graph/passes.py; ConvTranspose weights scaled along axis 1) and checked against the unfolded
-   model (max abs <= 1e-4).
-2. The decoder's speed rewrite, on by default (`--no-rewrite` opts out; export/graph/rewrites.py): the stem Linear and the
-   first ConvTranspose composed into one Linear, the last upsampling block in sub-pixel form computed at the low
-   resolution; exact (checked against the original model in PyTorch before export) and ~2x faster on ONNX Runtime CPU
-   (benchmarks/NOTES.md). The decoder graph's metadata records it: "rewrites" (what was done) and "rewrite_options"
-   (JSON arguments of rewrite_decoder). export.divergence reads them to rebuild the same rewritten PyTorch module
-   when it looks for the first diverging layer; a block the rewrite fused (e.g. final_layer's ConvTranspose +
-   LeakyReLU + Conv + Tanh) can then only be named as a whole. Opt out for a graph whose every node maps to one
-   PyTorch module, or to compare with the plain form; the rewrite's effect on TensorRT is not measured yet.
-3. Per graph: the torch.export-based ("dynamo") exporter with a dynamic `batch` axis; onnxslim constant folding and
-   simplification; no BatchNormalization node allowed; metadata props (producer, version, latent_dim, image size,
-   pixel range, source checkpoint sha256; the decoder's rewrites); strict shape inference and onnx.checker full
-   check; one self-contained file (no external data).
-4. The parity gate: both graphs on ONNX Runtime CPU on the seeded golden inputs and on realistic ones (decoded prior
-   samples and embedded dataset images into the encoder; prior latents and the encoder's means of those images into
-   the decoder), compared with the original PyTorch FP32 model; FP32 tolerance max abs <= 1e-4 per output (--max-abs).
-   The table is printed; every failing output is collected before failing. `--no-verify` skips it with a warning.
-
-Why the dynamo exporter and not the TorchScript one (measured on the default model, torch 2.13, BN folded first):
-both give the same graph after onnxslim (encoder 13 nodes: Conv/LeakyRelu x5, Reshape or Flatten, Gemm x2; decoder 14:
-Gemm, Reshape, ConvTranspose/LeakyRelu x5, Conv, Tanh) with the same parity (max abs 2-4e-7). TorchScript exports in
-~0.1 s per graph against ~1-2.5 s (the first dynamo export in a process pays ~2 s of set-up), but it is deprecated
-("The feature will be removed", torch 2.13), needs input names repeated by hand, and without our fold it leaves
-BatchNormalization after ConvTranspose for onnxslim to fix. The few seconds are affordable (whole CLI run on the
-default model: 7-8 s on 2 cores), so we take the supported exporter, which names inputs from forward(). We fold
-BatchNorm ourselves either way, so the graph does not depend on what one exporter version's optimiser does.
-
-The bundle is built in a temporary folder next to DIR and swapped into place (one atomic exchange on Linux) only when
-everything passed: a failed gate, an error or an interrupt leaves no bundle and no temporary files, and an existing
-bundle at DIR is replaced only by a complete new one. What is replaced is only what the exporter can prove it wrote:
-DIR's vae.json and the files it lists with a matching sha256 (graphs, variants, reference.npz). DIR/engines/ is kept
-(see KEPT_ON_REEXPORT: the runtime refuses an engine whose graph changed, by sha256, and gives the rebuild command).
-Any other file in DIR - or a vae.json that does not read as a manifest - makes the export refuse before any work
-(exit 2), naming the files. Leftovers of a killed run next to DIR are cleaned up (runtime/files.py clean_stale).
+Writes DIR/{encoder.onnx, decoder.onnx, vae.json, reference.npz} (contract: runtime/bundle.py) from an eval-mode FP32
+CPU copy of the model (the caller's is untouched) with BatchNorm folded (export/graph/passes.py, checked against the
+unfolded model). The decoder is speed-rewritten by default (export/graph/rewrites.py, exact; `--no-rewrite` opts out;
+docs/performance.md#decoder-rewrites), recorded in its metadata ("rewrites", "rewrite_options") so that
+export.divergence can rebuild the same module. Each graph: the torch.export-based exporter with a dynamic `batch`
+axis (docs/performance.md#onnx-exporter), onnxslim, no BatchNormalization node, metadata props, strict shape
+inference and onnx.checker, one self-contained file. Parity gate: both graphs on ONNX Runtime CPU against the PyTorch
+FP32 model on seeded golden and realistic inputs, max abs <= 1e-4 per output (--max-abs; --no-verify skips it).
+The bundle is built next to DIR and swapped in only when everything passed, keeping DIR/engines/; a file in DIR that
+the exporter cannot prove it wrote makes it refuse before any work.
 Exit codes: 0 ok, 1 parity failure, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
@@ -62,22 +35,24 @@ import numpy as np
 from export.cli import non_negative_int
 from runtime import bundle as B
 from runtime.engines import ENGINES_DIR
+from runtime.errors import VaeError
 from runtime.files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
 from runtime.verify.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
+from runtime.version import package_version
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the torch.export-based exporter emits opset 18 and converts upwards only
 # Each PyTorch-side pass (BatchNorm fold, decoder rewrite) is exact up to FP32 rounding; checked before export.
 PASS_TOLERANCE = Tolerance(max_abs=1e-4)
 PRODUCER = "vae-deploy"
-PRODUCER_VERSION = "0.1.0"
+PRODUCER_VERSION = package_version()  # pyproject.toml's [project] version, via the installed metadata
 # Re-exporting into a bundle keeps its engines: they are built on the target machine (minutes on a Jetson), the
 # runtime refuses one whose source graph changed (the sidecar's sha256 against vae.json's, with the rebuild command),
 # and one built from an unchanged graph stays valid.
 KEPT_ON_REEXPORT = (ENGINES_DIR,)
 
 
-class ExportError(ValueError):
+class ExportError(VaeError, ValueError):
     """The export could not be done (bad option, invalid graph); the message says what and where."""
 
 
@@ -289,18 +264,32 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
                  opset: int = DEFAULT_OPSET, graphs: Sequence[str] = B.GRAPHS, verify: bool = True,
                  batch_for_reference: int = 4, seed: int = 0, tolerances: Mapping[str, Tolerance] | None = None,
                  rewrite: bool = True, log=print) -> ExportResult:
-    """Export an in-memory VanillaVAE (left untouched) to a bundle at out_dir. See the module docstring."""
-    import onnx
+    """Export an in-memory VanillaVAE (left untouched) to a verified bundle (steps: the module docstring).
 
+    Args:
+        model: The VanillaVAE; an eval-mode FP32 CPU copy is exported, the caller's model keeps its mode and weights.
+        out_dir: The bundle folder; replaced only by a complete new bundle, its engines/ kept.
+        pixel_range: The (min, max) pixel range the model's images use, recorded in vae.json.
+        source: Provenance of the weights (checkpoint name, sha256, kind, path), recorded in vae.json.
+        opset: The ONNX opset (MIN_OPSET up to what the installed onnx supports).
+        graphs: The graphs to export, some of ("encoder", "decoder").
+        verify: Run the parity gate against the PyTorch model (False: skip it, with a warning).
+        batch_for_reference: Batch size of the golden inputs stored in reference.npz.
+        seed: Seed of the golden and realistic inputs.
+        tolerances: Parity tolerance overrides per output key or tensor name (default max abs 1e-4).
+        rewrite: Export the decoder in its rewritten, faster form (docs/performance.md#decoder-rewrites).
+        log: Called with each progress line.
+
+    Returns:
+        ExportResult: the bundle folder, the parity report (None with verify=False) and the wall time.
+
+    Raises:
+        ExportError: A bad option, a graph that fails its checks, or an out_dir that may not be replaced.
+        ParityError: The exported graphs (or the folded / rewritten model) miss the tolerance; carries the report.
+    """
     t0 = time.perf_counter()
-    graphs = list(dict.fromkeys(graphs))
-    bad = [g for g in graphs if g not in B.GRAPHS]
-    if bad or not graphs:
-        raise ExportError(f"--graphs: expected some of {list(B.GRAPHS)}, got {graphs}")
-    max_opset = onnx.defs.onnx_opset_version()
-    if not MIN_OPSET <= opset <= max_opset:
-        raise ExportError(f"--opset {opset}: unsupported; expected {MIN_OPSET} to {max_opset} (onnx {onnx.__version__}"
-                          f" with the torch.export-based exporter)")
+    graphs = _checked_graphs(graphs)
+    _check_opset(opset)
     out_dir = Path(out_dir)
     try:  # before any work: a folder we may not replace, or cannot write to, is refused now, not after the export
         tmp = begin_output_dir(out_dir, bundle_files, keep=KEPT_ON_REEXPORT, what="--out", manifest=B.MANIFEST_NAME)
@@ -315,86 +304,46 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _checked_graphs(graphs: Sequence[str]) -> list[str]:
+    graphs = list(dict.fromkeys(graphs))
+    bad = [g for g in graphs if g not in B.GRAPHS]
+    if bad or not graphs:
+        raise ExportError(f"--graphs: expected some of {list(B.GRAPHS)}, got {graphs}")
+    return graphs
+
+
+def _check_opset(opset: int) -> None:
+    import onnx
+
+    max_opset = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= max_opset:
+        raise ExportError(f"--opset {opset}: unsupported; expected {MIN_OPSET} to {max_opset} (onnx {onnx.__version__}"
+                          f" with the torch.export-based exporter)")
+
+
 def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset, graphs, verify, batch_for_reference,
                  seed, tolerances, rewrite, log, t0) -> ExportResult:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from export.graph.passes import count_batchnorm, fold_batchnorm
-
+    versions = _tool_versions()
     cfg = model.config
     source = dict(source or {})
     # Work on an eval-mode copy: the caller's model keeps its mode and weights, and a model handed over in train
     # mode is exported (and compared) as it runs in inference, with BatchNorm's running statistics.
     model = copy.deepcopy(model).cpu().float().eval()
-    folded = fold_batchnorm(model)
-    if count_batchnorm(folded):
-        raise ExportError("BatchNorm layers left after folding")
-    inputs = reference_inputs(model, pixel_range, batch_for_reference, seed)
-    reference = torch_outputs(model, inputs)
-    fold_check = parity_report(torch_outputs(folded, inputs), reference, PASS_TOLERANCE, "folded PyTorch")
-    if not fold_check:
-        raise ParityError(fold_check)
-
-    metadata = {"producer": PRODUCER, "producer_version": PRODUCER_VERSION, "model": "VanillaVAE",
-                "latent_dim": cfg.latent_dim, "image_size": cfg.image_size, "in_channels": cfg.in_channels,
-                "out_channels": cfg.out_channels, "pixel_range": f"{pixel_range[0]:g},{pixel_range[1]:g}",
-                "source_sha256": source.get("sha256", ""), "source_checkpoint": source.get("checkpoint", "")}
-    modules = _graph_modules(folded)
-    graph_meta: dict[str, dict[str, str]] = {g: {} for g in graphs}
-    if rewrite and B.DECODER in graphs:
-        # Checked here against the original model before it is exported (exact up to FP32 rounding).
-        from export.graph.rewrites import RewriteError, rewrite_decoder
-
-        try:
-            rw = rewrite_decoder(folded)
-        except RewriteError as e:
-            raise ExportError(f"{e} (export with --no-rewrite)") from None
-        with torch.no_grad():
-            got = {f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
-                   for k, x in inputs.items() if _split_key(k)[1] == B.DECODER}
-        check = parity_report(got, {k: reference[k] for k in got}, PASS_TOLERANCE, "rewritten PyTorch")
-        if not check:
-            raise ParityError(check)
-        modules[B.DECODER] = rw.module
-        graph_meta[B.DECODER] = rw.metadata()
-        log(f"decoder rewrites: {graph_meta[B.DECODER]['rewrites']}")
-    examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
-    specs = {}
-    for graph in graphs:
-        t = time.perf_counter()
-        path = tmp / f"{graph}.onnx"
-        export_graph(modules[graph], graph, examples[graph], path, opset, {**metadata, **graph_meta[graph]})
-        specs[graph] = _graph_spec(graph, path)
-        log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
-
-    keep = {k: v for k, v in {**inputs, **reference}.items() if k.split(".")[-2] in graphs}
+    ref = _folded_reference(model, pixel_range, batch_for_reference, seed)
+    metadata = _common_metadata(cfg, pixel_range, source)
+    modules = _modules_to_export(ref, graphs, rewrite, log)
+    specs = _export_graphs(modules, cfg, graphs, tmp, opset, metadata, log)
+    keep = {k: v for k, v in {**ref.inputs, **ref.outputs}.items() if k.split(".")[-2] in graphs}
     np.savez(tmp / B.REFERENCE_NAME, **keep)
-    report = None
-    if verify:
-        report = parity_report(ort_outputs(tmp, graphs, inputs), {k: v for k, v in reference.items()
-                                                                   if k.split(".")[-2] in graphs},
-                               tolerances)
-        log(report.table())
-        if not report:
-            raise ParityError(report)
-    else:
-        log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
-            "run `python -m runtime.verify.parity BUNDLE` before trusting them")
+    report = _parity_gate(tmp, graphs, ref, tolerances, log) if verify else _skip_parity_gate(log)
     manifest = B.Manifest(
         model=B.ModelSpec(cfg.in_channels, cfg.out_channels, cfg.image_size, cfg.latent_dim, cfg.hidden_dims),
         pixel_range=(float(pixel_range[0]), float(pixel_range[1])), graphs=specs,
         source=source,
-        versions={"torch": str(torch.__version__), "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__, "vae_deploy": PRODUCER_VERSION},
+        versions=versions,
         reference={"file": B.REFERENCE_NAME, "sha256": sha256_file(tmp / B.REFERENCE_NAME),
                    "batch": batch_for_reference, "seed": seed},
-        parity=({"verified": True, "backend": "onnxruntime-cpu", "passed": report.passed,
-                 # to_dict: strict JSON (an infinite PSNR of identical outputs becomes null)
-                 "outputs": {o.name: {k: v for k, v in o.to_dict().items()
-                                      if k in ("max_abs", "mean_abs", "rel_l2", "cosine", "psnr")}
-                             for o in report.outputs}} if report else {"verified": False}),
+        parity=_parity_record(report),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     B.write_manifest(tmp, manifest)
@@ -405,6 +354,133 @@ def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset,
     except OutputError as e:  # a file appeared in --out during the export
         raise ExportError(str(e)) from None
     return ExportResult(out_dir, report, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The BatchNorm-folded model, the golden and realistic inputs and the (unfolded) model's outputs on them."""
+
+    folded: object
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _ExportModules:
+    """The module each graph is exported from, and the metadata each graph adds (the decoder's rewrites)."""
+
+    modules: dict[str, object]
+    graph_meta: dict[str, dict[str, str]]
+
+
+def _tool_versions() -> dict[str, str]:
+    """The versions recorded in vae.json (importing these first: a missing one fails before any work)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"torch": str(torch.__version__), "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "vae_deploy": PRODUCER_VERSION}
+
+
+def _folded_reference(model, pixel_range, batch_for_reference: int, seed: int) -> _Reference:
+    """Fold BatchNorm and check the folded model against the original on the reference inputs."""
+    from export.graph.passes import count_batchnorm, fold_batchnorm
+
+    folded = fold_batchnorm(model)
+    if count_batchnorm(folded):
+        raise ExportError("BatchNorm layers left after folding")
+    inputs = reference_inputs(model, pixel_range, batch_for_reference, seed)
+    reference = torch_outputs(model, inputs)
+    fold_check = parity_report(torch_outputs(folded, inputs), reference, PASS_TOLERANCE, "folded PyTorch")
+    if not fold_check:
+        raise ParityError(fold_check)
+    return _Reference(folded, inputs, reference)
+
+
+def _common_metadata(cfg, pixel_range, source: Mapping) -> dict:
+    """The metadata props every graph carries."""
+    return {"producer": PRODUCER, "producer_version": PRODUCER_VERSION, "model": "VanillaVAE",
+            "latent_dim": cfg.latent_dim, "image_size": cfg.image_size, "in_channels": cfg.in_channels,
+            "out_channels": cfg.out_channels, "pixel_range": f"{pixel_range[0]:g},{pixel_range[1]:g}",
+            "source_sha256": source.get("sha256", ""), "source_checkpoint": source.get("checkpoint", "")}
+
+
+def _modules_to_export(ref: _Reference, graphs: Sequence[str], rewrite: bool, log) -> _ExportModules:
+    """The folded model's graph wrappers; with `rewrite`, the decoder's replaced by its checked rewrite."""
+    modules = _graph_modules(ref.folded)
+    graph_meta: dict[str, dict[str, str]] = {g: {} for g in graphs}
+    if rewrite and B.DECODER in graphs:
+        rw = _checked_decoder_rewrite(ref)
+        modules[B.DECODER] = rw.module
+        graph_meta[B.DECODER] = rw.metadata()
+        log(f"decoder rewrites: {graph_meta[B.DECODER]['rewrites']}")
+    return _ExportModules(modules, graph_meta)
+
+
+def _checked_decoder_rewrite(ref: _Reference):
+    """The decoder rewrite, checked here against the original model before it is exported (exact up to FP32
+    rounding)."""
+    import torch
+
+    from export.graph.rewrites import RewriteError, rewrite_decoder
+
+    try:
+        rw = rewrite_decoder(ref.folded)
+    except RewriteError as e:
+        raise ExportError(f"{e} (export with --no-rewrite)") from None
+    with torch.no_grad():
+        got = {f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
+               for k, x in ref.inputs.items() if _split_key(k)[1] == B.DECODER}
+    check = parity_report(got, {k: ref.outputs[k] for k in got}, PASS_TOLERANCE, "rewritten PyTorch")
+    if not check:
+        raise ParityError(check)
+    return rw
+
+
+def _export_graphs(to_export: _ExportModules, cfg, graphs: Sequence[str], tmp: Path, opset: int,
+                   metadata: Mapping[str, str], log) -> dict[str, B.GraphSpec]:
+    """Export each graph into `tmp`; returns their specs for vae.json."""
+    import torch
+
+    examples = {B.ENCODER: torch.zeros(2, *cfg.image_shape), B.DECODER: torch.zeros(2, cfg.latent_dim)}
+    specs = {}
+    for graph in graphs:
+        t = time.perf_counter()
+        path = tmp / f"{graph}.onnx"
+        export_graph(to_export.modules[graph], graph, examples[graph], path, opset,
+                     {**metadata, **to_export.graph_meta[graph]})
+        specs[graph] = _graph_spec(graph, path)
+        log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
+    return specs
+
+
+def _parity_gate(tmp: Path, graphs: Sequence[str], ref: _Reference, tolerances, log) -> ComparisonReport:
+    """The exported graphs on ONNX Runtime CPU against PyTorch; raises ParityError when they miss."""
+    report = parity_report(ort_outputs(tmp, graphs, ref.inputs), {k: v for k, v in ref.outputs.items()
+                                                                   if k.split(".")[-2] in graphs},
+                           tolerances)
+    log(report.table())
+    if not report:
+        raise ParityError(report)
+    return report
+
+
+def _skip_parity_gate(log) -> None:
+    log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
+        "run `python -m runtime.verify.parity BUNDLE` before trusting them")
+    return None
+
+
+def _parity_record(report: ComparisonReport | None) -> dict:
+    """vae.json's "parity": the export-time comparison, or that there was none."""
+    if not report:
+        return {"verified": False}
+    return {"verified": True, "backend": "onnxruntime-cpu", "passed": report.passed,
+            # to_dict: strict JSON (an infinite PSNR of identical outputs becomes null)
+            "outputs": {o.name: {k: v for k, v in o.to_dict().items()
+                                 if k in ("max_abs", "mean_abs", "rel_l2", "cosine", "psnr")}
+                        for o in report.outputs}}
 
 
 def bundle_files(folder: Path) -> dict[str, str | None]:
@@ -432,7 +508,21 @@ def _graph_spec(graph: str, path: Path) -> B.GraphSpec:
 def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int | None = None,
                   graphs: Sequence[str] = B.GRAPHS, verify: bool = True, batch_for_reference: int = 4, seed: int = 0,
                   tolerances: Mapping[str, Tolerance] | None = None, rewrite: bool = True, log=print) -> Path:
-    """Load any checkpoint vae_model.load_checkpoint accepts and export it; returns the bundle folder."""
+    """Load any checkpoint vae_model.load_checkpoint accepts and export it with export_model.
+
+    Args:
+        checkpoint: Our .pt, a PyTorch-VAE / Lightning .ckpt, or a bare state_dict file; its name, sha256 and kind
+            are recorded as the bundle's source.
+        out_dir, graphs, verify, batch_for_reference, seed, tolerances, rewrite, log: As for export_model.
+        opset: The ONNX opset (default: DEFAULT_OPSET).
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        vae_model.CheckpointError: The checkpoint is missing, unreadable, unsafe or not a VanillaVAE.
+        ExportError: As for export_model (ParityError when the gate fails).
+    """
     from vae_model import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
@@ -476,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="rows per golden / realistic input set in reference.npz (default 4)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the golden inputs (default 0)")
     args = p.parse_args(argv)
-    from vae_model import CheckpointError
+    from vae_model import VaeModelError
 
     out = args.out or args.checkpoint.parent / "bundle"
     try:
@@ -492,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParityError as e:
         print(f"error: {e}\nno bundle was written", file=sys.stderr)
         return 1
-    except (CheckpointError, ExportError) as e:
+    except (VaeError, VaeModelError) as e:  # ExportError, OutputError, BundleError, CheckpointError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"bundle written to {bundle}")

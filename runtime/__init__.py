@@ -10,7 +10,7 @@ parity tool: `python -m runtime.verify.parity BUNDLE`), runtime/images.py (uint8
 """
 from .bundle import BundleError, Manifest, read_manifest
 from .errors import (BackendError, BackendUnavailableError, ClosedError, DTypeError, EmptyBatchError, InputError,
-                     NonFiniteError, ShapeError)
+                     NonFiniteError, ShapeError, VaeError)
 from .images import from_uint8, to_uint8
 from .vae import Posterior, VAERuntime, load
 
@@ -18,5 +18,5 @@ __all__ = [
     "load", "VAERuntime", "Posterior", "from_uint8", "to_uint8",
     "BundleError", "Manifest", "read_manifest",
     "InputError", "ShapeError", "DTypeError", "NonFiniteError", "EmptyBatchError",
-    "BackendError", "BackendUnavailableError", "ClosedError",
+    "BackendError", "BackendUnavailableError", "ClosedError", "VaeError",
 ]

@@ -1,21 +1,18 @@
-"""The bundle contract: `vae.json` (the manifest) and the files it names. Defined once, here.
+"""The bundle contract: `vae.json` (the manifest) and the files it names. Defined once, here (numpy + stdlib only).
 
-export writes bundles through this module; the Python runtime, the C++ runtime, parity and benchmarks read them.
-Imports numpy and the standard library only.
-
-Layout of BUNDLE/:
+Written by export, read by the Python and C++ runtimes, parity and benchmarks. Layout of BUNDLE/:
     vae.json          this manifest (schema "vae-deploy/bundle", schema_version 1)
     encoder.onnx      image (N,C,H,W) float32 -> mu (N,D), logvar (N,D)
     decoder.onnx      z (N,D) float32 -> image (N,C,H,W)
     reference.npz     golden inputs and PyTorch FP32 outputs, keys "<graph>.<tensor>" (e.g. "decoder.z")
     <graph>.<precision>.onnx   reduced-precision variants, listed under graphs.<graph>.variants
+    (no file)         precisions an engine applies to the FP32 graph (bf16 on OpenVINO), listed with their measured
+                      accuracy under graphs.<graph>.engine_precisions (optional; the C++ runtime ignores the key)
 
-What a manifest may say is checked here, once, when it is read (read_manifest), so every reader - runtime.load,
-parity, export's tools, serve - inherits it: each file it names (graphs, variants, the reference; engines through
-their sidecars, runtime.engines) is a relative name with no '..' that stays inside the bundle after symlinks
-(resolve_file); each graph and variant carries its sha256; the model section is bounded (MODEL_BOUNDS) and agrees
-with every graph's tensor shapes; shapes are lists of axes. Errors name the file, the field, the expected and the
-actual value. runtime/cpp/src/bundle.cpp applies the same rules.
+read_manifest checks, once for every reader, that each file named is a relative name staying inside the bundle
+(resolve_file), each graph and variant carries its sha256, and the model section is bounded (MODEL_BOUNDS) and agrees
+with every graph's shapes; errors name the file, the field, the expected and the actual value.
+runtime/cpp/src/bundle.cpp applies the same rules.
 """
 from __future__ import annotations
 
@@ -27,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import VaeError
 from .files import sha256_file, write_json_atomic  # noqa: F401 - re-exported: part of the bundle API
 
 SCHEMA = "vae-deploy/bundle"
@@ -45,6 +43,9 @@ Z = "z"
 BATCH_AXIS = "batch"
 GRAPH_IO = {ENCODER: ((IMAGE,), (MU, LOGVAR)), DECODER: ((Z,), (IMAGE,))}
 PRECISIONS = ("fp32", "fp16", "int8")
+# Precisions an engine applies to the FP32 graph itself (no file of their own), each listed, with the evidence that it
+# meets its budget, under graphs.<graph>.engine_precisions (EnginePrecisionSpec): OpenVINO's bf16 on CPUs that have it.
+ENGINE_PRECISIONS = ("bf16",)
 DTYPES = ("float32", "float16")  # of a graph's inputs/outputs (an FP16 variant may declare float16 I/O)
 
 # Bounds on the model section, checked when vae.json is read, before anything is sized from it (a vae.json claiming
@@ -63,7 +64,7 @@ MODEL_BOUNDS = {"in_channels": MAX_CHANNELS, "out_channels": MAX_CHANNELS, "imag
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class BundleError(ValueError):
+class BundleError(VaeError, ValueError):
     """A bundle is missing, malformed or inconsistent; the message names the file and what is wrong."""
 
 
@@ -183,6 +184,35 @@ class VariantSpec:
 
 
 @dataclass(frozen=True)
+class EnginePrecisionSpec:
+    """A precision an engine applies to the FP32 graph itself (bf16: OpenVINO's INFERENCE_PRECISION_HINT), with the
+    evidence that it meets its budget: which graph file (and sha256) it was measured on, with which engine version,
+    device and properties. No file of its own, so it lives beside the variants, not among them: readers that list
+    variant files (recovery, TensorRT build plans, the C++ runtime) never see it, and readers that predate it ignore
+    the key."""
+
+    precision: str
+    engine: str                      # the backend that applies it ("openvino")
+    file: str                        # the FP32 graph file it was measured on (the graph's own file)
+    sha256: str                      # that file's sha256 when measured: a changed graph must be measured again
+    device: str = ""                 # the engine's device name ("CPU")
+    properties: dict[str, Any] = field(default_factory=dict)  # engine properties it means, e.g. the precision hint
+    versions: dict[str, str] = field(default_factory=dict)    # engine version(s) it was measured with
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EnginePrecisionSpec":
+        return cls(precision=str(d["precision"]), engine=str(d["engine"]), file=str(d["file"]),
+                   sha256=str(d["sha256"]), device=str(d.get("device", "")), properties=dict(d.get("properties", {})),
+                   versions={str(k): str(v) for k, v in dict(d.get("versions", {})).items()},
+                   accuracy=dict(d.get("accuracy", {})), budget=dict(d.get("budget", {})))
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     name: str
     file: str
@@ -191,18 +221,28 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     variants: dict[str, VariantSpec] = field(default_factory=dict)
+    engine_precisions: dict[str, EnginePrecisionSpec] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "opset": self.opset,
-                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "variants": {p: v.to_dict() for p, v in sorted(self.variants.items())}}
+        d = {"file": self.file, "sha256": self.sha256, "opset": self.opset,
+             "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+             "variants": {p: v.to_dict() for p, v in sorted(self.variants.items())}}
+        if self.engine_precisions:  # bundles without any read and write exactly as before
+            d["engine_precisions"] = {p: e.to_dict() for p, e in sorted(self.engine_precisions.items())}
+        return d
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> "GraphSpec":
         return cls(name=name, file=str(d["file"]), sha256=str(d["sha256"]), opset=int(d["opset"]),
                    inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
                    outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-                   variants={p: VariantSpec.from_dict(v) for p, v in dict(d.get("variants", {})).items()})
+                   variants={p: VariantSpec.from_dict(v) for p, v in dict(d.get("variants", {})).items()},
+                   engine_precisions={p: EnginePrecisionSpec.from_dict(e)
+                                      for p, e in dict(d.get("engine_precisions", {})).items()})
+
+    def precisions(self) -> list[str]:
+        """Every precision the bundle offers for this graph: fp32, its variants, then its engine precisions."""
+        return ["fp32", *sorted(self.variants), *sorted(self.engine_precisions)]
 
 
 @dataclass(frozen=True)
@@ -440,6 +480,26 @@ class _Checker:
                     raise self.fail(vwhere, f"unknown precision; expected one of {list(PRECISIONS)}")
                 self.file(v, vwhere)
                 self.sha256(v, vwhere)
+            engine = spec.get("engine_precisions", {})
+            if not isinstance(engine, Mapping):
+                raise self.fail(f"{where}.engine_precisions", f"expected an object, got {_json_type(engine)}")
+            for p, e in engine.items():
+                ewhere = f"{where}.engine_precisions.{p}"
+                if p not in ENGINE_PRECISIONS:
+                    raise self.fail(ewhere, f"unknown engine precision; expected one of {list(ENGINE_PRECISIONS)}")
+                if self.get(e, "precision", ewhere) != p:
+                    raise self.fail(f"{ewhere}.precision", f"expected {p!r}, got {_show(e['precision'])}")
+                name = self.get(e, "engine", ewhere)
+                if not isinstance(name, str) or not name:
+                    raise self.fail(f"{ewhere}.engine", f"expected a backend name, got {_show(name)}")
+                self.file(e, ewhere)
+                self.sha256(e, ewhere)
+                if e["file"] != spec["file"]:  # measured on the FP32 graph: it applies to no other file
+                    raise self.fail(f"{ewhere}.file", f"expected the graph's own file {spec['file']!r} (an engine "
+                                                      f"precision runs the FP32 graph), got {e['file']!r}")
+                for key in ("properties", "versions", "accuracy", "budget"):
+                    if not isinstance(e.get(key, {}), Mapping):
+                        raise self.fail(f"{ewhere}.{key}", f"expected an object, got {_json_type(e[key])}")
         ref = d.get("reference", {})
         if not isinstance(ref, Mapping):
             raise self.fail("reference", f"expected an object, got {_json_type(ref)}")

@@ -1,24 +1,17 @@
 """TensorRT engine files and their sidecars: naming, provenance, and the check that refuses a stale engine.
 
-Shared by the builder (export.tensorrt.build writes engines and sidecars) and the runtime (the tensorrt backend reads
-them). Standard library only, so the C++ runtime's conventions and this file can be compared line by line.
+Shared by the builder (export.tensorrt.build) and the runtime (the tensorrt backend); standard library only. An engine
+is tied to the TensorRT version, the GPU, the platform and the exact ONNX file it was built from, so every
+BUNDLE/engines/<stem>.plan has a sidecar BUNDLE/engines/<stem>.json:
 
-An engine is tied to the TensorRT version, the GPU (compute capability) and the platform it was built on, and to the
-exact ONNX file it was built from. So every engine BUNDLE/engines/<stem>.plan has a sidecar BUNDLE/engines/<stem>.json:
-
-    stem  = <graph>.<precision>.<gpu-slug>[.dla<N>].<trt-tag>    e.g. decoder.fp16.orin-sm87-16sms-2dla.trt10.3.0
-    gpu-slug = GPU name, lower-case, dashes, "-sm<major><minor>", "-<SM count>sms", and "-<n>dla" where the device
-               has DLA cores (every Orin module is "Orin", sm 8.7: the SM and DLA counts tell AGX from NX from Nano);
-               "portable" for TensorRT-RTX engines built ahead of time for a recorded list of compute capabilities
-    .dla<N>  = a DLA engine built for DLA core N (GPU and DLA engines of one graph never share a name)
-    trt-tag  = "trt" + TensorRT version, or "rtx" + TensorRT-RTX version, always normalised to major.minor.patch:
-               Python's tensorrt.__version__ says "10.3.0" where the C++ headers say 10.3.0.30 (normalize_version)
-
-The C++ runtime implements the same names and checks in runtime/cpp/src/engine_contract.cpp; tests/runtime/
-test_engine_contract.py runs both on the same golden sidecars.
+    stem     = <graph>.<precision>.<gpu-slug>[.dla<N>].<trt-tag>    e.g. decoder.fp16.orin-sm87-16sms-2dla.trt10.3.0
+    gpu-slug = GPU name, lower-case, dashes, "-sm<major><minor>", "-<SM count>sms", "-<n>dla" where the device has DLA
+               cores (the SM and DLA counts tell Orin modules apart); "portable" for ahead-of-time TensorRT-RTX engines
+    .dla<N>  = built for DLA core N;  trt-tag = "trt" or "rtx" + the version as major.minor.patch (normalize_version)
 
 `check_sidecar` compares a sidecar with the machine and the bundle and returns every mismatch; `require_usable` raises
-EngineMismatchError listing them all, with the exact command that rebuilds the engine here.
+EngineMismatchError listing them all, with the command that rebuilds the engine here. The C++ runtime implements the
+same in runtime/cpp/src/engine_contract.cpp; tests/runtime/test_engine_contract.py runs both on the same sidecars.
 """
 from __future__ import annotations
 

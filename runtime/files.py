@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from .errors import VaeError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
@@ -251,7 +253,7 @@ def link_or_copy_atomic(src: str | os.PathLike, target: str | os.PathLike) -> Pa
 
 # ----------------------------------------------------------------------------------------------- output folders
 
-class OutputError(ValueError):
+class OutputError(VaeError, ValueError):
     """An output folder cannot be written or replaced as asked; the message names the folder and the files."""
 
     def __init__(self, message: str, files: tuple[str, ...] = ()) -> None:

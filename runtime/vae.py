@@ -1,10 +1,13 @@
 """The VAE runtime applications embed: `runtime.load(BUNDLE)` -> encode / decode / reconstruct / sample / interpolate.
 
-From a PNG to latents and back, in three lines (Pillow only for the file I/O)::
+From an image file of any size to latents and back (Pillow for the file I/O: the `images` extra)::
 
     with runtime.load("bundle/") as vae:                                     # ONNX Runtime, CPU, FP32
-        z = vae.encode(vae.from_uint8(np.asarray(Image.open("in.png").convert("RGB")))).mu   # (1, latent_dim)
-        Image.fromarray(vae.to_uint8(vae.decode(z), layout="HWC")).save("out.png")
+        z = vae.encode(vae.load_image("in.png")).mu     # centre-cropped and resized like the training data
+        vae.save_image(vae.decode(z), "out.png")        # (1, latent_dim) -> image_size x image_size PNG
+
+vae.prepare(pixels) does the same for uint8 arrays of any size without Pillow; vae.from_uint8 / to_uint8 map
+pixels that already have the model's size.
 
 Arrays in and out are NumPy: images are float32 NCHW batches in the bundle's pixel range (vae.pixel_range, from
 vae.json), latents are float32 (N, latent_dim). Inputs are checked once at the boundary (runtime.validation: float64
@@ -25,8 +28,8 @@ import numpy as np
 from . import images as _images
 from .backends import Backend, Device, resolve
 from .backends.base import DEFAULT_MAX_CHUNK, check_max_chunk
-from .bundle import (DECODER, ENCODER, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest, bundle_path,
-                     read_manifest)
+from .bundle import (DECODER, ENCODER, ENGINE_PRECISIONS, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest,
+                     bundle_path, read_manifest)
 from .errors import BackendError, ShapeError
 from .validation import check_input
 
@@ -164,6 +167,26 @@ class VAERuntime:
         """
         return _images.to_uint8(images, self.pixel_range, layout)
 
+    # ------------------------------------------------------------------ images of any size (runtime/images.py)
+    def prepare(self, images: Any, layout: str = "HWC", *, crop: int = _images.TRAIN_CENTER_CROP) -> np.ndarray:
+        """uint8 images of any size (one, a batch, or a list of differently sized ones) -> the encoder's input:
+        converted to in_channels, centre-cropped and resized like the training data (NumPy only)."""
+        c, size, _ = self.image_shape
+        return _images.prepare(images, size, self.pixel_range, channels=c, crop=crop, layout=layout)
+
+    def load_image(self, source: Any, *, crop: int = _images.TRAIN_CENTER_CROP) -> np.ndarray:
+        """An image file or PIL image of any size -> the encoder's input (1, C, H, W), as in training. Needs Pillow."""
+        c, size, _ = self.image_shape
+        return _images.load_image(source, size, self.pixel_range, channels=c, crop=crop)
+
+    def to_pil(self, image: np.ndarray):
+        """One decoded image (CHW or a batch of one) -> a PIL image. Needs Pillow."""
+        return _images.to_pil(image, self.pixel_range)
+
+    def save_image(self, image: np.ndarray, path: str | os.PathLike) -> Path:
+        """Write one decoded image (CHW or a batch of one) to `path` (.png, .jpg ...). Needs Pillow."""
+        return _images.save_image(image, path, self.pixel_range)
+
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         self.backend.close()
@@ -185,37 +208,54 @@ class VAERuntime:
 def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str = "fp32", *,
          graphs: str | Iterable[str] | None = None, check_finite: bool = True,
          max_chunk: int | None = DEFAULT_MAX_CHUNK, **options: Any) -> VAERuntime:
-    """Load a bundle (folder or its vae.json) on a backend.
+    """Load a bundle on a backend and return a runtime for it.
 
-    backend: "auto" (cpu: onnxruntime; cuda: tensorrt when its engines are usable here, else onnxruntime),
-             "onnxruntime", "tensorrt" or "torch" (the PyTorch reference; parity and benchmarks only).
-    device: "cpu", "cuda" or "cuda:N".  precision: "fp32", "fp16" or "int8" (a variant listed in vae.json).
-    graphs: the graphs to load (default: all in the bundle): a list of names, e.g. ("decoder",) for a decoder-only
-            app, or one string, "decoder" or "encoder,decoder" (comma-separated, as the CLIs' --graphs take them).
-    max_chunk: largest batch one engine call gets, on every backend (default DEFAULT_MAX_CHUNK, 256); a bigger batch
-             runs chunk by chunk into one output array, so memory beyond the inputs and outputs stays bounded by
-             one chunk. None: one call per batch, whatever its size (memory grows with the batch; see
-             runtime/backends/base.py). Changeable later through `runtime.backend.max_chunk`.
-    options: backend options, checked by name (onnxruntime: threads, inter_op_threads, graph_optimization_level,
-             execution_provider, io_binding, provider_options, max_batch, spinning, preload, batch_split - see
-             runtime/backends/onnxruntime.py; torch: checkpoint, threads; tensorrt: its own).
     The ONNX Runtime backend checks every graph file here but creates a graph's session on its first call
     (preload=True: here), so a process that only decodes never builds the encoder's session.
-    Raises BundleError (files / manifest), BackendError or BackendUnavailableError (choice, options, engine).
+
+    Args:
+        bundle: The bundle folder, or its vae.json.
+        backend: "auto" (cpu: onnxruntime, or openvino for bf16; cuda: tensorrt when its engines are usable here,
+            else onnxruntime), "onnxruntime", "tensorrt", "openvino" (CPU) or "torch" (the PyTorch reference;
+            parity and benchmarks only).
+        device: "cpu", "cuda" or "cuda:N".
+        precision: "fp32", "fp16" or "int8" (a variant listed in vae.json), or "bf16" (OpenVINO's bf16 execution of
+            the FP32 graph, where vae.json records it met its budget).
+        graphs: The graphs to load (default: all in the bundle): names, e.g. ("decoder",) for a decoder-only app,
+            or one string, "decoder" or "encoder,decoder" (comma-separated, as the CLIs' --graphs take them).
+        check_finite: Refuse inputs holding NaN or Inf (NonFiniteError); False skips that pass over each input.
+        max_chunk: Largest batch one engine call gets, on every backend (default DEFAULT_MAX_CHUNK, 256); a bigger
+            batch runs chunk by chunk into one output array, so memory beyond the inputs and outputs stays bounded
+            by one chunk (docs/performance.md#bounded-memory). None: one call per batch, whatever its size.
+            Changeable later through `runtime.backend.max_chunk`.
+        **options: Backend options, checked by name (onnxruntime: threads, inter_op_threads,
+            graph_optimization_level, execution_provider, io_binding, provider_options, max_batch, spinning,
+            preload, batch_split - see OnnxRuntimeBackend; openvino: threads, performance_hint, cpu_pinning,
+            preload - see runtime/backends/openvino.py; torch: checkpoint, threads; tensorrt: its own).
+
+    Returns:
+        A VAERuntime (encode / decode / reconstruct / sample / interpolate); close it, or use it in a `with` block.
+
+    Raises:
+        BundleError: The bundle's files or manifest are missing, malformed or inconsistent.
+        BackendError: A bad backend, device, precision, graph or option for this bundle.
+        BackendUnavailableError: The chosen backend's engine is not installed or usable here.
     """
     path = bundle_path(bundle)  # BundleError naming what was expected for None, bytes, ''
     root = path if path.is_dir() or path.name != MANIFEST_NAME else path.parent
     manifest = read_manifest(root)
     dev = Device.parse(device)
-    if precision not in PRECISIONS:
-        raise BackendError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISIONS + ENGINE_PRECISIONS:
+        raise BackendError(f"precision: expected one of {list(PRECISIONS + ENGINE_PRECISIONS)}, got {precision!r}")
     wanted = _graph_names(graphs) if graphs is not None else tuple(manifest.graphs)
     missing = [g for g in wanted if g not in manifest.graphs]
     if missing or not wanted:
         raise BackendError(f"graphs: asked for {list(wanted)}, the bundle {root} has {sorted(manifest.graphs)}")
     cls, chosen = resolve(backend, root, manifest, dev, precision)
     if precision not in cls.precisions:
-        raise BackendError(f"backend {cls.name!r} runs precisions {list(cls.precisions)}, got {precision!r}")
+        hint = (f" ({precision} is an engine setting on the FP32 graph, not a graph file: backend 'openvino' runs it "
+                "where vae.json records it)" if precision in ENGINE_PRECISIONS else "")
+        raise BackendError(f"backend {cls.name!r} runs precisions {list(cls.precisions)}, got {precision!r}{hint}")
     if dev.kind not in cls.device_kinds:
         raise BackendError(f"backend {cls.name!r} runs on {list(cls.device_kinds)}, got device {str(dev)!r}")
     unknown = sorted(set(options) - set(cls.options))

@@ -2,12 +2,12 @@
 from .checkpoint import LoadedCheckpoint, infer_config, load_checkpoint, save_checkpoint
 from .config import ConfigError, VAEConfig
 from .errors import (CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, ForeignModelError,
-                     NotACheckpointError, ShapeMismatchError)
+                     NotACheckpointError, ShapeMismatchError, VaeModelError)
 from .model import LossTerms, Posterior, VAEOutput, VanillaVAE, vae_loss
 
 __all__ = [
     "VAEConfig", "ConfigError", "VanillaVAE", "Posterior", "VAEOutput", "LossTerms", "vae_loss",
     "LoadedCheckpoint", "load_checkpoint", "save_checkpoint", "infer_config",
     "CheckpointError", "CheckpointNotFoundError", "CorruptCheckpointError", "NotACheckpointError",
-    "ForeignModelError", "ShapeMismatchError",
+    "ForeignModelError", "ShapeMismatchError", "VaeModelError",
 ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from .errors import VaeModelError
+
 DEFAULT_HIDDEN_DIMS: tuple[int, ...] = (32, 64, 128, 256, 512)
 
 
-class ConfigError(ValueError):
+class ConfigError(VaeModelError, ValueError):
     """A VAEConfig value is out of range; the message names the field, the expected and the actual value."""
 
 

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .errors import VaeModelError
+
 SHAPE_KINDS = ("circle", "square", "triangle")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"}
 
 
-class DataError(ValueError):
+class DataError(VaeModelError, ValueError):
     """A dataset folder or file cannot be used; the message names it."""
 
 

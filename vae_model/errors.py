@@ -1,8 +1,27 @@
-"""Checkpoint errors: each names the file and what is wrong, and subclasses ValueError (or FileNotFoundError)."""
+"""vae_model's error root and the checkpoint errors: each names the file and what is wrong.
+
+VaeModelError is the root of every error vae_model raises (it cannot import the runtime, whose root is
+runtime.errors.VaeError; export code that calls vae_model catches both). Each class keeps ValueError (and
+CheckpointNotFoundError FileNotFoundError) as a second base, as before the root existed:
+
+    VaeModelError
+    ├── CheckpointError (ValueError)  a checkpoint file could not be used
+    │   ├── CheckpointNotFoundError (FileNotFoundError), CorruptCheckpointError, ForeignModelError,
+    │   │   ShapeMismatchError
+    │   └── NotACheckpointError
+    │       └── UnsafeCheckpointError (vae_model.checkpoint)
+    ├── ConfigError (ValueError, vae_model.config)
+    ├── DataError (ValueError, vae_model.data)
+    └── TrainError (ValueError, vae_model.train)
+"""
 from __future__ import annotations
 
 
-class CheckpointError(ValueError):
+class VaeModelError(Exception):
+    """Root of vae_model's errors: the training CLI reports one as a line and exits 2."""
+
+
+class CheckpointError(VaeModelError, ValueError):
     """Base class: a checkpoint file could not be used. The message names the file."""
 
 

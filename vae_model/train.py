@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import TANH_RANGE, load_checkpoint, save_checkpoint
-from .config import ConfigError, DEFAULT_HIDDEN_DIMS, VAEConfig
-from .data import ArrayDataset, DataError, ImageFolderDataset, make_shapes, to_model_range
-from .errors import CheckpointError
+from .config import DEFAULT_HIDDEN_DIMS, VAEConfig
+from .data import ArrayDataset, ImageFolderDataset, make_shapes, to_model_range
+from .errors import VaeModelError
 from .model import VanillaVAE, vae_loss
 from . import viz
 
@@ -35,7 +35,7 @@ METRIC_FIELDS = ["epoch", "step", "lr", "train_loss", "train_recon", "train_kld"
 STEP_FIELDS = ["step", "epoch", "loss", "recon", "kld"]
 
 
-class TrainError(ValueError):
+class TrainError(VaeModelError, ValueError):
     """A training option or resume state cannot be used."""
 
 
@@ -155,126 +155,236 @@ def _append_csv(path: Path, fields: list[str], rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
-def train(opt: TrainOptions) -> TrainResult:
-    """Run training and return where the checkpoints are. Raises TrainError / DataError / CheckpointError."""
-    t_start = time.perf_counter()
-    device = _device(opt.device)
-    out = Path(opt.out)
+@dataclass(frozen=True)
+class _Session:
+    """What every training step works on: the options, the output folder and the model with its optimiser."""
+    opt: TrainOptions
+    out: Path
+    device: torch.device
+    model: VanillaVAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ExponentialLR
+    pixel_range: tuple[float, float]
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+@dataclass(frozen=True)
+class _StartPoint:
+    """Where the epoch loop begins: from scratch, or where a --resume checkpoint left off."""
+    epoch: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    history: tuple[EpochMetrics, ...] = ()
+
+
+@dataclass(frozen=True)
+class _TrainData:
+    train_set: Dataset
+    val_loader: DataLoader
+    fixed_val: torch.Tensor  # the validation images shown in recons_eNNN.png
+    fixed_z: torch.Tensor    # the latents decoded into samples_eNNN.png
+
+
+@dataclass(frozen=True)
+class _EpochPass:
+    """One pass over the training set: the global step after it, its steps.csv rows and the loss sums."""
+    step: int
+    rows: list[dict]
+    sums: dict[str, float]
+
+
+def _make_out_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"--out {out}: cannot create the output folder ({e.strerror or e})") from None
-    pixel_range = TANH_RANGE
-    cfg = opt.model
+    return out
 
+
+def _start_session(opt: TrainOptions, device: torch.device, out: Path) -> _Session:
+    """Seed torch and build the model, the Adam optimiser and its ExponentialLR schedule."""
     torch.manual_seed(opt.seed)
-    model = VanillaVAE(cfg)
+    model = VanillaVAE(opt.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=opt.gamma)
-    start_epoch, step, best_val = 0, 0, math.inf
-    history: list[EpochMetrics] = []
+    return _Session(opt=opt, out=out, device=device, model=model, optimizer=optimizer, scheduler=scheduler,
+                    pixel_range=TANH_RANGE)
 
-    if opt.resume is not None:
-        ck = load_checkpoint(opt.resume)
-        if ck.kind != "vae-deploy" or ck.optimizer_state is None or ck.scheduler_state is None:
-            raise TrainError(f"--resume {opt.resume}: not a training checkpoint of this tool (no optimizer state)")
-        if ck.config != cfg:
-            raise TrainError(f"--resume {opt.resume}: model config {ck.config} differs from the requested {cfg}")
-        model.load_state_dict(ck.model.state_dict())
-        optimizer.load_state_dict(ck.optimizer_state)
-        scheduler.load_state_dict(ck.scheduler_state)
-        start_epoch, step = int(ck.training["epoch"]), int(ck.training["step"])
-        best_val = float(ck.training.get("best_val", math.inf))
-        history = [EpochMetrics(**h) for h in ck.training.get("history", [])]
-        _truncate_csv(out / "metrics.csv", METRIC_FIELDS, lambda r: int(r["epoch"]) <= start_epoch)
-        _truncate_csv(out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= step)
-    else:
+
+def _resume_or_reset(run: _Session) -> _StartPoint:
+    """Load the --resume checkpoint (and trim the CSVs to it), or clear the CSVs of an earlier run."""
+    opt, out = run.opt, run.out
+    if opt.resume is None:
         for name in ("metrics.csv", "steps.csv"):
             (out / name).unlink(missing_ok=True)
+        return _StartPoint()
+    ck = load_checkpoint(opt.resume)
+    if ck.kind != "vae-deploy" or ck.optimizer_state is None or ck.scheduler_state is None:
+        raise TrainError(f"--resume {opt.resume}: not a training checkpoint of this tool (no optimizer state)")
+    if ck.config != opt.model:
+        raise TrainError(f"--resume {opt.resume}: model config {ck.config} differs from the requested {opt.model}")
+    run.model.load_state_dict(ck.model.state_dict())
+    run.optimizer.load_state_dict(ck.optimizer_state)
+    run.scheduler.load_state_dict(ck.scheduler_state)
+    start = _StartPoint(epoch=int(ck.training["epoch"]), step=int(ck.training["step"]),
+                        best_val=float(ck.training.get("best_val", math.inf)),
+                        history=tuple(EpochMetrics(**h) for h in ck.training.get("history", [])))
+    _truncate_csv(out / "metrics.csv", METRIC_FIELDS, lambda r: int(r["epoch"]) <= start.epoch)
+    _truncate_csv(out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= start.step)
+    return start
 
+
+def _move_to_device(model: VanillaVAE, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     model.to(device)
     for state in optimizer.state.values():  # optimizer state loaded on CPU follows the model to its device
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
+
+
+def _load_data(opt: TrainOptions) -> _TrainData:
     train_set, val_set = _datasets(opt)
     if len(train_set) < opt.batch_size:
         raise TrainError(f"training set has {len(train_set)} images, fewer than --batch-size {opt.batch_size}")
     val_loader = DataLoader(val_set, batch_size=opt.batch_size, shuffle=False)
     fixed_val = torch.stack([val_set[i] for i in range(min(16, len(val_set)))])
-    fixed_z = torch.randn(opt.num_samples, cfg.latent_dim, generator=torch.Generator().manual_seed(opt.seed + 7))
-    train_opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opt).items()
-                  if k not in ("model", "resume", "progress", "out")}
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    fixed_z = torch.randn(opt.num_samples, opt.model.latent_dim,
+                          generator=torch.Generator().manual_seed(opt.seed + 7))
+    return _TrainData(train_set=train_set, val_loader=val_loader, fixed_val=fixed_val, fixed_z=fixed_z)
 
+
+def _checkpoint_options(opt: TrainOptions) -> dict:
+    """The options recorded in each checkpoint (paths as text; the model config is stored on its own)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opt).items()
+            if k not in ("model", "resume", "progress", "out")}
+
+
+def _train_step(run: _Session, batch: torch.Tensor, noise: torch.Generator):
+    """One optimiser step on one batch; returns the loss terms."""
+    x = to_model_range(batch, run.pixel_range).to(run.device)
+    post = run.model.encode(x)
+    eps = torch.randn(post.mu.shape, generator=noise).to(run.device)
+    z = post.mu + eps * torch.exp(0.5 * post.logvar)
+    terms = vae_loss(run.model.decode(z), x, post, kld_weight=run.opt.kld_weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    run.optimizer.step()
+    return terms
+
+
+def _train_one_epoch(run: _Session, train_set: Dataset, epoch: int, step: int) -> _EpochPass:
     from tqdm import tqdm
 
-    for epoch in range(start_epoch, opt.epochs):
+    opt = run.opt
+    run.model.train()
+    loader = DataLoader(train_set, batch_size=opt.batch_size, shuffle=True, drop_last=True,
+                        generator=_seeded(opt.seed, epoch, 0))
+    noise = _seeded(opt.seed, epoch, 1)
+    sums = {"loss": 0.0, "recon": 0.0, "kld": 0.0}
+    steps_rows = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opt.epochs}", disable=not opt.progress, leave=True,
+               dynamic_ncols=True)
+    for batch in bar:
+        terms = _train_step(run, batch, noise)
+        step += 1
+        row = {"step": step, "epoch": epoch + 1, "loss": terms.loss.item(),
+               "recon": terms.reconstruction.item(), "kld": terms.kld.item()}
+        steps_rows.append(row)
+        for k in sums:
+            sums[k] += row[k]
+        bar.set_postfix(loss=f"{row['loss']:.4f}", recon=f"{row['recon']:.4f}", kld=f"{row['kld']:.1f}")
+    bar.close()
+    return _EpochPass(step=step, rows=steps_rows, sums=sums)
+
+
+def _close_epoch(run: _Session, data: _TrainData, epoch_pass: _EpochPass, epoch: int, t0: float) -> EpochMetrics:
+    """Step the learning-rate schedule, evaluate on the validation set and summarise the epoch."""
+    opt = run.opt
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    sums, nb = epoch_pass.sums, len(epoch_pass.rows)
+    val = evaluate(run.model, data.val_loader, run.device, opt.kld_weight, run.pixel_range, seed=opt.seed + 99)
+    return EpochMetrics(epoch=epoch + 1, step=epoch_pass.step, lr=lr, train_loss=sums["loss"] / nb,
+                        train_recon=sums["recon"] / nb, train_kld=sums["kld"] / nb, val_loss=val["loss"],
+                        val_recon=val["recon"], val_kld=val["kld"], val_psnr=val["psnr"],
+                        seconds=time.perf_counter() - t0)
+
+
+def _save_previews(run: _Session, data: _TrainData, epoch: int) -> None:
+    """samples_eNNN.png, recons_eNNN.png and the refreshed loss_curve.png."""
+    model, out, pixel_range = run.model, run.out, run.pixel_range
+    model.eval()
+    with torch.no_grad():
+        samples = model.decode(data.fixed_z.to(run.device)).cpu().numpy()
+        xv = to_model_range(data.fixed_val, pixel_range).to(run.device)
+        recons = model.reconstruct(xv).cpu().numpy()
+    viz.save_grid(samples, out / f"samples_e{epoch + 1:03d}.png", nrow=8, pixel_range=pixel_range)
+    viz.save_pairs(xv.cpu().numpy(), recons, out / f"recons_e{epoch + 1:03d}.png", pixel_range=pixel_range)
+    viz.plot_losses(out / "metrics.csv", out / "loss_curve.png", out / "steps.csv")
+
+
+def _save_epoch_checkpoints(run: _Session, m: EpochMetrics, history: list[EpochMetrics], best_val: float,
+                            improved: bool, train_opts: dict) -> None:
+    """last.pt every epoch (with optimiser and schedule), best.pt when the validation loss improved."""
+    meta = {"epoch": m.epoch, "step": m.step, "seed": run.opt.seed, "best_val": best_val,
+            "metrics": asdict(m), "history": [asdict(h) for h in history], "options": train_opts,
+            "torch": str(torch.__version__)}
+    model_cpu_state = dict(training=meta, pixel_range=run.pixel_range)
+    save_checkpoint(run.last_path, run.model, optimizer_state=run.optimizer.state_dict(),
+                    scheduler_state=run.scheduler.state_dict(), **model_cpu_state)
+    if improved:
+        save_checkpoint(run.best_path, run.model, **model_cpu_state)
+
+
+def _print_epoch_summary(m: EpochMetrics, improved: bool) -> None:
+    print(f"epoch {m.epoch}: train loss {m.train_loss:.5f} (recon {m.train_recon:.5f}, kld {m.train_kld:.2f}) "
+          f"| val loss {m.val_loss:.5f} psnr {m.val_psnr:.2f} dB | {m.seconds:.1f}s"
+          f"{' | best' if improved else ''}", flush=True)
+
+
+def _ensure_best_checkpoint(run: _Session) -> None:
+    """If no epoch wrote best.pt (a resumed run in a folder without one), copy last.pt's model into it."""
+    best_path, last_path = run.best_path, run.last_path
+    if not best_path.exists() and last_path.exists():
+        save_checkpoint(best_path, load_checkpoint(last_path).model, pixel_range=run.pixel_range,
+                        training=load_checkpoint(last_path).training)
+
+
+def train(opt: TrainOptions) -> TrainResult:
+    """Run training and return where the checkpoints are. Raises TrainError / DataError / CheckpointError."""
+    t_start = time.perf_counter()
+    device = _device(opt.device)
+    run = _start_session(opt, device, _make_out_dir(Path(opt.out)))
+    start = _resume_or_reset(run)
+    _move_to_device(run.model, run.optimizer, device)
+    data = _load_data(opt)
+    train_opts = _checkpoint_options(opt)
+
+    step, best_val, history = start.step, start.best_val, list(start.history)
+    for epoch in range(start.epoch, opt.epochs):
         t0 = time.perf_counter()
-        model.train()
-        loader = DataLoader(train_set, batch_size=opt.batch_size, shuffle=True, drop_last=True,
-                            generator=_seeded(opt.seed, epoch, 0))
-        noise = _seeded(opt.seed, epoch, 1)
-        sums = {"loss": 0.0, "recon": 0.0, "kld": 0.0}
-        steps_rows = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opt.epochs}", disable=not opt.progress, leave=True,
-                   dynamic_ncols=True)
-        for batch in bar:
-            x = to_model_range(batch, pixel_range).to(device)
-            post = model.encode(x)
-            eps = torch.randn(post.mu.shape, generator=noise).to(device)
-            z = post.mu + eps * torch.exp(0.5 * post.logvar)
-            terms = vae_loss(model.decode(z), x, post, kld_weight=opt.kld_weight)
-            optimizer.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimizer.step()
-            step += 1
-            row = {"step": step, "epoch": epoch + 1, "loss": terms.loss.item(),
-                   "recon": terms.reconstruction.item(), "kld": terms.kld.item()}
-            steps_rows.append(row)
-            for k in sums:
-                sums[k] += row[k]
-            bar.set_postfix(loss=f"{row['loss']:.4f}", recon=f"{row['recon']:.4f}", kld=f"{row['kld']:.1f}")
-        bar.close()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        nb = len(steps_rows)
-        val = evaluate(model, val_loader, device, opt.kld_weight, pixel_range, seed=opt.seed + 99)
-        m = EpochMetrics(epoch=epoch + 1, step=step, lr=lr, train_loss=sums["loss"] / nb,
-                         train_recon=sums["recon"] / nb, train_kld=sums["kld"] / nb, val_loss=val["loss"],
-                         val_recon=val["recon"], val_kld=val["kld"], val_psnr=val["psnr"],
-                         seconds=time.perf_counter() - t0)
+        epoch_pass = _train_one_epoch(run, data.train_set, epoch, step)
+        step = epoch_pass.step
+        m = _close_epoch(run, data, epoch_pass, epoch, t0)
         history.append(m)
-        _append_csv(out / "steps.csv", STEP_FIELDS, steps_rows)
-        _append_csv(out / "metrics.csv", METRIC_FIELDS, [asdict(m)])
-
-        model.eval()
-        with torch.no_grad():
-            samples = model.decode(fixed_z.to(device)).cpu().numpy()
-            xv = to_model_range(fixed_val, pixel_range).to(device)
-            recons = model.reconstruct(xv).cpu().numpy()
-        viz.save_grid(samples, out / f"samples_e{epoch + 1:03d}.png", nrow=8, pixel_range=pixel_range)
-        viz.save_pairs(xv.cpu().numpy(), recons, out / f"recons_e{epoch + 1:03d}.png", pixel_range=pixel_range)
-        viz.plot_losses(out / "metrics.csv", out / "loss_curve.png", out / "steps.csv")
-
+        _append_csv(run.out / "steps.csv", STEP_FIELDS, epoch_pass.rows)
+        _append_csv(run.out / "metrics.csv", METRIC_FIELDS, [asdict(m)])
+        _save_previews(run, data, epoch)
         improved = m.val_loss < best_val
         best_val = min(best_val, m.val_loss)
-        meta = {"epoch": epoch + 1, "step": step, "seed": opt.seed, "best_val": best_val,
-                "metrics": asdict(m), "history": [asdict(h) for h in history], "options": train_opts,
-                "torch": str(torch.__version__)}
-        model_cpu_state = dict(training=meta, pixel_range=pixel_range)
-        save_checkpoint(last_path, model, optimizer_state=optimizer.state_dict(),
-                        scheduler_state=scheduler.state_dict(), **model_cpu_state)
-        if improved:
-            save_checkpoint(best_path, model, **model_cpu_state)
+        _save_epoch_checkpoints(run, m, history, best_val, improved, train_opts)
         if opt.verbose:
-            print(f"epoch {epoch + 1}: train loss {m.train_loss:.5f} (recon {m.train_recon:.5f}, kld {m.train_kld:.2f}) "
-                  f"| val loss {m.val_loss:.5f} psnr {m.val_psnr:.2f} dB | {m.seconds:.1f}s"
-                  f"{' | best' if improved else ''}", flush=True)
-    if not best_path.exists() and last_path.exists():
-        save_checkpoint(best_path, load_checkpoint(last_path).model, pixel_range=pixel_range,
-                        training=load_checkpoint(last_path).training)
-    return TrainResult(last=last_path, best=best_path, history=tuple(history), seconds=time.perf_counter() - t_start)
+            _print_epoch_summary(m, improved)
+    _ensure_best_checkpoint(run)
+    return TrainResult(last=run.last_path, best=run.best_path, history=tuple(history),
+                       seconds=time.perf_counter() - t_start)
 
 
 def _parse_dims(text: str) -> tuple[int, ...]:
@@ -340,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ninterrupted; the last complete checkpoint is {last if last.exists() else 'none yet'} "
               f"(continue with --resume {last})", file=sys.stderr)
         return 130
-    except (TrainError, DataError, CheckpointError, ConfigError) as e:
+    except VaeModelError as e:  # TrainError, DataError, CheckpointError, ConfigError: a line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     h = result.history[-1] if result.history else None

@@ -1,49 +1,18 @@
-"""Speed rewrites of the decoder, applied to the BN-folded copy of the PyTorch model before export. All exact, tested.
+"""Speed rewrites of the decoder, applied to the BN-folded PyTorch copy before export: exact module swaps, tested.
 
-Where they come from (ONNX Runtime CPU profile of the default decoder, benchmarks/NOTES.md): the stride-2
-ConvTranspose layers took ~80% of the time, the final 32 -> 3 Conv most of the rest (3 output channels padded to a
-16-wide SIMD block), and ONNX Runtime's DepthToSpace - the op every sub-pixel form needs - runs ~10x slower than a
-memory copy, so a sub-pixel layer only pays where it saves more than its DepthToSpace costs.
-
-rewrite_decoder(vae) -> DecoderRewrite, the pass to export with (defaults = what measured fastest):
-  1. fold_stem: decoder_input (Linear) -> view -> first ConvTranspose2d, linear with nothing between: one Linear.
-  2. the last upsampling ConvTranspose2d + LeakyReLU + the final 3x3 Conv2d + Tanh become a sub-pixel block computed
-     at the low resolution, with a single DepthToSpace of only 4 * 3 channels at the very end (layers="last").
-  The middle ConvTranspose2d layers stay: on ONNX Runtime their GEMM + col2im beats sub-pixel conv + DepthToSpace.
-
-The sub-pixel identity (SubPixelUpsample; subpixel_upsampling swaps it in for any ConvTranspose2d(kernel 3, stride 2,
-padding 1, output_padding 1)). A stride-2 transposed convolution scatters each input pixel into a 3x3 window of the
-output, so the output pixel (2m + a, 2n + b) only sees input rows m (and m + 1 when a = 1) and columns n (and n + 1
-when b = 1). Along one axis the kernel taps split by output phase a:
-
-    a = 0 (even outputs):  y[2m]     = w[1] x[m]
-    a = 1 (odd outputs):   y[2m + 1] = w[2] x[m] + w[0] x[m + 1]      (x[H] = 0: that is output_padding's row)
-
-so each of the four output phases (a, b) is an ordinary convolution of x with a 1x1, 1x2, 2x1 or 2x2 kernel cut from
-the transposed kernel (padded on the bottom / right only), and DepthToSpace interleaves the phases. Three forms:
-  "phases" (default): the four small convolutions, exactly the useful multiply-adds;
-  "dense": every phase kernel zero-padded to 2x2 and stacked along the output channels, one 2x2 convolution with
-           4 * C_out outputs: one big regular GEMM but 16/9 of the useful multiply-adds.
-  "nhwc": "dense" with phase-major (DCR) output channels and the pixel shuffle written as Transpose / Reshape in
-           channels-last order, where it moves blocks of 2 * C_out contiguous values; a head is one 2x2 conv over the
-           phases with a per-phase crop (4/9 of the dense head's taps, on (H + 1) x (W + 1) positions). Made for
-           the INT8 decoder (export.precision.int8): ONNX Runtime runs int8 convs in NHWC and cancels those Transposes
-           against its own layout Transposes, so no NCHW DepthToSpace sits between two layout Transposes (1.75-1.87x
-           the FP32 decoder there; FP32 itself stays fastest in the default form, NOTES section 12).
-Pointwise activations commute with DepthToSpace (it only moves pixels within a channel), so the LeakyReLU runs on each
-phase, fused into its Conv. With absorb_head, a following 3x3 "same" Conv2d and its activation run in phase space
-too: high-res row 2m + a + ky - 1 is phase (a + ky - 1) mod 2 of low-res row m + floor((a + ky - 1) / 2)
-(phase_space_kernels). In the phases form that head is a sum over the four input phases of 2x2 convolutions (an input
-phase p only reaches low-res rows {m, m+1} for p = 0 and {m-1, m} for p = 1), 4/9 of the dense head's multiply-adds,
-and ONNX Runtime fuses each Add into the next Conv; the 3 output channels x 4 phases fill 12 of a 16-wide SIMD block
-instead of 3 of 16.
-
-Why a PyTorch module swap and not an ONNX graph pass: the rewrite is checked against the original in PyTorch (where a
-mistake is easiest to localise), it does not depend on how one exporter version spells ConvTranspose, and the exported
-graph holds only Gemm / Conv (asymmetric pads: onnxslim folds the Pad in) / Add / LeakyRelu / Tanh / DepthToSpace
-(the "nhwc" form adds Transpose / Reshape / Slice / Concat), which ONNX Runtime, TensorRT's ONNX parser (checked with
-TensorRT-RTX 1.7, the nhwc INT8 graph included) and the C++ runtime all take, so every backend gets the faster graph.
-Measured effects: benchmarks/NOTES.md.
+rewrite_decoder(vae, layers="last", form="phases", absorb_head=True, fold_stem=True) -> DecoderRewrite is the pass
+export.to_onnx applies by default; its defaults measured fastest on ONNX Runtime CPU
+(docs/performance.md#decoder-rewrites):
+  - fold_stem: decoder_input (Linear) -> view -> first ConvTranspose2d, linear with nothing between: one Linear;
+  - the last upsampling ConvTranspose2d + LeakyReLU (and, with absorb_head, the final 3x3 Conv2d + Tanh) become a
+    sub-pixel block computed at the low resolution, ending in one DepthToSpace of 4 * 3 channels (layers="last";
+    "all" rewrites every upsampling layer). The middle ConvTranspose2d layers stay.
+Forms of a sub-pixel block (SubPixelUpsample; subpixel_upsampling swaps it in for any ConvTranspose2d(kernel 3,
+stride 2, padding 1, output_padding 1)): "phases" (four small convs, exactly the useful multiply-adds), "dense" (one
+2x2 conv to 4 * C_out channels) and "nhwc" (dense, phase-major channels, channels-last pixel shuffles; made for the
+INT8 decoder, docs/performance.md#int8-decoder-form). The exported graph holds only Gemm / Conv / Add / LeakyRelu /
+Tanh / DepthToSpace (nhwc adds Transpose / Reshape / Slice / Concat), which ONNX Runtime, TensorRT's ONNX parser and
+the C++ runtime all take.
 """
 from __future__ import annotations
 
@@ -54,6 +23,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runtime.errors import VaeError
 
 FORMS = ("dense", "phases", "nhwc")
 LAYER_CHOICES = ("last", "all", "none")
@@ -66,7 +37,7 @@ POINTWISE = (nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Si
 _TAP = {(0, 0): 1, (0, 1): None, (1, 0): 2, (1, 1): 0}
 
 
-class RewriteError(ValueError):
+class RewriteError(VaeError, ValueError):
     """A rewrite cannot be applied (unsupported layer, bad option); the message names the layer and the value."""
 
 
@@ -106,7 +77,7 @@ def subpixel_kernels(conv_t: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Te
     Output channel c * 4 + a * 2 + b is phase (a, b) of channel c: the order pixel_shuffle and ONNX DepthToSpace
     mode CRD read. The input must be padded by one zero row at the bottom and one zero column on the right.
     """
-    w = conv_t.weight.detach()                                   # (C_in, C_out, 3, 3): no flip, see the docstring
+    w = conv_t.weight.detach()                                   # (C_in, C_out, 3, 3): no flip, see _TAP
     c_in, c_out = w.shape[:2]
     k = w.new_zeros(c_out, 2, 2, c_in, 2, 2)                      # (c, a, b, ci, dy, dx)
     for a in (0, 1):
@@ -149,6 +120,15 @@ class SubPixelUpsample(nn.Module):
     form="dense": one 2x2 Conv2d to 4 * C_out channels; with a head, one 3x3 phase-space Conv2d.
     form="nhwc": as dense, phase-major channels and a channels-last pixel shuffle; with a head, one 2x2 Conv2d over
     the phases to 4 * C_head channels, each phase cropped at its own offset, then one DepthToSpace.
+
+    The identity: a stride-2 transposed convolution scatters each input pixel into a 3x3 output window, so output
+    pixel (2m + a, 2n + b) only sees input rows m (and m + 1 when a = 1) and columns n (and n + 1 when b = 1). Along
+    one axis, y[2m] = w[1] x[m] and y[2m + 1] = w[2] x[m] + w[0] x[m + 1] (x[H] = 0: output_padding's row), so each
+    output phase (a, b) is an ordinary 1x1, 1x2, 2x1 or 2x2 convolution of x (padded bottom / right only), and
+    DepthToSpace interleaves the phases. Pointwise activations commute with DepthToSpace, so they run per phase, fused
+    into each Conv. A head's input phase p only reaches low-res rows {m, m+1} (p = 0) or {m-1, m} (p = 1), hence the
+    phases form's sum of 2x2 convs (4/9 of the dense head's multiply-adds); 3 output channels x 4 phases fill 12 of
+    a 16-wide SIMD block instead of 3 of 16.
     """
 
     def __init__(self, conv_t: nn.ConvTranspose2d, activation: nn.Module | None = None, *, form: str = "phases",

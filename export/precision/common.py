@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.errors import VaeError
 from runtime.files import sha256_file
 from runtime.verify.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance
 
@@ -34,7 +35,7 @@ TANH_RANGE = (-1.0, 1.0)
 FP16_MAX = 65504.0
 
 
-class PrecisionError(ValueError):
+class PrecisionError(VaeError, ValueError):
     """A precision variant cannot be made (bad bundle, bad option, unusable graph); the message says where."""
 
 
@@ -356,16 +357,9 @@ def search_kept_nodes(candidates: Sequence[str], evaluate: Callable[[frozenset[s
     evaluation sets and returns the budget report. The algorithm:
 
     1. Try K = {} (everything reduced). If it passes, stop: no node needs full precision.
-    2. Rank: for every candidate n, measure the graph where n ALONE is reduced (K = all - {n}); its error, as a
-       multiple of the budget (`badness`), is n's measured error contribution. Ranking by "reduce one" rather than
-       "keep one" matters: when several adjacent nodes overflow together (a value beyond FP16's range flows through
-       a conv, its activation and into the next conv), keeping any single one of them in full precision does not
-       help, so "keep one" gives no signal, while reducing any one of them alone shows Inf at once.
-    3. Bisect on the length k of the ranked prefix: the smallest k such that keeping the k worst nodes passes
-       (assumes more kept nodes never hurt, which holds up to rounding noise; the final check below does not rely
-       on it).
-    4. Prune: try returning each kept node to reduced precision, least harmful first, and drop it from K when the
-       budget still holds. The result is 1-minimal: no single kept node can be reduced without missing the budget.
+    2. Rank every candidate by the error of the graph where it ALONE is reduced (_rank_by_reducing_one).
+    3. Bisect on how many of the worst-ranked nodes to keep (_bisect_kept_prefix).
+    4. Prune the kept nodes the budget does not need (_prune_kept): the result is 1-minimal.
 
     Cost: 1 + N + log2(N) + |K| evaluations for N candidates (about 25 for the VanillaVAE decoder), against 2^N for
     an exhaustive search.
@@ -374,64 +368,94 @@ def search_kept_nodes(candidates: Sequence[str], evaluate: Callable[[frozenset[s
 
     cand = list(dict.fromkeys(candidates))
     log: list[str] = []
-    n_eval = 0
-    cache: dict[frozenset[str], ComparisonReport] = {}
-
-    def ev(keep: Iterable[str]) -> ComparisonReport:
-        nonlocal n_eval
-        key = frozenset(keep)
-        if key not in cache:
-            n_eval += 1
-            cache[key] = evaluate(key)
-        return cache[key]
-
+    ev = _CachedEvaluations(evaluate)
     bar = tqdm(total=1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
     try:
         first = ev(())
         bar.update(1)
         if first.passed:
             log.append("all nodes reduced: budget met, nothing kept")
-            return SearchResult((), first, n_eval, (), tuple(log))
+            return SearchResult((), first, ev.count, (), tuple(log))
         log.append(f"all nodes reduced: budget missed ({'; '.join(first.failures())})")
-        every = frozenset(cand)
-        full = ev(every)
+        full = ev(frozenset(cand))
         if not full.passed:
             raise BudgetError(f"{desc}: even with every candidate node kept in full precision the budget is missed "
                               f"({'; '.join(full.failures())})", full)
-        bar.reset(total=len(cand))
-        scores = []
-        for n in cand:
-            scores.append((n, badness(ev(every - {n}))))
-            bar.update(1)
-        ranking = sorted(scores, key=lambda t: (-t[1], cand.index(t[0])))
+        ranking = _rank_by_reducing_one(cand, ev, bar)
         order = [n for n, _ in ranking]
         log.append("ranking (node: error when it alone is reduced, x budget): "
                    + ", ".join(f"{n}: {s:.3g}" for n, s in ranking))
-        lo, hi = 1, len(order)  # keeping order[:hi] passes (hi == N is `full`)
-        bar.reset(total=max(1, math.ceil(math.log2(len(order) + 1))))
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ev(order[:mid]).passed:
-                hi = mid
-            else:
-                lo = mid + 1
-            bar.update(1)
-        kept = list(order[:hi])
+        hi = _bisect_kept_prefix(order, ev, bar)
         log.append(f"bisection: the {hi} worst nodes kept meet the budget")
-        bar.reset(total=len(kept))
-        for n in reversed(list(kept)):
-            trial = [k for k in kept if k != n]
-            if ev(trial).passed:
-                kept = trial
-                log.append(f"pruned {n}: budget still met without it")
-            bar.update(1)
+        kept = _prune_kept(list(order[:hi]), ev, bar, log)
         final = ev(kept)
         if not final.passed:  # only reachable if the bisection's monotonicity assumption failed badly
             kept, final = list(order), full
         kept_sorted = tuple(n for n in cand if n in set(kept))
-        return SearchResult(kept_sorted, final, n_eval, tuple(ranking), tuple(log))
+        return SearchResult(kept_sorted, final, ev.count, tuple(ranking), tuple(log))
     finally:
         bar.close()
+
+
+class _CachedEvaluations:
+    """evaluate(K) measured once per distinct K; `count` is how many were measured."""
+
+    def __init__(self, evaluate: Callable[[frozenset[str]], ComparisonReport]) -> None:
+        self._evaluate = evaluate
+        self._cache: dict[frozenset[str], ComparisonReport] = {}
+        self.count = 0
+
+    def __call__(self, keep: Iterable[str]) -> ComparisonReport:
+        key = frozenset(keep)
+        if key not in self._cache:
+            self.count += 1
+            self._cache[key] = self._evaluate(key)
+        return self._cache[key]
+
+
+def _rank_by_reducing_one(cand: list[str], ev: _CachedEvaluations, bar) -> list[tuple[str, float]]:
+    """(node, badness of the graph where it ALONE is reduced), worst first (ties in candidate order).
+
+    Its error as a multiple of the budget (`badness`) is the node's measured error contribution. Ranking by "reduce
+    one" rather than "keep one" matters: when several adjacent nodes overflow together (a value beyond FP16's range
+    flows through a conv, its activation and into the next conv), keeping any single one of them in full precision
+    does not help, so "keep one" gives no signal, while reducing any one of them alone shows Inf at once.
+    """
+    every = frozenset(cand)
+    bar.reset(total=len(cand))
+    scores = []
+    for n in cand:
+        scores.append((n, badness(ev(every - {n}))))
+        bar.update(1)
+    return sorted(scores, key=lambda t: (-t[1], cand.index(t[0])))
+
+
+def _bisect_kept_prefix(order: list[str], ev: _CachedEvaluations, bar) -> int:
+    """The smallest k such that keeping the k worst nodes passes (assumes more kept nodes never hurt, which holds up
+    to rounding noise; search_kept_nodes' final check does not rely on it)."""
+    lo, hi = 1, len(order)  # keeping order[:hi] passes (hi == N is every candidate kept)
+    bar.reset(total=max(1, math.ceil(math.log2(len(order) + 1))))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ev(order[:mid]).passed:
+            hi = mid
+        else:
+            lo = mid + 1
+        bar.update(1)
+    return hi
+
+
+def _prune_kept(kept: list[str], ev: _CachedEvaluations, bar, log: list[str]) -> list[str]:
+    """Return each kept node to reduced precision, least harmful first, and drop it from the kept set when the budget
+    still holds: then no single kept node can be reduced without missing the budget."""
+    bar.reset(total=len(kept))
+    for n in reversed(list(kept)):
+        trial = [k for k in kept if k != n]
+        if ev(trial).passed:
+            kept = trial
+            log.append(f"pruned {n}: budget still met without it")
+        bar.update(1)
+    return kept
 
 
 # ----------------------------------------------------------------------------------------------- onnx helpers
@@ -607,9 +631,10 @@ def recover_variants(bundle: str | os.PathLike) -> list[str]:
 
 
 def precision_table(bundle: str | os.PathLike) -> str:
-    """fp32 / fp16 / int8 side by side per graph, from vae.json (what was measured when each variant was made).
+    """fp32 / fp16 / int8 (and bf16 where recorded) side by side per graph, from vae.json (what was measured when
+    each variant was made).
 
-    fp32: ONNX Runtime vs PyTorch at export. fp16 / int8: worst case over the evaluation sets, against FP32.
+    fp32: ONNX Runtime vs PyTorch at export. fp16 / int8 / bf16: worst case over the evaluation sets, against FP32.
     """
     m = B.read_manifest(bundle)
     root = Path(bundle)
@@ -654,6 +679,15 @@ def precision_table(bundle: str | os.PathLike) -> str:
                          f"{fmt(wc['min_psnr'], '.2f'):>11} {fmt(wc['max_rel_l2'], '.3g'):>10} "
                          f"{fmt(wc['max_abs'], '.3g'):>9} {wc['nonfinite']:>7}  {budget:<34} "
                          f"{'PASS' if passed else 'FAIL (forced)'}")
+        for p, e in sorted(spec.engine_precisions.items()):  # bf16: an engine setting on the FP32 graph
+            wc = worst_case(e.accuracy.get(f"{e.engine}_cpu", {}))
+            budget = ", ".join(f"{k} " + " ".join(f"{kk}={vv:g}" for kk, vv in b.items())
+                               for k, b in e.budget.items())
+            fresh = e.sha256 == spec.sha256
+            lines.append(f"{g:<8} {p:<9} {e.engine + ' on fp32':<20} {'-':>6} {'-':>9} "
+                         f"{fmt(wc['min_psnr'], '.2f'):>11} {fmt(wc['max_rel_l2'], '.3g'):>10} "
+                         f"{fmt(wc['max_abs'], '.3g'):>9} {wc['nonfinite']:>7}  {budget:<34} "
+                         f"{'PASS' if fresh else 'STALE (graph changed)'}")
     return "\n".join(lines)
 
 

@@ -5,34 +5,12 @@
 
 Writes BUNDLE/<graph>.fp16.onnx and registers it under graphs.<graph>.variants.fp16 in vae.json (file, sha256, the
 kept-FP32 node names, the measured accuracy and the budget), so the TensorRT 10 path can apply the same choice as
-layer precisions. Inputs and outputs stay float32 (keep_io_types); weights and activations are float16 except in the
-kept nodes. Conversion: onnxruntime.transformers.float16 (ORT's maintained copy of the onnxconverter-common
-converter; the onnxconverter-common one emits a type error when a node is blocked), followed by `fuse_fp32_islands`,
-which removes the Cast(FP32->FP16)->Cast(FP16->FP32) pairs that converter leaves between two adjacent kept nodes:
-those pairs would round (and overflow) exactly the values the nodes were kept in FP32 for.
-
-Per graph:
-1. FP16 range check, before anything is written: weights beyond +-65504, FP32 activations beyond +-65504 (as a
-   node's output or input) on the evaluation inputs, and the nodes where the all-FP16 graph first turns a finite
-   input into Inf/NaN, each reported by node name.
-2. Search (export.precision.common.search_kept_nodes): all-FP16 first; if the budget is missed, rank nodes by the
-   error of the graph with that node alone in FP16, bisect on the ranked prefix, then prune to a 1-minimal set.
-3. Final measurement of the written graph on ONNX Runtime CPU and under FP16 storage emulation; both must pass.
-
-Why two measurements: ONNX Runtime's CPU provider has no FP16 kernels for Conv / ConvTranspose / Gemm on x86. Its
-InsertCastTransformer runs such nodes in FP32 and drops the casts between consecutive nodes, so on the CPU an
-"FP16" graph only rounds its weights: activations are neither rounded nor able to overflow. A GPU stores them in
-FP16. `emulate_fp16_storage` therefore builds an FP32 graph with an explicit FP32->FP16->FP32 round trip on every
-tensor that is FP16 in the variant (ORT keeps such lossy pairs): arithmetic in FP32 (as FP16 tensor-core kernels
-accumulate), storage in FP16. The search uses the emulation; the variant must also pass as ORT runs it.
-
-Budget (defaults from runtime.verify.metrics): decoder images PSNR >= 40 dB against FP32 over [-1, 1], no NaN/Inf;
-encoder mu / logvar relative L2 <= 1e-2. Measured on the golden inputs and the realistic ones of reference.npz
-(PyTorch FP32) and on --samples fresh realistic inputs (FP32 graph outputs).
-The graph's inputs and outputs are checked against vae.json before any work (precision_common.check_graph_io). The
-variant is committed so that a kill at any point leaves the previous variant valid until vae.json names the new one
-(precision_common.commit_variant: a content-addressed staged file first, then vae.json); the next run finishes or
-cleans up what a killed run left (recover_variants).
+layer precisions. Inputs and outputs stay float32; everything else is float16 except the kept nodes. Per graph: an
+FP16 range check (weights or activations beyond +-65504, the first nodes to overflow), the kept-node search
+(export.precision.common.search_kept_nodes: all-FP16 first, then the fewest kept nodes), and a final measurement on
+ONNX Runtime CPU and under FP16 storage emulation, which must both pass (docs/performance.md#fp16-variants). Budget:
+decoder PSNR >= 40 dB, mu / logvar relative L2 <= 1e-2, on reference.npz's golden and realistic inputs and --samples
+fresh ones. Graph I/O is checked against vae.json first; a kill at any point leaves the previous variant valid.
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph), 2 bad input.
 """
 from __future__ import annotations
@@ -48,6 +26,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
 from ..cli import non_negative_int, positive_float
@@ -157,7 +136,12 @@ def _cast_to(node) -> int | None:
 
 
 def convert_fp16(model, keep_fp32: Iterable[str] = ()):
-    """FP16 copy of an FP32 ModelProto: float32 inputs/outputs, the nodes named in `keep_fp32` left in FP32."""
+    """FP16 copy of an FP32 ModelProto: float32 inputs/outputs, the nodes named in `keep_fp32` left in FP32.
+
+    Converted by onnxruntime.transformers.float16 (ORT's maintained copy of the onnxconverter-common converter, whose
+    own copy emits a type error when a node is blocked), then fuse_fp32_islands: the Cast pairs that converter leaves
+    between two adjacent kept nodes would round (and overflow) exactly the values those nodes are kept in FP32 for.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -244,7 +228,9 @@ def emulate_fp16_storage(model16):
 
     FP16 weights become FP32 tensors holding the same (FP16-representable) values; each FP16 activation gets an
     explicit Cast(FP32->FP16) -> Cast(FP16->FP32), which ONNX Runtime executes (unlike the casts it inserts itself),
-    so overflow to Inf and FP16 rounding happen where they would on a GPU. Tensor names are kept.
+    so overflow to Inf and FP16 rounding happen where they would on a GPU. Tensor names are kept. Needed because ONNX
+    Runtime's CPU provider runs FP16 Conv / ConvTranspose / Gemm in FP32 and drops the casts between them: on the CPU
+    an "FP16" graph only rounds its weights (docs/performance.md#fp16-variants).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -326,7 +312,27 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
                       budget_rel_l2: float | None = None, samples: int = 32, seed: int = 1,
                       calibration: Path | None = None, progress: bool = True,
                       log: Callable[[str], None] = print) -> Fp16Result:
-    """Search, verify and (only if the budget is met) write BUNDLE/<graph>.fp16.onnx and register it in vae.json."""
+    """Search, verify and (only if the budget is met) write BUNDLE/<graph>.fp16.onnx and register it in vae.json.
+
+    Args:
+        bundle: The bundle folder (locked for the duration; a second writer is refused).
+        graph: "encoder" or "decoder".
+        budget_psnr: Decoder budget, PSNR in dB against FP32 (default from runtime.verify.metrics: 40).
+        budget_rel_l2: Encoder budget, relative L2 of mu / logvar (default: 1e-2).
+        samples: Fresh realistic inputs measured besides reference.npz's golden and realistic sets.
+        seed: Seed of those inputs.
+        calibration: A folder of images for the realistic inputs (default: the embedded shapes dataset).
+        progress: Show progress bars.
+        log: Called with each report line.
+
+    Returns:
+        Fp16Result: the written graph, its kept-FP32 nodes, the range check, the search and both measurements.
+
+    Raises:
+        BundleError: The bundle is missing, malformed, changed since export, or locked by another writer.
+        PrecisionError: A bad option or a graph that cannot be converted.
+        BudgetError: The best variant misses its budget (nothing written); carries the report.
+    """
     import onnx
 
     data, _ = open_bundle(bundle, [graph])
@@ -380,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PrecisionError(f"--samples must be >= 0, got {args.samples}")
         graphs = args.graphs.split(",") if args.graphs else None
         _, graphs = open_bundle(args.bundle, graphs)
-    except (PrecisionError, B.BundleError) as e:
+    except VaeError as e:  # PrecisionError, BundleError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     missed = []
@@ -392,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BudgetError as e:
             print(f"error: {e}; {graph}.fp16.onnx not written", file=sys.stderr)
             missed.append(graph)
-        except (PrecisionError, B.BundleError) as e:
+        except VaeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     print(precision_table(args.bundle))

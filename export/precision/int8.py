@@ -1,43 +1,18 @@
 """Static INT8 (QDQ) variants of a bundle's graphs, calibrated on realistic inputs, gated on measured accuracy.
 
     python -m export.precision.int8 BUNDLE --int8 [--graphs encoder,decoder] [--calibration DIR] [--samples N]
-                              [--method minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1]
-                              [--max-kept 2] [--force] [--no-progress]
-                              [--decoder-form auto|subpixel|bundle] [--checkpoint CKPT]
+        [--method minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1] [--max-kept 2] [--force]
+        [--no-progress] [--decoder-form auto|subpixel|bundle] [--checkpoint CKPT]
 
-Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json.
-
-Decoder form (--decoder-form). `subpixel` quantizes an all-layers sub-pixel form of the decoder
-(export.graph.rewrites.rewrite_decoder(layers="all", form="nhwc")): on ONNX Runtime CPU every upsampling layer of its INT8
-graph is one int8 convolution in NHWC with a block Transpose for the pixel shuffle, and the head is a 2x2 int8 conv;
-at batch 64 it was measured at 1.75-1.87x the FP32 decoder's throughput (benchmarks/NOTES.md, section 12). `bundle`
-quantizes the bundle's decoder.onnx, whose INT8 graph is slower than FP32 there (ConvTranspose stays float behind
-DequantizeLinear; sections 5 and 8.2). `auto` (the default) is `subpixel` when the source checkpoint vae.json names is
-there and unchanged (or --checkpoint is given), else `bundle`, and says so. The sub-pixel form is rebuilt from that
-checkpoint (its sha256 must match the manifest's; --checkpoint CKPT when it moved), BatchNorm folded, exported like
-export.to_onnx (its graph metadata records the rewrite options) and checked against decoder.onnx on the golden and
-realistic z of reference.npz (max abs <= 1e-4) before it is quantized exactly as the bundle form is. The variant
-records the form in vae.json (graphs.decoder.variants.int8.source_form). The encoder is not affected.
-
-Quantization (onnxruntime.quantization.quantize_static): QuantFormat.QDQ; INT8 activations and weights, both
-symmetric (zero point 0: TensorRT rejects any other); weights per output channel (axis 0 for Conv / Gemm, axis 1
-for ConvTranspose, whose weight is (C_in, C_out, k, k)); biases left in FP32 (QuantizeBias=False), because TensorRT's
-parser refuses an INT32 DequantizeLinear ("only activation types allowed"). No ORT pre-processing pass: it may fuse
-and rename nodes, and the node names must stay those of the FP32 graph.
-
-Calibration data (realistic, never the golden noise): encoder: --samples images from --calibration DIR (recursively,
-PyTorch-VAE's centre crop) or the embedded shapes dataset, scaled to the bundle's pixel range; decoder: the FP32
-encoder's means of those images plus prior draws N(0, I). The accuracy is measured on other inputs (other seeds) than
-the calibration's: the golden and realistic sets of reference.npz and fresh realistic inputs.
-
-If the all-INT8 graph misses the budget, the same search as the FP16 tool (export.precision.common.
-search_kept_nodes) looks for the fewest nodes to leave unquantized, at most --max-kept of them: an "INT8" graph
-that is mostly FP32 is not an INT8 graph. Default budget: decoder images PSNR >= 30 dB against FP32 over [-1, 1];
-mu / logvar relative L2 <= 0.1. A variant that misses its budget is not written unless --force (then it is
-registered with passed: false). Unlike FP16, ONNX Runtime CPU measures INT8 faithfully: the Q/DQ nodes perform the
-INT8 rounding and clipping explicitly.
-The graph's inputs and outputs are checked against vae.json before any work, and the variant is committed so that
-a kill at any point leaves the previous one valid (precision_common.commit_variant / recover_variants, as to_fp16).
+Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json. --decoder-form:
+`subpixel` quantizes the all-layers "nhwc" sub-pixel decoder rebuilt from the source checkpoint vae.json names
+(sha256 checked; --checkpoint when it moved) and checked against decoder.onnx (max abs <= 1e-4), recorded as
+source_form; `bundle` quantizes decoder.onnx; `auto` (default): subpixel when that checkpoint is there and unchanged,
+else bundle, saying why (docs/performance.md#int8-decoder-form). QDQ, symmetric INT8, weights per output channel,
+FP32 biases, at most --max-kept nodes left in FP32 (docs/performance.md#int8-quantization-settings). Budget: decoder
+PSNR >= 30 dB, mu / logvar relative L2 <= 0.1, on other inputs than the calibration's; a variant that misses it is
+written only with --force (registered passed: false). Graph I/O is checked against vae.json first; a kill at any
+point leaves the previous variant valid.
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph unless --force), 2 bad input.
 """
 from __future__ import annotations
@@ -52,6 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.errors import VaeError
 from runtime.files import temp_prefix
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
@@ -64,7 +40,7 @@ from .common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
 DECODER_FORMS = ("auto", "bundle", "subpixel")
-# rewrite_decoder's options for the sub-pixel INT8 form (section 12 of benchmarks/NOTES.md: the fastest INT8 form)
+# rewrite_decoder's options for the sub-pixel INT8 form (the fastest INT8 form: docs/performance.md#int8-decoder-form)
 SUBPIXEL_OPTIONS = {"layers": "all", "form": "nhwc", "absorb_head": True, "fold_stem": True}
 FORM_CHECK_MAX_ABS = 1e-4  # the rebuilt FP32 form against decoder.onnx: exact up to FP32 rounding
 WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}  # op -> output-channel axis of its weight
@@ -139,7 +115,9 @@ def check_qdq(model) -> QdqCheck:
 # ----------------------------------------------------------------------------------------------- quantization
 
 def calibration_inputs(bundle, graph: str, samples: int, seed: int, folder: Path | None = None) -> np.ndarray:
-    """Realistic calibration inputs for `graph` (see the module docstring)."""
+    """Realistic calibration inputs for `graph`, never the golden noise: encoder: `samples` images from `folder`
+    (recursively, PyTorch-VAE's centre crop) or the embedded shapes dataset, in the bundle's pixel range; decoder:
+    the FP32 encoder's means of those images plus prior draws N(0, I)."""
     data, _ = open_bundle(bundle, [graph])
     if graph == B.ENCODER:
         return dataset_images(samples, data.manifest, seed, folder)
@@ -180,6 +158,9 @@ class Quantizer:
                   "entropy": CalibrationMethod.Entropy}[self.method]
         self._count += 1
         out = self.workdir / f"{self.graph}.int8.{self._count}.onnx"
+        # Symmetric (zero point 0: TensorRT rejects any other); biases stay FP32 (TensorRT's parser refuses an INT32
+        # DequantizeLinear); no ORT pre-processing, which may rename nodes
+        # (docs/performance.md#int8-quantization-settings).
         with quiet():
             quantize_static(str(self.fp32_path), str(out),
                             calibration_data_reader=None if self.cache.is_file() else self._reader(),
@@ -274,7 +255,7 @@ def subpixel_decoder(data, ckpt: Path, out: Path, log: Callable[[str], None] = p
     import onnx
     import torch
 
-    from vae_model import CheckpointError, load_checkpoint
+    from vae_model import VaeModelError, load_checkpoint
 
     from ..graph.passes import fold_batchnorm
     from .common import ort_session, run_graph
@@ -283,7 +264,7 @@ def subpixel_decoder(data, ckpt: Path, out: Path, log: Callable[[str], None] = p
 
     try:
         model = load_checkpoint(ckpt).model.float().eval()
-    except CheckpointError as e:
+    except VaeModelError as e:
         raise PrecisionError(f"sub-pixel decoder form: {e}") from None
     cfg, m = model.config, data.manifest.model
     if (cfg.latent_dim, cfg.image_size, cfg.in_channels, tuple(cfg.hidden_dims)) != \
@@ -365,73 +346,148 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
                       decoder_form: str = "auto", checkpoint: Path | None = None) -> Int8Result:
     """Calibrate, search, verify and (if the budget is met, or forced) write and register BUNDLE/<graph>.int8.onnx.
 
-    decoder_form="subpixel" (decoder only): quantize the all-sub-pixel form rebuilt from `checkpoint` (default: the
-    source checkpoint vae.json names) instead of decoder.onnx; "auto" (the default): that form when the checkpoint is
-    there and unchanged, else decoder.onnx (resolve_decoder_form); see the module docstring."""
+    Args:
+        bundle: The bundle folder (locked for the duration; a second writer is refused).
+        graph: "encoder" or "decoder".
+        budget_psnr: Decoder budget, PSNR in dB against FP32 (default from runtime.verify.metrics: 30).
+        budget_rel_l2: Encoder budget, relative L2 of mu / logvar (default: 0.1).
+        samples: Calibration inputs (realistic, never the golden noise).
+        eval_samples: Fresh realistic inputs measured besides reference.npz's sets (other seeds than calibration).
+        seed: Seed of the evaluation inputs (calibration uses seed + 1000).
+        calibration: A folder of images for calibration and evaluation (default: the embedded shapes dataset).
+        method: Calibration method: "minmax", "percentile" or "entropy".
+        max_kept: Most nodes the search may leave in FP32.
+        force: Write and register a variant that misses its budget (recorded as passed: false).
+        progress: Show progress bars.
+        log: Called with each report line.
+        decoder_form: Decoder only: "subpixel" quantizes the all-layers sub-pixel form rebuilt from `checkpoint`,
+            "bundle" quantizes decoder.onnx, "auto" (default) the former when the checkpoint is there and unchanged,
+            else the latter, saying why (docs/performance.md#int8-decoder-form).
+        checkpoint: The source checkpoint for the sub-pixel form (default: the one vae.json names, sha256 checked).
+
+    Returns:
+        Int8Result: the quantized graph, its FP32-kept nodes, the search, the report, the QDQ check and `passed`.
+
+    Raises:
+        BundleError: The bundle is missing, malformed, changed since export, or locked by another writer.
+        PrecisionError: A bad option, a missing or changed checkpoint for an explicit sub-pixel form, or a quantized
+            graph that TensorRT could not take.
+        BudgetError: The variant misses its budget and `force` is False (nothing written); carries the report.
+    """
     import onnx
-    from tqdm import tqdm
 
     data, _ = open_bundle(bundle, [graph])
     for line in recover_variants(bundle):  # a run killed earlier in this bundle (.quantize.* folders, staged files)
         log(f"recovered: {line}")
-    if samples < 1:
-        raise PrecisionError(f"--samples must be >= 1, got {samples}")
-    if decoder_form not in DECODER_FORMS:
-        raise PrecisionError(f"--decoder-form: expected one of {list(DECODER_FORMS)}, got {decoder_form!r}")
+    _check_int8_options(samples, decoder_form)
     budget = make_budget(PRECISION, graph, psnr=budget_psnr, rel_l2=budget_rel_l2)
     fp32_path = data.graph_path(graph)
     # Calibration and evaluation use different seeds: accuracy is measured on inputs the ranges were not fitted to.
     calib = calibration_inputs(bundle, graph, samples, seed + 1000, calibration)
     sets = evaluation_sets(data, graph, samples=eval_samples, seed=seed, folder=calibration)
-    source_form: dict = {}
     # Named .quantize.<pid>.*.tmp: a killed run's folder is recognised (and removed) by the next run.
     with tempfile.TemporaryDirectory(prefix=temp_prefix("quantize"), suffix=".tmp", dir=Path(bundle)) as tmp:
-        ckpt = resolve_decoder_form(data, decoder_form, checkpoint, log) if graph == B.DECODER else None
-        if ckpt is not None:
-            try:
-                source_form = subpixel_decoder(data, ckpt, Path(tmp) / "decoder.subpixel.onnx", log=log)
-                fp32_path = Path(tmp) / "decoder.subpixel.onnx"
-            except Exception as e:  # noqa: BLE001 - auto: any failure to build the form falls back, saying why
-                if decoder_form != "auto" or checkpoint is not None:
-                    raise  # asked for explicitly (the form, or this checkpoint): an error, not a fallback
-                # auto quantizes decoder.onnx when the sub-pixel form cannot be built (a budget the INT8 graph then
-                # misses is still an error, as with --decoder-form bundle)
-                _log_fallback(log, str(e) if isinstance(e, PrecisionError) else f"{type(e).__name__}: {e}")
-        model_fp32 = onnx.load(str(fp32_path))
-        quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=Path(tmp))
-        with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,
-                  leave=False, file=sys.stderr) as bar:
-            quantizer.quantize(())  # computes and caches the calibration ranges
-            bar.update(1)
+        source = _graph_to_quantize(data, graph, fp32_path, decoder_form, checkpoint, Path(tmp), log)
+        model_fp32 = onnx.load(str(source.path))
+        quantizer = _calibrated_quantizer(source.path, graph, calib, method, Path(tmp), progress)
         res = search_int8(quantizer, model_fp32, graph, sets, budget, max_kept=max_kept, progress=progress)
-    log(f"{graph}: INT8 ({method} calibration on {len(calib)} inputs), unquantized: "
+    _log_int8_result(res, graph, method, len(calib), log)
+    _refuse_unusable(res, graph, force)
+    accuracy = _int8_accuracy(res, graph, force=force, method=method, calibrated_on=len(calib),
+                              calibration=calibration, seed=seed, eval_samples=eval_samples, max_kept=max_kept)
+    _commit_int8_variant(bundle, graph, res, accuracy, budget, source.source_form, log)
+    return res
+
+
+@dataclass(frozen=True)
+class _QuantizeSource:
+    """The FP32 graph to quantize, and vae.json's source_form for it ({}: the bundle's own graph)."""
+
+    path: Path
+    source_form: dict
+
+
+def _check_int8_options(samples: int, decoder_form: str) -> None:
+    if samples < 1:
+        raise PrecisionError(f"--samples must be >= 1, got {samples}")
+    if decoder_form not in DECODER_FORMS:
+        raise PrecisionError(f"--decoder-form: expected one of {list(DECODER_FORMS)}, got {decoder_form!r}")
+
+
+def _graph_to_quantize(data, graph: str, fp32_path: Path, decoder_form: str, checkpoint: Path | None, tmp: Path,
+                       log: Callable[[str], None]) -> _QuantizeSource:
+    """The bundle's FP32 graph (fp32_path), or for the decoder the sub-pixel form built into `tmp`
+    (resolve_decoder_form)."""
+    ckpt = resolve_decoder_form(data, decoder_form, checkpoint, log) if graph == B.DECODER else None
+    if ckpt is not None:
+        try:
+            source_form = subpixel_decoder(data, ckpt, tmp / "decoder.subpixel.onnx", log=log)
+            return _QuantizeSource(tmp / "decoder.subpixel.onnx", source_form)
+        except Exception as e:  # noqa: BLE001 - auto: any failure to build the form falls back, saying why
+            if decoder_form != "auto" or checkpoint is not None:
+                raise  # asked for explicitly (the form, or this checkpoint): an error, not a fallback
+            # auto quantizes decoder.onnx when the sub-pixel form cannot be built (a budget the INT8 graph then
+            # misses is still an error, as with --decoder-form bundle)
+            _log_fallback(log, str(e) if isinstance(e, PrecisionError) else f"{type(e).__name__}: {e}")
+    return _QuantizeSource(fp32_path, {})
+
+
+def _calibrated_quantizer(fp32_path: Path, graph: str, calib: np.ndarray, method: str, workdir: Path,
+                          progress: bool) -> Quantizer:
+    from tqdm import tqdm
+
+    quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=workdir)
+    with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,
+              leave=False, file=sys.stderr) as bar:
+        quantizer.quantize(())  # computes and caches the calibration ranges
+        bar.update(1)
+    return quantizer
+
+
+def _log_int8_result(res: Int8Result, graph: str, method: str, calibrated_on: int,
+                     log: Callable[[str], None]) -> None:
+    log(f"{graph}: INT8 ({method} calibration on {calibrated_on} inputs), unquantized: "
         f"{list(res.kept_fp32_nodes) or 'none'} ({res.search.evaluations} graphs measured)")
     for line in res.search.log:
         log(f"  {line}")
     log(res.report.table())
+
+
+def _refuse_unusable(res: Int8Result, graph: str, force: bool) -> None:
+    """A graph TensorRT could not take is never written; one that misses its budget only with `force`."""
     if not res.qdq:
-        raise PrecisionError(f"{graph}: the quantized graph is not TensorRT-compatible: {'; '.join(res.qdq.problems())}")
+        raise PrecisionError(f"{graph}: the quantized graph is not TensorRT-compatible: "
+                             f"{'; '.join(res.qdq.problems())}")
     if not res.passed and not force:
-        raise BudgetError(f"{graph}: the INT8 variant misses its budget: {'; '.join(res.report.failures()) or res.search.log[-1]}",
-                          res.report)
+        why = "; ".join(res.report.failures()) or res.search.log[-1]
+        raise BudgetError(f"{graph}: the INT8 variant misses its budget: {why}", res.report)
+
+
+def _commit_int8_variant(bundle: str | Path, graph: str, res: Int8Result, accuracy: dict,
+                         budget: Mapping[str, Tolerance], source_form: dict, log: Callable[[str], None]) -> None:
     name = variant_file(graph, PRECISION)
-    accuracy = {"passed": res.passed, "forced": bool(force and not res.passed), "measured": timestamp(),
-                "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
-                "onnxruntime_cpu": summarize(res.report),
-                "calibration": {"method": method, "samples": int(len(calib)), "seed": seed + 1000,
-                                "data": str(calibration) if calibration else "embedded shapes"
-                                + (" + encoder latents + prior" if graph == B.DECODER else "")},
-                "quantization": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric "
-                                 "per-channel", "bias": "fp32", "quantized_weight_nodes": list(res.qdq.quantized_weight_nodes)},
-                "search": {"evaluations": res.search.evaluations, "log": list(res.search.log), "max_kept": max_kept,
-                           "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
-                "samples": eval_samples, "seed": seed}
     # The previous int8 variant stays valid until vae.json names the new one (commit_variant).
     commit_variant(bundle, graph, res.model, B.VariantSpec(precision=PRECISION, file=name, sha256="",
                                                            kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
                                                            budget=budget_to_dict(budget), source_form=source_form))
     log(f"wrote {Path(bundle) / name}" + ("" if res.passed else " (FORCED: it misses its budget)"))
-    return res
+
+
+def _int8_accuracy(res: Int8Result, graph: str, *, force: bool, method: str, calibrated_on: int,
+                   calibration: Path | None, seed: int, eval_samples: int, max_kept: int) -> dict:
+    """The variant's "accuracy" in vae.json: what was measured, and how it was calibrated and searched."""
+    return {"passed": res.passed, "forced": bool(force and not res.passed), "measured": timestamp(),
+            "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
+            "onnxruntime_cpu": summarize(res.report),
+            "calibration": {"method": method, "samples": int(calibrated_on), "seed": seed + 1000,
+                            "data": str(calibration) if calibration else "embedded shapes"
+                            + (" + encoder latents + prior" if graph == B.DECODER else "")},
+            "quantization": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric "
+                             "per-channel", "bias": "fp32",
+                             "quantized_weight_nodes": list(res.qdq.quantized_weight_nodes)},
+            "search": {"evaluations": res.search.evaluations, "log": list(res.search.log), "max_kept": max_kept,
+                       "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
+            "samples": eval_samples, "seed": seed}
 
 
 def _log_fallback(log: Callable[[str], None], why: str) -> None:
@@ -492,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if B.DECODER in graphs and (args.decoder_form == "subpixel"
                                     or (args.decoder_form == "auto" and args.checkpoint is not None)):
             source_checkpoint(data, args.checkpoint)  # a missing or changed checkpoint fails before any work
-    except (PrecisionError, B.BundleError) as e:
+    except VaeError as e:  # PrecisionError, BundleError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     missed = []
@@ -509,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BudgetError as e:
             print(f"error: {e}; {graph}.int8.onnx not written", file=sys.stderr)
             missed.append(graph)
-        except (PrecisionError, B.BundleError) as e:
+        except VaeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     print(precision_table(args.bundle))

@@ -5,14 +5,11 @@
         [--print-trtexec] [--target trt:10.3.0] [--adopt ENGINE] [--flavour trt|trt_rtx] [--device N] [--no-verify]
         [--compute-capabilities 8.6,8.9]
 
-Each engine goes to BUNDLE/engines/<graph>.<precision>.<gpu>.<trt-version>.plan with a JSON sidecar (provenance,
-checked by the runtime before use). The plan (flags, profile, which ONNX file) depends on the installed TensorRT:
-see export/tensorrt/build_plan.py. After a build the engine is run on the golden reference and deleted if it misses the
-precision's budget. `--print-trtexec` prints the equivalent trtexec (or tensorrt_rtx) command and builds nothing;
-with `--target` it plans for a TensorRT that is not installed here (e.g. to prepare a Jetson build). The runtime
-uses only engines with a sidecar, so an engine built by trtexec is then adopted: `--adopt ENGINE` runs the same
-parity check and writes the engine under its name with its sidecar.
-
+Each engine goes to BUNDLE/engines/<graph>.<precision>.<gpu>.<trt-version>.plan with a JSON sidecar the runtime checks
+before use; the flags, profile and ONNX file depend on the installed TensorRT (export/tensorrt/build_plan.py). A built
+engine is run on the golden reference and deleted if it misses the precision's budget. `--print-trtexec` prints the
+equivalent trtexec (or tensorrt_rtx) command and builds nothing (with `--target`, for a TensorRT not installed here);
+`--adopt ENGINE` runs the same parity check on such an engine and gives it its name and sidecar.
 Exit codes: 0 ok, 1 an engine failed its parity check (and was not kept), 2 bad input or TensorRT unavailable.
 """
 from __future__ import annotations
@@ -26,7 +23,7 @@ from typing import Sequence
 from export.tensorrt.build_plan import BuildOptions, BuildPlan, PlanError, format_command, parse_target, plan_build, trtexec_args
 from runtime import bundle as B
 from runtime.engines import GpuInfo, TrtInfo, rebuild_command
-from runtime.errors import BackendError
+from runtime.errors import VaeError
 
 GRAPH_CHOICES = {"encoder": (B.ENCODER,), "decoder": (B.DECODER,), "both": B.GRAPHS}
 
@@ -124,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.adopt is not None and len(plans) != 1:
             raise PlanError("--adopt takes one engine: name its graph with --graphs encoder or --graphs decoder")
         return _build_all(args, trt, plans)
-    except (PlanError, B.BundleError, BackendError) as e:
+    except VaeError as e:  # PlanError, BundleError, BackendError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,25 +1,17 @@
 """The TensorRT build plan: what to build, from which ONNX file, with which flags — pure functions, no TensorRT.
 
-One plan per (graph, precision) is computed from the TensorRT flavour and version, the bundle manifest and the build
-options. The Python builder (export/tensorrt/engine.py) and the printed trtexec command (`--print-trtexec`) both read the
-same plan, so they cannot drift apart, and every rule below is unit-tested per version without a GPU.
-
-Rules, by version:
-- TensorRT 10.x (JetPack 6: 10.3): weakly typed network from the FP32 graph. fp16 sets BuilderFlag.FP16; the
-  manifest's kept-FP32 nodes (chosen by measurement when the FP16 variant was made) become layer precisions, enforced
-  with OBEY_PRECISION_CONSTRAINTS. int8 builds the Q/DQ variant with BuilderFlag.INT8 (explicit quantization) and
-  FP16, so the layers outside Q/DQ pairs run in FP16 rather than FP32 (as trtexec --int8 --fp16).
-- TensorRT 11.x and TensorRT-RTX: strongly typed networks only (the precision flags, layer precisions and calibrators
-  are gone), so fp16 / int8 build from the already-reduced ONNX variants listed in vae.json.
-- TF32 is cleared unless asked for: FP32 engines are compared with a CPU FP32 reference at 1e-4, and TF32's 10-bit
-  mantissa would fail that; FP32-kept layers of an FP16 engine stay real FP32 for the same reason.
-- One optimization profile over the batch axis. A timing cache per GPU and TensorRT version is reused across builds
-  (TensorRT-RTX ignores timing caches, so none is planned for it). DLA on TensorRT 10.0-10.7 and 11.4.1+ (see
-  dla_supported; on 11.x strongly typed, from the variant), never for fp32; a DLA
-  engine's name carries its core (engines.engine_stem), so GPU and DLA engines of one graph live side by side.
-- TensorRT-RTX: the target compute capabilities are set explicitly and recorded in the sidecar (the builder's own
-  default list is not what the sidecar would claim): every capability the installed builder offers but Turing
-  (7.5, which TensorRT-RTX's own default leaves out too), unless --compute-capabilities says otherwise.
+One plan per (graph, precision), from the TensorRT flavour and version, the bundle manifest and the build options.
+The Python builder (export/tensorrt/engine.py) and the printed trtexec command (`--print-trtexec`) read the same plan,
+and every rule is unit-tested per version without a GPU:
+- TensorRT 10.x (JetPack 6: 10.3): weakly typed network from the FP32 graph; fp16 sets FP16 and turns the manifest's
+  kept-FP32 nodes into layer precisions (OBEY_PRECISION_CONSTRAINTS); int8 builds the Q/DQ variant with INT8 + FP16.
+- TensorRT 11.x and TensorRT-RTX: strongly typed only, so fp16 / int8 build from the ONNX variants in vae.json.
+- TF32 is cleared unless asked for (FP32 engines are checked against a CPU FP32 reference at 1e-4).
+- One optimization profile over the batch axis; a timing cache per GPU and TensorRT version (none for TensorRT-RTX,
+  which ignores it). DLA on TensorRT 10.0-10.7 and 11.4.1+ (dla_supported), never for fp32; a DLA engine's name
+  carries its core (engines.engine_stem).
+- TensorRT-RTX: the target compute capabilities are set and recorded in the sidecar: every one the installed builder
+  offers but Turing (7.5), unless --compute-capabilities says otherwise.
 """
 from __future__ import annotations
 
@@ -34,13 +26,14 @@ from runtime import bundle as B
 from runtime.files import staged_target
 from runtime.engines import (ENGINE_SUFFIX, ENGINES_DIR, FLAVOURS, SIDECAR_SUFFIX, GpuInfo, Profile, TrtInfo,
                              gpu_slug)
+from runtime.errors import VaeError
 
 # TensorRT-RTX 1.2 brought REQUIRE_USER_ALLOCATION and is_stream_capturable, which RTX plans and the runtime use.
 MIN_VERSION = {"trt": (10, 0), "trt_rtx": (1, 2)}
 CLI = {"trt": "trtexec", "trt_rtx": "tensorrt_rtx"}
 
 
-class PlanError(ValueError):
+class PlanError(VaeError, ValueError):
     """The requested build cannot be planned (bad option, missing variant, unsupported version); says why."""
 
 
@@ -148,117 +141,153 @@ def default_timing_cache(gpu: GpuInfo | None, target: TrtInfo) -> str:
 def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest, options: BuildOptions = BuildOptions(),
                gpu: GpuInfo | None = None) -> BuildPlan:
     """The build plan for one graph at one precision; raises PlanError naming what is wrong."""
+    spec = _checked_request(target, graph, precision, manifest, options)
+    o = options
+    strong = strongly_typed_only(target)
+    if target.flavour == "trt_rtx":
+        gpu = None  # TensorRT-RTX engines are portable: built ahead of time for every supported GPU, JIT on load
+    source = _onnx_source(target, graph, spec, precision, strong)
+    _refuse_half_committed(source.onnx_file)
+    dla = _dla_additions(target, precision, o)
+    flavour = _flavour_additions(target, gpu, o)
+    timing_cache = None if target.flavour == "trt_rtx" else (o.timing_cache or default_timing_cache(gpu, target))
+    profile = _batch_profile(spec.inputs[0], o)
+    ccs = _compute_capabilities(target, o)
+    dla_part = "" if o.dla_core is None else f".dla{o.dla_core}"
+    stem = f"{graph}.{precision}.{machine_slug(gpu, target)}{dla_part}.{target.tag}"
+    return BuildPlan(graph=graph, precision=precision, target=target, gpu=gpu, onnx_file=source.onnx_file,
+                     onnx_sha256=source.onnx_sha256, strongly_typed=strong,
+                     set_flags=source.set_flags + dla.set_flags + flavour.set_flags,
+                     clear_flags=() if o.allow_tf32 else ("TF32",), layer_precisions=source.layer_precisions,
+                     profile=profile, engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
+                     sidecar_file=f"{ENGINES_DIR}/{stem}{SIDECAR_SUFFIX}", timing_cache=timing_cache,
+                     workspace_mib=o.workspace_mib, dla_core=o.dla_core,
+                     notes=source.notes + dla.notes + flavour.notes, compute_capabilities=ccs)
+
+
+@dataclass(frozen=True)
+class _Additions:
+    """Builder flags to set and notes to print that one planning step adds."""
+    set_flags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _OnnxSource:
+    """The ONNX file an engine is built from, and the flags and FP32 layers that precision needs on it."""
+    onnx_file: str
+    onnx_sha256: str
+    set_flags: tuple[str, ...] = ()
+    layer_precisions: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def _checked_request(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest,
+                     o: BuildOptions) -> B.GraphSpec:
+    """The graph's spec, once the version, graph, precision, batch profile and workspace are known to be usable."""
     check_supported(target)
     spec = manifest.graph(graph) if graph in manifest.graphs else None
     if spec is None:
         raise PlanError(f"--graphs {graph}: the bundle has {sorted(manifest.graphs)}")
     if precision not in B.PRECISIONS:
         raise PlanError(f"--precision: expected one of {list(B.PRECISIONS)}, got {precision!r}")
-    o = options
     if not 1 <= o.min_batch <= o.opt_batch <= o.max_batch:
         raise PlanError(f"batch profile: need 1 <= min ({o.min_batch}) <= opt ({o.opt_batch}) <= max ({o.max_batch})")
     if o.workspace_mib is not None and o.workspace_mib < 1:
         raise PlanError(f"--workspace: expected a size in MiB >= 1, got {o.workspace_mib}")
-    strong = strongly_typed_only(target)
-    if target.flavour == "trt_rtx":
-        gpu = None  # TensorRT-RTX engines are portable: built ahead of time for every supported GPU, JIT on load
-    notes: list[str] = []
-    set_flags: list[str] = []
-    clear_flags = [] if o.allow_tf32 else ["TF32"]
-    kept: tuple[str, ...] = ()
-    variant = spec.variants.get(precision)
+    return spec
 
+
+def _onnx_source(target: TrtInfo, graph: str, spec: B.GraphSpec, precision: str, strong: bool) -> _OnnxSource:
+    """fp32 and strongly typed builds take the graph or variant as is; TensorRT 10 reduces precision with flags."""
+    variant = spec.variants.get(precision)
     if precision == "fp32":
-        onnx_file, onnx_sha = spec.file, spec.sha256
-    elif strong:
+        return _OnnxSource(spec.file, spec.sha256)
+    if strong:
         if variant is None:
-            raise PlanError(f"{target.label} builds strongly typed networks only: a {precision} engine of {graph!r} "
-                            f"is built from the bundle's {precision} ONNX variant, and vae.json lists none "
-                            f"(it has {['fp32', *sorted(spec.variants)]}); create it first with "
+            raise PlanError(f"{target.label} builds strongly typed networks only: a {precision} engine of "
+                            f"{graph!r} is built from the bundle's {precision} ONNX variant, and vae.json lists "
+                            f"none (it has {['fp32', *sorted(spec.variants)]}); create it first with "
                             + ("`python -m export.precision.fp16 BUNDLE`" if precision == "fp16"
                                else "`python -m export.precision.int8 BUNDLE --int8`"))
-        onnx_file, onnx_sha = variant.file, variant.sha256
-    elif precision == "fp16":
+        return _OnnxSource(variant.file, variant.sha256)
+    if precision == "fp16":
         # TensorRT 10: FP32 graph + FP16 flag; the measured kept-FP32 nodes become layer precision constraints.
-        onnx_file, onnx_sha = spec.file, spec.sha256
-        set_flags.append("FP16")
         if variant is None:
-            notes.append(f"vae.json has no fp16 variant of {graph!r}, so no kept-FP32 node list: every layer may run "
-                         "in FP16; the parity check after the build decides (run `python -m export.precision.fp16` first "
-                         "to apply measured choices)")
-        else:
-            kept = tuple(variant.kept_fp32_nodes)
-            if kept:
-                set_flags.append("OBEY_PRECISION_CONSTRAINTS")
-    else:  # int8 on TensorRT 10: explicit quantization from the Q/DQ variant
-        if variant is None:
-            raise PlanError(f"an int8 engine of {graph!r} is built from the bundle's Q/DQ int8 variant, and vae.json "
-                            "lists none; create it with `python -m export.precision.int8 BUNDLE --int8`")
-        onnx_file, onnx_sha = variant.file, variant.sha256
-        # FP16 too: without it every layer outside a Q/DQ pair (Tanh, the ConvTranspose bias adds...) runs in FP32.
-        set_flags += ["INT8", "FP16"]
+            return _OnnxSource(spec.file, spec.sha256, ("FP16",), notes=(
+                f"vae.json has no fp16 variant of {graph!r}, so no kept-FP32 node list: every layer may run "
+                "in FP16; the parity check after the build decides (run `python -m export.precision.fp16` first "
+                "to apply measured choices)",))
+        kept = tuple(variant.kept_fp32_nodes)
+        flags = ("FP16", "OBEY_PRECISION_CONSTRAINTS") if kept else ("FP16",)
+        return _OnnxSource(spec.file, spec.sha256, flags, layer_precisions=kept)
+    # int8 on TensorRT 10: explicit quantization from the Q/DQ variant
+    if variant is None:
+        raise PlanError(f"an int8 engine of {graph!r} is built from the bundle's Q/DQ int8 variant, and vae.json "
+                        "lists none; create it with `python -m export.precision.int8 BUNDLE --int8`")
+    # FP16 too: without it every layer outside a Q/DQ pair (Tanh, the ConvTranspose bias adds...) runs in FP32.
+    return _OnnxSource(variant.file, variant.sha256, ("INT8", "FP16"))
 
+
+def _refuse_half_committed(onnx_file: str) -> None:
     if staged_target(onnx_file) is not None:
         # A variant still under its staged name: a to_fp16 / quantize run was killed mid-commit. An engine built
         # from it would record that name and be refused once the commit is finished.
-        raise PlanError(f"vae.json names {onnx_file}, a variant a killed export.precision.fp16 / export.precision.int8 run left "
-                        f"half-committed; run that command on the bundle again (it finishes the commit first)")
+        raise PlanError(f"vae.json names {onnx_file}, a variant a killed export.precision.fp16 / "
+                        "export.precision.int8 run left half-committed; run that command on the bundle again (it "
+                        "finishes the commit first)")
 
+
+def _dla_additions(target: TrtInfo, precision: str, o: BuildOptions) -> _Additions:
+    """GPU fallback for a DLA build, once --dla-core is known to fit the version, precision and batch profile."""
     dla = o.dla_core
-    if dla is not None:
-        if dla < 0:
-            raise PlanError(f"--dla-core: expected a core index >= 0, got {dla}")
-        if not dla_supported(target):
-            raise PlanError(f"--dla-core: {target.label} has no DLA; DLA engines are built with TensorRT 10.0-10.7 "
-                            "(JetPack 6: 10.3) or TensorRT 11.4.1+ (AGX Orin, JetPack 7.2.2+)")
-        if precision == "fp32":
-            raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
-        if not o.min_batch == o.opt_batch == o.max_batch:
-            # TensorRT's DLA restrictions: a DLA engine has one fixed input shape (min = opt = max).
-            raise PlanError(f"--dla-core: DLA engines need a fixed batch (min = opt = max), got --min-batch "
-                            f"{o.min_batch} --opt-batch {o.opt_batch} --max-batch {o.max_batch}; e.g. pass "
-                            f"--min-batch 4 --opt-batch 4 --max-batch 4 (the golden reference's batches are "
-                            f"multiples of 4, so parity can run on it)")
-        set_flags.append("GPU_FALLBACK")
-        notes.append("DLA: layers DLA cannot run fall back to the GPU (TensorRT logs each one while building); every "
-                     "switch between DLA and GPU costs a transfer")
+    if dla is None:
+        return _Additions()
+    if dla < 0:
+        raise PlanError(f"--dla-core: expected a core index >= 0, got {dla}")
+    if not dla_supported(target):
+        raise PlanError(f"--dla-core: {target.label} has no DLA; DLA engines are built with TensorRT 10.0-10.7 "
+                        "(JetPack 6: 10.3) or TensorRT 11.4.1+ (AGX Orin, JetPack 7.2.2+)")
+    if precision == "fp32":
+        raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
+    if not o.min_batch == o.opt_batch == o.max_batch:
+        # TensorRT's DLA restrictions: a DLA engine has one fixed input shape (min = opt = max).
+        raise PlanError(f"--dla-core: DLA engines need a fixed batch (min = opt = max), got --min-batch "
+                        f"{o.min_batch} --opt-batch {o.opt_batch} --max-batch {o.max_batch}; e.g. pass "
+                        f"--min-batch 4 --opt-batch 4 --max-batch 4 (the golden reference's batches are "
+                        f"multiples of 4, so parity can run on it)")
+    return _Additions(("GPU_FALLBACK",), ("DLA: layers DLA cannot run fall back to the GPU (TensorRT logs each one "
+                                          "while building); every switch between DLA and GPU costs a transfer",))
 
-    timing_cache: str | None
+
+def _flavour_additions(target: TrtInfo, gpu: GpuInfo | None, o: BuildOptions) -> _Additions:
     if target.flavour == "trt_rtx":
         # Engines that can run on caller-provided memory, which TensorRT-RTX needs for stream capture (the
         # runtime's cuda_graph option).
-        set_flags.append("REQUIRE_USER_ALLOCATION")
-        timing_cache = None
-        if o.timing_cache:
-            notes.append("TensorRT-RTX ignores timing caches (it compiles kernels when the engine is loaded); "
-                         "--timing-cache is not used")
-    else:
-        timing_cache = o.timing_cache or default_timing_cache(gpu, target)
-
+        return _Additions(("REQUIRE_USER_ALLOCATION",), (
+            "TensorRT-RTX ignores timing caches (it compiles kernels when the engine is loaded); "
+            "--timing-cache is not used",) if o.timing_cache else ())
     if target.flavour == "trt" and gpu is None:
-        notes.append("no GPU visible here: the engine name carries no GPU; build on the target for the runtime "
-                     "to find it")
+        return _Additions(notes=("no GPU visible here: the engine name carries no GPU; build on the target for the "
+                                 "runtime to find it",))
+    return _Additions()
 
-    inp = spec.inputs[0]
-    profile = Profile(inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch),
-                      batch_shapes(inp, o.max_batch))
-    ccs: tuple[str, ...] = ()
-    if o.compute_capabilities:
-        if target.flavour != "trt_rtx":
-            raise PlanError(f"--compute-capabilities: only TensorRT-RTX builds for a list of GPUs; {target.label} "
-                            "builds for the GPU it runs on")
-        bad = [c for c in o.compute_capabilities if not re.fullmatch(r"\d+\.\d+", c)]
-        if bad:
-            raise PlanError(f"--compute-capabilities: expected values like 8.6,8.9, got {bad}")
-        ccs = tuple(dict.fromkeys(o.compute_capabilities))
-    dla_part = "" if dla is None else f".dla{dla}"
-    stem = f"{graph}.{precision}.{machine_slug(gpu, target)}{dla_part}.{target.tag}"
-    return BuildPlan(graph=graph, precision=precision, target=target, gpu=gpu, onnx_file=onnx_file,
-                     onnx_sha256=onnx_sha, strongly_typed=strong, set_flags=tuple(set_flags),
-                     clear_flags=tuple(clear_flags), layer_precisions=kept, profile=profile,
-                     engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
-                     sidecar_file=f"{ENGINES_DIR}/{stem}{SIDECAR_SUFFIX}", timing_cache=timing_cache,
-                     workspace_mib=o.workspace_mib, dla_core=dla, notes=tuple(notes), compute_capabilities=ccs)
+
+def _batch_profile(inp: B.TensorSpec, o: BuildOptions) -> Profile:
+    return Profile(inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch),
+                   batch_shapes(inp, o.max_batch))
+
+
+def _compute_capabilities(target: TrtInfo, o: BuildOptions) -> tuple[str, ...]:
+    if not o.compute_capabilities:
+        return ()
+    if target.flavour != "trt_rtx":
+        raise PlanError(f"--compute-capabilities: only TensorRT-RTX builds for a list of GPUs; {target.label} "
+                        "builds for the GPU it runs on")
+    bad = [c for c in o.compute_capabilities if not re.fullmatch(r"\d+\.\d+", c)]
+    if bad:
+        raise PlanError(f"--compute-capabilities: expected values like 8.6,8.9, got {bad}")
+    return tuple(dict.fromkeys(o.compute_capabilities))
 
 
 # ----------------------------------------------------------------------------------------------- trtexec

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from export.tensorrt.build_plan import BuildPlan, ConstrainedLayer, PlanError, fp32_compute_layers, layers_to_constrain
 from runtime import bundle as B
 from runtime.engines import EngineSidecar, host_platform, write_sidecar
+from runtime.errors import VaeError
 from runtime.files import atomic_path, sha256_file
 from runtime.verify.metrics import ComparisonReport
 from runtime.verify.parity import ParityReport
@@ -30,7 +31,7 @@ MIN_ENGINE_BYTES = 4096
 TURING = "7.5"
 
 
-class TrtBuildError(ValueError):
+class TrtBuildError(VaeError, ValueError):
     """TensorRT could not parse or build the graph; the message names the file and TensorRT's errors."""
 
 
@@ -180,7 +181,27 @@ def _config(trt: Any, builder: Any, network: Any, plan: BuildPlan,
 
 def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify: bool = True,
                  device_index: int = 0, log: Callable[[str], None] = print) -> BuildResult:
-    """Build, verify and write one engine per the plan. See the module docstring."""
+    """Build, verify and write one engine per the plan (steps: the module docstring).
+
+    Args:
+        bundle: The bundle folder; the engine and its sidecar go to BUNDLE/engines/.
+        plan: The BuildPlan (export.tensorrt.build_plan): ONNX file and sha256, flags, profile, layer precisions.
+        trt: The imported TensorRT module (`tensorrt`, or `tensorrt_rtx`).
+        verify: Check the engine against reference.npz on the runtime's tensorrt backend (needs a GPU); False
+            keeps an unverified engine whose sidecar says so (TensorRT-RTX only, where builds need no GPU).
+        device_index: The CUDA device to build on and verify with.
+        log: Called with each progress line.
+
+    Returns:
+        BuildResult: the engine and sidecar paths, build seconds, whether it was verified, the parity report and
+        the heavy layers TensorRT left in FP32.
+
+    Raises:
+        BundleError: The plan's ONNX file is missing or changed since the plan was made.
+        PlanError: The manifest's kept-FP32 nodes or the requested compute capabilities do not fit this build.
+        TrtBuildError: No GPU where one is needed, TensorRT cannot parse or build the graph, or the timing cache is
+            unusable; EngineParityError (a subclass) when the built engine misses its budget (it is not kept).
+    """
     import onnx
 
     from runtime.backends.tensorrt import cuda_gpu_info

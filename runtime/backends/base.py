@@ -1,27 +1,18 @@
 """The Backend protocol: one base class that validates, chunks, locks and closes; each engine adds a small hook.
 
-A backend runs one bundle's graphs (encoder, decoder) on one engine at one device and precision. The public
-`run(graph, feeds)` is defined once, here, and every backend gets the same behaviour:
-
-1. the graph is one this backend loaded, the feeds are exactly the graph's inputs (names from the manifest);
-2. each input passes runtime.validation.check_input (rank, shape, channels, latent size, dtype, contiguity, NaN/Inf,
-   empty batch) -> C-contiguous float32;
-3. a batch larger than `chunk_size(graph)` - the smaller of `max_chunk` (every backend, DEFAULT_MAX_CHUNK unless
-   load(..., max_chunk=N) says otherwise) and `max_batch(graph)` (the engine's own limit, e.g. a TensorRT optimization
-   profile's max) - is run chunk by chunk, each chunk's outputs written into one output array allocated once for the
-   whole batch. Callers never see the engine's limit, and memory beyond the inputs and outputs themselves is bounded
-   by one chunk: an engine's intermediate buffers grow with the batch of one call (ONNX Runtime's arena keeps them
-   afterwards), so one call of 10,000 default-size latents peaked at 7.7 GB (benchmarks/NOTES.md section 13);
-4. `_run(graph, feeds)` - the engine hook - is called, under a lock if the class says it is not thread-safe
-   (`thread_safe = False`), and any of the engine's own exception types (`engine_errors`) becomes a BackendError;
+A backend runs one bundle's graphs on one engine at one device and precision. `run(graph, feeds)` is defined once,
+here, so every backend behaves the same:
+1. the graph is one this backend loaded, the feeds are exactly its inputs (names from the manifest);
+2. each input passes runtime.validation.check_input -> C-contiguous float32;
+3. a batch larger than `chunk_size(graph)` (the smaller of `max_chunk` and the engine's own `max_batch(graph)`) runs
+   chunk by chunk into one output array allocated once, so memory beyond the inputs and outputs is bounded by one
+   chunk (docs/performance.md#bounded-memory);
+4. the engine hook `_run(graph, feeds)` is called, under a lock unless `thread_safe`; its `engine_errors` become
+   BackendError;
 5. outputs are checked against the manifest (names, batch, static dims) and returned as float32 arrays.
-
-`close()` waits for calls in flight, then releases the engine (`_close`) exactly once; later calls raise ClosedError.
-
-Loading is separate from running: `Backend.open(bundle, manifest, ...)` is a classmethod each module implements;
-it imports its engine lazily (a module of this package never imports onnxruntime/tensorrt/torch at top level) and
-accepts only the option names in `options`. A backend module that is chosen but whose engine is missing raises
-BackendUnavailableError; nothing else breaks.
+`close()` waits for calls in flight, then releases the engine (`_close`) once; later calls raise ClosedError.
+`Backend.open(bundle, manifest, ...)`, one per module, imports its engine lazily (never at module import) and accepts
+only the names in `options`; a chosen backend whose engine is missing raises BackendUnavailableError.
 """
 from __future__ import annotations
 
@@ -40,11 +31,8 @@ from ..validation import check_input, shape_str
 
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
-#: Largest batch one engine call gets unless load(..., max_chunk=N) says otherwise. Measured on the default model's
-#: decoder, 10,000 latents, 2 CPU cores (benchmarks/NOTES.md section 13): chunks of 32 to 1024 took the same time
-#: within this machine's noise (~6 s), one call 2x that; the peak above the output grows with the chunk, ~1.3 MiB
-#: per item (256: 0.45 GiB; one call: 7.1 GiB, 13.3 GiB after a second call). 256 keeps that under half a GiB while
-#: leaving GPU engines batches large enough to fill them and batch_split 16 images per core on a 16-core host.
+#: Largest batch one engine call gets unless load(..., max_chunk=N) says otherwise: time is flat from 32 to 1024 on a
+#: CPU while memory grows with the chunk; why 256: docs/performance.md#bounded-memory.
 DEFAULT_MAX_CHUNK = 256
 
 

@@ -1,65 +1,24 @@
-"""ONNX Runtime backend: one InferenceSession per graph, created on first use; provider chosen by the device.
+"""ONNX Runtime backend: one InferenceSession per graph, built on the graph's first call; provider from the device.
 
-    device="cpu"                                  -> CPUExecutionProvider
-    device="cuda[:N]"                             -> CUDAExecutionProvider (device_id N), CPU for unsupported ops
-    device="cuda[:N]", execution_provider="tensorrt" -> TensorrtExecutionProvider, then CUDA, then CPU
+    device="cpu"                                      -> CPUExecutionProvider
+    device="cuda[:N]"                                 -> CUDAExecutionProvider (device_id N), CPU for unsupported ops
+    device="cuda[:N]", execution_provider="tensorrt"  -> TensorrtExecutionProvider, then CUDA, then CPU
 
-Options (load(..., **options)):
-    threads                   intra-op threads (default: ONNX Runtime's choice, one per physical core)
-    inter_op_threads          inter-op threads (default: ONNX Runtime's choice)
-    graph_optimization_level  "disable" | "basic" | "extended" | "all" (default "all", as deployed)
-    execution_provider        "cpu" | "cuda" | "tensorrt" (default: from the device)
-    io_binding                bind inputs/outputs explicitly (default: True on CUDA, False on CPU). On a GPU this
-                              lets ONNX Runtime place outputs where we say instead of guessing; one binding per call,
-                              so it is thread-safe. It works on CPU too, which is how the code path is tested here.
-    provider_options          dict of extra options for the chosen provider (e.g. trt_engine_cache_enable)
-    max_batch                 largest batch per session call (default: unlimited here); bigger batches are chunked
-                              by the base class. load(..., max_chunk=N), every backend's option, already chunks every
-                              call (default 256, runtime/backends/base.py); max_batch only matters when smaller
-    spinning                  ONNX Runtime's intra-op thread spinning ("session.intra_op.allow_spinning"; default:
-                              ONNX Runtime's, which is on). Spinning threads busy-wait for the next piece of work:
-                              fastest on cores of one's own (off was 1.3-1.6x slower at batch 1 on an idle 2-core
-                              machine), but on cores shared with another busy process they steal its time and a
-                              run's latency spreads widely; pass spinning=False there (benchmarks/NOTES.md).
-    preload                   create every loaded graph's session in load() (default False: each graph's session is
-                              created on its first call, so a decoder-only process never pays for the encoder's)
-    batch_split               CPU only: smallest batch that is split across the cores instead of run by one session
-                              with an intra-op thread pool. Default: the decoder from batch 32, the encoder never;
-                              an integer N >= 2 applies to every graph; False: never. A split call cuts the batch
-                              into one contiguous chunk per core (`threads`, default one per physical core) and runs
-                              each chunk on its own single-threaded session of the same graph, in parallel threads.
-                              Same arithmetic per image: outputs matched the unsplit call exactly in every test
-                              here. Why: ONNX Runtime parallelises one call op by op, and the decoder's
-                              ConvTranspose layers (per-image GEMM + col2im) scale poorly across threads; whole
-                              images per core share nothing. Measured on the 2-core CI machine (benchmarks/NOTES.md
-                              section 11): decoder 1.14-1.35x faster at batch 64, 1.06x at 32, even at 16, slower
-                              at 8; the encoder (all Conv, which ONNX Runtime parallelises well) 2-9% slower, hence
-                              off for it by default. The single-threaded sessions are built on the first split call
-                              (one per core, ~15 ms and ~9 MiB each for the default decoder), so a process that never
-                              decodes a large batch never pays for them. The threshold applies to each chunk the
-                              base class makes (max_chunk, default 256, or max_batch when smaller): a chunk of 256
-                              is split across the cores, max_chunk=16 with batch_split=32 splits nothing.
-
-Lazy sessions. load() checks that every requested graph's file is there and imports onnxruntime; the file's sha256
-(against vae.json) and the InferenceSession itself (graph optimisation, weight prepacking: tens of ms and ~20 MiB for
-the default encoder) are done by the first call that needs the graph, once, under a lock, so concurrent first calls
-share one session and no graph ever runs from a file that changed after export. A changed file, one that ONNX Runtime
-cannot load, or one whose inputs/outputs disagree with vae.json is then reported (BundleError naming the file) by
-that first call, or by load() with preload=True.
-
-Precision variants (fp16 / int8 files listed in vae.json) load by `precision=`; their inputs/outputs are normally
-float32, but if a graph declares float16 inputs the feeds are cast here and the outputs cast back to float32.
-
-An installed build that lacks the provider, or a session that silently fell back to the CPU (ONNX Runtime does that
-when the CUDA libraries fail to load), is refused with BackendUnavailableError rather than run slowly by surprise.
+load() checks that every requested graph's file is there; the file's sha256 (against vae.json) and the session are
+done by the graph's first call, once, under a lock (`preload=True`: in load()), so a decoder-only process never pays
+for the encoder (docs/performance.md#cold-start). A changed file, one ONNX Runtime cannot load, or one whose inputs /
+outputs disagree with vae.json raises BundleError naming the file. Precision variants load by `precision=`; float16
+graph inputs are cast here and outputs cast back to float32. A build that lacks the provider, or a session that
+silently fell back to the CPU, is refused with BackendUnavailableError. Options: OrtOptions' docstring.
 `onnxruntime` is imported in open(), never at module import.
 """
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -83,39 +42,145 @@ def _import_ort():
     return onnxruntime
 
 
+class OrtSession(NamedTuple):
+    """One InferenceSession and what a call needs from it; built once per graph (and per batch_split worker)."""
+
+    session: Any                  # onnxruntime.InferenceSession
+    input_types: dict[str, Any]   # input name -> the numpy dtype it takes (float16 inputs: feeds are cast to it)
+    output_names: list[str]       # in the session's order
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """The ONNX Runtime backend's options, checked on construction (BackendError naming the option, the expected and
+    the actual value). load(..., **options) reaches them through from_mapping; the field names are the option names.
+
+    threads                   intra-op threads (default: ONNX Runtime's choice, one per physical core)
+    inter_op_threads          inter-op threads (default: ONNX Runtime's choice)
+    graph_optimization_level  "disable" | "basic" | "extended" | "all" (default "all", as deployed)
+    execution_provider        "cpu" | "cuda" | "tensorrt" (default: from the device)
+    io_binding                bind inputs/outputs explicitly (default: True on CUDA, False on CPU); one binding per
+                              call, so thread-safe; it works on CPU too, which is how the code path is tested here
+    provider_options          dict of extra options for the chosen provider (e.g. trt_engine_cache_enable)
+    max_batch                 largest batch per session call (default: unlimited here); only matters when smaller
+                              than load(..., max_chunk=N), which already chunks every call (runtime/backends/base.py)
+    spinning                  "session.intra_op.allow_spinning" (default: ONNX Runtime's, on): fastest on cores of
+                              one's own; pass False on cores shared with another busy process, where spinning
+                              threads steal its time (docs/performance.md#onnx-runtime-session-settings)
+    preload                   create every loaded graph's session in load() (default False: on its first call)
+    batch_split               CPU only: smallest batch cut into one contiguous chunk per core (`threads`, default
+                              one per physical core), each run by its own single-threaded session of the same graph
+                              on its own thread (same arithmetic per image). Default: the decoder from batch 32, the
+                              encoder never; an integer N >= 2: every graph; False: never. It applies to each chunk
+                              of max_chunk / max_batch; the per-core sessions are built on the first split call
+                              (docs/performance.md#batch-split).
+    """
+
+    threads: int | None = None
+    inter_op_threads: int | None = None
+    graph_optimization_level: str = "all"
+    execution_provider: str | None = None
+    io_binding: bool | None = None
+    provider_options: Mapping[str, Any] | None = None
+    max_batch: int | None = None
+    spinning: bool | None = None
+    preload: bool | None = False
+    batch_split: int | bool | None = None
+
+    def __post_init__(self) -> None:
+        for opt in ("threads", "inter_op_threads", "max_batch"):
+            value = getattr(self, opt)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
+        for opt in ("spinning", "preload", "io_binding"):
+            value = getattr(self, opt)
+            if value is not None and not isinstance(value, bool):
+                raise BackendError(f"option {opt}: expected True or False, got {value!r}")
+        split = self.batch_split
+        if split is not None and split is not False and (
+                not isinstance(split, int) or isinstance(split, bool) or split < 2):
+            raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {split!r}")
+        if not isinstance(self.graph_optimization_level, str) or self.graph_optimization_level not in OPT_LEVELS:
+            raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
+                               f"got {self.graph_optimization_level!r}")
+        ep = self.execution_provider
+        if ep is not None and (not isinstance(ep, str) or ep not in PROVIDERS):
+            raise BackendError(f"option execution_provider: expected one of {sorted(PROVIDERS)}, got {ep!r}")
+        po = self.provider_options
+        if po is not None:
+            if not isinstance(po, Mapping) or not all(isinstance(k, str) for k in po):
+                raise BackendError(f"option provider_options: expected a mapping of provider option names to "
+                                   f"values, got {type(po).__name__} {po!r}")
+            object.__setattr__(self, "provider_options", dict(po))  # a copy: later changes to the caller's do not leak in
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order (OnnxRuntimeBackend.options)."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> "OrtOptions":
+        """The options load(..., **options) was given; an unknown name is a BackendError listing the known ones."""
+        unknown = sorted(set(options) - set(cls.names()))
+        if unknown:
+            raise BackendError(f"backend 'onnxruntime': unknown option(s) {unknown}; it accepts {list(cls.names())}")
+        return cls(**options)
+
+    def provider(self, device: Device) -> str:
+        """The execution provider key ("cpu" | "cuda" | "tensorrt"): the option, else the device's kind; it must run
+        on the device (a GPU provider on the CPU, or the CPU provider on a GPU, is a BackendError)."""
+        ep = self.execution_provider or device.kind
+        if ep not in PROVIDERS:
+            raise BackendError(f"option execution_provider: expected one of {sorted(PROVIDERS)}, got {ep!r}")
+        if (ep == "cpu") != (device.kind == "cpu"):
+            raise BackendError(f"option execution_provider={ep!r} does not run on device {str(device)!r}")
+        return ep
+
+    def split_min_batch(self, graphs: tuple[str, ...], defaults: Mapping[str, int]) -> dict[str, int]:
+        """batch_split per graph: graph -> smallest batch cut across the cores; graphs never split are left out."""
+        if self.batch_split is False:
+            return {}
+        split = {g: defaults.get(g) if self.batch_split is None else self.batch_split for g in graphs}
+        return {g: n for g, n in split.items() if n}
+
+
 class OnnxRuntimeBackend(Backend):
+    """A bundle's graphs on ONNX Runtime. Options: load(..., **options) with OrtOptions' fields (see there)."""
+
     name = "onnxruntime"
-    options = ("threads", "inter_op_threads", "graph_optimization_level", "execution_provider", "io_binding",
-               "provider_options", "max_batch", "spinning", "preload", "batch_split")
-    #: Default smallest batch batch_split cuts across the cores, per graph (NOTES section 11: the decoder gains from
-    #: 32 up; the encoder is 2-9% slower split, so it is not in the default).
+    options = OrtOptions.names()
+    #: Default smallest batch batch_split cuts across the cores, per graph: the decoder gains from 32 up, the encoder
+    #: is slower split, so it is not in the default (docs/performance.md#batch-split).
     DEFAULT_BATCH_SPLIT = {"decoder": 32}
     thread_safe = True  # InferenceSession.run is safe to call concurrently; bindings are per call
 
     def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-                 check_finite: bool, files: dict[str, Path], io_binding: bool, providers: list[tuple[str, dict]],
-                 session_options: Any, ort_module: Any, max_batch: int | None = None,
-                 spinning: bool | None = None, hashes: Mapping[str, str] | None = None,
-                 split_min_batch: Mapping[str, int] | None = None, split_workers: int = 1,
-                 worker_options: Any = None) -> None:
+                 check_finite: bool, options: OrtOptions, ort_module: Any, files: Mapping[str, Path],
+                 hashes: Mapping[str, str] | None = None) -> None:
+        """open() is the way in: it checks the provider is in this onnxruntime build and the graph files are there."""
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
-        # graph -> (session, input dtypes, output names), published whole once built (a dict store is atomic)
-        self._sessions: dict[str, tuple[Any, dict[str, Any], list[str]]] = {}
-        self._create_lock = threading.Lock()
-        self._files = files
-        self._hashes = dict(hashes or {})  # graph -> sha256 from vae.json, checked before its session is built
-        self.io_binding = io_binding
-        self._provider_chain = providers
-        self.providers = [p for p, _ in providers]
-        self._so = session_options
+        self.ort_options = options
         self._ort = ort_module
-        self._max_batch = max_batch
-        self.spinning = spinning  # None: ONNX Runtime's default (on)
-        # batch_split: graph -> smallest batch whose chunks run on split_workers single-threaded sessions
-        self.split_min_batch = dict(split_min_batch or {}) if split_workers > 1 else {}
-        self.split_workers = split_workers
-        self._worker_so = worker_options
-        self._workers: dict[str, list[tuple[Any, dict[str, Any], list[str]]]] = {}
+        self._files = dict(files)
+        self._hashes = dict(hashes or {})  # graph -> sha256 from vae.json, checked before its session is built
+        ep = options.provider(device)
+        self._provider_chain = _provider_chain(ep, device, options.provider_options)
+        self.providers = [p for p, _ in self._provider_chain]
+        self.io_binding = device.is_cuda if options.io_binding is None else options.io_binding
+        self.spinning = options.spinning  # None: ONNX Runtime's default (on)
+        self._max_batch = options.max_batch
+        level = options.graph_optimization_level
+        self._so = _session_options(ort_module, level, options.threads, options.inter_op_threads, options.spinning)
+        # batch_split: graph -> smallest batch whose chunks run on split_workers single-threaded sessions, one per
+        # core; only on the CPU provider, where the cores are the device
+        split_min = options.split_min_batch(graphs, self.DEFAULT_BATCH_SPLIT)
+        self.split_workers = (options.threads or physical_cores()) if ep == "cpu" and split_min else 1
+        self.split_min_batch = split_min if self.split_workers > 1 else {}
+        self._worker_so = _session_options(ort_module, level, 1, 1, None) if self.split_workers > 1 else None
+        # graph -> its session(s), published whole once built (a dict store is atomic)
+        self._sessions: dict[str, OrtSession] = {}
+        self._workers: dict[str, list[OrtSession]] = {}
+        self._create_lock = threading.Lock()
         self._pool: _ChunkThreads | None = None  # created with the first worker sessions
         state = ort_module.capi.onnxruntime_pybind11_state
         self.engine_errors = tuple(v for v in vars(state).values()
@@ -131,68 +196,30 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-             check_finite: bool = True, threads: int | None = None, inter_op_threads: int | None = None,
-             graph_optimization_level: str = "all", execution_provider: str | None = None,
-             io_binding: bool | None = None, provider_options: Mapping[str, Any] | None = None,
-             max_batch: int | None = None, spinning: bool | None = None,
-             preload: bool = False, batch_split: int | bool | None = None) -> "OnnxRuntimeBackend":
-        for opt, value in (("threads", threads), ("inter_op_threads", inter_op_threads), ("max_batch", max_batch)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
-        for opt, value in (("spinning", spinning), ("preload", preload)):
-            if value is not None and not isinstance(value, bool):
-                raise BackendError(f"option {opt}: expected True or False, got {value!r}")
-        if batch_split is not None and batch_split is not False and (
-                not isinstance(batch_split, int) or isinstance(batch_split, bool) or batch_split < 2):
-            raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {batch_split!r}")
-        split_min = {} if batch_split is False else {
-            g: cls.DEFAULT_BATCH_SPLIT.get(g) if batch_split is None else batch_split for g in graphs}
-        split_min = {g: n for g, n in split_min.items() if n}  # only graphs this backend loads and splits
-        if graph_optimization_level not in OPT_LEVELS:
-            raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
-                               f"got {graph_optimization_level!r}")
-        ep = execution_provider or device.kind
-        if ep not in PROVIDERS:
-            raise BackendError(f"option execution_provider: expected one of {sorted(PROVIDERS)}, got {ep!r}")
-        if (ep == "cpu") != (device.kind == "cpu"):
-            raise BackendError(f"option execution_provider={ep!r} does not run on device {str(device)!r}")
+             check_finite: bool = True, **options: Any) -> "OnnxRuntimeBackend":
+        """options: OrtOptions' fields by name. Every graph file must be present now; its sha256 is checked, and its
+        session built, on first use (preload=True: here)."""
+        opts = OrtOptions.from_mapping(options)
+        ep = opts.provider(device)
         ort = _import_ort()
         available = ort.get_available_providers()
         if PROVIDERS[ep] not in available:
             raise BackendUnavailableError(
                 f"backend 'onnxruntime' on {device}: {PROVIDERS[ep]} is not in this onnxruntime build "
                 f"(available: {available}); install onnxruntime-gpu for CUDA / TensorRT")
-        # Providers in priority order; on a GPU the CPU provider stays last for ops the GPU providers lack.
-        chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[ep]
-        providers: list[Any] = []
-        for i, p in enumerate(chain):
-            opts: dict[str, Any] = {} if p == "cpu" else {"device_id": device.index}
-            if i == 0 and provider_options:
-                opts.update(provider_options)
-            providers.append((PROVIDERS[p], opts))
-
-        so = _session_options(ort, graph_optimization_level, threads, inter_op_threads, spinning)
-        # batch_split: one single-threaded session per core; only on the CPU provider, where the cores are the device
-        workers = (threads or physical_cores()) if ep == "cpu" and split_min else 1
-        worker_so = _session_options(ort, graph_optimization_level, 1, 1, None) if workers > 1 else None
-
-        # Every file must be present now; its sha256 is checked, and its session built, on first use.
         files: dict[str, Path] = {}
         hashes: dict[str, str] = {}
         for graph in graphs:
             name, hashes[graph] = manifest.graph_file(graph, precision)
             files[graph] = resolve_file(bundle, name)
         backend = cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
-                      files=files, io_binding=device.is_cuda if io_binding is None else bool(io_binding),
-                      providers=providers, session_options=so, ort_module=ort, max_batch=max_batch,
-                      spinning=spinning, hashes=hashes, split_min_batch=split_min,
-                      split_workers=workers, worker_options=worker_so)
-        if preload:
+                      options=opts, ort_module=ort, files=files, hashes=hashes)
+        if opts.preload:
             for graph in graphs:
                 backend._session(graph)
         return backend
 
-    def _session(self, graph: str) -> tuple[Any, dict[str, Any], list[str]]:
+    def _session(self, graph: str) -> OrtSession:
         """The graph's session (created on the first call, once, whichever thread gets here first)."""
         entry = self._sessions.get(graph)
         if entry is None:
@@ -203,7 +230,7 @@ class OnnxRuntimeBackend(Backend):
                     self._sessions[graph] = entry
         return entry
 
-    def _worker_sessions(self, graph: str) -> list[tuple[Any, dict[str, Any], list[str]]]:
+    def _worker_sessions(self, graph: str) -> list[OrtSession]:
         """batch_split's single-threaded sessions of the graph, one per worker (built on the first split call). The
         file is checked again (sha256, then each session's inputs/outputs): it may have changed since the main
         session was built, and a split batch must never run another model than an unsplit one."""
@@ -223,8 +250,7 @@ class OnnxRuntimeBackend(Backend):
                     self._workers[graph] = entry
         return entry
 
-    def _create_session(self, graph: str, options: Any = None,
-                        check_hash: bool = True) -> tuple[Any, dict[str, Any], list[str]]:
+    def _create_session(self, graph: str, options: Any = None, check_hash: bool = True) -> OrtSession:
         ort, path = self._ort, self._files[graph]
         if check_hash:
             resolve_file(path.parent, path.name, self._hashes.get(graph))  # unchanged since export, or BundleError
@@ -241,8 +267,8 @@ class OnnxRuntimeBackend(Backend):
                 f"backend 'onnxruntime' on {self.device}: asked for {self.providers[0]} but the session for "
                 f"{path.name} runs on {got} (CUDA/TensorRT libraries missing or no GPU?)")
         _check_io(path, sess, self.manifest.graphs[graph])
-        return (sess, {i.name: _NP_TYPES.get(i.type, np.float32) for i in sess.get_inputs()},
-                [o.name for o in sess.get_outputs()])
+        return OrtSession(sess, {i.name: _NP_TYPES.get(i.type, np.float32) for i in sess.get_inputs()},
+                          [o.name for o in sess.get_outputs()])
 
     def max_batch(self, graph: str) -> int | None:
         return self._max_batch
@@ -253,9 +279,8 @@ class OnnxRuntimeBackend(Backend):
             return self._run_split(graph, feeds, n)
         return self._run_one(self._session(graph), feeds)
 
-    def _run_one(self, entry: tuple[Any, dict[str, Any], list[str]],
-                 feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sess, types, names = entry
+    def _run_one(self, entry: OrtSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess, types, names = entry  # unpacked: a plain (session, input_types, output_names) tuple works too
         feeds = {k: (v if types[k] is np.float32 else v.astype(types[k])) for k, v in feeds.items()}
         if not self.io_binding:
             return dict(zip(names, sess.run(names, feeds)))
@@ -347,6 +372,19 @@ def _chunk_loop(q: Any) -> None:
             except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
                 future.set_exception(e)
         del fn, args, future  # nothing held between chunks: not the backend, not the caller's arrays
+
+
+def _provider_chain(ep: str, device: Device, provider_options: Mapping[str, Any] | None) -> list[tuple[str, dict]]:
+    """(provider, its options) in priority order; on a GPU the CPU provider stays last for ops the GPU providers lack.
+    provider_options go to the first (the chosen) provider."""
+    chain = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[ep]
+    providers: list[tuple[str, dict]] = []
+    for i, p in enumerate(chain):
+        opts: dict[str, Any] = {} if p == "cpu" else {"device_id": device.index}
+        if i == 0 and provider_options:
+            opts.update(provider_options)
+        providers.append((PROVIDERS[p], opts))
+    return providers
 
 
 def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads: int | None,

@@ -1,19 +1,16 @@
 """Native TensorRT backend: runs the engines built on this machine by `python -m export.tensorrt.build`.
 
 Per graph: the engine is deserialized once, with one execution context, one CUDA stream, device buffers and pinned
-(page-locked) host buffers sized for the optimization profile's max batch; a call copies the inputs into pinned
-memory, sets the input shape and tensor addresses, enqueues H2D copy -> execute_async_v3 -> D2H copy on the stream,
-and synchronizes. Batches past the profile's max are chunked by the base class; calls are serialised by the base
-class's lock (`thread_safe = False`) because a context and its buffers serve one call at a time. With
-`cuda_graph=True` the engine launch is captured once per batch size (after one plain run, which TensorRT needs to
-settle a new shape) and replayed as a CUDA graph.
+host buffers sized for the optimization profile's max batch; a call copies the inputs into pinned memory, enqueues
+H2D copy -> execute_async_v3 -> D2H copy and synchronizes. Batches past the profile's max are chunked by the base
+class, and calls are serialised by its lock (`thread_safe = False`: a context and its buffers serve one call at a
+time). `cuda_graph=True` captures the launch once per batch size (after one plain run) and replays it.
 
 Engines are checked before use: the sidecar must match this machine (TensorRT version, GPU, platform/L4T) and the
-bundle's current ONNX file, else EngineMismatchError lists the mismatches and the rebuild command.
-
-TensorRT (module `tensorrt`, or `tensorrt_rtx` for TensorRT for RTX) and cuda-python are imported only when this
-backend is opened; without them, choosing it raises BackendUnavailableError naming what to install.
-Never create a TensorRT runtime without a GPU (it crashes the process): open() checks for a device first.
+bundle's current ONNX file, else EngineMismatchError lists the mismatches and the rebuild command. TensorRT
+(`tensorrt`, or `tensorrt_rtx`) and cuda-python are imported only when this backend is opened; without them it raises
+BackendUnavailableError naming what to install. open() checks for a GPU first: a TensorRT runtime created without one
+crashes the process.
 """
 from __future__ import annotations
 
@@ -31,7 +28,7 @@ import numpy as np
 from ..bundle import Manifest
 from ..engines import (ENGINES_DIR, GpuInfo, MachineInfo, TrtInfo, candidate_engines, host_platform, locate_engine,
                        read_sidecar, require_usable, sidecar_path)
-from ..errors import BackendError, BackendUnavailableError
+from ..errors import BackendError, BackendUnavailableError, VaeError
 from .base import Backend, Device
 
 MODULES = {"trt": "tensorrt", "trt_rtx": "tensorrt_rtx"}
@@ -41,7 +38,7 @@ INSTALL_TENSORRT = ("install TensorRT's Python bindings: on a Jetson they come w
 INSTALL_CUDA = "install cuda-python matching the CUDA major version (e.g. `pip install 'cuda-python>=12,<13'`)"
 
 
-class CudaError(RuntimeError):
+class CudaError(VaeError, RuntimeError):
     """A CUDA runtime call failed; the message names the call and the CUDA error."""
 
 

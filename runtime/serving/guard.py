@@ -1,28 +1,18 @@
-"""The HTTP front of runtime.serving.serve: a small proxy that answers on the user's HTTP port, refuses inference requests
-that would make tritonserver allocate by a claimed shape, and forwards everything else to Triton unchanged.
+"""The HTTP front of runtime.serving.serve: a small proxy that answers on the user's HTTP port, refuses inference
+requests that would make tritonserver allocate by a claimed shape, and forwards everything else to Triton unchanged.
 
-Why it exists: Triton 2.51 (the nvidia-pytriton wheel's server) reads a KServe JSON request's tensor by first sizing a
-buffer from the request's "shape" (element count x dtype size, http_server.cc) and only then reading "data" and
-checking the shape against config.pbtxt. `"shape": [2147483648, 128]` with one value of data asks for 1 TiB:
-std::bad_alloc, abort (signal 6), every client cut off. Neither the model config (checked later, in the core) nor a
-server option of 2.51 prevents it (--http-max-input-size arrived after 2.51), and a smaller lie (8 GiB) is worse: the
-buffer is zero-filled and takes the machine's memory. gRPC sizes tensors from the bytes received, so it is not
-affected (tests/runtime/serving/test_serve.py checks both).
-
-What is checked (standard library only; each refusal is a KServe error body {"error": ...} with HTTP 400, 411 or 413):
-- the body is at most `max_request_bytes` (compressed bodies are inflated here, up to the same bound);
-- it fails closed: the request target is a path ('/...'; absolute-form targets are refused), every POST body (the
-  JSON header of a binary-data request) parses strictly as JSON (no duplicate keys, NaN/Infinity, NUL bytes, too deep
-  nesting: on each of these Python's parser and Triton's rapidjson disagree, and an unparsable body must not be
-  forwarded unchecked), and every body that is an object with "inputs" is checked, whatever its path;
-- for POST /v2/models/<model>[/versions/<v>]/infer (and any such body): each input's shape is a list of non-negative integers, and the
-  data the request carries agrees with it: as many JSON values as the shape has elements, or binary_data_size equal
-  to elements x dtype size. Inputs in registered shared memory are sized by Triton against their region.
-Triton then checks the shape against the model's dims and max_batch_size as before.
-
-Limits: a client connection silent for `client_timeout` s is closed, at most `max_concurrent` requests are in flight
-(more get 503 "busy"), and Triton's responses are streamed through in blocks, never held whole. A request is resent
-to Triton only when a kept-alive connection to it had gone stale before the request got through (see _exchange).
+Triton 2.51 allocates a KServe JSON request's tensors from their claimed "shape" before anything checks them, and a
+large claim aborts it (see check_infer_header); gRPC is not affected. Standard library only. Each refusal is a KServe
+error body {"error": ...} with HTTP 400, 411 or 413:
+- a body over `max_request_bytes` (compressed bodies are inflated here, up to the same bound);
+- fail closed: a request target that is not a path ('/...'), a POST body that does not parse strictly as JSON (no
+  duplicate keys, NaN/Infinity, NUL bytes or too deep nesting, where Python's parser and Triton's rapidjson
+  disagree); every body that is an object with "inputs" is checked, whatever its path;
+- an input whose shape is not a list of non-negative integers, or whose data disagrees with it (JSON value count, or
+  binary_data_size = elements x dtype size). Shared-memory inputs are sized by Triton against their region.
+Limits: a connection silent for `client_timeout` s is closed; at most `max_concurrent` requests in flight (more get
+503 "busy"); responses are streamed through in blocks. A request is resent only when a kept-alive connection to
+Triton had gone stale before the request got through (see _exchange).
 """
 from __future__ import annotations
 
@@ -37,6 +27,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from math import prod
 from typing import Any, Callable
+
+from ..errors import VaeError
 
 log = logging.getLogger("runtime.serving.serve")
 
@@ -54,7 +46,7 @@ _NOT_FORWARDED = {"connection", "keep-alive", "proxy-connection", "transfer-enco
                   "content-length", "host", "expect"}
 
 
-class RequestRefused(ValueError):
+class RequestRefused(VaeError, ValueError):
     """A request the front will not forward; `status` is the HTTP status of the answer, the message says why."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -76,7 +68,13 @@ def _count_values(data: Any) -> int:
 
 def check_infer_header(header: Any, body_bytes: int) -> None:
     """Raise RequestRefused when an inference request header claims tensors its data does not hold.
-    `body_bytes` = bytes after the JSON header (binary tensor data)."""
+    `body_bytes` = bytes after the JSON header (binary tensor data).
+
+    Why: Triton 2.51 sizes a tensor's buffer from the request's "shape" (element count x dtype size, http_server.cc)
+    before it reads "data" or checks config.pbtxt, so `"shape": [2147483648, 128]` with one value asks for 1 TiB and
+    aborts the server (std::bad_alloc), and a smaller lie (8 GiB) zero-fills the machine's memory. No server option of
+    2.51 prevents it (--http-max-input-size came later); gRPC sizes tensors from the bytes received.
+    """
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         return  # not a KServe request at all: Triton answers it with its own parse error, allocating nothing
     binary_total = 0

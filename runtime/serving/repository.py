@@ -1,19 +1,18 @@
 """Triton Inference Server model repositories for a bundle: the config.pbtxt text, the layout, the atomic write.
 
-Shared by the exporter (python -m runtime.serving.to_triton writes a repository for a GPU Triton server) and the local
-server (python -m runtime.serving.serve writes a `python` repository and runs it), so the format is defined once, here.
-Standard library only (plus runtime.bundle / runtime.engines); tritonclient, when installed, validates the text.
+Shared by python -m runtime.serving.to_triton (a repository for a GPU Triton server) and python -m
+runtime.serving.serve (a `python` repository it runs), so the format is defined once, here. Standard library only
+(plus runtime.bundle / runtime.engines); tritonclient, when installed, validates the text.
 
     REPO/
       vae_encoder/config.pbtxt      image (N, C, H, W) -> mu, logvar (N, D)   dims without the batch axis
       vae_encoder/1/model.onnx      platform onnxruntime_onnx  (the bundle's graph at the chosen precision)
-                   1/model.plan     platform tensorrt_plan     (an engine of export.tensorrt.build, + engine.json sidecar)
-                   1/model.py       backend python             (runtime/serving/triton_model.py hosting runtime.load, with
-                   1/bundle/, 1/runtime/                        the bundle's files and a copy of this runtime package)
+                   1/model.plan     platform tensorrt_plan     (an engine of export.tensorrt.build, + engine.json)
+                   1/model.py       backend python             (runtime/serving/triton_model.py, with 1/bundle/
+                                                                and 1/runtime/, a copy of this runtime package)
       vae_decoder/...               z (N, D) -> image (N, C, H, W)
       vae-triton.json               provenance: bundle, source sha256, options (Triton ignores files at the top)
-
-Every model gets max_batch_size, dynamic_batching (unless turned off), instance_group and model_warmup (a zero batch
+Every model gets max_batch_size, dynamic_batching (unless turned off), instance_group and model_warmup (zero batches
 of 1 and of max_batch_size, so the first client request does not pay for lazy initialisation).
 """
 from __future__ import annotations
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..bundle import GRAPHS, GraphSpec, Manifest, read_manifest, resolve_file
+from ..errors import VaeError
 from ..files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
@@ -48,7 +48,7 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_I
 MAX_BATCH_LIMIT = 1 << 16
 
 
-class RepositoryError(ValueError):
+class RepositoryError(VaeError, ValueError):
     """A model repository cannot be written as asked; the message names the option or file and what is wrong."""
 
 
@@ -292,7 +292,7 @@ def _pick_engine(bundle: Path, manifest: Manifest, graph: str, o: RepoOptions):
 
 def _copy_runtime_package(dest: Path) -> None:
     """This runtime package (Python files only) next to model.py: the repository carries the runtime that wrote it."""
-    src = Path(__file__).resolve().parent
+    src = Path(__file__).resolve().parents[1]  # runtime/, this file being runtime/serving/repository.py
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("cpp", "__pycache__", "*.pyc", "build"))
 
 

@@ -1,30 +1,17 @@
 """Serve a bundle through a real Triton Inference Server on this machine: encode and decode with dynamic batching.
 
     python -m runtime.serving.serve BUNDLE [--host 127.0.0.1] [--port 8000] [--grpc-port 8001] [--metrics-port 8002]
-                            [--max-batch 64] [--queue-delay-us 100] [--no-dynamic-batching] [--instances 1] [--threads N]
-    python -m runtime.serving.serve --install-server WHEEL|DIR  # unpack tritonserver from an nvidia-pytriton wheel (make venv)
+        [--max-batch 64] [--queue-delay-us 100] [--no-dynamic-batching] [--instances 1] [--threads N]
+    python -m runtime.serving.serve --install-server WHEEL|DIR  # unpack tritonserver from an nvidia-pytriton wheel
 
-What runs: runtime.serving.repository writes a `python`-platform model repository (vae_encoder, vae_decoder; model.py =
-runtime/serving/triton_model.py hosting runtime.load(backend="onnxruntime")) into a temporary folder, and the `tritonserver`
-binary serves it over HTTP and gRPC (KServe v2 protocol; any tritonclient, curl, perf_analyzer). Malformed requests
-(wrong shape or dtype: refused by Triton against config.pbtxt; NaN / Inf: refused by the runtime's validation) get an
-error response and the server keeps serving. Ctrl-C / SIGTERM stop it gracefully; the repository is removed.
-
-Staying up: HTTP clients talk to a small front (runtime/serving/guard.py) that forwards to Triton's private HTTP port and
-refuses requests whose claimed shape disagrees with the data they carry (Triton 2.51 sizes a buffer from the claimed
-shape first: `"shape": [2147483648, 128]` aborted it with std::bad_alloc) or whose body exceeds --max-request-bytes.
-Whatever else ends tritonserver (a crash, a kill, the OOM killer), a supervisor thread logs it (exit code or signal)
-and restarts it with backoff (0.5 s doubling to 30 s; it gives up after 5 restarts in a row that never become ready,
-exit 1); meanwhile HTTP answers 503 with the reason. tritonserver dies with runtime.serving.serve (PR_SET_PDEATHSIG), so even
-a `kill -9` of runtime.serving.serve leaves nothing on the ports.
-
-Where tritonserver comes from: PyPI's nvidia-pytriton wheel carries a CPU-capable Triton server (2.51) with the Python
-backend and stubs for Python 3.8-3.13. The PyTriton *library* pins numpy<2 (its stubs mishandle NumPy 2 arrays; see
-runtime/serving/triton_model.py for how the model sidesteps that), which conflicts with this project's numpy pin, so it is not
-pip-installed: `make venv` downloads the pinned wheel (constraints.txt) with `pip download --no-deps` and
-`--install-server` checks its sha256 and unpacks only the server into $VENV/triton. Also found: $VAE_TRITONSERVER
-(a folder with bin/tritonserver and backends/, e.g. /opt/tritonserver in NVIDIA's container), an installed pytriton.
-
+runtime.serving.repository writes a `python` model repository (vae_encoder, vae_decoder: runtime.load hosted by
+runtime/serving/triton_model.py) into a temporary folder; `tritonserver` serves it over HTTP and gRPC (KServe v2).
+A malformed request gets an error response and the server keeps serving. HTTP goes through runtime/serving/guard.py,
+which refuses what would crash Triton 2.51; a supervisor thread restarts a tritonserver that dies (backoff 0.5 s
+doubling to 30 s; 5 failed starts in a row: exit 1; HTTP answers 503 meanwhile), and tritonserver dies with this
+process (PR_SET_PDEATHSIG). Ctrl-C / SIGTERM stop it and remove the repository. tritonserver is found in $VENV/triton
+(the server of the pinned nvidia-pytriton wheel, unpacked by --install-server; the PyTriton library pins numpy<2, so
+it is not pip-installed), $VAE_TRITONSERVER (a folder with bin/tritonserver and backends/) or an installed pytriton.
 Exit codes: 0 stopped on request, 1 the server failed (its log tail is printed), 2 bad input or no server here.
 """
 from __future__ import annotations
@@ -50,10 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..bundle import BundleError
+from ..errors import VaeError
 from ..files import sha256_file
 from .guard import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUEST_BYTES, HttpFront, Upstream
-from .repository import RepoOptions, RepositoryError, parse_batches, write_repository
+from .repository import RepoOptions, parse_batches, write_repository
 
 PYTRITON_VERSION = "0.7.0"
 # sha256 of nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl as published on PyPI
@@ -67,11 +54,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 log = logging.getLogger("runtime.serving.serve")
 
 
-class ServerUnavailableError(RuntimeError):
+class ServerUnavailableError(VaeError, RuntimeError):
     """No usable tritonserver on this machine (not installed, no stub for this Python); the message says how to fix."""
 
 
-class ServerError(RuntimeError):
+class ServerError(VaeError, RuntimeError):
     """tritonserver failed to start or exited; the message carries the tail of its log."""
 
 
@@ -624,6 +611,25 @@ def _port(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.install_server is not None:
+        return _install_server_cli(args.install_server)
+    if args.bundle is None:
+        p.error("BUNDLE is required (or --install-server WHEEL)")
+    problem = _bad_arguments(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    _log_events_to_stderr()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _serve_until_stopped(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runtime.serving.serve", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve a bundle's encoder and decoder (models vae_encoder, vae_decoder) through a local Triton\n"
@@ -656,35 +662,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--install-server", type=Path, default=None, metavar="WHEEL",
                    help=f"unpack tritonserver from an nvidia-pytriton {PYTRITON_VERSION} wheel (or the folder holding it) "
                         f"into $VENV/{INSTALL_DIR} and exit")
-    args = p.parse_args(argv)
-    if args.install_server is not None:
-        try:
-            dist = install_server(args.install_server)
-        except (ServerUnavailableError, OSError, zipfile.BadZipFile) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"tritonserver installed: {dist.binary}")
-        return 0
-    if args.bundle is None:
-        p.error("BUNDLE is required (or --install-server WHEEL)")
+    return p
+
+
+def _install_server_cli(wheel: Path) -> int:
+    try:
+        dist = install_server(wheel)
+    except (ServerUnavailableError, OSError, zipfile.BadZipFile) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"tritonserver installed: {dist.binary}")
+    return 0
+
+
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the serving options argparse cannot check, or None."""
     ports = [args.port, args.grpc_port] + ([] if args.no_metrics else [args.metrics_port])
     if len(set(ports)) != len(ports):
-        print(f"error: --port, --grpc-port and --metrics-port must differ, got {ports}", file=sys.stderr)
-        return 2
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C
-
+        return f"--port, --grpc-port and --metrics-port must differ, got {ports}"
     if args.max_request_bytes < 1:
-        print(f"error: --max-request-bytes must be >= 1, got {args.max_request_bytes}", file=sys.stderr)
-        return 2
+        return f"--max-request-bytes must be >= 1, got {args.max_request_bytes}"
+    return None
+
+
+def _log_events_to_stderr() -> None:
     if not log.handlers:  # supervision events (restarts) go to stderr, with a time stamp
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s runtime.serving.serve: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+
+def _stop_on_sigterm(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM stops the server like Ctrl-C
+
+
+def _serve_until_stopped(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C / SIGTERM (0) or until the supervisor gives up (1); 1 or 2 when it cannot start."""
     server = None
     try:
         server = serve(args.bundle, host=args.host, http_port=args.port, grpc_port=args.grpc_port,
@@ -705,16 +719,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = server.stop()
             print(f"stopped (tritonserver exit code {code})")
         return 0
-    except (BundleError, RepositoryError, ServerUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except VaeError as e:  # BundleError, RepositoryError, ServerUnavailableError, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         if server is not None:
             server.stop()
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,17 @@
 """Write a Triton Inference Server model repository for a bundle: vae_encoder and vae_decoder, ready for `tritonserver`.
 
-    python -m runtime.serving.to_triton BUNDLE --out MODEL_REPOSITORY [--platform onnxruntime|tensorrt|python] [--kind gpu|cpu]
-        [--precision fp32|fp16|int8] [--max-batch N] [--instances N] [--preferred-batch 8,16] [--queue-delay-us N]
+    python -m runtime.serving.to_triton BUNDLE --out MODEL_REPOSITORY [--platform onnxruntime|tensorrt|python]
+        [--kind gpu|cpu] [--precision fp32|fp16|int8] [--max-batch N] [--instances N] [--preferred-batch 8,16] [--queue-delay-us N]
         [--no-dynamic-batching] [--accelerator none|tensorrt|tensorrt-fp16] [--threads N] [--no-warmup]
 
-Platforms (the format is defined in runtime/serving/repository.py, shared with python -m runtime.serving.serve):
-  onnxruntime  `onnxruntime_onnx`: the bundle's ONNX graph (at --precision) as 1/model.onnx. On GPU instances,
-               --accelerator tensorrt[-fp16] turns on Triton's TensorRT execution accelerator inside ONNX Runtime
-               (engines built by Triton at load time, FP16 on request).
-  tensorrt     `tensorrt_plan`: an engine built by export.tensorrt.build (BUNDLE/engines/, chosen by its sidecar) as
-               1/model.plan, its sidecar as 1/engine.json. A plan runs only on the GPU model and TensorRT version it was
-               built for: build it inside the Triton image you serve with (docs/serving.md).
-  python       `python` backend hosting this project's runtime (runtime.load) via 1/model.py, with the bundle's files and
-               a copy of the runtime package; for Triton installations with the Python backend only (needs numpy and
-               onnxruntime in the backend's Python). Instances default to --kind cpu.
-
-Every config.pbtxt has dims without the batch axis, max_batch_size, dynamic_batching (unless turned off),
-instance_group and model_warmup, and is parsed against Triton's ModelConfig protobuf schema (tritonclient's
-model_config_pb2) before the repository is moved into place; without tritonclient the check is skipped with a
-warning (--validate makes it required). The repository is written to a temporary folder next to --out and swapped
-into place: an error leaves no partial repository, and an existing one is replaced only by a complete new one. Its
-marker (vae-triton.json) lists every file written with its sha256: an existing --out is replaced only when it holds
-nothing else (a file of yours there, or a marker that does not list the files, makes it refuse before any work,
-naming them). An --out that cannot be written is refused before any work, in one line.
-
+Platforms (format: runtime/serving/repository.py): `onnxruntime` - the bundle's ONNX graph at --precision as
+1/model.onnx (--accelerator tensorrt[-fp16]: Triton's TensorRT accelerator inside ONNX Runtime, on GPU instances);
+`tensorrt` - an engine of export.tensorrt.build as 1/model.plan with its sidecar (a plan runs only on the GPU and
+TensorRT version it was built for: build it inside the Triton image, docs/serving.md); `python` - this runtime
+hosted by 1/model.py, with the bundle's files and a copy of the package (instances default to --kind cpu).
+Every config.pbtxt is parsed against Triton's ModelConfig schema when tritonclient is installed (--validate makes it
+required). The repository is written next to --out and swapped in whole; an existing --out is replaced only when it
+holds nothing but what its marker (vae-triton.json) lists with a matching sha256, else it is refused before any work.
 Exit codes: 0 written, 2 bad input (bundle, option, engine; one line on stderr).
 """
 from __future__ import annotations
@@ -33,10 +21,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from runtime.bundle import BundleError
-from runtime.engines import EngineError
-from runtime.serving.repository import (ACCELERATORS, KINDS, PLATFORMS, RepoOptions, RepositoryError, parse_batches,
-                                 schema_available, write_repository)
+from runtime.errors import VaeError
+from runtime.serving.repository import (ACCELERATORS, KINDS, PLATFORMS, RepoOptions, parse_batches, schema_available,
+                                        write_repository)
 
 
 def _graphs(text: str) -> tuple[str, ...]:
@@ -96,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("warning: tritonclient is not installed: config.pbtxt files are not checked against Triton's "
                   "schema (pip install -c constraints.txt -e '.[serve]')", file=sys.stderr)
         repo = write_repository(args.bundle, args.out, options, validate=True if args.validate else None)
-    except (BundleError, EngineError, RepositoryError) as e:
+    except VaeError as e:  # BundleError, EngineError, RepositoryError, OutputError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"model repository written to {repo.path}: {', '.join(repo.models)} "

@@ -1,20 +1,15 @@
 """Triton Python-backend model that hosts this runtime: copied as <model>/1/model.py by runtime.serving.repository.
 
 Runs inside Triton's Python backend stub (which provides triton_python_backend_utils), never imported by the rest of
-the package. The model folder carries its bundle (1/bundle/: vae.json and the graph's ONNX file) and a copy of the
-runtime package (1/runtime/), so the repository runs wherever the stub's Python has numpy and onnxruntime.
+the package. The model folder carries its bundle (1/bundle/) and a copy of the runtime package (1/runtime/), so it runs
+wherever the stub's Python has numpy and onnxruntime. config.pbtxt parameters: graph (encoder | decoder), backend
+(runtime.load's), precision, threads (optional).
 
-config.pbtxt parameters: graph (encoder | decoder), backend (runtime.load's backend), precision, threads (optional).
-
-Dynamic batching hands execute() several requests at once; the Python backend does not merge them, so this model
-does: each request's input is checked on its own (runtime.validation: NaN / Inf, shape), a bad request gets its own
-error response, the good ones run as ONE batch through runtime.load(...), and the outputs are split back.
-
-Tensors cross the stub boundary through DLPack, not through the stub's NumPy conversions (Tensor.as_numpy and
-Tensor(name, ndarray)): stubs built against NumPy 1.x (e.g. those shipped in nvidia-pytriton 0.7.0, Triton 2.51)
-read NumPy 2's dtype descriptor at NumPy 1's offsets and get item size 0 -- inputs arrive as copies of their first
-element, outputs are refused with "output tensor shape does not match size of output". DLPack is a stable C struct,
-so the same code is right under NumPy 1 and 2.
+Dynamic batching hands execute() several requests at once and the Python backend does not merge them, so this model
+does: each request is validated on its own (a bad one gets its own error response), the good ones run as ONE batch
+through runtime.load(...), and the outputs are split back. Tensors cross the stub boundary through DLPack, not the
+stub's NumPy conversions: stubs built against NumPy 1.x (nvidia-pytriton 0.7.0, Triton 2.51) misread NumPy 2's dtype
+descriptor (inputs arrive as copies of their first element, outputs are refused); DLPack is right under both.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..bundle import (DECODER, GRAPH_IO, IMAGE, MANIFEST_NAME, REFERENCE_NAME, BundleError, Manifest, read_manifest,
                      resolve_file)
-from ..errors import BackendUnavailableError
+from ..errors import BackendError, BackendUnavailableError, VaeError
 from ..files import write_json_atomic
 from .metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance
 
@@ -144,11 +144,31 @@ def check_parity(bundle: str | os.PathLike, *, backend: str = "auto", device: st
                  locate: Callable[..., Any] | None = None) -> ParityReport:
     """Compare a backend with the golden reference (or the live PyTorch model when `checkpoint` is given).
 
-    tolerances: overrides keyed by output key ("realistic.decoder.image") or tensor name ("image"); the rest use
-    runtime.verify.metrics' defaults for `precision`. locate: called as locate(root, graph, precision=, checkpoint=)
-    for each failing graph to find its first intermediate tensor that diverges from PyTorch (pass
-    export.divergence.locate_divergence; it needs torch, onnx and the checkpoint, so the runtime never imports it).
-    Raises BundleError / BackendError / InputError on bad input.
+    Args:
+        bundle: The bundle folder, or its vae.json.
+        backend: runtime.load's backend ("auto", "onnxruntime", "tensorrt", ...).
+        device: "cpu", "cuda" or "cuda:N".
+        precision: The precision to check, as runtime.load takes it ("fp32", "fp16", "int8", ...); it also picks
+            the default tolerances.
+        checkpoint: Compare with this PyTorch checkpoint run live (torch backend, CPU, FP32) on the same inputs,
+            instead of the golden outputs stored in reference.npz.
+        graphs: The graphs to check (default: every graph in the bundle).
+        tolerances: Overrides keyed by output key ("realistic.decoder.image") or tensor name ("image"); the rest
+            use runtime.verify.metrics' defaults for `precision`.
+        backend_options: Extra keyword options for runtime.load (e.g. {"threads": 2}).
+        locate: Called as locate(root, graph, precision=, checkpoint=) for each failing graph to find its first
+            intermediate tensor that diverges from PyTorch (pass export.divergence.locate_divergence; it needs
+            torch, onnx and the checkpoint, so the runtime never imports it).
+
+    Returns:
+        A ParityReport, true when every output passed: per-output metrics, backend and reference provenance, and
+        for failing graphs the located divergences or a note saying how to locate them.
+
+    Raises:
+        BundleError: The bundle, or its reference.npz, is missing, malformed or lacks the inputs / outputs needed.
+        BackendError: runtime.load refused the backend, device, precision or options (BackendUnavailableError
+            when the engine is not usable here).
+        InputError: A reference input was refused by the runtime's validation.
     """
     from ..vae import load
 
@@ -156,6 +176,9 @@ def check_parity(bundle: str | os.PathLike, *, backend: str = "auto", device: st
     root = path.parent if path.name == MANIFEST_NAME else path
     manifest = read_manifest(root)
     graphs = tuple(graphs) if graphs else tuple(manifest.graphs)
+    unknown = [g for g in graphs if g not in manifest.graphs]
+    if unknown:
+        raise BackendError(f"graphs: asked for {list(graphs)}, the bundle {root} has {sorted(manifest.graphs)}")
     reference = load_reference(root, manifest)
     inputs = reference_inputs(reference, graphs)
     if not inputs:
@@ -214,9 +237,9 @@ def main(argv: Sequence[str] | None = None, *, locate: Callable[..., Any] | None
     """The parity CLI; export.divergence runs it with `locate` set (the runtime cannot import that finder)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path, help="bundle folder (holding vae.json)")
-    p.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt | torch (default auto)")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt | openvino | torch (default auto)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (default fp32)")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 | bf16 (bf16: openvino, where vae.json records it; default fp32)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="compare with the live PyTorch model from this checkpoint instead of reference.npz")
     p.add_argument("--graphs", default=None, help="encoder,decoder or one of them (default: all in the bundle)")
@@ -234,7 +257,7 @@ def main(argv: Sequence[str] | None = None, *, locate: Callable[..., Any] | None
                               checkpoint=args.checkpoint, graphs=args.graphs.split(",") if args.graphs else None,
                               backend_options=options,
                               locate=None if getattr(args, "no_locate", True) else locate)
-    except ValueError as e:  # every error of ours (BundleError, BackendError, InputError, ...) is a ValueError
+    except VaeError as e:  # BundleError, BackendError, InputError, ...; anything else is a bug: its traceback shows
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.table())
@@ -251,7 +274,7 @@ def main(argv: Sequence[str] | None = None, *, locate: Callable[..., Any] | None
         try:
             written = write_polygraphy_files(args.bundle, args.save_polygraphy,
                                              graphs=args.graphs.split(",") if args.graphs else None)
-        except (OSError, ValueError) as e:
+        except (OSError, VaeError) as e:
             print(f"error: --save-polygraphy {args.save_polygraphy}: {e}", file=sys.stderr)
             return 2
         for graph, (ins, outs) in written.items():

@@ -34,7 +34,8 @@ def test_analytic_count_equals_torch_flop_counter(cfg, graph, batch):
 
 def test_default_model_figures():
     cfg = json.dumps(VAEConfig().to_dict())
-    # the figures quoted in benchmarks/NOTES.md: decoder 4.11 GFLOP and encoder 2.59 GFLOP at batch 64
+    # the figures quoted in docs/performance.md#how-the-figures-were-measured: decoder 4.11 GFLOP and encoder
+    # 2.59 GFLOP at batch 64
     assert count_flops(cfg, "decoder", 64) / 1e9 == pytest.approx(4.11, abs=0.01)
     assert count_flops(cfg, "encoder", 64) / 1e9 == pytest.approx(2.59, abs=0.01)
 

@@ -34,6 +34,9 @@ JETPACK_SKIPS = {
     "test_parity.py::test_polygraphy_reads_our_files": "Polygraphy (and onnx) is a development-machine tool",
     "test_load.py::test_engine_failure_becomes_a_backend_error": _ONNX_EDIT,
     "test_bundle_contract.py::test_swapped_graph_with_another_input_dtype_is_refused_at_load": _ONNX_EDIT,
+    "test_images.py::test_prepare_equals_the_training_loader": "compares with vae_model's training loader, which "
+                                                               "needs torch (the NumPy resize is checked against "
+                                                               "Pillow itself there too)",
 }
 NO_TORCH = importlib.util.find_spec("torch") is None
 

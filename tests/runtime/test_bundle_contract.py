@@ -141,8 +141,8 @@ def test_parity_cli_refuses_a_graph_outside_the_bundle(bundle_copy):
     outside = _outside_copy(bundle_copy)
     _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(file="../outside/decoder.onnx",
                                                                sha256=sha256_file(outside)))
-    proc = subprocess.run([sys.executable, "-m", "runtime.verify.parity", str(bundle_copy), "--backend", "onnxruntime",
-                           "--no-locate"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "runtime.verify.parity", str(bundle_copy), "--backend", "onnxruntime"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "graphs.decoder.file: expected a relative path inside the bundle, got '../outside/decoder.onnx'" \
@@ -349,3 +349,47 @@ def test_swapped_graph_with_another_input_dtype_is_refused_at_load(bundle_copy):
     _edit(bundle_copy, lambda data: data["graphs"]["decoder"].update(sha256=sha256_file(path)))
     with pytest.raises(B.BundleError, match=r"decoder\.onnx: input 'z' has dtype int64, vae\.json says float32"):
         runtime.load(bundle_copy, backend="onnxruntime", graphs=("decoder",), preload=True)
+
+
+# ----------------------------------------------------------------------------------------------- engine precisions
+
+def _bf16_record(spec: dict) -> dict:
+    """graphs.<g>.engine_precisions.bf16 as export.precision.bf16 writes it (the numbers left out)."""
+    return {"precision": "bf16", "engine": "openvino", "file": spec["file"], "sha256": spec["sha256"], "device": "CPU",
+            "properties": {"INFERENCE_PRECISION_HINT": "bf16"}, "versions": {"openvino": "2026.4.1"},
+            "accuracy": {"passed": True}, "budget": {"image": {"min_psnr": 40.0}}}
+
+
+def test_engine_precisions_are_optional_and_round_trip(bundle_copy):
+    data = json.loads((bundle_copy / B.MANIFEST_NAME).read_text())
+    assert all("engine_precisions" not in g for g in data["graphs"].values())  # bundles made before issue 19
+    assert B.read_manifest(bundle_copy).to_dict()["graphs"] == data["graphs"]  # ... are written back unchanged
+    _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(
+        engine_precisions={"bf16": _bf16_record(d["graphs"]["decoder"])}))
+    m = B.read_manifest(bundle_copy)
+    rec = m.graphs["decoder"].engine_precisions["bf16"]
+    assert (rec.engine, rec.file, rec.versions) == ("openvino", "decoder.onnx", {"openvino": "2026.4.1"})
+    assert m.graphs["decoder"].precisions() == ["fp32", "bf16"]
+    assert m.to_dict()["graphs"]["decoder"]["engine_precisions"]["bf16"] == _bf16_record(
+        json.loads((bundle_copy / B.MANIFEST_NAME).read_text())["graphs"]["decoder"])
+    with runtime.load(bundle_copy, backend="onnxruntime") as rt:  # other backends load such a bundle as before
+        rt.decode(np.zeros((1, rt.latent_dim), np.float32))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: {"fp8": r},
+     r"graphs.decoder.engine_precisions.fp8: unknown engine precision; expected one of \['bf16'\]"),
+    (lambda r: {"bf16": {**r, "precision": "fp16"}}, r"engine_precisions.bf16.precision: expected 'bf16', got string"),
+    (lambda r: {"bf16": {**r, "file": "decoder.fp16.onnx"}},
+     r"engine_precisions.bf16.file: expected the graph's own file 'decoder.onnx'"),
+    (lambda r: {"bf16": {**r, "file": "../decoder.onnx"}}, r"engine_precisions.bf16.file: expected a relative path"),
+    (lambda r: {"bf16": {k: v for k, v in r.items() if k != "sha256"}}, r"engine_precisions.bf16.sha256: expected"),
+    (lambda r: {"bf16": {**r, "engine": ""}}, r"engine_precisions.bf16.engine: expected a backend name"),
+    (lambda r: {"bf16": {**r, "accuracy": []}}, r"engine_precisions.bf16.accuracy: expected an object, got list"),
+    (lambda r: [r], r"graphs.decoder.engine_precisions: expected an object, got list"),
+])
+def test_engine_precisions_are_checked_when_read(bundle_copy, edit, message):
+    _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(
+        engine_precisions=edit(_bf16_record(d["graphs"]["decoder"]))))
+    with pytest.raises(B.BundleError, match=message):
+        B.read_manifest(bundle_copy)

@@ -30,8 +30,9 @@ def test_unknown_backend_device_precision_option(bundle):
         runtime.load(bundle, device="gpu")
     with pytest.raises(runtime.BackendError, match=r"device: .* got 'cpu:1'"):
         runtime.load(bundle, device="cpu:1")
-    with pytest.raises(runtime.BackendError, match=r"precision: expected one of \['fp32', 'fp16', 'int8'\], got 'bf16'"):
-        runtime.load(bundle, precision="bf16")
+    with pytest.raises(runtime.BackendError,
+                       match=r"precision: expected one of \['fp32', 'fp16', 'int8', 'bf16'\], got 'fp8'"):
+        runtime.load(bundle, precision="fp8")
     with pytest.raises(runtime.BackendError, match=r"unknown option\(s\) \['thread'\]; it accepts \['threads'"):
         runtime.load(bundle, backend="onnxruntime", thread=2)
     with pytest.raises(runtime.BackendError, match=r"option threads: expected a positive integer, got 0"):

@@ -149,5 +149,5 @@ def test_mismatching_sidecar_is_refused_with_rebuild_command(gpu_bundle, tmp_pat
     data = json.loads(sidecar_path(engine).read_text())
     data["tensorrt"]["version"] = "10.0.0.1"
     sidecar_path(engine).write_text(json.dumps(data))
-    with pytest.raises(EngineMismatchError, match=r"TensorRT 10\.0\.0\.1.*python -m export\.to_tensorrt"):
+    with pytest.raises(EngineMismatchError, match=r"TensorRT 10\.0\.0\.1.*python -m export\.tensorrt\.build"):
         runtime.load(root, backend="tensorrt", device="cuda", graphs=("decoder",))

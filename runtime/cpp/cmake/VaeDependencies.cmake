@@ -5,10 +5,14 @@
 #   2. -DONNXRUNTIME_ROOT=<dir> or the environment variable ONNXRUNTIME_ROOT: the official release archive layout
 #      (<dir>/include/onnxruntime_c_api.h, <dir>/lib/libonnxruntime.so), also a source build's install prefix
 #   3. find_package(onnxruntime CONFIG): an ONNX Runtime installed with its CMake package (e.g. under /usr/local)
-#   4. VAE_FETCH_DEPS=ON (default): scripts/fetch_deps.py fetches ONNX Runtime 1.29.0 from npm into third_party/
-# Then a probe is compiled with the headers and run against the library: the headers' ORT_API_VERSION must equal the
-# library's minor version (same release), unless VAE_ORT_ALLOW_NEWER_LIBRARY=ON, which accepts a newer library that
-# still serves the headers' API version (ONNX Runtime's C API is append-only).
+#   4. VAE_FETCH_DEPS=ON (default): scripts/fetch_deps.py fetches ONNX Runtime 1.32.0 into third_party/: the library
+#      from the PyPI wheel onnxruntime==1.32.0 (the Python runtime's release), the C/C++ headers of ONNX Runtime
+#      1.29.0 (C API 29) from npm, the newest a reachable registry carries (see that script's docstring)
+# Then the ABI check: a probe is compiled with the headers and run against the library. The library must serve the
+# headers' C API version: ORT_API_VERSION <= the library's minor version and OrtGetApiBase()->GetApi(ORT_API_VERSION)
+# != NULL (ONNX Runtime's C API is versioned and append-only, so code built against API N runs on any release >= 1.N).
+# A library older than its headers is refused. VAE_ORT_ALLOW_NEWER_LIBRARY=OFF also refuses a newer library (headers
+# and library of one release only).
 #
 # Results: imported target vae::onnxruntime, VAE_ORT_LIBRARY_VERSION; target vae::nlohmann_json;
 #          VAE_HAVE_TENSORRT with targets vae::tensorrt (nvinfer + CUDA runtime) when TensorRT is found.
@@ -19,15 +23,40 @@ set(VAE_THIRD_PARTY_DIR "${_vae_repo_root}/third_party" CACHE PATH
     "Where scripts/fetch_deps.py puts fetched dependencies (git-ignored)")
 set(VAE_FETCH_SCRIPT "${CMAKE_CURRENT_LIST_DIR}/../scripts/fetch_deps.py")
 
+# A relative -DPython3_EXECUTABLE (e.g. `.venv/bin/python`) is not used by FindPython, which silently takes another
+# interpreter instead: resolve it against the directory cmake was started in, or stop saying so.
+if(Python3_EXECUTABLE AND NOT IS_ABSOLUTE "${Python3_EXECUTABLE}")
+  # (a child process starts in cmake's own working directory; $ENV{PWD} can be stale when a parent chdir'ed)
+  execute_process(COMMAND pwd OUTPUT_VARIABLE _vae_cwd OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(NOT _vae_cwd)
+    set(_vae_cwd "$ENV{PWD}")
+  endif()
+  get_filename_component(_vae_py "${Python3_EXECUTABLE}" ABSOLUTE BASE_DIR "${_vae_cwd}")
+  if(NOT EXISTS "${_vae_py}")
+    message(FATAL_ERROR "vae_runtime: Python3_EXECUTABLE='${Python3_EXECUTABLE}' is a relative path and "
+                        "'${_vae_py}' (relative to ${_vae_cwd}, where cmake was started) does not exist; pass an "
+                        "absolute path")
+  endif()
+  message(STATUS "vae_runtime: Python3_EXECUTABLE '${Python3_EXECUTABLE}' -> ${_vae_py}")
+  set(Python3_EXECUTABLE "${_vae_py}" CACHE FILEPATH "Python for scripts/fetch_deps.py" FORCE)
+endif()
+
 function(vae_fetch name out_var)
   find_package(Python3 COMPONENTS Interpreter REQUIRED)
+  set(_cmd "${Python3_EXECUTABLE}" "${VAE_FETCH_SCRIPT}" --dest "${VAE_THIRD_PARTY_DIR}" --only ${name} --print-root)
   message(STATUS "vae_runtime: fetching ${name} (scripts/fetch_deps.py -> ${VAE_THIRD_PARTY_DIR})")
-  execute_process(
-    COMMAND "${Python3_EXECUTABLE}" "${VAE_FETCH_SCRIPT}" --dest "${VAE_THIRD_PARTY_DIR}" --only ${name} --print-root
-    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+  execute_process(COMMAND ${_cmd} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+                  OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_STRIP_TRAILING_WHITESPACE)
   if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "vae_runtime: fetching ${name} failed: ${err}\n"
-                        "Provide it yourself instead (see runtime/cpp/README.md) or check npm / PyPI access.")
+    # rc is an exit code, or a sentence when the interpreter itself could not be started.
+    string(REPLACE ";" " " _cmd_line "${_cmd}")
+    if(NOT err)
+      set(err "(nothing on stderr; stdout: '${out}')")
+    endif()
+    message(FATAL_ERROR "vae_runtime: fetching ${name} failed (exit: ${rc}):\n  ${err}\n"
+                        "Command: ${_cmd_line}\n"
+                        "Provide it yourself instead (-DONNXRUNTIME_ROOT=..., see runtime/cpp/README.md), or fix "
+                        "the access to the registry named above (PyPI through pip, npm).")
   endif()
   string(REGEX MATCH "${name}=([^\n]+)" _ "${out}")
   set(${out_var} "${CMAKE_MATCH_1}" PARENT_SCOPE)
@@ -35,7 +64,8 @@ endfunction()
 
 # ---------------------------------------------------------------------------------------------------- ONNX Runtime
 set(ONNXRUNTIME_ROOT "$ENV{ONNXRUNTIME_ROOT}" CACHE PATH "ONNX Runtime folder with include/ and lib/ (release archive)")
-option(VAE_ORT_ALLOW_NEWER_LIBRARY "Accept an ONNX Runtime library newer than its headers (same major)" OFF)
+option(VAE_ORT_ALLOW_NEWER_LIBRARY
+       "Accept an ONNX Runtime library newer than its headers when it serves their C API version (append-only API)" ON)
 
 if(NOT (ONNXRUNTIME_INCLUDE_DIR AND ONNXRUNTIME_LIBRARY) AND NOT ONNXRUNTIME_ROOT)
   find_package(onnxruntime CONFIG QUIET)
@@ -95,7 +125,8 @@ if(_soname AND NOT EXISTS "${_ort_dir}/${_soname}")
   set(ONNXRUNTIME_LIBRARY "${_link_dir}/${_soname}" CACHE FILEPATH "ONNX Runtime shared library" FORCE)
 endif()
 
-# One and the same release: compile the probe with these headers, run it against this library.
+# The ABI check: compile the probe with these headers, run it against this library (under the emulator when
+# cross-compiling), then compare the headers' C API version with what the library serves.
 try_run(_ort_run _ort_compile "${CMAKE_BINARY_DIR}/vae_ort_probe" "${CMAKE_CURRENT_LIST_DIR}/ort_version_probe.cpp"
   CMAKE_FLAGS "-DINCLUDE_DIRECTORIES=${ONNXRUNTIME_INCLUDE_DIR}"
   LINK_LIBRARIES "${ONNXRUNTIME_LIBRARY}"
@@ -112,18 +143,26 @@ set(_hdr_api ${CMAKE_MATCH_1})
 set(VAE_ORT_LIBRARY_VERSION "${CMAKE_MATCH_2}.${CMAKE_MATCH_3}.${CMAKE_MATCH_4}")
 set(_lib_minor ${CMAKE_MATCH_3})
 set(_served ${CMAKE_MATCH_5})
-if(NOT _lib_minor EQUAL _hdr_api)
-  if(VAE_ORT_ALLOW_NEWER_LIBRARY AND _lib_minor GREATER _hdr_api AND _served)
-    message(WARNING "vae_runtime: ONNX Runtime headers are API ${_hdr_api} (1.${_hdr_api}), the library is "
-                    "${VAE_ORT_LIBRARY_VERSION}; accepted because VAE_ORT_ALLOW_NEWER_LIBRARY=ON")
-  else()
-    message(FATAL_ERROR "vae_runtime: ONNX Runtime version mismatch: headers ${ONNXRUNTIME_INCLUDE_DIR} are C API "
-                        "${_hdr_api} (release 1.${_hdr_api}), library ${ONNXRUNTIME_LIBRARY} is "
-                        "${VAE_ORT_LIBRARY_VERSION}. Use the headers and library of one release (e.g. one release "
-                        "archive via -DONNXRUNTIME_ROOT), or -DVAE_ORT_ALLOW_NEWER_LIBRARY=ON for a newer library.")
-  endif()
+string(CONCAT _ort_pair "headers ${ONNXRUNTIME_INCLUDE_DIR} (C API ${_hdr_api}, release 1.${_hdr_api}), library "
+                        "${ONNXRUNTIME_LIBRARY} (${VAE_ORT_LIBRARY_VERSION})")
+if(_lib_minor LESS _hdr_api OR NOT _served)
+  message(FATAL_ERROR "vae_runtime: ONNX Runtime version mismatch: the library does not serve the headers' C API "
+                      "${_hdr_api} (OrtGetApiBase()->GetApi(${_hdr_api}) is NULL in a library older than the "
+                      "headers): ${_ort_pair}. Use the library's own headers or older ones (e.g. one release archive "
+                      "via -DONNXRUNTIME_ROOT).")
+elseif(_lib_minor EQUAL _hdr_api)
+  message(STATUS "vae_runtime: ONNX Runtime ${VAE_ORT_LIBRARY_VERSION} (headers API ${_hdr_api}): one release: "
+                 "${ONNXRUNTIME_LIBRARY}")
+elseif(VAE_ORT_ALLOW_NEWER_LIBRARY)
+  message(STATUS "vae_runtime: ONNX Runtime ${VAE_ORT_LIBRARY_VERSION} (headers API ${_hdr_api}): ABI checked: the "
+                 "${VAE_ORT_LIBRARY_VERSION} library serves C API ${_hdr_api} (GetApi(${_hdr_api}) != NULL; the C API "
+                 "is append-only), so the runtime compiled with the 1.${_hdr_api} headers runs on it: "
+                 "${ONNXRUNTIME_LIBRARY}")
+else()
+  message(FATAL_ERROR "vae_runtime: ONNX Runtime version mismatch: ${_ort_pair}, and VAE_ORT_ALLOW_NEWER_LIBRARY=OFF "
+                      "asks for one release. The library serves the headers' C API ${_hdr_api}: "
+                      "-DVAE_ORT_ALLOW_NEWER_LIBRARY=ON (the default) accepts it.")
 endif()
-message(STATUS "vae_runtime: ONNX Runtime ${VAE_ORT_LIBRARY_VERSION} (headers API ${_hdr_api}): ${ONNXRUNTIME_LIBRARY}")
 
 add_library(vae::onnxruntime SHARED IMPORTED)
 set_target_properties(vae::onnxruntime PROPERTIES IMPORTED_LOCATION "${ONNXRUNTIME_LIBRARY}"

@@ -184,7 +184,7 @@ int run(const Args& a) {
     double best = 1e300, total = 0, t_first = 0;
     for (int r = 0; r < a.repeat; ++r) {
         t0 = Clock::now();
-        rt.decode(z.data(), z.size(), batch, images.data(), images.size());
+        rt.decode(z.data(), batch, z.size(), images.data(), images.size());
         const double t = ms_since(t0);
         if (r == 0) t_first = ms_since(kProcessStart);
         best = std::min(best, t);

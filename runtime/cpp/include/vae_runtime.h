@@ -12,7 +12,8 @@
  *   - Layouts: images (N, C, H, W) with values in the bundle's pixel range; latents, mu, logvar (N, D).
  *     C, H, W, D and the pixel range come from the bundle (vae_runtime_info), never from constants.
  *   - A vae_runtime may be used from several threads at once (the TensorRT backend serialises its calls).
- *   - ABI evolution: structs start with struct_size; new fields are only appended; status values are never renumbered.
+ *   - ABI evolution: structs start with struct_size; new fields are only appended; status values are never renumbered;
+ *     a released function's parameters never change order or type (another order would be a new function).
  *     vae_options gained batch_split (and a reserved field) at the end. A binary compiled against the first header
  *     keeps working: its vae_options_init symbol fills only the first layout (up to verify_sha256) and sets that
  *     struct_size, and vae_runtime_create reads nothing past verify_sha256 from such a struct (default batch_split).
@@ -123,7 +124,10 @@ VAE_API vae_status vae_runtime_info(const vae_runtime* runtime, vae_model_info* 
  * Valid until the handle is destroyed; "" for a NULL handle. */
 VAE_API const char* vae_runtime_backend(const vae_runtime* runtime);
 
-/* z: batch x latent_dim floats (z_count of them); image: room for batch x out_channels x image_size^2 floats. */
+/* z: batch x latent_dim floats (z_count of them); image: room for batch x out_channels x image_size^2 floats.
+ * The order (input, batch, input count, then each output with its capacity) is fixed for ABI 1: batch and z_count
+ * are both integers, so a reordered declaration would still link and bind, and swap them without a word.
+ * vae::Runtime::decode / encode (vae/runtime.hpp) take the same order. */
 VAE_API vae_status vae_decode(vae_runtime* runtime, const float* z, int64_t batch, size_t z_count,
                               float* image, size_t image_capacity);
 
@@ -137,7 +141,8 @@ VAE_API const char* vae_last_error(void);
 /* "VAE_OK", "VAE_ERR_SHAPE", ...; "VAE_ERR_UNKNOWN" for a value outside the enum. Never NULL. */
 VAE_API const char* vae_status_name(vae_status status);
 
-/* The library version, e.g. "0.1.0", and the ABI version it implements. */
+/* The library version (vae-deploy's: pyproject.toml's [project] version, MAJOR.MINOR.PATCH) and the ABI version it
+ * implements. */
 VAE_API const char* vae_version(void);
 VAE_API int32_t vae_abi_version(void);
 

@@ -2,19 +2,34 @@
 """Fetch the C++ runtime's third-party build inputs from package registries, at build time (never committed).
 
     python3 runtime/cpp/scripts/fetch_deps.py [--dest third_party] [--only NAME]... [--print-root]
-    (NAME: onnxruntime, nlohmann_json; on request only: cuda_headers)
+    (NAME: onnxruntime, nlohmann_json; on request only: onnxruntime_aarch64, cuda_headers)
     python3 runtime/cpp/scripts/fetch_deps.py --only onnxruntime_aarch64 --print-root   # cross builds: make cpp-aarch64
 
 What and why (the registries this project may use are PyPI, npm and Debian; ONNX Runtime publishes its C/C++
-release archive only on GitHub, and Debian has no ONNX Runtime package):
+release archive only on GitHub, and Debian 12 has no ONNX Runtime package):
 
-- ONNX Runtime 1.29.0, headers AND shared library, from the npm package com.github.asus4.onnxruntime@0.4.9 (an MIT
-  repackaging of the official ONNX Runtime release binaries for Unity). The PyPI onnxruntime wheel has a library but
-  no headers, and no npm package carries the headers of the wheel's version (1.32.0); this package is the only one
-  with a complete header set, and it carries the Linux x64 library of the same release. Taking both from one package
-  means the runtime is compiled and run against one and the same ONNX Runtime version; CMake checks that again
-  (cmake/ort_version_probe.cpp). Laid out like the official release archive, so ONNXRUNTIME_ROOT can point at
-  either: <root>/include/onnxruntime_c_api.h, <root>/lib/libonnxruntime.so -> libonnxruntime.so.1 -> .so.1.29.0.
+- onnxruntime: ONNX Runtime 1.32.0 for this machine (linux x86_64, or aarch64 on a Jetson), the SAME release as the
+  Python runtime (constraints.txt pins onnxruntime==1.32.0; tests/runtime/cpp/test_cpp_runtime.py checks the two
+  pins agree): the shared library onnxruntime/capi/libonnxruntime.so.1.32.0 out of the PyPI wheel onnxruntime==1.32.0
+  (manylinux_2_28, glibc >= 2.28; the cp311 wheel: the C library does not depend on the Python version). It is the
+  official C API library (SONAME libonnxruntime.so.1, OrtGetApiBase exported, symbols versioned VERS_1.32.0), so one
+  ONNX Runtime serves Python and C++, and a process that loads both (benchmarks.cpp_runtime) loads one release.
+- Its C/C++ headers: no registry carries ONNX Runtime 1.32's headers (no wheel ships them, npm's onnxruntime-node /
+  -common / -web have none, NuGet is not reachable). The newest complete official header set on a reachable registry
+  is ONNX Runtime 1.29.0's (C API 29), inside the npm package com.github.asus4.onnxruntime@0.4.9 (an MIT repackaging
+  of the official release for Unity; the headers sit in its iOS framework slice and are platform-independent).
+  ONNX Runtime's C API is versioned and append-only: a library of release 1.N serves every API version <= N through
+  OrtGetApiBase()->GetApi(version), and code compiled against API 29 calls only the functions of API 29. CMake checks
+  exactly that at configure time (cmake/ort_version_probe.cpp, compiled with these headers and run against this
+  library: headers' ORT_API_VERSION <= the library's minor version, and GetApi(ORT_API_VERSION) != NULL), and the
+  library checks it again when it loads (src/onnxruntime_backend.cpp).
+- onnxruntime_aarch64 (only on request, for cross builds: `make cpp-aarch64`): the same for Linux aarch64, from the
+  manylinux_2_28_aarch64 wheel of the same release; checked to be an aarch64 ELF with the symbol version VERS_1.32.0.
+  JetPack 5 (glibc 2.31) and 6 (2.35) can load it.
+  Both land in <dest>/onnxruntime-1.32.0-linux-<arch>/, laid out like the official release archive, so
+  ONNXRUNTIME_ROOT can point at either: include/onnxruntime_c_api.h, lib/libonnxruntime.so -> libonnxruntime.so.1 ->
+  libonnxruntime.so.1.32.0, LICENSE and ThirdPartyNotices.txt (from the wheel), VERSION_NUMBER and SOURCE.json
+  (each file's package, version and sha256, and the headers' release and C API version).
 - nlohmann/json 3.12.0 (header-only, private to the library: parses vae.json and engine sidecars) from the PyPI
   package nlohmann-json==3.12.0. Debian's nlohmann-json3-dev is used instead when CMake finds it installed.
 - CUDA 12.6.68 runtime HEADERS only (no library), for the TensorRT compile check (CMake VAE_TENSORRT_COMPILE_CHECK):
@@ -22,17 +37,11 @@ release archive only on GitHub, and Debian has no ONNX Runtime package):
   (crt/host_defines.h, which cuda_runtime_api.h includes and only the nvcc wheel ships), merged into
   <root>/include. 12.6 is JetPack 6's CUDA. The x86_64 wheels are fetched on any host (the headers are the same).
   Fetched only on request (--only cuda_headers), never by a plain run.
-
-- onnxruntime_aarch64 (only on request, for cross builds: `make cpp-aarch64`): ONNX Runtime 1.29.0 for Linux aarch64
-  (glibc), the same release: the library from Microsoft's npm package onnxruntime-node@1.29.0
-  (bin/napi-v6/linux/arm64/libonnxruntime.so.1; needs glibc >= 2.28 and GLIBCXX_3.4.22, which JetPack 5 and 6 have),
-  the headers from com.github.asus4.onnxruntime@0.4.9 as above (onnxruntime-node carries no C headers). Both pinned
-  by sha256; the library is checked to be an aarch64 ELF exporting the symbol version VERS_1.29.0. Laid out like the
-  official onnxruntime-linux-aarch64-1.29.0.tgz, in <dest>/onnxruntime-1.29.0-linux-aarch64/.
 Every download is pinned by version and sha256. Extraction goes to a temporary folder next to the destination and
 is renamed into place only when complete, so an interrupted fetch never leaves a half-populated folder. Standard
-library only (runs under any python3 with pip; npm must be on PATH for ONNX Runtime).
-Exit codes: 0 ok, 1 a download or check failed (one-line message on stderr).
+library only (runs under any python3 with pip; npm must be on PATH for the ONNX Runtime headers).
+Exit codes: 0 ok, 1 a download or check failed: one line on stderr naming the package, its version, the registry
+client's command and exit code and the end of its output.
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -50,14 +60,25 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-ORT_VERSION = "1.29.0"
-ORT_NPM = "com.github.asus4.onnxruntime@0.4.9"
-ORT_NPM_SHA256 = "e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d"
-# The platform-independent public headers ship inside the package's iOS framework slice; the Linux library in
-# Plugins/Linux/x64. Both come from the same ONNX Runtime release (the package README names it).
+# The library: the Python runtime's release (constraints.txt), from its PyPI wheel, per architecture.
+ORT_VERSION = "1.32.0"
+ORT_WHEEL_PYTHON = "311"  # any CPython tag carries the same C library; one is pinned
+ORT_WHEELS = {  # machine -> (wheel platform, wheel file, sha256)
+    "x86_64": ("manylinux_2_28_x86_64", f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl",
+               "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d"),
+    "aarch64": ("manylinux_2_28_aarch64", f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_aarch64.whl",
+                "2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c"),
+}
+ORT_WHEEL_LIB = f"onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"
+ORT_WHEEL_NOTICES = ("onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt")
+_ELF_MACHINES = {"x86_64": 62, "aarch64": 183}  # EM_X86_64, EM_AARCH64
+
+# The headers: the newest complete official set on a reachable registry (see the docstring), C API 29.
+ORT_HEADERS_VERSION = "1.29.0"
+ORT_HEADERS_NPM = "com.github.asus4.onnxruntime@0.4.9"
+ORT_HEADERS_NPM_SHA256 = "e59788788818fdde1b2e522e766a21ba0f7d8391de55737abf81e32cc801785d"
 ORT_HEADER_DIR = "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/"
-ORT_LINUX_LIBS = {"x86_64": "package/Plugins/Linux/x64/"}
-ORT_LICENSE = "package/LICENSE"
+ORT_REQUIRED_HEADERS = ("onnxruntime_c_api.h", "onnxruntime_cxx_api.h", "onnxruntime_cxx_inline.h")
 
 NLOHMANN_VERSION = "3.12.0"
 NLOHMANN_WHEEL = f"nlohmann_json-{NLOHMANN_VERSION}-py3-none-any.whl"
@@ -89,14 +110,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    """Run a registry client; on failure a FetchError saying what was fetched (`what`: package, version, registry),
+    the command, its exit code and the end of its output (or that it printed nothing)."""
     try:
         proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except FileNotFoundError:
-        raise FetchError(f"`{cmd[0]}` not found on PATH; it is needed to run: {' '.join(cmd)}") from None
+        raise FetchError(f"{what}: `{cmd[0]}` is not on PATH; it is needed to run: {' '.join(cmd)}") from None
     if proc.returncode != 0:
-        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
-        raise FetchError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}: {tail}")
+        lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+        # The client's error lines (npm: code, syscall, the failed request; pip: what it could not find), without
+        # stack frames; else the end of what it printed.
+        errors = [line for line in lines if "error" in line.lower() and not line.split("error", 1)[-1].startswith(
+            "     at ")]
+        said = " | ".join(errors[:4] if errors else lines[-4:]) or "(it printed nothing)"
+        raise FetchError(f"{what}: `{' '.join(cmd)}` failed with exit code {proc.returncode}: {said}")
 
 
 def _check_sha(path: Path, expected: str) -> None:
@@ -107,13 +135,16 @@ def _check_sha(path: Path, expected: str) -> None:
 
 def _pip_wheels(wheels: list[tuple[str, str, str]], work: Path, *extra: str) -> list[Path]:
     """`pip download --no-deps` each (requirement, wheel file, sha256) into `work`; the wheel paths, sha256-checked."""
-    _run([sys.executable, "-m", "pip", "download", *(req for req, _, _ in wheels), "--no-deps", "--only-binary=:all:",
-          *extra, "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work)
+    reqs = [req for req, _, _ in wheels]
+    what = f"downloading {', '.join(reqs)} ({' '.join(extra) or 'any platform'}) from PyPI (pip's configured index)"
+    _run([sys.executable, "-m", "pip", "download", *reqs, "--no-deps", "--only-binary=:all:", *extra,
+          "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work, what=what)
     out = []
     for req, name, sha in wheels:
         wheel = work / name
         if not wheel.is_file():
-            raise FetchError(f"pip download {req} did not produce {name}")
+            found = sorted(p.name for p in work.glob("*.whl"))
+            raise FetchError(f"pip download {req} did not produce {name} (got: {', '.join(found) or 'nothing'})")
         _check_sha(wheel, sha)
         out.append(wheel)
     return out
@@ -135,60 +166,6 @@ def _install(tmp: Path, final: Path) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
-
-
-def fetch_onnxruntime(dest: Path) -> Path:
-    final = dest / f"onnxruntime-{ORT_VERSION}"
-    if (final / "SOURCE.json").is_file():
-        return final
-    arch = platform.machine()
-    if arch == "aarch64":  # a native build on a Jetson: the same release's aarch64 library
-        return fetch_onnxruntime_aarch64(dest)
-    if arch not in ORT_LINUX_LIBS:
-        raise FetchError(f"no ONNX Runtime library for {arch} in {ORT_NPM}; on a Jetson use JetPack's ONNX Runtime "
-                         "build or the release archive, and pass -DONNXRUNTIME_ROOT=<folder with include/ and lib/>")
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-ort-") as work:
-        work = Path(work)
-        _run(["npm", "pack", ORT_NPM, "--silent"], cwd=work)
-        tgz = next(work.glob("*.tgz"), None)
-        if tgz is None:
-            raise FetchError(f"npm pack {ORT_NPM} produced no tarball")
-        _check_sha(tgz, ORT_NPM_SHA256)
-        out = work / "root"
-        (out / "include").mkdir(parents=True)
-        (out / "lib").mkdir()
-        lib_dir = ORT_LINUX_LIBS[arch]
-        found: dict[str, str] = {}
-        with tarfile.open(tgz, "r:gz") as tar:
-            for m in tar:
-                if not m.isfile() or m.name.endswith(".meta"):
-                    continue
-                if m.name.startswith(ORT_HEADER_DIR) and m.name.endswith(".h"):
-                    target = out / "include" / m.name[len(ORT_HEADER_DIR):]
-                elif m.name.startswith(lib_dir) and m.name.endswith(".so"):
-                    target = out / "lib" / m.name[len(lib_dir):]
-                elif m.name == ORT_LICENSE:
-                    target = out / "LICENSE"
-                else:
-                    continue
-                src = tar.extractfile(m)
-                assert src is not None
-                with open(target, "wb") as f:
-                    shutil.copyfileobj(src, f)
-                found[m.name] = target.name
-        if not (out / "include" / "onnxruntime_c_api.h").is_file() or not (out / "lib" / "libonnxruntime.so").is_file():
-            raise FetchError(f"{ORT_NPM}: the tarball lacks onnxruntime_c_api.h or libonnxruntime.so (layout changed?)")
-        # The release archive's layout: the real file carries the full version, the SONAME link the major.
-        lib = out / "lib"
-        os.replace(lib / "libonnxruntime.so", lib / f"libonnxruntime.so.{ORT_VERSION}")
-        os.symlink(f"libonnxruntime.so.{ORT_VERSION}", lib / "libonnxruntime.so.1")
-        os.symlink("libonnxruntime.so.1", lib / "libonnxruntime.so")
-        (out / "VERSION_NUMBER").write_text(ORT_VERSION + "\n")
-        (out / "SOURCE.json").write_text(json.dumps(
-            {"package": ORT_NPM, "registry": "npm", "sha256": ORT_NPM_SHA256, "onnxruntime": ORT_VERSION,
-             "files": found}, indent=2) + "\n")
-        return _install(out, final)
 
 
 def fetch_nlohmann(dest: Path) -> Path:
@@ -221,7 +198,7 @@ def fetch_cuda_headers(dest: Path) -> Path:
                              "--platform", CUDA_PLATFORM)
         out = work / "root"
         (out / "include").mkdir(parents=True)
-        for wheel, (*_, prefix) in zip(wheels, CUDA_WHEELS):
+        for wheel, (*_, prefix) in zip(wheels, CUDA_WHEELS, strict=True):
             _extract_tree(wheel, prefix, out / "include", lambda m: not m.endswith(("/", ".py")))
         missing = [h for h in CUDA_REQUIRED_HEADERS if not (out / "include" / h).is_file()]
         if missing:
@@ -234,69 +211,116 @@ def fetch_cuda_headers(dest: Path) -> Path:
         return _install(out, final)
 
 
-ORT_AARCH64_NPM = f"onnxruntime-node@{ORT_VERSION}"
-ORT_AARCH64_NPM_SHA256 = "cfdfb45ec4044b1fdca43e5d2e180fb6817e649ff8ad1e0dfc90e18e51b67037"
-ORT_AARCH64_LIB = "package/bin/napi-v6/linux/arm64/libonnxruntime.so.1"
-_ELF_MACHINE_AARCH64 = 183  # EM_AARCH64
-
-
-def _npm_pack(spec: str, sha256: str, work: Path) -> Path:
+def _npm_pack(spec: str, sha256: str, work: Path, what: str) -> Path:
     """`npm pack SPEC` into a new folder `work` (npm's cache makes a repeat cheap): the tarball, sha256-checked."""
     work.mkdir(parents=True)
-    _run(["npm", "pack", spec, "--silent"], cwd=work)
+    try:
+        _run(["npm", "pack", spec, "--loglevel=error"], cwd=work, what=what)
+    except FetchError as e:
+        raise FetchError(f"{e} [npm registry in use: {_npm_registry()}]") from None
     tgz = next(work.glob("*.tgz"), None)
     if tgz is None:
-        raise FetchError(f"npm pack {spec} produced no tarball")
+        raise FetchError(f"{what}: npm pack {spec} produced no tarball")
     _check_sha(tgz, sha256)
     return tgz
 
 
-def fetch_onnxruntime_aarch64(dest: Path) -> Path:
-    """ONNX Runtime 1.29.0 for Linux aarch64 (cross builds): headers of the asus4 package, library of onnxruntime-node."""
-    final = dest / f"onnxruntime-{ORT_VERSION}-linux-aarch64"
+def _npm_registry() -> str:
+    try:
+        proc = subprocess.run(["npm", "config", "get", "registry"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, timeout=60)
+        return proc.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (npm config get registry failed)"
+
+
+def _ort_headers(work: Path, include: Path) -> list[str]:
+    """ONNX Runtime's C/C++ headers (release ORT_HEADERS_VERSION) into `include`; their names."""
+    what = f"fetching the ONNX Runtime {ORT_HEADERS_VERSION} C/C++ headers (npm package {ORT_HEADERS_NPM})"
+    names = []
+    with tarfile.open(_npm_pack(ORT_HEADERS_NPM, ORT_HEADERS_NPM_SHA256, work, what), "r:gz") as tar:
+        for m in tar:
+            if m.isfile() and m.name.startswith(ORT_HEADER_DIR) and m.name.endswith(".h"):
+                name = m.name[len(ORT_HEADER_DIR):]
+                src = tar.extractfile(m)
+                assert src is not None
+                (include / name).write_bytes(src.read())
+                names.append(name)
+    missing = [h for h in ORT_REQUIRED_HEADERS if h not in names]
+    if missing:
+        raise FetchError(f"{ORT_HEADERS_NPM}: the tarball lacks {', '.join(missing)} (layout changed?)")
+    return sorted(names)
+
+
+def _header_api_version(include: Path) -> int:
+    text = (include / "onnxruntime_c_api.h").read_text(errors="replace")
+    match = re.search(r"^#define ORT_API_VERSION (\d+)", text, re.M)
+    if not match:
+        raise FetchError(f"{include / 'onnxruntime_c_api.h'}: no #define ORT_API_VERSION")
+    return int(match.group(1))
+
+
+def _fetch_onnxruntime_for(machine: str, dest: Path) -> Path:
+    """<dest>/onnxruntime-<version>-linux-<machine>: the PyPI wheel's library + the npm headers (see the docstring)."""
+    final = dest / f"onnxruntime-{ORT_VERSION}-linux-{machine}"
     if (final / "SOURCE.json").is_file():
         return final
+    platform_tag, wheel_name, wheel_sha = ORT_WHEELS[machine]
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-ort-aarch64-") as work:
+    with tempfile.TemporaryDirectory(dir=dest, prefix=f".fetch-ort-{machine}-") as work:
         work = Path(work)
         out = work / "root"
         (out / "include").mkdir(parents=True)
         (out / "lib").mkdir()
-        headers = []
-        with tarfile.open(_npm_pack(ORT_NPM, ORT_NPM_SHA256, work / "headers"), "r:gz") as tar:
-            for m in tar:
-                if m.isfile() and m.name.startswith(ORT_HEADER_DIR) and m.name.endswith(".h"):
-                    (out / "include" / m.name[len(ORT_HEADER_DIR):]).write_bytes(tar.extractfile(m).read())
-                    headers.append(m.name[len(ORT_HEADER_DIR):])
-                elif m.isfile() and m.name == ORT_LICENSE:
-                    (out / "LICENSE").write_bytes(tar.extractfile(m).read())
-        if not (out / "include" / "onnxruntime_c_api.h").is_file():
-            raise FetchError(f"{ORT_NPM}: the tarball lacks onnxruntime_c_api.h (layout changed?)")
+        headers = _ort_headers(work / "npm", out / "include")
+        api = _header_api_version(out / "include")
+        (work / "pypi").mkdir()
+        [wheel] = _pip_wheels([(f"onnxruntime=={ORT_VERSION}", wheel_name, wheel_sha)], work / "pypi",
+                              "--platform", platform_tag, "--python-version", ORT_WHEEL_PYTHON)
         lib = out / "lib" / f"libonnxruntime.so.{ORT_VERSION}"
-        with tarfile.open(_npm_pack(ORT_AARCH64_NPM, ORT_AARCH64_NPM_SHA256, work / "lib"), "r:gz") as tar:
+        with zipfile.ZipFile(wheel) as z:
             try:
-                member = tar.getmember(ORT_AARCH64_LIB)
-            except KeyError:
-                raise FetchError(f"{ORT_AARCH64_NPM}: no {ORT_AARCH64_LIB} in the tarball (layout changed?)") from None
-            with tar.extractfile(member) as src, open(lib, "wb") as f:
-                shutil.copyfileobj(src, f)
+                lib.write_bytes(z.read(ORT_WHEEL_LIB))
+                for member in ORT_WHEEL_NOTICES:
+                    (out / Path(member).name).write_bytes(z.read(member))
+            except KeyError as e:
+                raise FetchError(f"{wheel_name}: no {e.args[0]} inside (layout changed?)") from None
         data = lib.read_bytes()
-        machine = int.from_bytes(data[18:20], "little") if data[:4] == b"\x7fELF" else None
+        elf = int.from_bytes(data[18:20], "little") if data[:4] == b"\x7fELF" else None
         versioned = f"VERS_{ORT_VERSION}".encode() in data
-        if machine != _ELF_MACHINE_AARCH64 or not versioned:
-            raise FetchError(f"{ORT_AARCH64_NPM}: {ORT_AARCH64_LIB} is not an aarch64 ONNX Runtime {ORT_VERSION} "
-                             f"library (ELF machine {machine}, expected {_ELF_MACHINE_AARCH64}; symbol version "
+        if elf != _ELF_MACHINES[machine] or not versioned:
+            raise FetchError(f"{wheel_name}: {ORT_WHEEL_LIB} is not a {machine} ONNX Runtime {ORT_VERSION} library "
+                             f"(ELF machine {elf}, expected {_ELF_MACHINES[machine]}; symbol version "
                              f"VERS_{ORT_VERSION} {'present' if versioned else 'absent'})")
+        lib.chmod(0o755)
         os.symlink(lib.name, out / "lib" / "libonnxruntime.so.1")
         os.symlink("libonnxruntime.so.1", out / "lib" / "libonnxruntime.so")
         (out / "VERSION_NUMBER").write_text(ORT_VERSION + "\n")
         (out / "SOURCE.json").write_text(json.dumps(
-            {"onnxruntime": ORT_VERSION, "platform": "linux-aarch64",
-             "library": {"package": ORT_AARCH64_NPM, "registry": "npm", "sha256": ORT_AARCH64_NPM_SHA256,
-                         "file": ORT_AARCH64_LIB, "license": "MIT"},
-             "headers": {"package": ORT_NPM, "registry": "npm", "sha256": ORT_NPM_SHA256, "files": sorted(headers)}},
+            {"onnxruntime": ORT_VERSION, "platform": f"linux-{machine}",
+             "library": {"package": f"onnxruntime=={ORT_VERSION}", "registry": "pypi", "wheel": wheel_name,
+                         "sha256": wheel_sha, "file": ORT_WHEEL_LIB, "license": "MIT"},
+             "headers": {"package": ORT_HEADERS_NPM, "registry": "npm", "sha256": ORT_HEADERS_NPM_SHA256,
+                         "onnxruntime": ORT_HEADERS_VERSION, "c_api_version": api, "files": headers},
+             "abi": f"headers of C API {api} with the {ORT_VERSION} library: ONNX Runtime's C API is append-only; "
+                    "CMake's probe checks that the library serves API version "
+                    f"{api} (cmake/ort_version_probe.cpp)"},
             indent=2) + "\n")
         return _install(out, final)
+
+
+def fetch_onnxruntime(dest: Path) -> Path:
+    """ONNX Runtime for this machine (x86_64, or aarch64 when building natively on a Jetson)."""
+    machine = platform.machine()
+    if machine not in ORT_WHEELS:
+        raise FetchError(f"no ONNX Runtime {ORT_VERSION} wheel is pinned for {machine} (only "
+                         f"{', '.join(sorted(ORT_WHEELS))}); pass -DONNXRUNTIME_ROOT=<folder with include/ and lib/>")
+    return _fetch_onnxruntime_for(machine, dest)
+
+
+def fetch_onnxruntime_aarch64(dest: Path) -> Path:
+    """ONNX Runtime for Linux aarch64 (cross builds: make cpp-aarch64)."""
+    return _fetch_onnxruntime_for("aarch64", dest)
 
 
 FETCHERS = {"onnxruntime": fetch_onnxruntime, "nlohmann_json": fetch_nlohmann, "cuda_headers": fetch_cuda_headers}

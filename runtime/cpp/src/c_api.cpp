@@ -169,7 +169,7 @@ vae_status vae_decode(vae_runtime* runtime, const float* z, int64_t batch, size_
                       size_t image_capacity) {
     return guarded([&] {
         if (!runtime) throw vae::InvalidArgumentError("vae_decode: runtime is NULL");
-        runtime->rt.decode(z, z_count, batch, image, image_capacity);
+        runtime->rt.decode(z, batch, z_count, image, image_capacity);
     });
 }
 
@@ -177,7 +177,7 @@ vae_status vae_encode(vae_runtime* runtime, const float* image, int64_t batch, s
                       size_t mu_capacity, float* logvar, size_t logvar_capacity) {
     return guarded([&] {
         if (!runtime) throw vae::InvalidArgumentError("vae_encode: runtime is NULL");
-        runtime->rt.encode(image, image_count, batch, mu, mu_capacity, logvar, logvar_capacity);
+        runtime->rt.encode(image, batch, image_count, mu, mu_capacity, logvar, logvar_capacity);
     });
 }
 

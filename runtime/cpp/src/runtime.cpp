@@ -3,13 +3,15 @@
 #include <cmath>
 #include <limits>
 #include <set>
+#include <type_traits>
+#include <utility>
 
 #include "backend.hpp"
 #include "bundle.hpp"
 #include "vae/runtime.hpp"
 
 #ifndef VAE_RUNTIME_VERSION
-#define VAE_RUNTIME_VERSION "0.0.0"
+#error "VAE_RUNTIME_VERSION is defined by CMakeLists.txt from pyproject.toml's [project] version"
 #endif
 
 namespace vae {
@@ -193,7 +195,31 @@ std::size_t Runtime::input_image_elements(std::int64_t batch) const {
     return static_cast<std::size_t>(batch < 0 ? 0 : batch) * i.in_channels * i.image_size * i.image_size;
 }
 
-void Runtime::decode(const float* z, std::size_t z_count, std::int64_t batch, float* image,
+// decode / encode take (input, batch, count) as vae_decode / vae_encode do; a call in 0.1.0's (input, count, batch)
+// order must not compile, or it would swap the two silently (runtime.hpp deletes that overload). Checked here too.
+namespace {
+// Whether rt.decode(a...) / rt.encode(a...) compiles for arguments of exactly these types.
+template <class Void, class... A>
+struct can_decode : std::false_type {};
+template <class... A>
+struct can_decode<std::void_t<decltype(std::declval<Runtime&>().decode(std::declval<A>()...))>, A...>
+    : std::true_type {};
+template <class Void, class... A>
+struct can_encode : std::false_type {};
+template <class... A>
+struct can_encode<std::void_t<decltype(std::declval<Runtime&>().encode(std::declval<A>()...))>, A...>
+    : std::true_type {};
+using In = const float*;
+using Out = float*;
+using Batch = std::int64_t;
+using Count = std::size_t;
+static_assert(can_decode<void, In, Batch, Count, Out, Count>::value, "decode(z, batch, z_count, image, capacity)");
+static_assert(!can_decode<void, In, Count, Batch, Out, Count>::value, "0.1.0's decode(z, z_count, batch) compiles");
+static_assert(can_encode<void, In, Batch, Count, Out, Count, Out, Count>::value, "encode(image, batch, count, ...)");
+static_assert(!can_encode<void, In, Count, Batch, Out, Count, Out, Count>::value, "0.1.0's encode order compiles");
+}  // namespace
+
+void Runtime::decode(const float* z, std::int64_t batch, std::size_t z_count, float* image,
                      std::size_t image_capacity) {
     using namespace detail;
     const GraphSpec& g = impl_->graph(kDecoder);
@@ -203,7 +229,7 @@ void Runtime::decode(const float* z, std::size_t z_count, std::int64_t batch, fl
     impl_->backend->run(g, {{z, with_batch(g.inputs[0], batch)}}, {{image, with_batch(g.outputs[0], batch)}});
 }
 
-void Runtime::encode(const float* image, std::size_t image_count, std::int64_t batch, float* mu,
+void Runtime::encode(const float* image, std::int64_t batch, std::size_t image_count, float* mu,
                      std::size_t mu_capacity, float* logvar, std::size_t logvar_capacity) {
     using namespace detail;
     const GraphSpec& g = impl_->graph(kEncoder);
@@ -222,7 +248,7 @@ std::vector<float> Runtime::decode(const std::vector<float>& z) {
         throw ShapeError("tensor 'z': " + std::to_string(z.size()) + " floats is not a whole number of latents of " +
                          std::to_string(item));
     std::vector<float> out(image_elements(batch));
-    decode(z.data(), z.size(), batch, out.data(), out.size());
+    decode(z.data(), batch, z.size(), out.data(), out.size());
     return out;
 }
 
@@ -234,7 +260,7 @@ void Runtime::encode(const std::vector<float>& images, std::vector<float>& mu, s
     const std::int64_t batch = static_cast<std::int64_t>(images.size() / item);
     mu.assign(latent_elements(batch), 0.f);
     logvar.assign(latent_elements(batch), 0.f);
-    encode(images.data(), images.size(), batch, mu.data(), mu.size(), logvar.data(), logvar.size());
+    encode(images.data(), batch, images.size(), mu.data(), mu.size(), logvar.data(), logvar.size());
 }
 
 const char* version() noexcept { return VAE_RUNTIME_VERSION; }

@@ -270,6 +270,7 @@ static int cmd_errors(const char* bundle) {
     pthread_t th;
     void* th_ok = NULL;
     vae_status s;
+    char needle[256];
 
     expect(vae_runtime_create(bundle, NULL, NULL), VAE_ERR_INVALID_ARGUMENT, "out is NULL", "create_null_out");
     expect(vae_runtime_create(NULL, NULL, &unused), VAE_ERR_INVALID_ARGUMENT, "bundle is NULL", "create_null_bundle");
@@ -320,6 +321,13 @@ static int cmd_errors(const char* bundle) {
     expect(vae_decode(rt, z, 2, 2 * D - 1, img, 2 * P), VAE_ERR_SHAPE, "tensor 'z'", "decode_wrong_count");
     expect(vae_decode(rt, z, 2, 3 * D, img, 3 * P), VAE_ERR_SHAPE, "that is a batch of 3", "decode_count_batch_mismatch");
     expect(vae_decode(rt, z, 2, 2 * D, img, 2 * P - 1), VAE_ERR_SHAPE, "output 'image'", "decode_small_output");
+    /* The batch comes before the count (and vae::Runtime::decode / encode take them in that order too). A call with
+       the two swapped is refused and the message reads the batch from the third argument, not the fourth; were they
+       swapped on the way to C++ (c_api.cpp), this call would succeed and the error-free one above would fail. */
+    snprintf(needle, sizeof needle, "tensor 'z': expected shape (N, %u) with N = %u,", (unsigned)D, (unsigned)(2 * D));
+    expect(vae_decode(rt, z, (int64_t)(2 * D), 2, img, 2 * P), VAE_ERR_SHAPE, needle, "decode_batch_count_swapped");
+    snprintf(needle, sizeof needle, "floats, got %u (that is a batch of 2, not 3)", (unsigned)(2 * D));
+    expect(vae_decode(rt, z, 3, 2 * D, img, 3 * P), VAE_ERR_SHAPE, needle, "decode_batch_is_the_third_argument");
     expect(vae_decode(rt, z, 0, 0, img, 0), VAE_ERR_SHAPE, "empty batch", "decode_empty_batch");
     expect(vae_decode(rt, z, -1, 0, img, 0), VAE_ERR_INVALID_ARGUMENT, "negative", "decode_negative_batch");
     z[D + 3] = NAN;
@@ -330,6 +338,13 @@ static int cmd_errors(const char* bundle) {
     z[D + 5] = 0.f;
     expect(vae_encode(rt, img, 2, 2 * I + 1, mu, 2 * D, lv, 2 * D), VAE_ERR_SHAPE, "tensor 'image'", "encode_wrong_count");
     expect(vae_encode(rt, img, 2, 2 * I, mu, 2 * D, lv, D), VAE_ERR_SHAPE, "output 'logvar'", "encode_small_logvar");
+    snprintf(needle, sizeof needle, "tensor 'image': expected shape (N, %d, %d, %d) with N = %u,", info.in_channels,
+             info.image_size, info.image_size, (unsigned)(2 * I));
+    expect(vae_encode(rt, img, (int64_t)(2 * I), 2, mu, 2 * D, lv, 2 * D), VAE_ERR_SHAPE, needle,
+           "encode_batch_count_swapped");
+    snprintf(needle, sizeof needle, "floats, got %u (that is a batch of 2, not 3)", (unsigned)(2 * I));
+    expect(vae_encode(rt, img, 3, 2 * I, mu, 3 * D, lv, 3 * D), VAE_ERR_SHAPE, needle,
+           "encode_batch_is_the_third_argument");
     img[7] = NAN;
     expect(vae_encode(rt, img, 2, 2 * I, mu, 2 * D, lv, 2 * D), VAE_ERR_NON_FINITE, "tensor 'image'", "encode_nan");
     img[7] = 0.f;

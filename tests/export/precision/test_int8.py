@@ -205,9 +205,9 @@ def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, 
     assert_tensorrt_qdq(q)
     assert 0 < convs(q) < convs(fp32)
     assert B.read_manifest(bundle).graph(B.ENCODER).variants == {}  # encoder untouched
-    # What makes it fast on ONNX Runtime CPU (NOTES section 12): after ORT's own optimisation every conv runs as an
-    # int8 QLinearConv (none left in float, as a DequantizeLinear with several consumers would cause) and the only
-    # DepthToSpace is the last one (the other pixel shuffles are block Transposes in NHWC).
+    # What makes it fast on ONNX Runtime CPU (docs/performance.md#int8-decoder-form): after ORT's own optimisation
+    # every conv runs as an int8 QLinearConv (none left in float, as a DequantizeLinear with several consumers would
+    # cause) and the only DepthToSpace is the last one (the other pixel shuffles are block Transposes in NHWC).
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
     ort.InferenceSession(str(bundle / v.file), so, providers=["CPUExecutionProvider"])
@@ -267,7 +267,7 @@ def test_auto_form_falls_back_when_the_subpixel_form_fails(ckpt_bundle, tmp_path
     def broken(*a, **k):
         raise int8.PrecisionError("sub-pixel export broke (test)")
 
-    monkeypatch.setattr(quantize, "subpixel_decoder", broken)
+    monkeypatch.setattr(int8, "subpixel_decoder", broken)
     bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
     assert int8.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]) == 2
     assert "sub-pixel export broke (test)" in capsys.readouterr().err

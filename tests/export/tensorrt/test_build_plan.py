@@ -72,7 +72,7 @@ def test_trt10_int8_builds_qdq_variant_with_int8_and_fp16_flags():
     # FP16 too, or the layers outside Q/DQ pairs run in FP32.
     plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS), BuildOptions(), ORIN)
     assert (plan.onnx_file, plan.onnx_sha256, plan.set_flags) == ("decoder.int8.onnx", "8" * 64, ("INT8", "FP16"))
-    with pytest.raises(PlanError, match=r"export\.quantize"):
+    with pytest.raises(PlanError, match=r"export\.precision\.int8"):
         plan_build(TRT103, B.DECODER, "int8", manifest(), BuildOptions(), ORIN)
 
 

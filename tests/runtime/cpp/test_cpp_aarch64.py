@@ -1,15 +1,17 @@
 """The C++ runtime cross-built for Linux aarch64 (the Jetson path) and run under user-mode QEMU.
 
 `make cpp-aarch64` in a fresh folder: Debian's g++-aarch64-linux-gnu with runtime/cpp/cmake/toolchains/
-aarch64-linux-gnu.cmake, against ONNX Runtime 1.29.0 for aarch64 (the x86 build's release; library from the npm
-package onnxruntime-node@1.29.0, headers from the same release, fetched by scripts/fetch_deps.py onnxruntime_aarch64).
-CMake's header/library version probe itself runs under QEMU (CMAKE_CROSSCOMPILING_EMULATOR). Then the aarch64
+aarch64-linux-gnu.cmake, against ONNX Runtime 1.32.0 for aarch64 (the x86 build's and the Python runtime's release: the
+library from the PyPI wheel onnxruntime==1.32.0 for manylinux_2_28_aarch64, the C API 29 headers as for x86_64,
+fetched by scripts/fetch_deps.py onnxruntime_aarch64). CMake's header/library ABI probe itself runs under QEMU
+(CMAKE_CROSSCOMPILING_EMULATOR). Then the aarch64
 programs run under qemu-aarch64 (toolchains/qemu-aarch64-run: the aarch64 sysroot as -L prefix, a Cortex-A76 CPU and
 an aarch64 /proc/cpuinfo, without which ONNX Runtime crashes under QEMU 7.2):
 
 - vae_decode on the bundle's golden latents (reference.npz "decoder.z", and the realistic set on the tiny bundle)
   gives the PyTorch FP32 images ("decoder.image") within 1e-4, on the tiny bundle and on the default-size model;
-- the C ABI from the plain C program: decode and encode against the golden outputs, and the misuse battery.
+- the C ABI from the plain C program: decode and encode against the golden outputs, and the misuse battery;
+- the image preparation (vae_image.h) on aarch64 equals runtime.images.prepare on x86 (integer arithmetic: exactly).
 
 Needs the Debian packages of .ci/apt-packages.txt (`make apt-deps`; .ci/run installs them): without them these tests
 skip, saying so, unless VAE_REQUIRE_AARCH64=1 (set by .ci/run), which turns the skip into a failure.
@@ -36,6 +38,7 @@ FETCH = CPP / "scripts" / "fetch_deps.py"
 SYSROOT = Path(os.environ.get("VAE_AARCH64_SYSROOT", "/usr/aarch64-linux-gnu"))
 TOL = 1e-4  # vs PyTorch FP32 on x86 (measured here: ~3e-7)
 EM_AARCH64 = 183
+ORT_VERSION = "1.32.0"  # fetch_deps.ORT_VERSION = constraints.txt's onnxruntime (test_cpp_runtime.py checks that)
 
 pytestmark = pytest.mark.slow  # cross build 36-156 s on 2 cores, then ~30 s of emulated runs
 
@@ -108,11 +111,12 @@ def _max_err(got: np.ndarray, want: np.ndarray, what: str) -> float:
 
 # ----------------------------------------------------------------------------------------------- build
 
-def test_cross_build_is_aarch64_against_onnxruntime_1_29(aarch64_build):
+def test_cross_build_is_aarch64_against_the_python_runtimes_onnxruntime(aarch64_build):
     log = aarch64_build.configure_log
-    # The version probe compiled with the 1.29 headers ran (under QEMU) against the aarch64 library and agreed.
-    assert "ONNX Runtime 1.29.0 (headers API 29)" in log and "onnxruntime-1.29.0-linux-aarch64" in log, log
-    for name in ("vae_decode", "vae_c_abi_check", "libvae_runtime.so"):
+    # The ABI probe compiled with the C API 29 headers ran (under QEMU) against the aarch64 1.32 library and agreed.
+    assert f"ONNX Runtime {ORT_VERSION} (headers API 29): ABI checked" in log, log
+    assert f"onnxruntime-{ORT_VERSION}-linux-aarch64" in log, log
+    for name in ("vae_decode", "vae_roundtrip", "vae_c_abi_check", "vae_image_check", "libvae_runtime.so"):
         assert _elf_machine(aarch64_build.exe(name)) == EM_AARCH64, name
 
 
@@ -124,7 +128,7 @@ def _decode_under_qemu(build: CppBuild, bundle: Path, z: np.ndarray, tmp_path: P
     proc = qemu(build.exe("vae_decode"), bundle, "--latents", tmp_path / "z.npy", "--format", "none",
                 "--save-npy", tmp_path / "images.npy")
     seconds = time.perf_counter() - t0
-    assert "onnxruntime 1.29.0" in proc.stdout, proc.stdout
+    assert f"onnxruntime {ORT_VERSION}" in proc.stdout, proc.stdout
     return np.load(tmp_path / "images.npy"), seconds
 
 
@@ -170,3 +174,18 @@ def test_c_abi_misuse_battery(aarch64_build, bundle):
     failed = [line for line in lines if line.startswith("FAIL")]
     assert proc.returncode == 0 and not failed, proc.stdout + proc.stderr
     assert sum(line.startswith("ok ") for line in lines) >= 30, proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+def test_image_prepare_on_aarch64_equals_python(aarch64_build, tmp_path):
+    from runtime.images import prepare
+
+    rng = np.random.default_rng(9)
+    for (h, w), c in (((128, 128), 3), ((61, 97), 3), ((200, 300), 4), ((218, 178), 1)):
+        pixels = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+        pixels.tofile(tmp_path / "in.u8")
+        qemu(aarch64_build.exe("vae_image_check"), "prepare", tmp_path / "in.u8", w, h, c, 64, 3, 148, -1, 1,
+             tmp_path / "out.f32")
+        got = np.fromfile(tmp_path / "out.f32", np.float32).reshape(1, 3, 64, 64)
+        np.testing.assert_array_equal(got, prepare(pixels, 64, (-1.0, 1.0)), err_msg=f"{w}x{h}x{c}")

@@ -6,17 +6,20 @@
   status code and the message, the thread-local last error, a decoder-only runtime;
 - bad paths, malformed vae.json, a graph file that changed after export, a corrupt ONNX file, wrong sizes and NaN in
   the vae_decode example (one-line errors, exit 1);
-- ONNX Runtime headers and library of different releases are refused at configure time;
+- ONNX Runtime is the Python runtime's release (constraints.txt), for x86_64 and aarch64; headers whose C API the
+  library does not serve are refused at configure time, naming both; a relative -DPython3_EXECUTABLE is resolved;
 - the installed package is consumable by a downstream CMake project through find_package(vae_runtime).
 
 The build needs cmake and a C/C++ compiler (on the machine image); ONNX Runtime and nlohmann/json are fetched by
-runtime/cpp/scripts/fetch_deps.py (npm / PyPI) into third_party/ the first time.
+runtime/cpp/scripts/fetch_deps.py (the library from PyPI, its headers from npm; nlohmann/json from PyPI) into
+third_party/ the first time.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.version import pyproject_version
 from tests.cpp_support import CppBuild, cmake_args as _cmake_args, run_checked as _run
 
 REPO = Path(__file__).resolve().parents[3]
@@ -59,35 +63,76 @@ def python_runtime(bundle):
 
 # ----------------------------------------------------------------------------------------------- build
 
-def test_build_links_one_onnxruntime_release(cpp_build):
+def _fetch_deps():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fetch_deps", CPP / "scripts" / "fetch_deps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpp_onnxruntime_is_the_python_runtimes_release():
+    """Issue 18: the C++ library used ONNX Runtime 1.29 (npm) while Python pinned 1.32. fetch_deps.py now takes the
+    library from the PyPI wheel of the version constraints.txt pins, for x86_64 and aarch64 alike."""
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    fd = _fetch_deps()
+    assert fd.ORT_VERSION == pins["onnxruntime"].strip()
+    assert sorted(fd.ORT_WHEELS) == ["aarch64", "x86_64"]
+    for _, wheel, _ in fd.ORT_WHEELS.values():
+        assert wheel.startswith(f"onnxruntime-{fd.ORT_VERSION}-")
+
+
+def test_build_links_the_python_runtimes_onnxruntime(cpp_build):
+    fd = _fetch_deps()
     log = cpp_build.configure_log
-    assert "ONNX Runtime 1.29.0 (headers API 29)" in log, log
+    api = fd.ORT_HEADERS_VERSION.split(".")[1]
+    assert f"ONNX Runtime {fd.ORT_VERSION} (headers API {api}): ABI checked: the {fd.ORT_VERSION} library serves " \
+           f"C API {api}" in log, log
+    assert f"onnxruntime-{fd.ORT_VERSION}-linux-" in log, log
     info = c_check(cpp_build, "info", "/nonexistent", check=False)
     assert info.returncode == 1 and "VAE_ERR_BUNDLE" in info.stderr
 
 
-def test_version_mismatch_between_headers_and_library_is_refused(cpp_build, tmp_path):
-    """Headers of ONNX Runtime 1.29 with the library of the Python wheel (another release) must not configure."""
-    import importlib.util
+def _cached(build: CppBuild, name: str) -> str:
+    cache = (build.build_dir / "CMakeCache.txt").read_text()
+    return next(line.split("=", 1)[1] for line in cache.splitlines() if line.startswith(name + ":"))
 
-    spec = importlib.util.find_spec("onnxruntime")
-    libs = sorted(Path(spec.submodule_search_locations[0], "capi").glob("libonnxruntime.so.1.*")) if spec else []
-    if not libs:
-        pytest.skip("the onnxruntime Python wheel (a second ONNX Runtime release) is not installed")
-    cache = (cpp_build.build_dir / "CMakeCache.txt").read_text()
-    include = next(line.split("=", 1)[1] for line in cache.splitlines() if line.startswith("ONNXRUNTIME_INCLUDE_DIR"))
-    wheel_version = libs[0].name.removeprefix("libonnxruntime.so.")
-    if wheel_version.split(".")[1] == "29":
-        pytest.skip("the wheel is the same release as the fetched headers")
-    args = ["cmake", "-S", CPP, "-B", tmp_path / "b", *_cmake_args(), f"-DONNXRUNTIME_INCLUDE_DIR={include}",
-            f"-DONNXRUNTIME_LIBRARY={libs[0]}", "-DVAE_BUILD_EXAMPLES=OFF", "-DVAE_BUILD_TESTS=OFF"]
-    refused = _run(args, check=False)
+
+def test_headers_newer_than_the_library_are_refused(cpp_build, tmp_path):
+    """The configure-time ABI check: headers whose C API the library does not serve (here the fetched headers with
+    ORT_API_VERSION raised past the library's release) stop CMake with both versions named; with
+    VAE_ORT_ALLOW_NEWER_LIBRARY=OFF, even the fetched (older) headers with the newer library are refused."""
+    include = Path(_cached(cpp_build, "ONNXRUNTIME_INCLUDE_DIR"))
+    library = _cached(cpp_build, "ONNXRUNTIME_LIBRARY")
+    future = tmp_path / "include"
+    future.mkdir()
+    for header in include.glob("*.h"):
+        text = header.read_text(errors="replace")
+        if header.name == "onnxruntime_c_api.h":
+            text, n = re.subn(r"^#define ORT_API_VERSION \d+", "#define ORT_API_VERSION 99", text, flags=re.M)
+            assert n == 1
+        (future / header.name).write_text(text)
+    args = ["cmake", "-S", CPP, "-B", tmp_path / "b", *_cmake_args(), f"-DONNXRUNTIME_LIBRARY={library}",
+            "-DVAE_BUILD_EXAMPLES=OFF", "-DVAE_BUILD_TESTS=OFF"]
+    refused = _run([*args, f"-DONNXRUNTIME_INCLUDE_DIR={future}"], check=False)
     assert refused.returncode != 0
-    assert "version mismatch" in refused.stderr and f"is {wheel_version}" in refused.stderr, refused.stderr
-    # The documented escape hatch accepts a newer library (ONNX Runtime's C API is append-only), loudly.
-    accepted = _run([*args, "-DVAE_ORT_ALLOW_NEWER_LIBRARY=ON"], check=False)
-    assert accepted.returncode == 0, accepted.stderr
-    assert "VAE_ORT_ALLOW_NEWER_LIBRARY=ON" in accepted.stderr
+    assert "version mismatch: the library does not serve the headers' C API 99" in refused.stderr, refused.stderr
+    assert f"C API 99, release 1.99), library {library} (" in " ".join(refused.stderr.split()), refused.stderr
+    strict = _run([*args, f"-DONNXRUNTIME_INCLUDE_DIR={include}", "-DVAE_ORT_ALLOW_NEWER_LIBRARY=OFF"], check=False)
+    assert strict.returncode != 0 and "VAE_ORT_ALLOW_NEWER_LIBRARY=OFF" in strict.stderr, strict.stderr
+
+
+def test_relative_python_executable_is_resolved_or_refused(tmp_path):
+    """The Makefile passed -DPython3_EXECUTABLE=.venv/bin/python, which FindPython ignored (it took another
+    interpreter): a relative path is now resolved against the directory cmake runs in, or refused by name. Only the
+    start of a configure is needed: a missing interpreter stops it at once."""
+    proc = _run(["cmake", "-S", CPP, "-B", tmp_path / "b", "-DPython3_EXECUTABLE=no/such/python"], check=False,
+                cwd=tmp_path)
+    assert proc.returncode != 0
+    assert (f"Python3_EXECUTABLE='no/such/python' is a relative path and '{tmp_path}/no/such/python' "
+            f"(relative to {tmp_path}, where cmake was started) does not exist") in " ".join(proc.stderr.split())
 
 
 # ----------------------------------------------------------------------------------------------- parity
@@ -278,7 +323,8 @@ def test_c_abi_info_matches_manifest(cpp_build, bundle):
     assert (int(out["in_channels"]), int(out["out_channels"]), int(out["image_size"]), int(out["latent_dim"])) == (
         m.model.in_channels, m.model.out_channels, m.model.image_size, m.model.latent_dim)
     assert (float(out["pixel_min"]), float(out["pixel_max"])) == m.pixel_range
-    assert out["backend"].startswith("onnxruntime 1.29.0 (CPUExecutionProvider")
+    assert out["backend"].startswith(f"onnxruntime {_fetch_deps().ORT_VERSION} (CPUExecutionProvider")
+    assert out["version"] == pyproject_version()  # the library's vae_version(): pyproject.toml's, through CMake
 
 
 # ----------------------------------------------------------------------------------------------- bad bundles
@@ -440,14 +486,17 @@ def test_vae_decode_writes_images_like_to_uint8(cpp_build, bundle, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- install
 
+VERSION = pyproject_version()  # the one version (tests/test_version.py)
 DOWNSTREAM_CMAKE = """cmake_minimum_required(VERSION 3.18)
 project(downstream LANGUAGES C CXX)
-find_package(vae_runtime 0.1 REQUIRED)
+find_package(vae_runtime @MAJOR_MINOR@ REQUIRED)
 add_executable(app app.cpp)
 target_link_libraries(app PRIVATE vae_runtime::vae_runtime)
 add_executable(capp capp.c)
 target_link_libraries(capp PRIVATE vae_runtime::vae_runtime)
-"""
+add_executable(old_order EXCLUDE_FROM_ALL old_order.cpp)
+target_link_libraries(old_order PRIVATE vae_runtime::vae_runtime)
+""".replace("@MAJOR_MINOR@", ".".join(VERSION.split(".")[:2]))
 
 DOWNSTREAM_APP = r"""#include <cstdio>
 #include <vae/runtime.hpp>
@@ -456,12 +505,23 @@ int main(int argc, char** argv) {
     std::vector<float> z(rt.latent_elements(2), 0.5f);
     std::vector<float> img = rt.decode(z);
     try {
-        rt.decode(z.data(), z.size() - 1, 2, img.data(), img.size());
+        rt.decode(z.data(), 2, z.size() - 1, img.data(), img.size());  // batch, then count: as vae_decode
         return 3;
     } catch (const vae::ShapeError& e) {  // caught by type across the shared-library boundary
         std::printf("caught ShapeError: %s\n", e.what());
     }
     std::printf("decoded %zu floats, first %.6f\n", img.size(), img[0]);
+    return 0;
+}
+"""
+
+# A caller written for 0.1.0's C++ order (count, then batch): it must not compile, or batch and count would swap.
+OLD_ORDER_APP = r"""#include <vae/runtime.hpp>
+int main(int argc, char** argv) {
+    vae::Runtime rt(argv[argc - 1]);
+    std::int64_t n = 2;
+    std::vector<float> z(rt.latent_elements(n)), img(rt.image_elements(n));
+    rt.decode(z.data(), z.size(), n, img.data(), img.size());
     return 0;
 }
 """
@@ -484,6 +544,7 @@ def test_installed_package_is_consumable_by_find_package(cpp_build, bundle, tmp_
     _run(["cmake", "--install", cpp_build.build_dir, "--prefix", prefix])
     lib = prefix / "lib"
     assert (prefix / "include" / "vae_runtime.h").is_file() and (prefix / "include" / "vae" / "runtime.hpp").is_file()
+    assert (prefix / "include" / "vae_image.h").is_file() and (prefix / "include" / "vae" / "image.hpp").is_file()
     assert (lib / "cmake" / "vae_runtime" / "vae_runtimeConfig.cmake").is_file()
     assert (lib / "libonnxruntime.so.1").exists(), sorted(p.name for p in lib.iterdir())
     app = tmp_path / "app"
@@ -491,6 +552,7 @@ def test_installed_package_is_consumable_by_find_package(cpp_build, bundle, tmp_
     (app / "CMakeLists.txt").write_text(DOWNSTREAM_CMAKE)
     (app / "app.cpp").write_text(DOWNSTREAM_APP)
     (app / "capp.c").write_text(DOWNSTREAM_C)
+    (app / "old_order.cpp").write_text(OLD_ORDER_APP)
     # A clean environment: nothing but the prefix tells CMake or the loader where the runtime lives.
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "CMAKE_PREFIX_PATH")}
     _run(["cmake", "-S", app, "-B", app / "build", f"-DCMAKE_PREFIX_PATH={prefix}",
@@ -498,7 +560,9 @@ def test_installed_package_is_consumable_by_find_package(cpp_build, bundle, tmp_
     _run(["cmake", "--build", app / "build"], env=env)
     out = _run([app / "build" / "app", bundle], env=env).stdout
     assert "caught ShapeError: tensor 'z'" in out and "decoded" in out, out
-    assert "c ok 0.1.0 abi 1" in _run([app / "build" / "capp", bundle], env=env).stdout
+    assert f"c ok {VERSION} abi 1" in _run([app / "build" / "capp", bundle], env=env).stdout
+    old = _run(["cmake", "--build", app / "build", "--target", "old_order"], env=env, check=False)
+    assert old.returncode != 0 and "deleted function" in old.stdout + old.stderr, old.stdout + old.stderr
     # The installed example runs from the prefix too (RPATH $ORIGIN/../lib).
     proc = _run([prefix / "bin" / "vae_decode", bundle, "--count", "2", "--format", "none"], env=env)
     assert "decode" in proc.stdout

@@ -88,9 +88,10 @@ def test_python_repository_hosts_the_runtime(bundle, tmp_path):
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {
         "graph": "decoder", "backend": "onnxruntime", "precision": "fp32", "threads": "2"}
     version = out / "vae_decoder" / "1"
-    assert (version / "model.py").read_text() == (Path(B.__file__).with_name("triton_model.py")).read_text()
+    assert (version / "model.py").read_text() == (Path(B.__file__).parent / "serving" / "triton_model.py").read_text()
     assert sorted(p.name for p in (version / "bundle").iterdir()) == ["decoder.onnx", "vae.json"]
     assert (version / "runtime" / "vae.py").is_file() and not (version / "runtime" / "cpp").exists()
+    assert (version / "runtime" / "serving" / "triton_model.py").is_file()
     # the copied files are the bundle's, unchanged (sha256 checked by the load), and model.py loads the one graph
     import numpy as np
 

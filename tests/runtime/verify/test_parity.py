@@ -42,13 +42,13 @@ def test_torch_backend_reproduces_the_golden_reference(bundle):
 
 def test_tight_tolerance_fails_and_says_what_would_pass(bundle):
     report = check_parity(bundle, backend="onnxruntime", graphs=["decoder"],
-                          tolerances={"image": Tolerance(max_abs=1e-12)}, locate=False)
+                          tolerances={"image": Tolerance(max_abs=1e-12)})
     assert not report
     assert any("decoder.image: max_abs" in f and "> 1e-12" in f for f in report.failures())
     # the tightest tolerance that passes every image output (golden and realistic inputs) is their largest need
     needed = max(v["max_abs"] for k, v in report.smallest_passing().items() if k.endswith("decoder.image"))
     assert check_parity(bundle, backend="onnxruntime", graphs=["decoder"],
-                        tolerances={"image": Tolerance(max_abs=needed)}, locate=False)
+                        tolerances={"image": Tolerance(max_abs=needed)})
 
 
 def test_cli_pass_writes_json(bundle, tmp_path, capsys):

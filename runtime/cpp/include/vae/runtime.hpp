@@ -3,8 +3,8 @@
 //     vae::Options opt;                       // backend "onnxruntime", device "cpu", precision "fp32"
 //     vae::Runtime rt("bundle/", opt);        // reads vae.json, checks sha256, opens the engines
 //     std::vector<float> img(rt.image_elements(n));
-//     rt.decode(z.data(), z.size(), n, img.data(), img.size());
-//     rt.encode(img.data(), img.size(), n, mu.data(), mu.size(), logvar.data(), logvar.size());
+//     rt.decode(z.data(), n, z.size(), img.data(), img.size());
+//     rt.encode(img.data(), n, img.size(), mu.data(), mu.size(), logvar.data(), logvar.size());
 //
 // Every failure throws a vae::Error subclass whose what() names the file or tensor, the expected and the actual
 // value; the C ABI (vae_runtime.h) maps these to status codes. Shapes come from the bundle (info()), never literals.
@@ -100,11 +100,24 @@ public:
     std::size_t image_elements(std::int64_t batch) const;   // batch * out_channels * image_size^2 (decoder output)
     std::size_t input_image_elements(std::int64_t batch) const;  // batch * in_channels * image_size^2 (encoder input)
 
-    // z: batch x latent_dim floats; image: room for image_elements(batch) floats. Counts are checked.
-    void decode(const float* z, std::size_t z_count, std::int64_t batch, float* image, std::size_t image_capacity);
+    // The arguments come in the C ABI's order (vae_decode / vae_encode in vae_runtime.h): the input, the batch, then
+    // the input's element count; each output with its capacity. Pass the batch as std::int64_t.
+    // z: batch x latent_dim floats (z_count of them); image: room for image_elements(batch) floats. Counts are checked.
+    void decode(const float* z, std::int64_t batch, std::size_t z_count, float* image, std::size_t image_capacity);
     // image: input_image_elements(batch) floats; mu, logvar: room for latent_elements(batch) floats each.
-    void encode(const float* image, std::size_t image_count, std::int64_t batch, float* mu, std::size_t mu_capacity,
+    void encode(const float* image, std::int64_t batch, std::size_t image_count, float* mu, std::size_t mu_capacity,
                 float* logvar, std::size_t logvar_capacity);
+
+    // vae-deploy 0.1.0 took the count before the batch here, the opposite of the C ABI. Both are integers, so a call
+    // written for that order would still compile against the order above, with batch and count silently swapped.
+    // These deleted overloads make such a call a compile error instead ("use of deleted function"): swap the two
+    // arguments. A call whose batch and count have the same type (two ints, two size_t) is ambiguous, also an
+    // error: pass the batch as std::int64_t. A binary built against 0.1.0's C++ API stops with an undefined symbol
+    // (the parameter types are in the mangled name) instead of swapping them; the C ABI did not change.
+    void decode(const float* z, std::size_t z_count, std::int64_t batch, float* image,
+                std::size_t image_capacity) = delete;
+    void encode(const float* image, std::size_t image_count, std::int64_t batch, float* mu, std::size_t mu_capacity,
+                float* logvar, std::size_t logvar_capacity) = delete;
 
     // Conveniences: the batch is the vector's size divided by one item's size (which must divide it exactly).
     std::vector<float> decode(const std::vector<float>& z);
@@ -116,8 +129,8 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// The library version ("0.1.0") and a description of the engines compiled in, e.g.
-// "onnxruntime 1.29.0 (headers API 29); tensorrt: not built".
+// The library version (pyproject.toml's [project] version, MAJOR.MINOR.PATCH) and a description of the engines
+// compiled in, e.g. "onnxruntime 1.29.0 (headers API 29); tensorrt: not built".
 VAE_API const char* version() noexcept;
 VAE_API std::string build_info();
 
