@@ -79,13 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child(argv[1], argv[2], int(argv[3]), argv[4])
         return 0
-    p = argparse.ArgumentParser(prog="python -m benchmarks.chunking", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--graph", choices=("decoder", "encoder"), default="decoder")
+    from runtime.cli import HelpFormatter, epilog, prog_name
+
+    p = argparse.ArgumentParser(
+        prog=prog_name("benchmarks.chunking"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "measured (a Markdown table on stdout)", 2: "bad option (one line on stderr)"},
+                      "%(prog)s runs/bundle",
+                      "%(prog)s runs/bundle --graph encoder --n 2000 --chunks 32,64,none --rounds 3"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
+    p.add_argument("--graph", choices=("decoder", "encoder"), default="decoder", help="graph to run")
     p.add_argument("--n", type=int, default=10_000, help="batch size (default 10000)")
-    p.add_argument("--chunks", default="64,128,256,512,1024,none",
+    p.add_argument("--chunks", default="64,128,256,512,1024,none", metavar="LIST",
                    help="max_chunk values, comma-separated; 'none' = one call for the whole batch")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, metavar="N", help="fresh-process rounds per chunk size")
     args = p.parse_args(argv)
     chunks = [c.strip() for c in args.chunks.split(",") if c.strip()]
     bad = [c for c in chunks if c != "none" and not (c.isdigit() and int(c) >= 1)]

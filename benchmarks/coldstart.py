@@ -180,13 +180,23 @@ def best_of(measure: Callable[[], ColdStart], runs: int) -> ColdStart:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.coldstart",
-                                description="Cold start: new process -> first decoded image, time and peak RSS.")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--checkpoint", type=Path, default=None, help="also measure the PyTorch path from this checkpoint")
-    p.add_argument("--runs", type=int, default=5, help="fresh processes per path; best time, highest RSS (default 5)")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--precision", default="fp32")
+    from runtime.cli import HelpFormatter, epilog, prog_name
+
+    p = argparse.ArgumentParser(
+        prog=prog_name("benchmarks.coldstart"), formatter_class=HelpFormatter,
+        description="Cold start: new process -> first decoded image, time and peak RSS.",
+        epilog=epilog({0: "measured", 1: "a cold-start process failed (its error is shown)",
+                       2: "bad input or option (one line on stderr)"},
+                      "%(prog)s runs/bundle",
+                      "%(prog)s runs/bundle --checkpoint runs/train/best.pt --runs 3",
+                      "%(prog)s runs/bundle --backend tensorrt --precision fp16 --device cuda"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                   help="also measure the PyTorch path from this checkpoint")
+    p.add_argument("--runs", type=int, default=5, metavar="N",
+                   help="fresh processes per path; best time, highest RSS (default 5)")
+    p.add_argument("--backend", default="onnxruntime", help="runtime backend of the measured path")
+    p.add_argument("--precision", default="fp32", help="bundle variant (or engine) the runtime loads")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N, for both paths")
     args = p.parse_args(argv)
     if args.runs < 1:

@@ -2,8 +2,16 @@
 
 Every selected (backend, graph, precision, batch) is measured in one run, on one seeded input set, in interleaved
 rounds (the order alternates each round), so machine drift shows up as a spread between rounds instead of as a bias
-against whichever configuration ran last. The FP32 matmul ceiling is measured in every round too, and the best value
-is used. Outputs: a table on the terminal, latency.json, latency.csv, latency_percentiles.png and throughput.png.
+against whichever configuration ran last. The matmul ceiling of every arithmetic precision the rows run in (fp32,
+bf16, int8: benchmarks/ceiling.py) is measured in every round too, and the best value is used: each row's share is
+against the ceiling of its own precision. Each row's accuracy is measured too (benchmarks/accuracy.py: the bundle's
+reference inputs against the PyTorch FP32 outputs, judged by the precision's recorded budget).
+
+With `--peer-bundle DIR` (or `--peer` and `--checkpoint`) the report has a peer row: OpenVINO's default configuration
+on the plain export (benchmarks/peer.py), and every row's speed as a ratio to it.
+
+Outputs: a table on the terminal (benchmarks/report.py: what was not measured is listed once under it, with the
+reason, and a legend explains the columns), latency.json, latency.csv, latency_percentiles.png and throughput.png.
 
 Every backend is loaded on `--device` (cpu, cuda or cuda:N; the tensorrt backend needs cuda, torch runs there when it
 sees CUDA) with only the graphs in `--graphs`, so a bundle whose engines cover the decoder alone can be measured. A
@@ -13,7 +21,6 @@ same device and loads the decoder only.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import math
@@ -26,12 +33,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import environment
-from .ceiling import measure_matmul_gflops
+from . import environment, peer as peer_row
+from .ceiling import ENGINE_OF_BACKEND, Probe, build_probes, ceiling_precision
 from .errors import BenchError
-from .stats import LatencyStats, compare, summarize
+from .report import check_report_rows, compare_reports, format_table, write_outputs
+from .stats import LatencyStats, round_throughput_cv, summarize
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "cpp")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "openvino", "cpp")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 SCHEMA = "vae-deploy/latency"
 SCHEMA_VERSION = 1
 
@@ -52,6 +61,11 @@ class BenchConfig:
     def key(self) -> str:
         return f"{self.backend}/{self.graph}/{self.precision}/b{self.batch}"
 
+    @property
+    def runtime_key(self) -> tuple[str, str, str]:
+        """(backend, precision, graph): which loaded runtime runs this config."""
+        return (self.backend, self.precision, self.graph)
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -62,7 +76,8 @@ class BenchResult:
     round_p50_ms: tuple[float, ...] = ()
     gflop_per_call: float = 0.0      # useful GFLOP per call, from the PyTorch model (see flops.py)
     gflops: float = 0.0              # useful GFLOP/s at the median latency
-    ceiling_share: float = 0.0       # gflops / best measured FP32 matmul GFLOP/s
+    ceiling_share: float | None = None   # gflops / the best matmul rate measured at ceiling_precision
+    ceiling_precision: str | None = None  # the ceiling it is held against (None: none measured, e.g. a GPU row)
 
     @property
     def drift(self) -> float:
@@ -70,10 +85,16 @@ class BenchResult:
         r = [x for x in self.round_p50_ms if x > 0]
         return max(r) / min(r) if len(r) > 1 else 1.0
 
+    @property
+    def round_cv(self) -> float:
+        """Coefficient of variation of the per-round throughput (stats.round_throughput_cv)."""
+        return round_throughput_cv(self.round_p50_ms)
+
     def to_dict(self) -> dict[str, Any]:
         d = {"key": self.config.key, **asdict(self.config), "status": self.status, "reason": self.reason,
-             "round_p50_ms": list(self.round_p50_ms), "drift": self.drift, "gflop_per_call": self.gflop_per_call,
-             "gflops": self.gflops, "ceiling_share": self.ceiling_share}
+             "round_p50_ms": list(self.round_p50_ms), "drift": self.drift, "round_cv": self.round_cv,
+             "gflop_per_call": self.gflop_per_call, "gflops": self.gflops, "ceiling_share": self.ceiling_share,
+             "ceiling_precision": self.ceiling_precision}
         d["stats"] = self.stats.to_dict() if self.stats else None
         return d
 
@@ -99,6 +120,8 @@ class Plan:
     dla_core: int | None = None      # tensorrt: the engines built for this Jetson DLA core (None: the GPU engines)
     cuda_graph: bool = False         # tensorrt: replay each batch size as a captured CUDA graph
     cpp_lib: Path | None = None      # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
+    peer_bundle: Path | None = None  # the plain export for the peer row (benchmarks/peer.py); None: no peer row
+    accuracy: bool = True            # measure each row's accuracy on the bundle's reference inputs
     progress: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +195,8 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
+    if backend == peer_row.BACKEND:  # OpenVINO's default compile of the plain export
+        return peer_row.PeerRuntime(plan.peer_bundle, graphs, threads=plan.threads)
     if backend == "cpp":  # the C++ library through its C ABI, in-process (benchmarks/cpp_runtime.py)
         from .cpp_runtime import CppRuntime
 
@@ -185,10 +210,12 @@ def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
         kwargs["threads"] = plan.threads
     if backend == "torch" and plan.checkpoint:
         kwargs["checkpoint"] = plan.checkpoint
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         # Sessions now, not on the first call: a provider that is listed but cannot run here (onnxruntime-gpu
-        # without a GPU falls back to the CPU) is then refused by load(), and its rows are skipped with the reason.
+        # without a GPU falls back to the CPU; bf16 on a CPU that would run f32) is then refused by load(), and its
+        # rows are skipped with the reason.
         kwargs["preload"] = True
+    if backend == "onnxruntime":
         if plan.spinning is not None:
             kwargs["spinning"] = plan.spinning
         if plan.batch_split is not None:
@@ -216,36 +243,101 @@ def run(plan: Plan) -> dict[str, Any]:
     manifest = read_manifest(plan.bundle)
     configs = [BenchConfig(b, g, p, n) for b, p, g, n in
                itertools.product(plan.backends, plan.precisions, plan.graphs, plan.batches)]
+    if plan.peer_bundle is not None:
+        configs += [BenchConfig(peer_row.BACKEND, g, peer_row.PRECISION, n)
+                    for g, n in itertools.product(plan.graphs, plan.batches)]
     results: dict[str, BenchResult] = {}
     loaded = _load_runtimes(plan, manifest, configs)
     active = _runnable_configs(configs, manifest, loaded.errors, results)
-    measured = _measure(plan, manifest, loaded.runtimes, active, results)
-    best_ceiling = max(measured.ceilings) if measured.ceilings else 0.0
+    in_effect = {k: rt.in_effect for k, rt in loaded.runtimes.items() if k[0] == peer_row.BACKEND}
+    ceiling_of = {c.key: ceiling_precision(c.precision, plan.device, in_effect.get(c.runtime_key))
+                  for c in active}
+    accuracy = _accuracies(plan, manifest, loaded.runtimes, active, in_effect) if plan.accuracy else {}
+    # fp32 always (the report's headline ceiling, as before), plus every other precision a row runs in.
+    measured = _measure(plan, manifest, loaded.runtimes, active, results,
+                        {"fp32", *filter(None, ceiling_of.values())})
+    best = {p: max(v) for p, v in measured.ceilings.items() if v}
     for c in measured.active:
-        results[c.key] = _measured_result(c, measured.samples[c.key], manifest, best_ceiling)
+        results[c.key] = _measured_result(c, measured.samples[c.key], manifest, ceiling_of[c.key], best)
     cold = _ColdStarts([], measured.interrupted)
     if plan.cold_start and not measured.interrupted:
         cold = _run_cold_starts(plan, manifest, loaded.errors)
     env = environment.collect(plan.threads)
     env["device"] = plan.device
+    rows = []
+    for c in configs:
+        row = {**results[c.key].to_dict(), "device": plan.device, "peer": c.backend == peer_row.BACKEND,
+               "accuracy": accuracy.get((c.backend, c.precision, c.graph))}
+        if row["peer"]:
+            row["in_effect"] = in_effect.get(c.runtime_key)
+        rows.append(row)
+    _add_peer_ratios(rows)
+    fp32 = measured.ceilings.get("fp32", [])
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bundle": str(plan.bundle),
         "plan": _plan_summary(plan),
         "environment": env,
-        "matmul_ceiling_gflops": {"best": best_ceiling, "samples": measured.ceilings,
-                                  "threads": measured.ceiling_threads},
+        # best / samples: the FP32 (numpy BLAS) ceiling, as before; by_precision: every ceiling measured, per engine.
+        "matmul_ceiling_gflops": {
+            "best": best.get("fp32", 0.0), "samples": fp32, "threads": measured.ceiling_threads,
+            "by_precision": {p: {"best": best[p], "samples": v, "engines": measured.ceiling_engines.get(p, {})}
+                             for p, v in measured.ceilings.items() if v},
+            "unavailable": measured.ceilings_unavailable},
+        "peer": _peer_summary(plan, loaded.runtimes),
         "interrupted": cold.interrupted,
-        "results": [{**results[c.key].to_dict(), "device": plan.device} for c in configs],
+        "results": rows,
         "cold_start": cold.rows,
     }
 
 
+def _accuracies(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: Sequence[BenchConfig],
+                in_effect: dict[tuple[str, str, str], str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(backend, precision, graph) -> the row's accuracy (benchmarks/accuracy.py), or {"error": why} where it could
+    not be measured; once per loaded runtime and graph, before the timed rounds."""
+    from .accuracy import measure_accuracy, runtime_call
+
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for key in dict.fromkeys(c.runtime_key for c in active):
+        backend, precision, graph = key
+        budget = precision
+        if key in in_effect:  # the peer: judged by the budget of what it computes in
+            budget = {"bf16": "bf16", "f16": "fp16"}.get(in_effect[key], "fp32")
+        try:
+            acc = measure_accuracy(runtime_call(runtimes[key]), plan.bundle, manifest, graph, budget)
+            out[(backend, precision, graph)] = acc.to_dict()
+        except Exception as e:  # noqa: BLE001 - a row whose accuracy cannot be measured is still timed, and says why
+            out[(backend, precision, graph)] = {"error": f"{type(e).__name__}: {_first_line(e)}"}
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
+def _add_peer_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each ok row's "vs_peer": the peer's median latency / the row's at the same graph and batch (> 1: faster than
+    the peer); None where there is no measured peer row."""
+    peer = {(r["graph"], r["batch"]): r["stats"]["p50_ms"] for r in rows if r["peer"] and r["status"] == "ok"}
+    for r in rows:
+        base = peer.get((r["graph"], r["batch"]))
+        r["vs_peer"] = base / r["stats"]["p50_ms"] if base and r["status"] == "ok" else None
+
+
+def _peer_summary(plan: Plan, runtimes: dict[tuple[str, str, str], Any]) -> dict[str, Any] | None:
+    """What the peer row ran: the plain bundle, OpenVINO's version, the properties given (none but threads) and what
+    it made of them."""
+    if plan.peer_bundle is None:
+        return None
+    rt = next((rt for k, rt in runtimes.items() if k[0] == peer_row.BACKEND), None)
+    return {"bundle": str(plan.peer_bundle), **(rt.describe() if rt is not None else {"status": "not loaded"})}
+
+
 @dataclass(frozen=True)
 class _LoadedRuntimes:
-    runtimes: dict[tuple[str, str], Any]   # (backend, precision) -> runtime
-    errors: dict[tuple[str, str], str]     # (backend, precision) -> why it did not load
+    runtimes: dict[tuple[str, str, str], Any]   # (backend, precision) -> runtime
+    errors: dict[tuple[str, str, str], str]     # (backend, precision, graph) -> why it did not load
 
 
 @dataclass(frozen=True)
@@ -254,7 +346,9 @@ class _Measurement:
     ceilings; partial when interrupted."""
     active: list[BenchConfig]
     samples: dict[str, list[list[float]]]
-    ceilings: list[float]
+    ceilings: dict[str, list[float]]               # precision -> per round, the best of its engines
+    ceiling_engines: dict[str, dict[str, list[float]]]  # precision -> engine -> per round
+    ceilings_unavailable: dict[str, str]           # precision -> why it could not be measured here
     ceiling_threads: int | None
     interrupted: bool
 
@@ -266,66 +360,85 @@ class _ColdStarts:
 
 
 def _load_runtimes(plan: Plan, manifest, configs: Sequence[BenchConfig]) -> _LoadedRuntimes:
-    """One runtime per (backend, precision); a load failure is kept as the reason to skip its rows."""
-    runtimes: dict[tuple[str, str], Any] = {}
-    load_errors: dict[tuple[str, str], str] = {}
+    """One runtime per (backend, precision) for every graph; where that fails, one per graph, so a graph the
+    failure is not about is still measured (an int8 encoder beside a decoder whose int8 variant missed its budget).
+    A load failure is kept, per graph, as the reason to skip its rows."""
+    runtimes: dict[tuple[str, str, str], Any] = {}
+    load_errors: dict[tuple[str, str, str], str] = {}
     # Only the requested graphs the bundle has are loaded: a decoder-only engine set must not fail on the encoder.
     graphs = [g for g in plan.graphs if g in manifest.graphs]
     for backend, precision in dict.fromkeys((c.backend, c.precision) for c in configs):
         if not graphs:
             break
         try:
-            runtimes[(backend, precision)] = _load(plan, backend, precision, graphs)
+            rt = _load(plan, backend, precision, graphs)
+            runtimes.update({(backend, precision, g): rt for g in graphs})
+            continue
         except Exception as e:  # noqa: BLE001 - any load failure means "skip this backend", with its message
-            load_errors[(backend, precision)] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if len(graphs) == 1:
+                load_errors[(backend, precision, graphs[0])] = _load_error(e)
+                continue
+        for g in graphs:
+            try:
+                runtimes[(backend, precision, g)] = _load(plan, backend, precision, [g])
+            except Exception as e:  # noqa: BLE001 - as above, for this graph alone
+                load_errors[(backend, precision, g)] = _load_error(e)
     return _LoadedRuntimes(runtimes, load_errors)
 
 
-def _runnable_configs(configs: Sequence[BenchConfig], manifest, load_errors: dict[tuple[str, str], str],
+def _load_error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def _runnable_configs(configs: Sequence[BenchConfig], manifest, load_errors: dict[tuple[str, str, str], str],
                       results: dict[str, BenchResult]) -> list[BenchConfig]:
     """The configs that can be measured; the others get their skipped row in `results`."""
     active = []
     for c in configs:
         if c.graph not in manifest.graphs:
             results[c.key] = BenchResult(c, "skipped", f"bundle has no {c.graph} graph")
-        elif (c.backend, c.precision) in load_errors:
-            results[c.key] = BenchResult(c, "skipped", load_errors[(c.backend, c.precision)])
+        elif c.runtime_key in load_errors:
+            results[c.key] = BenchResult(c, "skipped", load_errors[c.runtime_key])
         else:
             active.append(c)
     return active
 
 
-def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active: list[BenchConfig],
-             results: dict[str, BenchResult]) -> _Measurement:
-    """Warm up, then time every active config in interleaved rounds; closes the runtimes. Ctrl-C stops early."""
+def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: list[BenchConfig],
+             results: dict[str, BenchResult], ceiling_precisions: set[str]) -> _Measurement:
+    """Warm up, then time every active config in interleaved rounds, with the matmul ceilings of
+    `ceiling_precisions`; closes the runtimes. Ctrl-C stops early."""
     from tqdm import tqdm
 
     samples: dict[str, list[list[float]]] = {c.key: [] for c in active}
-    ceilings: list[float] = []
     interrupted = False
-    # The BLAS on as many threads as the backends use, so the share compares work on the same cores.
+    # Every ceiling engine on as many threads as the backends use, so the share compares work on the same cores.
     ceiling_threads = plan.threads or os.cpu_count()
+    engines = {ENGINE_OF_BACKEND[c.backend] for c in active if c.backend in ENGINE_OF_BACKEND}
+    probes, unavailable = build_probes(ceiling_precisions, ceiling_threads, engines)
+    by_engine: dict[str, dict[str, list[float]]] = {}
+    ceilings: dict[str, list[float]] = {}
     bar = tqdm(total=len(active) * plan.rounds, desc="benchmark", disable=not plan.progress, dynamic_ncols=True)
     try:
         _warm_up(plan, manifest, runtimes, active, samples, results)
         bar.total = len(active) * plan.rounds
-        _timed_rounds(plan, manifest, runtimes, active, samples, ceilings, ceiling_threads, bar)
+        _timed_rounds(plan, manifest, runtimes, active, samples, probes, by_engine, ceilings, bar)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: reporting what was measured so far", file=sys.stderr)
     finally:
         bar.close()
-        for rt in runtimes.values():
+        for rt in {id(rt): rt for rt in runtimes.values()}.values():  # a runtime may serve several graphs
             rt.close()
-    return _Measurement(active, samples, ceilings, ceiling_threads, interrupted)
+    return _Measurement(active, samples, ceilings, by_engine, unavailable, ceiling_threads, interrupted)
 
 
-def _warm_up(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active: list[BenchConfig],
+def _warm_up(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: list[BenchConfig],
              samples: dict[str, list[list[float]]], results: dict[str, BenchResult]) -> None:
     """Warm-up once per config (first-call allocations, thread pools, lazy init). A config that fails gets its
     error row and leaves `active` and `samples`; the others are measured."""
     for c in list(active):
-        fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
+        fn = _call(runtimes[c.runtime_key], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
         try:
             timed_calls(fn, duration_s=plan.warmup_s, iterations=None, min_calls=2)
         except Exception as e:  # noqa: BLE001 - a config that cannot run is reported; the others are measured
@@ -335,25 +448,33 @@ def _warm_up(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active:
             samples.pop(c.key)
 
 
-def _timed_rounds(plan: Plan, manifest, runtimes: dict[tuple[str, str], Any], active: list[BenchConfig],
-                  samples: dict[str, list[list[float]]], ceilings: list[float], ceiling_threads: int | None,
-                  bar) -> None:
-    """Each round: the matmul ceiling, then every config (order reversed every other round). Appends to `samples`
-    and `ceilings` as it goes, so an interrupt keeps what was measured."""
+def _timed_rounds(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: list[BenchConfig],
+                  samples: dict[str, list[list[float]]], probes: Sequence[Probe],
+                  engines: dict[str, dict[str, list[float]]], ceilings: dict[str, list[float]], bar) -> None:
+    """Each round: the matmul ceilings, then every config (order reversed every other round). Appends to `samples`,
+    `engines` and `ceilings` as it goes, so an interrupt keeps what was measured."""
     per_round_s = plan.duration_s / plan.rounds if plan.duration_s is not None else None
     per_round_n = max(1, math.ceil(plan.iterations / plan.rounds)) if plan.iterations is not None else None
     for r in range(plan.rounds):
-        ceilings.append(measure_matmul_gflops(threads=ceiling_threads).gflops)
+        this_round: dict[str, float] = {}
+        for probe in probes:
+            value = probe.measure()
+            engines.setdefault(probe.precision, {}).setdefault(probe.engine, []).append(value)
+            this_round[probe.precision] = max(this_round.get(probe.precision, 0.0), value)
+        for precision, value in this_round.items():
+            ceilings.setdefault(precision, []).append(value)
         order = active if r % 2 == 0 else active[::-1]
         for c in order:
             bar.set_postfix_str(c.key)
-            fn = _call(runtimes[(c.backend, c.precision)], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
+            fn = _call(runtimes[c.runtime_key], c.graph, _inputs(manifest, c.graph, c.batch, plan.seed))
             samples[c.key].append(timed_calls(fn, duration_s=per_round_s, iterations=per_round_n))
             bar.update(1)
 
 
-def _measured_result(c: BenchConfig, samples: list[list[float]], manifest, best_ceiling: float) -> BenchResult:
-    """The ok row of one config from its rounds' samples (skipped if interrupted before any)."""
+def _measured_result(c: BenchConfig, samples: list[list[float]], manifest, ceiling: str | None,
+                     best: dict[str, float]) -> BenchResult:
+    """The ok row of one config from its rounds' samples (skipped if interrupted before any); its share is against
+    the best ceiling of its own precision `ceiling` (none when that ceiling was not measured)."""
     from .flops import count_flops
 
     rounds = [s for s in samples if s]
@@ -363,12 +484,13 @@ def _measured_result(c: BenchConfig, samples: list[list[float]], manifest, best_
     stats = summarize([x for s in rounds for x in s], c.batch)
     gflop = count_flops(cfg_json, c.graph, c.batch) / 1e9
     gflops = gflop / (stats.p50_ms / 1e3)
+    rate = best.get(ceiling) if ceiling else None
     return BenchResult(c, "ok", stats=stats, round_p50_ms=tuple(float(np.median(s)) for s in rounds),
-                       gflop_per_call=gflop, gflops=gflops,
-                       ceiling_share=gflops / best_ceiling if best_ceiling else 0.0)
+                       gflop_per_call=gflop, gflops=gflops, ceiling_share=gflops / rate if rate else None,
+                       ceiling_precision=ceiling if rate else None)
 
 
-def _run_cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str]) -> _ColdStarts:
+def _run_cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str], str]) -> _ColdStarts:
     cold: list[dict[str, Any]] = []
     try:
         _cold_starts(plan, manifest, load_errors, cold)
@@ -385,14 +507,16 @@ def _plan_summary(plan: Plan) -> dict[str, Any]:
             "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
             "spinning": plan.spinning, "batch_split": plan.batch_split, "dla_core": plan.dla_core,
             "cuda_graph": plan.cuda_graph,
-            "cold_start_runs": plan.cold_start_runs, "device": plan.device}
+            "cold_start_runs": plan.cold_start_runs, "device": plan.device,
+            "peer_bundle": str(plan.peer_bundle) if plan.peer_bundle else None, "accuracy": plan.accuracy}
 
 
 def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
     return (lambda: rt.decode(x)) if graph == "decoder" else (lambda: rt.encode(x))
 
 
-def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str], out: list[dict[str, Any]]) -> None:
+def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str], str],
+                 out: list[dict[str, Any]]) -> None:
     """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision).
 
     Results are appended to `out` as they come, so an interrupt keeps the ones already measured.
@@ -408,7 +532,7 @@ def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str], 
             out.append({"path": path, "status": "skipped", "reason": "needs --checkpoint", "device": plan.device})
             continue
         # A backend that could not load in this process would fail the same way in a fresh one: say why, once.
-        why = load_errors.get((backend, "fp32" if backend == "torch" else precision))
+        why = load_errors.get((backend, "fp32" if backend == "torch" else precision, "decoder"))
         if why is not None:
             out.append({"path": path, "status": "skipped", "reason": why, "device": plan.device})
             continue
@@ -428,73 +552,7 @@ def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str], str], 
             out.append({"path": path, "status": "error", "reason": str(e), "device": plan.device})
 
 
-# ----------------------------------------------------------------------------------------------- reporting
-
-def format_table(report: dict[str, Any]) -> str:
-    head = (f"{'backend':<12} {'graph':<8} {'prec':<5} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'mean ms':>9} {'cv':>6} {'img/s':>9} {'GFLOP/s':>8} {'%ceil':>6} {'drift':>6}")
-    lines = [head, "-" * len(head)]
-    for r in report["results"]:
-        if r["status"] != "ok":
-            lines.append(f"{r['backend']:<12} {r['graph']:<8} {r['precision']:<5} {r['batch']:>5}  "
-                         f"{r['status']}: {r['reason']}")
-            continue
-        s = r["stats"]
-        lines.append(f"{r['backend']:<12} {r['graph']:<8} {r['precision']:<5} {r['batch']:>5} {s['p50_ms']:>9.3f} "
-                     f"{s['p90_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['mean_ms']:>9.3f} {s['cv']:>6.2f} "
-                     f"{s['throughput']:>9.1f} {r['gflops']:>8.2f} {100 * r['ceiling_share']:>5.1f}% "
-                     f"{r['drift']:>6.2f}")
-    c = report["matmul_ceiling_gflops"]
-    lines.append(f"FP32 matmul ceiling: best {c['best']:.1f} GFLOP/s over {len(c['samples'])} rounds "
-                 f"({', '.join(f'{x:.1f}' for x in c['samples'])})")
-    cold = {cs["path"]: cs for cs in report.get("cold_start", []) if cs.get("status") == "ok"}
-    for cs in report.get("cold_start", []):
-        if cs.get("status") == "ok":
-            runs = cs.get("runs", 1)
-            ratio = (f", torch / this {cold['torch']['first_result_s'] / cs['first_result_s']:.1f}x"
-                     if "torch" in cold and cs["path"] != "torch" else "")
-            lines.append(f"cold start {cs['path']:<20} first image {cs['first_result_s']:.3f} s, "
-                         f"peak RSS {cs['peak_rss_mib']:.1f} MiB (best time, highest RSS of {runs} run"
-                         f"{'s' if runs != 1 else ''}){ratio}")
-        else:
-            lines.append(f"cold start {cs['path']:<20} {cs['status']}: {cs.get('reason', '')}")
-    return "\n".join(lines)
-
-
-def _check_report_rows(report: Any, source: Path) -> None:
-    """Refuse (BenchError) an earlier report whose rows compare_reports could not read."""
-    from dataclasses import fields
-
-    need = {f.name for f in fields(LatencyStats)}
-    rows = report.get("results")
-    if not isinstance(rows, list):
-        raise BenchError(f"--compare {source}: no 'results' list")
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict) or "key" not in r or "status" not in r:
-            raise BenchError(f"--compare {source}: results[{i}] is not a result row (needs 'key' and 'status')")
-        if r["status"] == "ok":
-            missing = sorted(need - set(r.get("stats") or {}))
-            if missing:
-                raise BenchError(f"--compare {source}: results[{i}] ({r['key']}): stats lack {missing}")
-
-
-def compare_reports(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, list]:
-    """Per-row change of the median between two reports, flagged where it is beyond the rows' measured noise."""
-    old_rows = {r["key"]: r for r in old.get("results", []) if r.get("status") == "ok"}
-    changes = []
-    lines = [f"{'config':<36} {'old p50':>9} {'new p50':>9} {'change':>8} {'noise':>7}  verdict"]
-    for r in new["results"]:
-        if r["status"] != "ok" or r["key"] not in old_rows:
-            continue
-        o = old_rows[r["key"]]
-        ch = compare(r["key"], LatencyStats(**o["stats"]), LatencyStats(**r["stats"]),
-                     old_drift=o.get("drift", 1.0), new_drift=r.get("drift", 1.0))
-        changes.append(ch)
-        flag = "  <-- " + ch.verdict.upper() if ch.significant else ""
-        lines.append(f"{ch.key:<36} {ch.old_p50_ms:>9.3f} {ch.new_p50_ms:>9.3f} {100 * (ch.ratio - 1):>+7.1f}% "
-                     f"{100 * ch.noise:>6.1f}%  {ch.verdict}{flag}")
-    return "\n".join(lines), changes
-
+# ----------------------------------------------------------------------------------------------- outputs
 
 OUTPUT_FILES = ("latency.json", "latency.csv", "latency_percentiles.png", "throughput.png")
 
@@ -514,30 +572,6 @@ def check_out_dir(out: Path) -> None:
         raise BenchError(f"--out {out}: {blocked} exist and are not files; the results are written under these names")
     if not os.access(out, os.W_OK | os.X_OK):
         raise BenchError(f"--out {out}: this user cannot write in the folder")
-
-
-def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
-    from runtime.files import atomic_path, write_json_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [write_json_atomic(out / "latency.json", report)]
-    csv_path = out / "latency.csv"
-    fields = ["key", "backend", "device", "graph", "precision", "batch", "status", "reason", "n", "mean_ms", "stdev_ms", "cv",
-              "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "throughput", "gflops", "ceiling_share",
-              "drift"]
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in report["results"]:
-            w.writerow({**r, **(r["stats"] or {})})
-    paths.append(csv_path)
-    from .plots import plot_percentiles, plot_throughput
-
-    ok = [r for r in report["results"] if r["status"] == "ok"]
-    if ok:
-        paths.append(plot_percentiles(ok, out / "latency_percentiles.png"))
-        paths.append(plot_throughput(ok, out / "throughput.png"))
-    return paths
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -579,22 +613,44 @@ def _batch_split(text: str) -> int | bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--backends", type=_csv_list, default=["torch", "onnxruntime"], help=f"some of {BACKENDS}")
-    p.add_argument("--graphs", type=_csv_list, default=["encoder", "decoder"])
-    p.add_argument("--batch", type=_int_list, default=[1, 8, 64])
-    p.add_argument("--precision", type=_csv_list, default=["fp32"])
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per configuration")
+    from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_name
+
+    p = argparse.ArgumentParser(
+        prog=prog_name("benchmarks.latency"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "measured and reported (also when interrupted, or when --compare finds regressions: "
+                          "said on stderr)",
+                       2: "bad input or option (one line on stderr)"},
+                      "%(prog)s runs/bundle --out runs/latency",
+                      "%(prog)s runs/bundle --backends onnxruntime --graphs decoder --batch 1,64 --precision fp32,int8",
+                      "%(prog)s runs/bundle --backends tensorrt --device cuda --precision fp16 --compare "
+                      "runs/latency/latency.json"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
+    p.add_argument("--backends", type=_csv_list, default=["torch", "onnxruntime"], metavar="LIST",
+                   help=f"comma-separated, some of {', '.join(BACKENDS)}")
+    # runtime.cli's --graphs convention; None (the deprecated 'both') means every graph, as when omitted
+    p.add_argument("--graphs", type=lambda text: list(parse_graphs(text) or ("encoder", "decoder")),
+                   default=["encoder", "decoder"], metavar="LIST",
+                   help=graphs_help("graphs to time", "encoder,decoder; a graph the bundle lacks gives skipped rows"))
+    p.add_argument("--batch", type=_int_list, default=[1, 8, 64], metavar="LIST",
+                   help="comma-separated batch sizes, each timed for every backend, graph and precision")
+    p.add_argument("--precision", type=_csv_list, default=["fp32"], metavar="LIST",
+                   help="comma-separated, some of fp32, fp16, int8, bf16 (fp16 / int8: the bundle's variants, or "
+                        "engines for tensorrt; bf16: openvino's bf16 execution where vae.json records it; a backend "
+                        "without one gives skipped rows)")
+    p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="seconds of warm-up per configuration")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--duration", type=float, default=None, help="seconds of timed calls per configuration (default 3)")
-    g.add_argument("--iterations", type=int, default=None, help="timed calls per configuration")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds the time is split into")
+    g.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="seconds of timed calls per configuration (default 3)")
+    g.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="timed calls per configuration (instead of --duration)")
+    p.add_argument("--rounds", type=int, default=3, metavar="N", help="interleaved rounds the time is split into")
     p.add_argument("--device", default="cpu",
                    help="device for every backend: cpu (default), cuda or cuda:N (the tensorrt backend needs cuda; "
                         "torch runs there when it sees CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend")
-    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the torch backend and its cold start")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="intra-op threads for every backend (default: each backend's choice)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                   help="checkpoint for the torch backend and its cold start")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
     p.add_argument("--cold-start-runs", type=int, default=3, metavar="N",
                    help="fresh processes per cold-start path: best time, highest peak RSS (default 3)")
@@ -609,14 +665,59 @@ def build_parser() -> argparse.ArgumentParser:
                         "--dla-core N); default: the GPU engines")
     p.add_argument("--cuda-graph", action="store_true",
                    help="tensorrt: replay each batch size as a captured CUDA graph (after one plain run)")
-    p.add_argument("--out", type=Path, default=None, help="folder for latency.json/.csv and the PNG plots")
-    p.add_argument("--compare", type=Path, default=None, help="an earlier latency.json to compare against")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder for latency.json/.csv and the PNG plots (default: none written, the table only)")
+    p.add_argument("--compare", type=Path, default=None, metavar="JSON",
+                   help="an earlier latency.json to compare against")
+    p.add_argument("--seed", type=int, default=0, help="seed of the input set every backend is timed on")
     p.add_argument("--cpp-lib", type=Path, default=None, metavar="LIB",
                    help="libvae_runtime.so for --backends cpp (default: $VAE_RUNTIME_LIB, else what `make cpp` builds); "
                         "its vae_decode beside it is used for the cold start")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--peer-bundle", type=Path, default=None, metavar="PLAIN_BUNDLE",
+                   help="add the peer row: OpenVINO's default configuration (no properties: bf16 on CPUs that have "
+                        "it) on this plain export of the same checkpoint (python -m export.to_onnx CKPT --no-rewrite), "
+                        "and every row's speed as a ratio to it (benchmarks/peer.py)")
+    p.add_argument("--peer", action="store_true",
+                   help="add the peer row, exporting the plain bundle from --checkpoint first (into OUT/peer-bundle "
+                        "with --out, else a temporary folder); --peer-bundle names an existing one instead")
+    p.add_argument("--no-accuracy", action="store_true",
+                   help="skip each row's accuracy check on the bundle's reference inputs (default: measured once "
+                        "per backend, precision and graph, before the timed rounds)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (a bar on a terminal, a few lines in a log)")
     return p
+
+
+def _peer_bundle(args: argparse.Namespace, manifest) -> Path | None:
+    """The plain bundle of the peer row: --peer-bundle, checked; or with --peer, exported from --checkpoint (into
+    OUT/peer-bundle, else a temporary folder removed at exit); None without either."""
+    if args.peer_bundle is not None:
+        peer_row.check_peer_bundle(args.peer_bundle, manifest, args.graphs)
+        return args.peer_bundle
+    if not args.peer:
+        return None
+    if args.checkpoint is None:
+        raise BenchError("--peer: needs --checkpoint CKPT to export the plain bundle from (or --peer-bundle DIR)")
+    if args.out is not None:
+        out = args.out / "peer-bundle"
+    else:
+        import atexit
+        import shutil
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="vae-peer-")
+        atexit.register(shutil.rmtree, tmp, True)
+        out = Path(tmp) / "peer-bundle"
+    from vae_model.errors import VaeModelError
+
+    print(f"exporting the plain bundle for the peer row: {out}", file=sys.stderr)
+    try:
+        graphs = [g for g in args.graphs if g in manifest.graphs]
+        out = peer_row.export_peer_bundle(args.checkpoint, out, graphs)
+    except VaeModelError as e:  # the checkpoint (CheckpointError); export errors are VaeErrors
+        raise BenchError(f"--peer: cannot export {args.checkpoint}: {e}") from None
+    peer_row.check_peer_bundle(out, manifest, args.graphs)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -634,9 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [g for g in args.graphs if g not in ("encoder", "decoder")]
         if bad:
             raise BenchError(f"--graphs: unknown {bad}; expected encoder and/or decoder")
-        bad = [p for p in args.precision if p not in ("fp32", "fp16", "int8")]
+        bad = [p for p in args.precision if p not in PRECISIONS]
         if bad:
-            raise BenchError(f"--precision: unknown {bad}; expected some of fp32, fp16, int8")
+            raise BenchError(f"--precision: unknown {bad}; expected some of {', '.join(PRECISIONS)}")
         if args.rounds < 1 or (args.iterations is not None and args.iterations < 1) or args.cold_start_runs < 1:
             raise BenchError("--rounds, --iterations and --cold-start-runs must be >= 1")
         if args.threads is not None and args.threads < 1:
@@ -655,7 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not isinstance(old, dict) or old.get("schema") != SCHEMA:
                 got = old.get("schema") if isinstance(old, dict) else type(old).__name__
                 raise BenchError(f"--compare {args.compare}: schema {got!r}, expected {SCHEMA!r}")
-            _check_report_rows(old, args.compare)
+            check_report_rows(old, args.compare)
+        peer_bundle = _peer_bundle(args, manifest)
     except VaeError as e:  # BundleError, BenchError, BackendError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -667,7 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spinning=None if args.spinning is None else args.spinning == "on",
                 batch_split=args.batch_split, device=device, dla_core=args.dla_core, cuda_graph=args.cuda_graph,
                 cpp_lib=args.cpp_lib, progress=not args.no_progress,
-                seed=args.seed)
+                seed=args.seed, peer_bundle=peer_bundle, accuracy=not args.no_accuracy)
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

@@ -185,13 +185,17 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from runtime.cli import HelpFormatter, epilog, prog_name
+
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.serving", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog_name("benchmarks.serving"), formatter_class=HelpFormatter,
         description="Bounded load test of the local Triton server: throughput and p50/p99 latency with dynamic\n"
                     "batching on and off (127.0.0.1 only).",
-        epilog="exit status: 0 ok, 1 some requests failed, 2 bad input or no tritonserver.\n"
-               "example: python -m benchmarks.serving runs/bundle --requests 2000 --concurrency 8")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+        epilog=epilog({0: "measured, every request answered", 1: "some requests failed, or the server did",
+                       2: "bad input or option, or no tritonserver / tritonclient (one line on stderr)"},
+                      "%(prog)s runs/bundle --requests 2000 --concurrency 8",
+                      "%(prog)s runs/bundle --model encoder --protocol http --modes on --instances 2"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--requests", type=int, default=2000, metavar="N", help="requests per mode (default 2000)")
     p.add_argument("--concurrency", type=int, default=8, metavar="C", help="concurrent clients (default 8)")
     p.add_argument("--batch-per-request", type=int, default=1, metavar="B", help="rows per request (default 1)")

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-PERCENTILES = (50, 90, 95, 99)
+PERCENTILES = (1, 5, 50, 90, 95, 99)
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ class LatencyStats:
     p99_ms: float
     max_ms: float
     throughput: float    # images per second at the median latency (batch / p50)
+    # The low percentiles, for the plots' whiskers (p5-p95). Optional so that reports written before they existed
+    # still load for --compare.
+    p1_ms: float | None = None
+    p5_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +53,17 @@ def summarize(latencies_ms: Sequence[float], batch: int) -> LatencyStats:
     return LatencyStats(n=int(x.size), batch=batch, mean_ms=mean, stdev_ms=stdev,
                         cv=stdev / mean if mean > 0 else 0.0, min_ms=float(x.min()), p50_ms=p[50], p90_ms=p[90],
                         p95_ms=p[95], p99_ms=p[99], max_ms=float(x.max()),
-                        throughput=batch * 1000.0 / p[50] if p[50] > 0 else math.inf)
+                        throughput=batch * 1000.0 / p[50] if p[50] > 0 else math.inf, p1_ms=p[1], p5_ms=p[5])
+
+
+def round_throughput_cv(round_p50_ms: Sequence[float]) -> float:
+    """Coefficient of variation (stdev / mean, ddof=1) of the per-round throughput, batch / the round's median
+    latency, over a run's interleaved rounds: how much the machine moved between rounds. 0 with fewer than 2 rounds.
+    (The batch cancels out, so only the rounds' medians are needed.)"""
+    rates = np.array([1.0 / x for x in round_p50_ms if x > 0], dtype=np.float64)
+    if rates.size < 2:
+        return 0.0
+    return float(rates.std(ddof=1) / rates.mean())
 
 
 @dataclass(frozen=True)

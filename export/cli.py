@@ -1,4 +1,8 @@
-"""Small argparse helpers shared by the export CLIs (argparse turns their errors into a usage line and exit 2)."""
+"""Small argparse helpers shared by the export CLIs (argparse turns their errors into a usage line and exit 2).
+
+Help layout, the --graphs option, the program name and progress output come from runtime.cli, shared with the runtime
+and benchmark CLIs.
+"""
 from __future__ import annotations
 
 import argparse

@@ -170,7 +170,7 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     import onnxruntime  # noqa: F401 - the tool needs it (_anchor_outputs): fail before any work without it
     import torch  # noqa: F401 - likewise (_module_outputs)
 
-    from export.reference import find_checkpoint
+    from export.reference import check_checkpoint, find_checkpoint
     from runtime.verify.parity import load_reference
     from vae_model import load_checkpoint
 
@@ -182,7 +182,10 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     if inputs is None:
         inputs = load_reference(root, manifest)[f"{graph}.{in_name}"]
     x = np.ascontiguousarray(inputs, dtype=np.float32)
-    model = load_checkpoint(find_checkpoint(root, manifest, checkpoint)).model.eval()
+    ckpt_path = find_checkpoint(root, manifest, checkpoint)
+    ck = load_checkpoint(ckpt_path)
+    check_checkpoint(ckpt_path, manifest, ck.sha256)  # another model's modules would make every comparison moot
+    model = ck.model.eval()
     proto = onnx.load(str(path))
     record = _export_record(root, manifest, graph, precision, proto)
     side = _torch_side(model, graph, record.meta)
@@ -345,9 +348,10 @@ def _locate_for_parity(*args: Any, **kwargs: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """runtime.verify.parity's CLI with the divergence finder plugged in (exit 0 pass, 1 fail, 2 bad input)."""
+    from runtime.cli import prog_name
     from runtime.verify.parity import main as parity_main
 
-    return parity_main(argv, locate=_locate_for_parity, prog="python -m export.divergence")
+    return parity_main(argv, locate=_locate_for_parity, prog=prog_name("export.divergence"))
 
 
 if __name__ == "__main__":

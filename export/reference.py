@@ -1,7 +1,8 @@
 """PyTorch reference backend: the trained model itself, for parity checks and benchmarks (not for deployment).
 
-It loads the checkpoint the bundle was exported from - `checkpoint=` when given, else the path recorded in
-vae.json's `source` (absolute, then the file name next to the bundle) - and refuses a checkpoint whose sha256 differs
+It loads the checkpoint the bundle was exported from - `checkpoint=` when given, else the one vae.json's `source`
+names (its relative_path from the bundle folder, an older export's absolute path, then its file name inside the
+bundle folder: runtime.bundle.source_checkpoint_candidates) - and refuses a checkpoint whose size or sha256 differs
 from the one recorded at export (a different model would make every comparison meaningless), or whose config or
 pixel range differ from the manifest's. FP32 only: reduced precision belongs to the deployed engines.
 
@@ -16,28 +17,34 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime.bundle import DECODER, ENCODER, IMAGE, LOGVAR, MU, Z, BundleError, Manifest
+from runtime.bundle import (DECODER, ENCODER, IMAGE, LOGVAR, MU, Z, BundleError, Manifest,
+                            source_checkpoint_candidates, source_checkpoint_mismatch)
 from runtime.errors import BackendError, BackendUnavailableError
 from runtime.backends.base import Backend, Device
 
 
 def find_checkpoint(bundle: Path, manifest: Manifest, checkpoint: str | os.PathLike | None) -> Path:
-    """The checkpoint to load: the explicit one, else the one vae.json names (absolute path, then beside the bundle)."""
+    """The checkpoint to load: the explicit one, else the one vae.json names (its relative_path from the bundle folder,
+    an older export's absolute path, then its name inside the bundle folder). Not yet checked: see check_checkpoint."""
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise BackendError(f"option checkpoint: {path} is not a file")
         return path
-    src = manifest.source
-    candidates = [Path(p) for p in (src.get("path"),) if p]
-    if src.get("checkpoint"):
-        candidates.append(bundle / Path(src["checkpoint"]).name)
+    candidates = source_checkpoint_candidates(bundle, manifest.source)
     for c in candidates:
         if c.is_file():
             return c
     raise BackendUnavailableError(
         f"backend 'torch': the bundle's source checkpoint is not here (looked for {[str(c) for c in candidates]}); "
         "pass checkpoint=PATH (CLI: --checkpoint PATH)")
+
+
+def check_checkpoint(path: Path, manifest: Manifest, sha256: str) -> None:
+    """BundleError unless the checkpoint at `path` (whose sha256 the caller computed) is the one vae.json records."""
+    why = source_checkpoint_mismatch(path, manifest.source, sha256)
+    if why is not None:
+        raise BundleError(f"{path}: {why}; pass the checkpoint this bundle came from")
 
 
 class TorchBackend(Backend):
@@ -80,11 +87,7 @@ class TorchBackend(Backend):
             ck = load_checkpoint(path)
         except VaeModelError as e:
             raise BackendError(f"backend 'torch': {e}") from None
-        want = manifest.source.get("sha256")
-        if want and ck.sha256 != want:
-            raise BundleError(f"{path}: sha256 {ck.sha256[:12]}..., but the bundle was exported from "
-                              f"{manifest.source.get('checkpoint', '?')} with sha256 {want[:12]}...; "
-                              "pass the checkpoint this bundle came from")
+        check_checkpoint(path, manifest, ck.sha256)
         cfg = ck.config.to_dict()
         man = {k: v for k, v in manifest.model.to_dict().items() if k != "family"}
         if cfg != man:

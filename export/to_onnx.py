@@ -11,7 +11,9 @@ axis (docs/performance.md#onnx-exporter), onnxslim, no BatchNormalization node, 
 inference and onnx.checker, one self-contained file. Parity gate: both graphs on ONNX Runtime CPU against the PyTorch
 FP32 model on seeded golden and realistic inputs, max abs <= 1e-4 per output (--max-abs; --no-verify skips it).
 The bundle is built next to DIR and swapped in only when everything passed, keeping DIR/engines/; a file in DIR that
-the exporter cannot prove it wrote makes it refuse before any work.
+the exporter cannot prove it wrote makes it refuse before any work. vae.json's `source` records the checkpoint's name,
+sha256, size and kind, and its path relative to DIR only when it lies under DIR's parent folder (source_record): no
+absolute path of the build machine travels with the bundle.
 Exit codes: 0 ok, 1 parity failure, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 from export.cli import non_negative_int
 from runtime import bundle as B
+from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from runtime.engines import ENGINES_DIR
 from runtime.errors import VaeError
 from runtime.files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
@@ -270,7 +273,8 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
         model: The VanillaVAE; an eval-mode FP32 CPU copy is exported, the caller's model keeps its mode and weights.
         out_dir: The bundle folder; replaced only by a complete new bundle, its engines/ kept.
         pixel_range: The (min, max) pixel range the model's images use, recorded in vae.json.
-        source: Provenance of the weights (checkpoint name, sha256, kind, path), recorded in vae.json.
+        source: Provenance of the weights (checkpoint name, sha256, size, kind, relative_path: source_record),
+            recorded in vae.json.
         opset: The ONNX opset (MIN_OPSET up to what the installed onnx supports).
         graphs: The graphs to export, some of ("encoder", "decoder").
         verify: Run the parity gate against the PyTorch model (False: skip it, with a warning).
@@ -505,14 +509,28 @@ def _graph_spec(graph: str, path: Path) -> B.GraphSpec:
     return B.GraphSpec(name=graph, file=path.name, sha256=sha256_file(path), opset=opset, inputs=ins, outputs=outs)
 
 
+def source_record(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, sha256: str, kind: str) -> dict:
+    """vae.json's `source` for a checkpoint file: its name, sha256, size and kind, and - only when it lies under the
+    bundle's parent folder - its path relative to the bundle folder ("/"-separated), never an absolute path: a bundle
+    shipped to a device must not carry the build machine's layout. Readers: runtime.bundle.source_checkpoint_candidates.
+    """
+    ckpt = Path(checkpoint).resolve()  # the kernel resolves ".." physically: so must the relative path
+    bundle = Path(out_dir).resolve()
+    record = {"checkpoint": ckpt.name, "sha256": sha256, "size": ckpt.stat().st_size, "kind": kind}
+    if ckpt.is_relative_to(bundle.parent):
+        record["relative_path"] = Path(os.path.relpath(ckpt, bundle)).as_posix()
+    return record
+
+
 def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int | None = None,
                   graphs: Sequence[str] = B.GRAPHS, verify: bool = True, batch_for_reference: int = 4, seed: int = 0,
                   tolerances: Mapping[str, Tolerance] | None = None, rewrite: bool = True, log=print) -> Path:
     """Load any checkpoint vae_model.load_checkpoint accepts and export it with export_model.
 
     Args:
-        checkpoint: Our .pt, a PyTorch-VAE / Lightning .ckpt, or a bare state_dict file; its name, sha256 and kind
-            are recorded as the bundle's source.
+        checkpoint: Our .pt, a PyTorch-VAE / Lightning .ckpt, or a bare state_dict file; its name, sha256, size and
+            kind are recorded as the bundle's source, with its path relative to the bundle when it lies under the
+            bundle's parent folder (source_record).
         out_dir, graphs, verify, batch_for_reference, seed, tolerances, rewrite, log: As for export_model.
         opset: The ONNX opset (default: DEFAULT_OPSET).
 
@@ -526,22 +544,24 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
     from vae_model import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
-    source = {"checkpoint": Path(checkpoint).name, "sha256": ck.sha256, "kind": ck.kind,
-              "path": str(Path(checkpoint).resolve())}
+    source = source_record(checkpoint, out_dir, sha256=ck.sha256, kind=ck.kind)
     return export_model(ck.model, out_dir, pixel_range=ck.pixel_range, source=source,
                         opset=opset or DEFAULT_OPSET, graphs=graphs, verify=verify,
                         batch_for_reference=batch_for_reference, seed=seed, tolerances=tolerances,
                         rewrite=rewrite, log=log).bundle
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m export.to_onnx", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog_name("export.to_onnx"), formatter_class=HelpFormatter,
         description="Export a VAE checkpoint to a bundle: encoder.onnx (image -> mu, logvar), decoder.onnx (z -> image),\n"
                     "vae.json (manifest) and reference.npz (seeded inputs and PyTorch FP32 outputs), gated on parity\n"
                     "with PyTorch on ONNX Runtime CPU.",
-        epilog="exit status: 0 bundle written, 1 parity gate failed (no bundle written), 2 bad input or option.\n"
-               "example: python -m export.to_onnx runs/train/best.pt --out runs/bundle")
+        epilog=epilog({0: "bundle written", 1: "parity gate failed (no bundle written)",
+                       2: "bad input or option (one line on stderr)"},
+                      "%(prog)s runs/train/best.pt --out runs/bundle",
+                      "%(prog)s runs/train/best.pt --out runs/decoder-only --graphs decoder",
+                      "%(prog)s PyTorch-VAE/logs/VanillaVAE/version_0/checkpoints/last.ckpt --no-rewrite"))
     p.add_argument("checkpoint", type=Path, metavar="CKPT",
                    help="vae-deploy .pt, PyTorch-VAE / Lightning .ckpt (any device) or bare state_dict")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -551,8 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "command); any other file there makes the export refuse (exit 2), naming it")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET}, which TensorRT 10 parses)")
-    p.add_argument("--graphs", default=",".join(B.GRAPHS), metavar="LIST",
-                   help=f"comma-separated graphs to export (default {','.join(B.GRAPHS)})")
+    add_graphs_argument(p, what="graphs to export", default=",".join(B.GRAPHS))
     p.add_argument("--no-verify", action="store_true",
                    help="skip the parity gate (prints a warning; vae.json records parity as unverified)")
     p.add_argument("--no-rewrite", action="store_true",
@@ -565,7 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reference-batch", type=int, default=4, metavar="N",
                    help="rows per golden / realistic input set in reference.npz (default 4)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the golden inputs (default 0)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from vae_model import VaeModelError
 
     out = args.out or args.checkpoint.parent / "bundle"
@@ -576,7 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ExportError(f"--max-abs must be >= 0, got {args.max_abs}")
         tolerances = None if args.max_abs is None else {
             t: Tolerance(max_abs=args.max_abs) for t in (B.IMAGE, B.MU, B.LOGVAR)}
-        bundle = export_bundle(args.checkpoint, out, opset=args.opset, graphs=args.graphs.split(","),
+        bundle = export_bundle(args.checkpoint, out, opset=args.opset,
+                               graphs=B.GRAPHS if args.graphs is None else args.graphs,
                                verify=not args.no_verify, rewrite=not args.no_rewrite, tolerances=tolerances,
                                batch_for_reference=args.reference_batch, seed=args.seed)
     except ParityError as e:

@@ -279,7 +279,7 @@ class Manifest:
     model: ModelSpec
     pixel_range: tuple[float, float]
     graphs: dict[str, GraphSpec]
-    source: dict[str, Any] = field(default_factory=dict)     # checkpoint name, sha256, kind
+    source: dict[str, Any] = field(default_factory=dict)     # checkpoint name, sha256, size, kind, relative_path
     versions: dict[str, str] = field(default_factory=dict)   # torch / onnx / onnxruntime / vae-deploy used
     reference: dict[str, Any] = field(default_factory=dict)  # {"file": "reference.npz", "sha256": ...}
     parity: dict[str, Any] = field(default_factory=dict)     # export-time parity summary
@@ -377,6 +377,51 @@ def resolve_file(bundle: str | os.PathLike, name: str, sha256: str | None = None
             raise BundleError(f"{path}: sha256 {actual[:12]}..., manifest says {sha256[:12]}...: "
                               "the file changed after export; re-export the bundle")
     return path
+
+
+# ----------------------------------------------------------------------------------------------- the source checkpoint
+# vae.json's "source" names the checkpoint the bundle was exported from, for the tools that rebuild the PyTorch model
+# (the torch reference backend, the INT8 sub-pixel form, the divergence finder; never the runtime itself):
+#     {"checkpoint": "best.pt", "sha256": "...", "size": 2457856, "kind": "vae-deploy",
+#      "relative_path": "../train/best.pt"}
+# relative_path (from the bundle folder, "/"-separated) is written only when the checkpoint lay under the bundle's
+# parent folder at export; elsewhere only the name is kept, so a shipped bundle never carries the build machine's
+# layout. Bundles exported before held an absolute "path" instead: still read.
+
+def source_checkpoint_candidates(bundle: str | os.PathLike, source: Mapping[str, Any]) -> list[Path]:
+    """Where the checkpoint vae.json's `source` names may be, in the order to try: its relative_path from the bundle
+    folder, the absolute `path` older exports recorded, then its file name inside the bundle folder. Malformed values
+    are skipped (the checkpoint is then not found, and the caller asks for it explicitly)."""
+    root = Path(bundle)
+    out: list[Path] = []
+    rel = source.get("relative_path")
+    if isinstance(rel, str) and rel and "\x00" not in rel and not Path(rel).is_absolute():
+        out.append(root / rel)
+    legacy = source.get("path")
+    if isinstance(legacy, str) and legacy and "\x00" not in legacy and Path(legacy).is_absolute():
+        out.append(Path(legacy))
+    name = source.get("checkpoint")
+    if isinstance(name, str) and name and "\x00" not in name:
+        out.append(root / Path(name).name)
+    return list(dict.fromkeys(out))
+
+
+def source_checkpoint_mismatch(path: str | os.PathLike, source: Mapping[str, Any],
+                               sha256: str | None = None) -> str | None:
+    """Why the file at `path` is not the checkpoint vae.json's `source` records (its size, then its sha256: `sha256`
+    when the caller already hashed it), or None when it is (or when the manifest records neither)."""
+    size, want = source.get("size"), source.get("sha256")
+    if isinstance(size, int) and not isinstance(size, bool):
+        actual = Path(path).stat().st_size
+        if actual != size:
+            return (f"{actual} bytes, but the bundle was exported from {source.get('checkpoint', '?')} of {size} bytes"
+                    + (f" with sha256 {want[:12]}..." if isinstance(want, str) and want else ""))
+    if isinstance(want, str) and want:
+        actual_sha = sha256 if sha256 is not None else sha256_file(path)
+        if actual_sha != want:
+            return (f"sha256 {actual_sha[:12]}..., but the bundle was exported from {source.get('checkpoint', '?')} "
+                    f"with sha256 {want[:12]}...")
+    return None
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:

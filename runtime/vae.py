@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import images as _images
+from . import images as _images, rng as _rng
 from .backends import Backend, Device, resolve
 from .backends.base import DEFAULT_MAX_CHUNK, check_max_chunk
 from .bundle import (DECODER, ENCODER, ENGINE_PRECISIONS, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest,
@@ -46,9 +46,13 @@ class Posterior:
         return np.exp(0.5 * self.logvar)
 
     def sample(self, seed: int | np.random.Generator | None = None) -> np.ndarray:
-        """z = mu + eps * std with eps ~ N(0, I) from a seeded NumPy generator (reparameterisation, outside graphs)."""
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        eps = rng.standard_normal(self.mu.shape, dtype=np.float32)
+        """z = mu + eps * std with eps ~ N(0, I) (reparameterisation, outside graphs). An int seed in [0, 2**64) draws
+        eps from runtime.rng's portable stream (the one the C++ vae_decode --seed uses); a np.random.Generator draws
+        from that generator; None: a fresh seed."""
+        if isinstance(seed, np.random.Generator):
+            eps = seed.standard_normal(self.mu.shape, dtype=np.float32)
+        else:
+            eps = _rng.standard_normal(seed, self.mu.shape)
         return (self.mu + eps * self.std).astype(np.float32)
 
 
@@ -115,10 +119,12 @@ class VAERuntime:
         return self.decode(self.encode(images).mu)
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """Decode n latents drawn from the prior N(0, I) with a seeded NumPy generator."""
+        """Decode n latents drawn from the prior N(0, I): runtime.rng.standard_normal(seed, (n, latent_dim)), the
+        portable stream `vae_decode --count n --seed S` (C++) draws too, so both decode the same latents for one seed
+        (within 1 ulp of float32: runtime/rng.py). seed: an integer in [0, 2**64); None: a fresh one."""
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise ShapeError(f"sample: n must be a positive integer, got {n!r}")
-        z = np.random.default_rng(seed).standard_normal((int(n), self.latent_dim), dtype=np.float32)
+        z = _rng.standard_normal(seed, (int(n), self.latent_dim))
         return self.decode(z)
 
     def interpolate(self, a: Any, b: Any, steps: int = 8, *, method: str = "linear") -> np.ndarray:
@@ -220,7 +226,11 @@ def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", 
             parity and benchmarks only).
         device: "cpu", "cuda" or "cuda:N".
         precision: "fp32", "fp16" or "int8" (a variant listed in vae.json), or "bf16" (OpenVINO's bf16 execution of
-            the FP32 graph, where vae.json records it met its budget).
+            the FP32 graph, where vae.json records it met its budget). fp16 is for GPUs (TensorRT, CUDA): on a CPU
+            it is never faster - the ONNX Runtime CPU provider has no native FP16 kernels on x86 and runs an fp16
+            variant about 2x slower than fp32 (OpenVINO computes it in fp32). The CPU's faster precisions are int8
+            (where its variant met the budget) and bf16 (openvino, on CPUs with AVX512_BF16 or AMX);
+            docs/performance.md#precision-and-backend-on-the-cpu has the measurements.
         graphs: The graphs to load (default: all in the bundle): names, e.g. ("decoder",) for a decoder-only app,
             or one string, "decoder" or "encoder,decoder" (comma-separated, as the CLIs' --graphs take them).
         check_finite: Refuse inputs holding NaN or Inf (NonFiniteError); False skips that pass over each input.

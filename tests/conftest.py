@@ -146,19 +146,36 @@ def pytest_terminal_summary(terminalreporter, config):
 def bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     """A verified encoder+decoder bundle of the tiny model (32x32 RGB, latent 8). Treat it as read-only.
 
-    With VAE_TEST_BUNDLES: a copy of the prebuilt one (exported from tiny_checkpoint by tests/make_bundles.py)."""
+    Exported beside tiny_checkpoint (vae.json: relative_path "../tiny.pt", which the torch backend, the divergence
+    finder and INT8's sub-pixel form follow). With VAE_TEST_BUNDLES: a copy of the prebuilt one (exported from
+    tiny_checkpoint by tests/make_bundles.py), with that checkpoint beside it as well."""
     prebuilt = prebuilt_bundles()
     if prebuilt is not None:
-        return Path(shutil.copytree(prebuilt / BUNDLE, tmp_path_factory.mktemp("bundle") / "tiny"))
+        return copy_bundle(prebuilt / BUNDLE, tmp_path_factory.mktemp("bundle") / "tiny")
     from export.to_onnx import export_bundle
 
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny", log=lambda *a: None)
+    return export_bundle(tiny_checkpoint, tiny_checkpoint.parent / "tiny", log=lambda *a: None)
+
+
+def copy_bundle(src: Path, dest: Path) -> Path:
+    """A copy of bundle `src` at `dest`, with the source checkpoint vae.json's relative_path names (when it exists)
+    copied to the same place relative to `dest`: a bundle moved together with its checkpoint."""
+    import json
+
+    shutil.copytree(src, dest)
+    rel = json.loads((src / "vae.json").read_text()).get("source", {}).get("relative_path")
+    if rel and (src / rel).is_file():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, target)
+    return Path(dest)
 
 
 @pytest.fixture
 def bundle_copy(bundle, tmp_path) -> Path:
-    """A private copy of the bundle, for tests that change files in it."""
-    return Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    """A private copy of the bundle (and of its checkpoint, at the same relative place), for tests that change files
+    in it."""
+    return copy_bundle(bundle, tmp_path / "bundle")
 
 
 def perturb_initializer(bundle_dir: Path, graph: str, initializer: str, delta: float = 0.05) -> str:

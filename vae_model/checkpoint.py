@@ -9,8 +9,10 @@ Everything is loaded with torch.load(weights_only=True, map_location=cpu): no pi
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -126,9 +128,6 @@ def _unsafe_calls(path: Path) -> list[str]:
     """Globals other than torch's own that the file's pickle(s) would import, found by reading its opcodes with
     pickletools (which parses, never executes). Scans a raw pickle stream (several in torch's legacy format) or the
     data.pkl of a torch zip archive; returns [] when nothing is found or the bytes are not a pickle."""
-    import io
-    import pickletools
-
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import TANH_RANGE, load_checkpoint, save_checkpoint
+from .cli import HelpFormatter, epilog, prog_name, progress
 from .config import DEFAULT_HIDDEN_DIMS, VAEConfig
 from .data import ArrayDataset, ImageFolderDataset, make_shapes, to_model_range
 from .errors import VaeModelError
@@ -56,7 +57,7 @@ class TrainOptions:
     model: VAEConfig = field(default_factory=VAEConfig)
     center_crop: int = 148
     resume: Path | None = None
-    progress: bool = True   # the tqdm bar
+    progress: bool = True   # a bar on a terminal, nothing in a log (vae_model.cli.progress)
     verbose: bool = True    # one summary line per epoch
     num_samples: int = 64
 
@@ -280,8 +281,6 @@ def _train_step(run: _Session, batch: torch.Tensor, noise: torch.Generator):
 
 
 def _train_one_epoch(run: _Session, train_set: Dataset, epoch: int, step: int) -> _EpochPass:
-    from tqdm import tqdm
-
     opt = run.opt
     run.model.train()
     loader = DataLoader(train_set, batch_size=opt.batch_size, shuffle=True, drop_last=True,
@@ -289,8 +288,7 @@ def _train_one_epoch(run: _Session, train_set: Dataset, epoch: int, step: int) -
     noise = _seeded(opt.seed, epoch, 1)
     sums = {"loss": 0.0, "recon": 0.0, "kld": 0.0}
     steps_rows = []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opt.epochs}", disable=not opt.progress, leave=True,
-               dynamic_ncols=True)
+    bar = progress(loader, desc=f"epoch {epoch + 1}/{opt.epochs}", enabled=opt.progress, unit="step")
     for batch in bar:
         terms = _train_step(run, batch, noise)
         step += 1
@@ -325,8 +323,11 @@ def _save_previews(run: _Session, data: _TrainData, epoch: int) -> None:
         samples = model.decode(data.fixed_z.to(run.device)).cpu().numpy()
         xv = to_model_range(data.fixed_val, pixel_range).to(run.device)
         recons = model.reconstruct(xv).cpu().numpy()
-    viz.save_grid(samples, out / f"samples_e{epoch + 1:03d}.png", nrow=8, pixel_range=pixel_range)
-    viz.save_pairs(xv.cpu().numpy(), recons, out / f"recons_e{epoch + 1:03d}.png", pixel_range=pixel_range)
+    viz.save_grid(samples, out / f"samples_e{epoch + 1:03d}.png", nrow=8, pixel_range=pixel_range,
+                  title=f"epoch {epoch + 1}: {len(samples)} samples, the decoder on the same fixed draws z ~ N(0, I) "
+                        "every epoch, 8 per row")
+    viz.save_pairs(xv.cpu().numpy(), recons, out / f"recons_e{epoch + 1:03d}.png", pixel_range=pixel_range,
+                   title=f"epoch {epoch + 1}: reconstructions of the same validation images every epoch")
     viz.plot_losses(out / "metrics.csv", out / "loss_curve.png", out / "steps.csv")
 
 
@@ -396,28 +397,38 @@ def _parse_dims(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    p = argparse.ArgumentParser(prog="python -m vae_model.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=d.out, help="output folder")
-    p.add_argument("--data", type=Path, default=None,
+    p = argparse.ArgumentParser(
+        prog=prog_name("vae_model.train"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "trained: last.pt and best.pt written",
+                       2: "bad option, data or checkpoint (one line on stderr)",
+                       130: "interrupted (Ctrl-C): last.pt holds the last complete epoch, for --resume"},
+                      "%(prog)s --out runs/train --epochs 10",
+                      "%(prog)s --data ~/celeba/img_align_celeba --out runs/celeba --epochs 30",
+                      "%(prog)s --resume runs/train/last.pt --epochs 20"))
+    p.add_argument("--out", type=Path, default=d.out, metavar="DIR", help="output folder")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="folder of images (e.g. CelebA img_align_celeba); default: the embedded shapes dataset")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help="epochs to train")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N", help="images per optimiser step")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--gamma", type=float, default=d.gamma, help="ExponentialLR decay per epoch")
-    p.add_argument("--kld-weight", type=float, default=d.kld_weight)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--kld-weight", type=float, default=d.kld_weight, help="weight of the KL term in the loss")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="Adam weight decay")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initial weights and every epoch's randomness")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
-    p.add_argument("--train-size", type=int, default=d.train_size, help="embedded dataset: training images")
-    p.add_argument("--val-size", type=int, default=d.val_size, help="embedded dataset: validation images")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--latent-dim", type=int, default=128)
-    p.add_argument("--hidden-dims", type=_parse_dims, default=DEFAULT_HIDDEN_DIMS, help="e.g. 32,64,128,256,512")
-    p.add_argument("--center-crop", type=int, default=d.center_crop, help="--data: centre crop before resizing")
-    p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--train-size", type=int, default=d.train_size, metavar="N",
+                   help="embedded dataset: training images")
+    p.add_argument("--val-size", type=int, default=d.val_size, metavar="N", help="embedded dataset: validation images")
+    p.add_argument("--image-size", type=int, default=64, metavar="PX", help="image height and width (a power of two)")
+    p.add_argument("--in-channels", type=int, default=3, metavar="C", help="image channels")
+    p.add_argument("--latent-dim", type=int, default=128, metavar="N", help="size of the latent vector z")
+    p.add_argument("--hidden-dims", type=_parse_dims, default=DEFAULT_HIDDEN_DIMS, metavar="LIST",
+                   help="channels of the encoder's conv blocks, comma-separated (the decoder mirrors them)")
+    p.add_argument("--center-crop", type=int, default=d.center_crop, metavar="PX",
+                   help="--data: centre crop before resizing")
+    p.add_argument("--resume", type=Path, default=None, metavar="CKPT", help="continue from a last.pt checkpoint")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (one is drawn only on a terminal; the per-epoch summary lines are always printed)")
     return p
 
 

@@ -17,6 +17,7 @@ the C++ runtime all take.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -359,8 +360,6 @@ class DecoderRewrite:
     def metadata(self) -> dict[str, str]:
         """The decoder graph's metadata props for this rewrite: "rewrites" (what was done) and "rewrite_options"
         (JSON of the options), which export.divergence reads to rebuild the same module."""
-        import json
-
         return {"rewrites": "; ".join(self.applied) or "none",
                 "rewrite_options": json.dumps(dict(self.options), sort_keys=True)}
 

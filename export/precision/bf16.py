@@ -46,6 +46,7 @@ from runtime.backends.openvino import (
     kernel_precisions,
     read_onnx,
 )
+from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_name
 from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport
 
@@ -158,18 +159,28 @@ def record_bf16(bundle: str | Path, graph: str, *, log: Callable[[str], None] = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.precision.bf16", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--graphs", default=None, help="encoder,decoder (default: every graph of the bundle)")
-    p.add_argument("--budget-psnr", type=positive_float, default=None,
+    p = argparse.ArgumentParser(
+        prog=prog_name("export.precision.bf16"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "bf16 execution met the budget and was recorded for every graph",
+                       1: "a graph missed its budget (nothing recorded for it; the others are)",
+                       2: "bad input or option, no openvino, or no native bf16 on this CPU (one line on stderr)"},
+                      "%(prog)s runs/bundle",
+                      "%(prog)s runs/bundle --graphs decoder --threads 8"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
+    # runtime.cli's --graphs, handed to the code below as the comma string it splits ("" for every graph)
+    p.add_argument("--graphs", type=lambda text: ",".join(parse_graphs(text) or ()), default=None, metavar="LIST",
+                   help=graphs_help("graphs to measure"))
+    p.add_argument("--budget-psnr", type=positive_float, default=None, metavar="DB",
                    help="decoder image PSNR floor in dB (default 40, the FP16 budget)")
-    p.add_argument("--budget-rel-l2", type=positive_float, default=None,
+    p.add_argument("--budget-rel-l2", type=positive_float, default=None, metavar="X",
                    help="encoder mu/logvar rel L2 ceiling (default 1e-2, the FP16 budget)")
-    p.add_argument("--samples", type=non_negative_int, default=32, help="fresh realistic inputs per graph (default 32)")
-    p.add_argument("--seed", type=non_negative_int, default=1)
-    p.add_argument("--calibration", type=Path, default=None,
+    p.add_argument("--samples", type=non_negative_int, default=32, metavar="N",
+                   help="fresh realistic inputs per graph (default 32)")
+    p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the fresh inputs")
+    p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
                    help="folder of images for the realistic inputs (default: the embedded shapes dataset)")
-    p.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: its choice)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="OpenVINO inference threads (default: its choice)")
     args = p.parse_args(argv)
     try:
         if args.threads is not None and args.threads < 1:

@@ -12,11 +12,12 @@ Everything runs on ONNX Runtime's CPU provider.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import io
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.cli import progress as progress_bar
 from runtime.errors import VaeError
 from runtime.files import sha256_file
 from runtime.verify.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance
@@ -262,6 +264,25 @@ def evaluation_sets(data: BundleData, graph: str, *, samples: int = 32, seed: in
     return sets
 
 
+def describe_sets(sets: Sequence[EvalSet]) -> str:
+    """What a measurement ran on, naming the table's row prefixes: "golden.* (4) and realistic.* (12): reference.npz
+    inputs vs PyTorch FP32; extra.* (32): fresh realistic inputs vs the bundle's FP32 graph"."""
+    ref = [s for s in sets if s.source == "pytorch-fp32"]
+    fresh = [s for s in sets if s.source != "pytorch-fp32"]
+    parts = []
+    if ref:
+        parts.append(" and ".join(f"{s.label}.* ({s.batch})" for s in ref) + ": reference.npz inputs vs PyTorch FP32")
+    if fresh:
+        parts.append(" and ".join(f"{s.label}.* ({s.batch})" for s in fresh)
+                     + ": fresh realistic inputs vs the bundle's FP32 graph")
+    return "; ".join(parts)
+
+
+def plural(n: int, noun: str) -> str:
+    """1 graph, 2 graphs."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 # ----------------------------------------------------------------------------------------------- measuring
 
 def measure(graph: str, session_or_model, sets: Sequence[EvalSet], budget: Mapping[str, Tolerance], *,
@@ -364,12 +385,10 @@ def search_kept_nodes(candidates: Sequence[str], evaluate: Callable[[frozenset[s
     Cost: 1 + N + log2(N) + |K| evaluations for N candidates (about 25 for the VanillaVAE decoder), against 2^N for
     an exhaustive search.
     """
-    from tqdm import tqdm
-
     cand = list(dict.fromkeys(candidates))
     log: list[str] = []
     ev = _CachedEvaluations(evaluate)
-    bar = tqdm(total=1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(total=1, desc=desc, enabled=progress, leave=False, unit="graph")
     try:
         first = ev(())
         bar.update(1)
@@ -582,12 +601,9 @@ def bundle_locked(fn: Callable) -> Callable:
     Two variant writers on one bundle would otherwise race: each reads, edits and rewrites vae.json, and one run's
     recover_variants would take the other's staged file for a dead run's leftover. A second run is refused at once
     with a BundleError rather than left waiting."""
-    import functools
 
     @functools.wraps(fn)
     def locked(bundle, *args, **kwargs):
-        import fcntl
-
         root = Path(bundle)
         root = root if root.is_dir() else root.parent
         fd = os.open(root, os.O_RDONLY)
@@ -640,7 +656,9 @@ def precision_table(bundle: str | os.PathLike) -> str:
     root = Path(bundle)
     head = (f"{'graph':<8} {'precision':<9} {'file':<20} {'MB':>6} {'kept fp32':>9} {'min PSNR dB':>11} "
             f"{'max rel_l2':>10} {'max abs':>9} {'NaN/Inf':>7}  {'budget':<34} result")
-    lines = [head, "-" * len(head)]
+    title = (f"precisions recorded in {root / B.MANIFEST_NAME} - fp32: ONNX Runtime CPU vs PyTorch FP32 at export; "
+             "fp16 / int8 / bf16: worst case over their evaluation inputs vs FP32, measured when each was made:")
+    lines = [title, head, "-" * len(head)]
 
     def fmt(x, spec):
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (

@@ -26,14 +26,16 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
 from ..cli import non_negative_int, positive_float
 from .common import (FP16_MAX, BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict,
-                               bundle_locked, commit_variant, evaluation_sets, expose_intermediates, float_nodes,
-                               make_budget, measure, open_bundle, ort_session, precision_table, quiet,
-                               recover_variants, run_graph, search_kept_nodes, summarize, timestamp, variant_file)
+                               bundle_locked, commit_variant, describe_sets, evaluation_sets, expose_intermediates,
+                               float_nodes, make_budget, measure, open_bundle, ort_session, plural, precision_table,
+                               quiet, recover_variants, run_graph, search_kept_nodes, summarize, timestamp,
+                               variant_file)
 
 PRECISION = "fp16"
 _EMU_SUFFIX = "__fp16_emulation"
@@ -343,10 +345,15 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     model = onnx.load(str(data.graph_path(graph)))
     res = search_fp16(model, graph, sets, budget, progress=progress, log=log)
     log(f"{graph}: kept in FP32: {list(res.kept_fp32_nodes) or 'none'} "
-        f"({res.search.evaluations} graphs measured)")
+        f"({plural(res.search.evaluations, 'candidate graph')} measured)")
     for line in res.search.log:
         log(f"  {line}")
+    inputs = describe_sets(sets)
+    log(f"{graph} FP16 variant under FP16 storage emulation (float16 rounding and overflow where a GPU has them) "
+        f"vs FP32\n  inputs: {inputs}")
     log(res.report_emulated.table())
+    log(f"{graph} FP16 variant as ONNX Runtime CPU runs it (weights rounded to FP16, arithmetic in FP32) vs FP32\n"
+        "  inputs: the same")
     log(res.report_ort.table())
     if not res.passed:
         failed = res.report_ort.failures() + res.report_emulated.failures()
@@ -369,23 +376,37 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     return res
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.precision.fp16", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--graphs", default=None, help="encoder,decoder (default: every graph of the bundle)")
-    p.add_argument("--budget-psnr", type=positive_float, default=None, help="decoder image PSNR floor in dB (default 40)")
-    p.add_argument("--budget-rel-l2", type=positive_float, default=None, help="encoder mu/logvar rel L2 ceiling (default 1e-2)")
-    p.add_argument("--samples", type=int, default=32, help="fresh realistic inputs per graph (default 32)")
-    p.add_argument("--seed", type=non_negative_int, default=1)
-    p.add_argument("--calibration", type=Path, default=None,
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_name("export.precision.fp16"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "every graph's FP16 variant met its budget and was written",
+                       1: "a graph missed its budget (nothing written for it; the others are)",
+                       2: "bad input or option (one line on stderr)"},
+                      "%(prog)s runs/bundle",
+                      "%(prog)s runs/bundle --graphs decoder --budget-psnr 45",
+                      "%(prog)s runs/bundle --calibration ~/celeba/img_align_celeba --samples 64"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
+    add_graphs_argument(p, what="graphs to convert")
+    p.add_argument("--budget-psnr", type=positive_float, default=None, metavar="DB",
+                   help="decoder image PSNR floor in dB (default 40)")
+    p.add_argument("--budget-rel-l2", type=positive_float, default=None, metavar="X",
+                   help="encoder mu/logvar rel L2 ceiling (default 1e-2)")
+    p.add_argument("--samples", type=int, default=32, metavar="N",
+                   help="fresh realistic inputs per graph (default 32)")
+    p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the fresh inputs")
+    p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
                    help="folder of images for the realistic inputs (default: the embedded shapes dataset)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (a bar on a terminal, a few lines in a log)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.samples < 0:
             raise PrecisionError(f"--samples must be >= 0, got {args.samples}")
-        graphs = args.graphs.split(",") if args.graphs else None
-        _, graphs = open_bundle(args.bundle, graphs)
+        _, graphs = open_bundle(args.bundle, args.graphs)
     except VaeError as e:  # PrecisionError, BundleError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2

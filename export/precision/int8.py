@@ -6,13 +6,13 @@
 
 Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json. --decoder-form:
 `subpixel` quantizes the all-layers "nhwc" sub-pixel decoder rebuilt from the source checkpoint vae.json names
-(sha256 checked; --checkpoint when it moved) and checked against decoder.onnx (max abs <= 1e-4), recorded as
-source_form; `bundle` quantizes decoder.onnx; `auto` (default): subpixel when that checkpoint is there and unchanged,
-else bundle, saying why (docs/performance.md#int8-decoder-form). QDQ, symmetric INT8, weights per output channel,
-FP32 biases, at most --max-kept nodes left in FP32 (docs/performance.md#int8-quantization-settings). Budget: decoder
-PSNR >= 30 dB, mu / logvar relative L2 <= 0.1, on other inputs than the calibration's; a variant that misses it is
-written only with --force (registered passed: false). Graph I/O is checked against vae.json first; a kill at any
-point leaves the previous variant valid.
+(by its path relative to the bundle, else inside it; size and sha256 checked; --checkpoint when it moved) and checked
+against decoder.onnx (max abs <= 1e-4), recorded as source_form; `bundle` quantizes decoder.onnx; `auto` (default):
+subpixel when that checkpoint is there and unchanged, else bundle, saying why (docs/performance.md#int8-decoder-form).
+QDQ, symmetric INT8, weights per output channel, FP32 biases, at most --max-kept nodes left in FP32
+(docs/performance.md#int8-quantization-settings). Budget: decoder PSNR >= 30 dB, mu / logvar relative L2 <= 0.1, on
+other inputs than the calibration's; a variant that misses it is written only with --force (registered passed:
+false). Graph I/O is checked against vae.json first; a kill at any point leaves the previous variant valid.
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph unless --force), 2 bad input.
 """
 from __future__ import annotations
@@ -27,15 +27,16 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name, progress as progress_bar
 from runtime.errors import VaeError
 from runtime.files import temp_prefix
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
 from ..cli import non_negative_int, positive_float
 from .common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, bundle_locked,
-                               commit_variant, dataset_images, evaluation_sets, float_nodes, make_budget, measure,
-                               open_bundle, precision_table, quiet, realistic_inputs, recover_variants,
-                               search_kept_nodes, summarize, timestamp, variant_file)
+                               commit_variant, dataset_images, describe_sets, evaluation_sets, float_nodes,
+                               make_budget, measure, open_bundle, plural, precision_table, quiet, realistic_inputs,
+                               recover_variants, search_kept_nodes, summarize, timestamp, variant_file)
 
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
@@ -213,9 +214,9 @@ def strip_output_qdq(model):
 # ----------------------------------------------------------------------------------------------- decoder forms
 
 def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
-    """The checkpoint the bundle was exported from, its sha256 checked against vae.json's source.sha256."""
-    from runtime.files import sha256_file
-
+    """The checkpoint the bundle was exported from: `checkpoint`, else the one vae.json's source names (its
+    relative_path from the bundle folder, an older export's absolute path, then its name inside the bundle folder);
+    its size and sha256 checked against vae.json's source."""
     src = data.manifest.source
     manifest_path = data.path / B.MANIFEST_NAME
     if checkpoint is not None:
@@ -223,9 +224,7 @@ def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
         if not path.is_file():
             raise PrecisionError(f"--checkpoint {path}: not a file")
     else:
-        candidates = [Path(p) for p in (src.get("path"),) if p]
-        if src.get("checkpoint"):
-            candidates.append(data.path / Path(src["checkpoint"]).name)
+        candidates = B.source_checkpoint_candidates(data.path, src)
         path = next((c for c in candidates if c.is_file()), None)
         if path is None and not candidates:
             raise PrecisionError(f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
@@ -236,13 +235,10 @@ def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
             raise PrecisionError(f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
                                  f"the one {manifest_path} names is not here (looked for {looked}); pass "
                                  "--checkpoint CKPT")
-    expected = str(src.get("sha256") or "")
-    if expected:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise PrecisionError(f"{path}: sha256 {actual[:12]}..., {manifest_path} says the bundle was exported from "
-                                 f"{expected[:12]}...: not the bundle's checkpoint (changed since export?); pass "
-                                 "--checkpoint with the exported one")
+    why = B.source_checkpoint_mismatch(path, src)
+    if why is not None:
+        raise PrecisionError(f"{path}: {why} ({manifest_path}): not the bundle's checkpoint (changed since export?); "
+                             "pass --checkpoint with the exported one")
     return path
 
 
@@ -391,7 +387,7 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
         model_fp32 = onnx.load(str(source.path))
         quantizer = _calibrated_quantizer(source.path, graph, calib, method, Path(tmp), progress)
         res = search_int8(quantizer, model_fp32, graph, sets, budget, max_kept=max_kept, progress=progress)
-    _log_int8_result(res, graph, method, len(calib), log)
+    _log_int8_result(res, graph, method, len(calib), describe_sets(sets), log)
     _refuse_unusable(res, graph, force)
     accuracy = _int8_accuracy(res, graph, force=force, method=method, calibrated_on=len(calib),
                               calibration=calibration, seed=seed, eval_samples=eval_samples, max_kept=max_kept)
@@ -434,22 +430,21 @@ def _graph_to_quantize(data, graph: str, fp32_path: Path, decoder_form: str, che
 
 def _calibrated_quantizer(fp32_path: Path, graph: str, calib: np.ndarray, method: str, workdir: Path,
                           progress: bool) -> Quantizer:
-    from tqdm import tqdm
-
     quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=workdir)
-    with tqdm(total=1, desc=f"{graph} int8 calibration ({len(calib)} inputs)", disable=not progress,
-              leave=False, file=sys.stderr) as bar:
+    with progress_bar(total=1, desc=f"{graph} int8 calibration ({plural(len(calib), 'input')})", enabled=progress,
+                      leave=False) as bar:
         quantizer.quantize(())  # computes and caches the calibration ranges
         bar.update(1)
     return quantizer
 
 
-def _log_int8_result(res: Int8Result, graph: str, method: str, calibrated_on: int,
+def _log_int8_result(res: Int8Result, graph: str, method: str, calibrated_on: int, inputs: str,
                      log: Callable[[str], None]) -> None:
-    log(f"{graph}: INT8 ({method} calibration on {calibrated_on} inputs), unquantized: "
-        f"{list(res.kept_fp32_nodes) or 'none'} ({res.search.evaluations} graphs measured)")
+    log(f"{graph}: INT8 ({method} calibration on {plural(calibrated_on, 'input')}), unquantized: "
+        f"{list(res.kept_fp32_nodes) or 'none'} ({plural(res.search.evaluations, 'candidate graph')} measured)")
     for line in res.search.log:
         log(f"  {line}")
+    log(f"{graph} INT8 (QDQ) variant on ONNX Runtime CPU vs FP32\n  inputs (none used for calibration): {inputs}")
     log(res.report.table())
 
 
@@ -511,22 +506,35 @@ def resolve_decoder_form(data, decoder_form: str, checkpoint: Path | None = None
         return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.precision.int8", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_name("export.precision.int8"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "every graph's INT8 variant met its budget and was written",
+                       1: "a graph missed its budget (nothing written for it unless --force; the others are)",
+                       2: "bad input or option, e.g. no --int8 (one line on stderr)"},
+                      "%(prog)s runs/bundle --int8",
+                      "%(prog)s runs/bundle --int8 --graphs decoder --method percentile --samples 256",
+                      "%(prog)s runs/bundle --int8 --calibration ~/celeba/img_align_celeba --budget-psnr 32"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--int8", action="store_true", help="make INT8 QDQ variants (the only mode so far)")
-    p.add_argument("--graphs", default=None, help="encoder,decoder (default: every graph of the bundle)")
-    p.add_argument("--calibration", type=Path, default=None,
+    add_graphs_argument(p, what="graphs to quantize")
+    p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
                    help="folder of images (default: the embedded shapes dataset)")
-    p.add_argument("--samples", type=int, default=128, help="calibration inputs per graph (default 128)")
-    p.add_argument("--eval-samples", type=int, default=32, help="fresh realistic evaluation inputs (default 32)")
+    p.add_argument("--samples", type=int, default=128, metavar="N", help="calibration inputs per graph (default 128)")
+    p.add_argument("--eval-samples", type=int, default=32, metavar="N",
+                   help="fresh realistic evaluation inputs (default 32)")
     p.add_argument("--method", default="minmax", choices=METHODS, help="calibration method (default minmax)")
-    p.add_argument("--budget-psnr", type=positive_float, default=None, help="decoder image PSNR floor in dB (default 30)")
-    p.add_argument("--budget-rel-l2", type=positive_float, default=None, help="encoder mu/logvar rel L2 ceiling (default 0.1)")
-    p.add_argument("--max-kept", type=int, default=2, help="most nodes left unquantized to meet the budget")
-    p.add_argument("--seed", type=non_negative_int, default=1)
+    p.add_argument("--budget-psnr", type=positive_float, default=None, metavar="DB",
+                   help="decoder image PSNR floor in dB (default 30)")
+    p.add_argument("--budget-rel-l2", type=positive_float, default=None, metavar="X",
+                   help="encoder mu/logvar rel L2 ceiling (default 0.1)")
+    p.add_argument("--max-kept", type=int, default=2, metavar="N",
+                   help="most nodes left unquantized to meet the budget")
+    p.add_argument("--seed", type=non_negative_int, default=1,
+                   help="seed of the evaluation inputs (calibration: +1000)")
     p.add_argument("--force", action="store_true", help="write (and register as failed) a variant that misses")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (a bar on a terminal, a few lines in a log)")
     p.add_argument("--decoder-form", default="auto", choices=DECODER_FORMS,
                    help="decoder graph to quantize: its all-layers sub-pixel form rebuilt from the source checkpoint "
                         "(subpixel: 1.75-1.87x the FP32 decoder's throughput at batch 64 on ONNX Runtime CPU), "
@@ -535,7 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
                    help="for the sub-pixel form (auto or subpixel): the source checkpoint, when it is not where "
                         "vae.json says (its sha256 must match vae.json's)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if not args.int8:
             raise PrecisionError("nothing to do: pass --int8")
@@ -544,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"{args.eval_samples}")
         if args.calibration is not None and not args.calibration.is_dir():
             raise PrecisionError(f"--calibration {args.calibration}: not a directory")
-        data, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
+        data, graphs = open_bundle(args.bundle, args.graphs)
         if B.DECODER in graphs and (args.decoder_form == "subpixel"
                                     or (args.decoder_form == "auto" and args.checkpoint is not None)):
             source_checkpoint(data, args.checkpoint)  # a missing or changed checkpoint fails before any work

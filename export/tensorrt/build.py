@@ -1,6 +1,6 @@
 """Build TensorRT engines for a bundle on the machine that will run them.
 
-    python -m export.tensorrt.build BUNDLE [--graphs decoder|encoder|both] [--precision fp16|fp32|int8]
+    python -m export.tensorrt.build BUNDLE [--graphs encoder,decoder] [--precision fp16|fp32|int8]
         [--min-batch N --opt-batch N --max-batch N] [--workspace MiB] [--timing-cache FILE] [--dla-core N]
         [--print-trtexec] [--target trt:10.3.0] [--adopt ENGINE] [--flavour trt|trt_rtx] [--device N] [--no-verify]
         [--compute-capabilities 8.6,8.9]
@@ -22,29 +22,42 @@ from typing import Sequence
 
 from export.tensorrt.build_plan import BuildOptions, BuildPlan, PlanError, format_command, parse_target, plan_build, trtexec_args
 from runtime import bundle as B
+from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name, progress
 from runtime.engines import GpuInfo, TrtInfo, rebuild_command
 from runtime.errors import VaeError
 
-GRAPH_CHOICES = {"encoder": (B.ENCODER,), "decoder": (B.DECODER,), "both": B.GRAPHS}
 
-
-def make_plans(bundle: Path, target: TrtInfo, graphs: Sequence[str], precision: str, options: BuildOptions,
+def make_plans(bundle: Path, target: TrtInfo, graphs: Sequence[str] | None, precision: str, options: BuildOptions,
                gpu: GpuInfo | None) -> list[BuildPlan]:
-    """One plan per graph; "both" means the graphs the bundle has."""
+    """One plan per graph; None means the graphs the bundle has (a named graph the bundle lacks is a PlanError)."""
     manifest = B.read_manifest(bundle)
-    if tuple(graphs) == B.GRAPHS:
+    if graphs is None:
         graphs = [g for g in B.GRAPHS if g in manifest.graphs]
+    elif not graphs:
+        raise PlanError(f"--graphs: no graph named; expected some of {sorted(manifest.graphs)}")
     return [plan_build(target, g, precision, manifest, options, gpu) for g in graphs]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.tensorrt.build", description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--graphs", choices=sorted(GRAPH_CHOICES), default="both")
-    p.add_argument("--precision", choices=B.PRECISIONS, default="fp16")
-    p.add_argument("--min-batch", type=int, default=BuildOptions.min_batch)
-    p.add_argument("--opt-batch", type=int, default=BuildOptions.opt_batch)
-    p.add_argument("--max-batch", type=int, default=BuildOptions.max_batch)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_name("export.tensorrt.build"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=epilog({0: "every engine built or adopted (parity-checked unless --no-verify), or the commands printed",
+                       1: "an engine failed its parity check (it was not kept)",
+                       2: "bad input or option, or TensorRT unavailable (one line on stderr)"},
+                      "%(prog)s runs/bundle --graphs decoder --precision fp16",
+                      "%(prog)s runs/bundle --precision int8 --min-batch 1 --opt-batch 16 --max-batch 64",
+                      "%(prog)s runs/bundle --graphs decoder --print-trtexec --target trt:10.3.0"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
+    add_graphs_argument(p, what="graphs to build engines for")
+    p.add_argument("--precision", choices=B.PRECISIONS, default="fp16",
+                   help="engine precision (fp16 and int8 follow the bundle's measured variants: kept-FP32 layers, "
+                        "Q/DQ graph)")
+    p.add_argument("--min-batch", type=int, default=BuildOptions.min_batch, metavar="N",
+                   help="optimisation profile: smallest batch the engine accepts")
+    p.add_argument("--opt-batch", type=int, default=BuildOptions.opt_batch, metavar="N",
+                   help="optimisation profile: batch TensorRT tunes its kernels for")
+    p.add_argument("--max-batch", type=int, default=BuildOptions.max_batch, metavar="N",
+                   help="optimisation profile: largest batch the engine accepts")
     p.add_argument("--workspace", type=int, default=None, metavar="MiB", help="builder workspace limit in MiB")
     p.add_argument("--timing-cache", default=None, metavar="FILE",
                    help="timing cache to reuse and update (default: BUNDLE/engines/timing.<gpu>.<trt>.cache)")
@@ -57,12 +70,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="which installed TensorRT to use when both are (default: tensorrt, then tensorrt_rtx)")
     p.add_argument("--adopt", type=Path, default=None, metavar="ENGINE",
                    help="verify an engine built with the printed trtexec command and give it its name and sidecar")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--device", type=int, default=0, metavar="N", help="CUDA device index")
     p.add_argument("--compute-capabilities", default=None, metavar="LIST",
                    help="TensorRT-RTX only: target GPUs as compute capabilities, e.g. 8.6,8.9 (default: every one "
                         "the installed TensorRT-RTX offers; recorded in the sidecar)")
     p.add_argument("--no-verify", action="store_true",
-                   help="keep the engine without the parity check (needed where no GPU is visible; said in the sidecar)")
+                   help="keep the engine without the parity check (needed where no GPU is visible; said in the "
+                        "sidecar)")
     p.add_argument("--force", action="store_true",
                    help="with --adopt --no-verify: replace an engine already in place that passed its parity check "
                         "(refused otherwise: nothing checks the new one)")
@@ -70,8 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    graphs = GRAPH_CHOICES[args.graphs]
+    args = build_parser().parse_args(argv)
     options = BuildOptions(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
                            workspace_mib=args.workspace, timing_cache=args.timing_cache, dla_core=args.dla_core,
                            allow_tf32=args.allow_tf32,
@@ -101,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from runtime.backends.tensorrt import dla_core_count, trt_logger
 
                 gpu = dataclasses.replace(gpu, dla_cores=dla_core_count(trt.Builder(trt_logger(trt))))
-        plans = make_plans(args.bundle, target, graphs, args.precision, options, gpu)
+        plans = make_plans(args.bundle, target, args.graphs, args.precision, options, gpu)
         if args.print_trtexec:
             for plan in plans:
                 print(f"# {plan.graph} {plan.precision} for {target.label}"
@@ -165,29 +178,27 @@ def _layer_names(bundle: Path, plan: BuildPlan, trt) -> tuple[list | None, str]:
 
 
 def _build_all(args: argparse.Namespace, trt, plans: list[BuildPlan]) -> int:
-    from tqdm import tqdm
-
     from export.tensorrt.engine import EngineParityError, TrtBuildError, adopt_engine, build_engine
 
     failed = 0
-    bar = tqdm(plans, desc="engines", unit="engine", disable=None)
+    bar = progress(plans, desc="engines", unit="engine")
     for plan in bar:
         bar.set_postfix_str(f"{plan.graph} {plan.precision}")
         for note in plan.notes:
-            tqdm.write(f"note: {note}")
+            bar.write(f"note: {note}")
         try:
-            kw = dict(trt=trt, verify=not args.no_verify, device_index=args.device, log=tqdm.write)
+            kw = dict(trt=trt, verify=not args.no_verify, device_index=args.device, log=bar.write)
             res = (adopt_engine(args.bundle, plan, args.adopt, force=args.force, **kw) if args.adopt is not None
                    else build_engine(args.bundle, plan, **kw))
         except EngineParityError as e:
-            tqdm.write(f"error: {e}")
+            bar.write(f"error: {e}")
             failed += 1
             continue
         except TrtBuildError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         state = "verified" if res.verified else "NOT verified (--no-verify)"
-        tqdm.write(f"wrote {res.engine} ({res.engine.stat().st_size / 1e6:.1f} MB, {res.seconds:.1f} s, {state})")
+        bar.write(f"wrote {res.engine} ({res.engine.stat().st_size / 1e6:.1f} MB, {res.seconds:.1f} s, {state})")
     return 1 if failed else 0
 
 

@@ -17,16 +17,19 @@ only the names in `options`; a chosen backend whose engine is missing raises Bac
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 from ..bundle import GraphSpec, Manifest
-from ..errors import BackendError, ClosedError, ShapeError
+from ..errors import BackendError, BackendUnavailableError, ClosedError, ShapeError
 from ..validation import check_input, shape_str
 
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
@@ -34,6 +37,23 @@ _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 #: Largest batch one engine call gets unless load(..., max_chunk=N) says otherwise: time is flat from 32 to 1024 on a
 #: CPU while memory grows with the chunk; why 256: docs/performance.md#bounded-memory.
 DEFAULT_MAX_CHUNK = 256
+
+
+# The one lazy-import idiom for inference engines: a backend module imports its engine (onnxruntime, openvino,
+# tensorrt) only through these, when it opens, so `import runtime` stays numpy-only (tests/runtime/test_import.py).
+# Everything else is imported at the top of its module.
+def engine_installed(module: str) -> bool:
+    """Whether `module` could be imported, without importing it (for unavailable_reason)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def import_engine(backend: str, module: str, install: str) -> ModuleType:
+    """The engine module `backend` runs on; a missing or broken package is a BackendUnavailableError naming the
+    backend, the module, the cause and `install` (how to get it)."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError) as e:
+        raise BackendUnavailableError(f"backend {backend!r}: {module} is not importable here ({e}); {install}") from None
 
 
 def check_max_chunk(value: Any) -> int | None:

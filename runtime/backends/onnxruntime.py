@@ -8,7 +8,8 @@ load() checks that every requested graph's file is there; the file's sha256 (aga
 done by the graph's first call, once, under a lock (`preload=True`: in load()), so a decoder-only process never pays
 for the encoder (docs/performance.md#cold-start). A changed file, one ONNX Runtime cannot load, or one whose inputs /
 outputs disagree with vae.json raises BundleError naming the file. Precision variants load by `precision=`; float16
-graph inputs are cast here and outputs cast back to float32. A build that lacks the provider, or a session that
+graph inputs are cast here and outputs cast back to float32. fp16 is a GPU precision: the CPU provider has no native
+FP16 kernels on x86, so on the CPU an fp16 variant runs slower than fp32 (~2x; docs/performance.md#fp16-variants). A build that lacks the provider, or a session that
 silently fell back to the CPU, is refused with BackendUnavailableError. Options: OrtOptions' docstring.
 `onnxruntime` is imported in open(), never at module import.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..bundle import BundleError, Manifest, resolve_file
 from ..errors import BackendError, BackendUnavailableError
-from .base import Backend, Device, check_graph_io
+from .base import Backend, Device, check_graph_io, engine_installed, import_engine
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -33,13 +34,8 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"backend 'onnxruntime': the onnxruntime package is not installed ({e}); "
-            "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT providers)") from None
-    return onnxruntime
+    return import_engine("onnxruntime", "onnxruntime",
+                         "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT providers)")
 
 
 class OrtSession(NamedTuple):
@@ -188,9 +184,7 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls, bundle: Path, manifest: Manifest, device: Device, precision: str) -> str | None:
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is None:
+        if not engine_installed("onnxruntime"):
             return "the onnxruntime package is not installed"
         return None
 

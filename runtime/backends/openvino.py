@@ -9,9 +9,9 @@ graph is compiled by its first call (`preload=True`: in load()), once, under a l
 
 Precision is never left to OpenVINO. Its CPU plugin's own default INFERENCE_PRECISION_HINT is bf16 on any CPU with
 bf16 instructions (AVX512_BF16, AMX), so a plain compile_model() of an FP32 graph runs in bf16 there. Here every
-graph is compiled with the hint set explicitly: f32 for fp32, fp16 and int8 (an fp16 variant runs as the variant's
-own casts say, with FP32 arithmetic - no x86 CPU here has FP16 kernels; an int8 variant's QDQ pairs become
-OpenVINO's INT8 kernels, and what is left unquantized runs in f32, not bf16); bf16 only for precision="bf16", which
+graph is compiled with the hint set explicitly: f32 for fp32, fp16 and int8 (an fp16 variant keeps its FP16 weights
+and computes in FP32, as on ONNX Runtime's CPU provider; an int8 variant's QDQ pairs become OpenVINO's INT8 kernels,
+and what is left unquantized runs in f32, not bf16); bf16 only for precision="bf16", which
 is OpenVINO's bf16 execution of the FP32 graph, an engine setting rather than a graph file. It is accepted only
 where vae.json records it for the graph (graphs.<graph>.engine_precisions.bf16, written by
 `python -m export.precision.bf16 BUNDLE` once it met its budget, measured on this very graph file) and only on a CPU
@@ -26,8 +26,8 @@ Options (load(..., **options)):
                       runtime runs each call (each chunk) as one request on the caller's thread. THROUGHPUT splits
                       the cores into several streams of fewer threads each, so one request - one call - uses only
                       its stream's share of the cores; it pays off only with many concurrent calls.
-    cpu_pinning       ENABLE_CPU_PINNING (default: OpenVINO's, on): each inference thread bound to one core. Fastest on
-                      cores of one's own; on cores shared with other busy processes a pinned thread cannot move off
+    cpu_pinning       ENABLE_CPU_PINNING (default: OpenVINO's, on): each inference thread bound to one core, meant for
+                      cores of one's own. On cores shared with other busy processes a pinned thread cannot move off
                       a busy core and every parallel layer waits for it: pass False there (as ONNX Runtime's
                       spinning=False).
     preload           compile every loaded graph in load() (default False: on its first call)
@@ -47,7 +47,7 @@ import numpy as np
 
 from ..bundle import ENGINE_PRECISIONS, BundleError, Manifest, resolve_file
 from ..errors import BackendError, BackendUnavailableError
-from .base import Backend, Device, check_graph_io
+from .base import Backend, Device, check_graph_io, engine_installed, import_engine
 
 OV_DEVICE = "CPU"
 #: The inference precision hint each precision compiles with (OpenVINO's names); see the module docstring.
@@ -63,13 +63,8 @@ _NP_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
 
 def import_openvino():
     """The openvino module, or BackendUnavailableError saying how to install it."""
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"backend 'openvino': the openvino package is not installed ({e}); pip install openvino "
-            "(or this project's extra: pip install -e '.[openvino]')") from None
-    return openvino
+    return import_engine("openvino", "openvino",
+                         "pip install openvino (or this project's extra: pip install -e '.[openvino]')")
 
 
 @dataclass(frozen=True)
@@ -142,11 +137,9 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls, bundle: Path, manifest: Manifest, device: Device, precision: str) -> str | None:
-        import importlib.util
-
         if device.kind != "cpu":
             return f"runs on the CPU only, not {device}"
-        if importlib.util.find_spec("openvino") is None:
+        if not engine_installed("openvino"):
             return "the openvino package is not installed"
         return None
 

@@ -12,11 +12,14 @@ runtime.serving.serve (a `python` repository it runs), so the format is defined 
                                                                 and 1/runtime/, a copy of this runtime package)
       vae_decoder/...               z (N, D) -> image (N, C, H, W)
       vae-triton.json               provenance: bundle, source sha256, options (Triton ignores files at the top)
-Every model gets max_batch_size, dynamic_batching (unless turned off), instance_group and model_warmup (zero batches
-of 1 and of max_batch_size, so the first client request does not pay for lazy initialisation).
+Every model gets max_batch_size, dynamic_batching (unless turned off), instance_group and a warm-up (zero batches of 1
+and of max_batch_size, so the first client request does not pay for lazy initialisation): Triton's model_warmup for
+onnxruntime / tensorrt, which Triton counts in its metrics like client requests; for python the parameter
+warmup_batches, run by model.py inside initialize(), before Triton serves or counts anything.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -112,8 +115,6 @@ def check_options(o: RepoOptions) -> None:
 
 def parse_batches(text: str) -> tuple[int, ...]:
     """argparse type of --preferred-batch (runtime.serving.to_triton and runtime.serving.serve): "8,16" -> (8, 16)."""
-    import argparse
-
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
@@ -206,6 +207,8 @@ def config_dict(graph: GraphSpec, o: RepoOptions, *, max_batch: int | None = Non
         params = {"graph": graph.name, "backend": o.backend, "precision": o.precision}
         if o.threads is not None:
             params["threads"] = str(o.threads)
+        if o.warmup:  # run by triton_model.py in initialize(): invisible to Triton's metrics (model_warmup is not)
+            params["warmup_batches"] = ",".join(str(b) for b in sorted({1, mb}))
     elif o.platform == "onnxruntime" and o.threads is not None:
         params["intra_op_thread_count"] = str(o.threads)
     if params:
@@ -215,7 +218,7 @@ def config_dict(graph: GraphSpec, o: RepoOptions, *, max_batch: int | None = Non
             {"key": "precision_mode", "value": "FP16" if o.accelerator == "tensorrt-fp16" else "FP32"},
             {"key": "max_workspace_size_bytes", "value": str(1 << 30)}]}
         cfg["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [trt]}}
-    if o.warmup:
+    if o.warmup and o.platform != "python":
         cfg["model_warmup"] = [
             {"name": f"zeros_batch_{b}", "batch_size": b,
              "inputs": [{"key": i["name"], "value": {"data_type": i["data_type"], "dims": i["dims"], "zero_data": True}}

@@ -9,7 +9,10 @@ runtime/serving/triton_model.py) into a temporary folder; `tritonserver` serves 
 A malformed request gets an error response and the server keeps serving. HTTP goes through runtime/serving/guard.py,
 which refuses what would crash Triton 2.51; a supervisor thread restarts a tritonserver that dies (backoff 0.5 s
 doubling to 30 s; 5 failed starts in a row: exit 1; HTTP answers 503 meanwhile), and tritonserver dies with this
-process (PR_SET_PDEATHSIG). Ctrl-C / SIGTERM stop it and remove the repository. tritonserver is found in $VENV/triton
+process (PR_SET_PDEATHSIG). Ctrl-C / SIGTERM stop it and remove the repository; the server log (--log, default
+tritonserver.log in the temporary work folder) is kept, its path printed at start and at stop. Triton's metrics count
+client requests only: the models warm up inside their own initialize (runtime/serving/triton_model.py), before
+Triton serves and counts. tritonserver is found in $VENV/triton
 (the server of the pinned nvidia-pytriton wheel, unpacked by --install-server; the PyTriton library pins numpy<2, so
 it is not pip-installed), $VAE_TRITONSERVER (a folder with bin/tritonserver and backends/) or an installed pytriton.
 Exit codes: 0 stopped on request, 1 the server failed (its log tail is printed), 2 bad input or no server here.
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..cli import HelpFormatter, epilog, prog_name
 from ..errors import VaeError
 from ..files import sha256_file
 from .guard import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUEST_BYTES, HttpFront, Upstream
@@ -266,10 +270,8 @@ class TritonServer:
         self.restart_policy = restart
         self.max_request_bytes, self.max_concurrent = max_request_bytes, max_concurrent
         self._cleanup = list(cleanup)
-        if log_file is None:
-            own = Path(tempfile.mkdtemp(prefix="vae-triton-log."))
-            self._cleanup.append(own)
-            log_file = own / "tritonserver.log"
+        if log_file is None:  # kept after stop(), like every server log: it is what explains a failure afterwards
+            log_file = Path(tempfile.mkdtemp(prefix="vae-triton-log.")) / "tritonserver.log"
         self.log_file = Path(log_file)
         self._workspace: Path | None = None
         self._backends: Path | None = None
@@ -485,12 +487,13 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise ServerError(f"tritonserver exited with code {code} while starting; its log ends:\n"
-                                  + self.log_tail())
+                raise ServerError(f"tritonserver exited with code {code} while starting; its log "
+                                  f"({self.log_file}) ends:\n" + self.log_tail())
             if self.ready():
                 return
             time.sleep(0.2)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s; its log ends:\n" + self.log_tail())
+        raise ServerError(f"tritonserver not ready after {timeout:.0f} s; its log ({self.log_file}) ends:\n"
+                          + self.log_tail())
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -581,9 +584,11 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
           restart: RestartPolicy | None = RestartPolicy(),
           max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
           max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> TritonServer:
-    """Write a python-platform repository for `bundle` into a temporary folder and start Triton on it (ready on
+    """Write a python-platform repository for `bundle` into a temporary work folder and start Triton on it (ready on
     return), supervised (`restart`; None: not restarted) behind the HTTP front (requests over `max_request_bytes`
-    refused; at most `max_concurrent` HTTP requests in flight, more get 503). Call .stop() (or use it as a context manager): the repository folder is removed with the server."""
+    refused; at most `max_concurrent` HTTP requests in flight, more get 503). Call .stop() (or use it as a context
+    manager): the repository is removed with the server; the server log (`log_file`, default tritonserver.log in the
+    work folder: .log_file) is kept."""
     dist = find_server(tritonserver)
     options = RepoOptions(platform="python", kind="cpu", precision=precision, max_batch=max_batch,
                           instances=instances, dynamic_batching=dynamic_batching,
@@ -594,9 +599,11 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    # The repository (and the log, unless log_file says otherwise) goes with the server: stop() removes `work`.
+    # The repository goes with the server (stop() removes work/models); the log stays in `work` for the user, who is
+    # told where (the CLI prints it at start and at stop).
     server = TritonServer(repo.path, dist=dist, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_file=log_file or work / "tritonserver.log", cleanup=[work],
+                          metrics_port=metrics_port, log_file=log_file or work / "tritonserver.log",
+                          cleanup=[work] if log_file else [repo.path],
                           restart=restart, max_request_bytes=max_request_bytes, max_concurrent=max_concurrent)
     return server.start(timeout)
 
@@ -631,17 +638,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m runtime.serving.serve", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog_name("runtime.serving.serve"), formatter_class=HelpFormatter,
         description="Serve a bundle's encoder and decoder (models vae_encoder, vae_decoder) through a local Triton\n"
                     "Inference Server on the CPU, with dynamic batching, over HTTP and gRPC.",
-        epilog="exit status: 0 stopped on request, 1 the server failed, 2 bad input or no tritonserver here.\n"
-               "example: python -m runtime.serving.serve runs/bundle --port 8000 --grpc-port 8001\n"
-               "         curl -s localhost:8000/v2/models/vae_decoder/config")
+        epilog=epilog({0: "stopped on request (Ctrl-C, SIGTERM), or --install-server done",
+                       1: "the server failed and could not be brought back",
+                       2: "bad input or option, or no tritonserver here (one line on stderr)"},
+                      "%(prog)s runs/bundle --port 8000 --grpc-port 8001",
+                      "%(prog)s runs/bundle --precision int8 --instances 2 --preferred-batch 8,16",
+                      "%(prog)s --install-server ~/Downloads   # the folder holding the nvidia-pytriton wheel"))
     p.add_argument("bundle", nargs="?", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=_port, default=8002, help="Prometheus metrics port (default 8002)")
+    p.add_argument("--port", type=_port, default=8000, metavar="PORT", help="HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT",
+                   help="Prometheus metrics port (default 8002)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="max_batch_size of each model (default 64)")
     p.add_argument("--queue-delay-us", type=int, default=100, metavar="US",
@@ -656,7 +667,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="bundle variant to serve (default fp32)")
     p.add_argument("--tritonserver", type=Path, default=None, metavar="DIR",
                    help=f"Triton installation (bin/tritonserver, backends/); default ${ENV_VAR}, then $VENV/{INSTALL_DIR}")
-    p.add_argument("--log", type=Path, default=None, metavar="FILE", help="server log file (default: a temporary file)")
+    p.add_argument("--log", type=Path, default=None, metavar="FILE",
+                   help="server log file (default: tritonserver.log in the temporary work folder); kept after the "
+                        "server stops, its path printed at start and at stop")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
                    help=f"largest HTTP request body accepted (default {DEFAULT_MAX_REQUEST_BYTES >> 20} MiB)")
     p.add_argument("--install-server", type=Path, default=None, metavar="WHEEL",
@@ -712,12 +725,13 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
               + f"\nserver log: {server.log_file}\ntritonserver pid {server.proc.pid} (restarted if it exits)"
               + "\nCtrl-C stops it", flush=True)
         server.wait()  # returns only when the supervisor gives up (it has logged why)
-        print(f"error: tritonserver could not be brought back; its log ends:\n{server.log_tail()}", file=sys.stderr)
+        print(f"error: tritonserver could not be brought back; its log ({server.log_file}) ends:\n"
+              f"{server.log_tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if server is not None:
             code = server.stop()
-            print(f"stopped (tritonserver exit code {code})")
+            print(f"stopped (tritonserver exit code {code}); server log kept: {server.log_file}")
         return 0
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Runs inside Triton's Python backend stub (which provides triton_python_backend_utils), never imported by the rest of
 the package. The model folder carries its bundle (1/bundle/) and a copy of the runtime package (1/runtime/), so it runs
 wherever the stub's Python has numpy and onnxruntime. config.pbtxt parameters: graph (encoder | decoder), backend
-(runtime.load's), precision, threads (optional).
+(runtime.load's), precision, threads (optional), warmup_batches (optional, e.g. "1,64": zero batches run in
+initialize(), before Triton marks the model ready - so, unlike Triton's model_warmup, they never reach its metrics).
 
 Dynamic batching hands execute() several requests at once and the Python backend does not merge them, so this model
 does: each request is validated on its own (a bad one gets its own error response), the good ones run as ONE batch
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,10 +77,24 @@ class TritonPythonModel:
                                 precision=params.get("precision", "fp32"), graphs=(self.graph,), **options)
         self.spec = self.vae.manifest.graph(self.graph).inputs[0]
         self.outputs = GRAPH_IO[self.graph][1]
+        name = args.get("model_instance_name", config.get("name"))
         # provenance in the server log: which runtime copy, engine and bundle this instance runs
-        print(f"[vae-deploy] {args.get('model_instance_name', config.get('name'))}: runtime "
+        print(f"[vae-deploy] {name}: runtime "
               f"{Path(runtime.__file__).parent}, {self.vae.backend_name} {self.vae.precision} on {device}, "
               f"bundle {HERE / 'bundle'}", flush=True)
+        self._warm_up(name, [int(b) for b in params.get("warmup_batches", "").split(",") if b.strip()])
+
+    def _warm_up(self, name: str, batches: list[int]) -> None:
+        """Run zero batches of these sizes here, in initialize(): the first client request then finds the session
+        built and its buffers sized, and Triton's metrics (nv_inference_*) count client requests only."""
+        if not batches:
+            return
+        item = tuple(int(d) for d in self.spec.shape[1:])
+        t0 = time.perf_counter()
+        for b in batches:
+            self._run(np.zeros((b, *item), dtype=self.spec.dtype))
+        print(f"[vae-deploy] {name}: warmed up with zero batches of {batches} in {time.perf_counter() - t0:.2f} s "
+              "(in initialize: not in Triton's metrics)", flush=True)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.graph == ENCODER:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..bundle import (DECODER, GRAPH_IO, IMAGE, MANIFEST_NAME, REFERENCE_NAME, BundleError, Manifest, read_manifest,
                      resolve_file)
+from ..cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from ..errors import BackendError, BackendUnavailableError, VaeError
 from ..files import write_json_atomic
 from .metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance
@@ -232,29 +233,43 @@ def _locate(locate: Callable[..., Any], root: Path, graphs: Sequence[str], preci
     return found, notes
 
 
-def main(argv: Sequence[str] | None = None, *, locate: Callable[..., Any] | None = None,
-         prog: str = "python -m runtime.verify.parity") -> int:
-    """The parity CLI; export.divergence runs it with `locate` set (the runtime cannot import that finder)."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("bundle", type=Path, help="bundle folder (holding vae.json)")
+def build_parser(prog: str | None = None, *, locate: bool = False) -> argparse.ArgumentParser:
+    """The parity CLI's options; with `locate`, export.divergence's --no-locate too."""
+    p = argparse.ArgumentParser(
+        prog=prog or prog_name("runtime.verify.parity"), description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=epilog({0: "every output within its tolerance", 1: "parity failed (the table says which output, by "
+                       "how much)", 2: "bad input or option, or the backend unavailable (one line on stderr)"},
+                      "%(prog)s runs/bundle",
+                      "%(prog)s runs/bundle --backend tensorrt --device cuda --precision fp16 --json parity.json",
+                      "%(prog)s runs/bundle --graphs decoder --checkpoint runs/train/best.pt"))
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (holding vae.json)")
     p.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt | openvino | torch (default auto)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 | bf16 (bf16: openvino, where vae.json records it; default fp32)")
-    p.add_argument("--checkpoint", type=Path, default=None,
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 | fp16 | int8 | bf16 (bf16: openvino, where vae.json records it; default fp32)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
                    help="compare with the live PyTorch model from this checkpoint instead of reference.npz")
-    p.add_argument("--graphs", default=None, help="encoder,decoder or one of them (default: all in the bundle)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for the backend")
-    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    add_graphs_argument(p, what="graphs to check")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="intra-op threads for the backend")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON here")
     p.add_argument("--save-polygraphy", type=Path, default=None, metavar="DIR",
                    help="also write the inputs and reference outputs as Polygraphy --load-inputs/--load-outputs files")
-    if locate is not None:
+    if locate:
         p.add_argument("--no-locate", action="store_true",
                        help="on failure, do not search for the first diverging intermediate tensor")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, locate: Callable[..., Any] | None = None,
+         prog: str | None = None) -> int:
+    """The parity CLI; export.divergence runs it with `locate` set (the runtime cannot import that finder) and its
+    own `prog` (None: as invoked, see runtime.cli.prog_name)."""
+    args = build_parser(prog, locate=locate is not None).parse_args(argv)
     options = {"threads": args.threads} if args.threads is not None else {}
     try:
         report = check_parity(args.bundle, backend=args.backend, device=args.device, precision=args.precision,
-                              checkpoint=args.checkpoint, graphs=args.graphs.split(",") if args.graphs else None,
+                              checkpoint=args.checkpoint, graphs=args.graphs,
                               backend_options=options,
                               locate=None if getattr(args, "no_locate", True) else locate)
     except VaeError as e:  # BundleError, BackendError, InputError, ...; anything else is a bug: its traceback shows
@@ -273,7 +288,7 @@ def main(argv: Sequence[str] | None = None, *, locate: Callable[..., Any] | None
 
         try:
             written = write_polygraphy_files(args.bundle, args.save_polygraphy,
-                                             graphs=args.graphs.split(",") if args.graphs else None)
+                                             graphs=args.graphs)
         except (OSError, VaeError) as e:
             print(f"error: --save-polygraphy {args.save_polygraphy}: {e}", file=sys.stderr)
             return 2

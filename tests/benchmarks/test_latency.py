@@ -10,8 +10,8 @@ import pytest
 from benchmarks.latency import SCHEMA, compare_reports, main
 from export.to_onnx import export_bundle
 
-STAT_FIELDS = {"n", "batch", "mean_ms", "stdev_ms", "cv", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms",
-               "throughput"}
+STAT_FIELDS = {"n", "batch", "mean_ms", "stdev_ms", "cv", "min_ms", "p1_ms", "p5_ms", "p50_ms", "p90_ms", "p95_ms",
+               "p99_ms", "max_ms", "throughput"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,8 @@ def test_report_has_every_field(bench_run):
         assert s["n"] == 6 and s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
         assert len(r["round_p50_ms"]) == 2 and r["drift"] >= 1.0
         assert r["gflop_per_call"] > 0 and r["gflops"] > 0 and 0 < r["ceiling_share"]
+        assert r["ceiling_precision"] == "fp32" and r["round_cv"] >= 0 and r["peer"] is False
+        assert r["accuracy"]["passed"] and r["accuracy"]["budget_precision"] == "fp32"
     # FLOPs come from the PyTorch model: identical for every backend at the same graph and batch
     flops = {(r["graph"], r["batch"]): set() for r in rows}
     for r in rows:
@@ -292,3 +294,102 @@ def test_tensorrt_options_reach_the_backend_and_the_cold_start(bench_run, monkey
     assert seen["dla_core"] == 1 and seen["cuda_graph"] is True and seen["backend"] == "tensorrt"
     monkeypatch.undo()
     assert cold_start_runtime(bundle, "onnxruntime", "fp32", "cpu", {"max_chunk": 16}).first_result_s > 0
+
+
+def test_skipped_rows_are_summarised_under_the_table(bench_run, tiny_checkpoint, capsys):
+    """A combination that does not exist is listed once, under the table, with the reason - not as a row each."""
+    bundle, _, _ = bench_run
+    assert main([str(bundle), "--backends", "torch,onnxruntime", "--precision", "fp32,fp16", "--batch", "1,2",
+                 "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-cold-start", "--no-progress",
+                 "--no-accuracy", "--checkpoint", str(tiny_checkpoint)]) == 0
+    text = capsys.readouterr().out
+    table, _, below = text.partition("not measured:")
+    assert "skipped" not in table and "fp16" not in table
+    assert below.startswith(" 8 of 16 combinations")
+    flat = " ".join(below.split())
+    assert "torch fp16 (every graph and batch): skipped: BackendError: backend 'torch' runs precisions" in flat
+    for graph in ("encoder", "decoder"):  # each graph with its own reason
+        assert (f"onnxruntime fp16 ({graph} every batch): skipped: BundleError: graph '{graph}' has no 'fp16' "
+                "variant") in flat
+
+
+def test_a_graph_that_cannot_load_does_not_skip_the_other(bench_run, monkeypatch, tmp_path):
+    """One runtime per backend and precision for every graph; where that fails, one per graph: an int8 encoder is
+    measured beside a decoder whose int8 variant missed its budget."""
+    from benchmarks import latency
+    from runtime.bundle import BundleError
+
+    bundle, _, _ = bench_run
+    real = latency._load
+
+    def no_decoder(plan, backend, precision, graphs):
+        if "decoder" in graphs:
+            raise BundleError("graph 'decoder' has no such variant")
+        return real(plan, backend, precision, graphs)
+
+    monkeypatch.setattr(latency, "_load", no_decoder)
+    out = tmp_path / "out"
+    assert main([str(bundle), "--backends", "onnxruntime", "--batch", "1", "--iterations", "2", "--rounds", "1",
+                 "--warmup", "0", "--no-cold-start", "--no-progress", "--out", str(out)]) == 0
+    rows = {r["graph"]: r for r in json.loads((out / "latency.json").read_text())["results"]}
+    assert rows["encoder"]["status"] == "ok" and rows["encoder"]["accuracy"]["passed"]
+    assert rows["decoder"]["status"] == "skipped"
+    assert rows["decoder"]["reason"] == "BundleError: graph 'decoder' has no such variant"
+
+
+@pytest.fixture(scope="module")
+def peer_run(bench_run, tiny_checkpoint, tmp_path_factory):
+    """The openvino backend and the peer row (OpenVINO's default on a plain export the harness makes itself)."""
+    pytest.importorskip("openvino")
+    bundle, _, _ = bench_run
+    out = tmp_path_factory.mktemp("peer") / "out"
+    assert main([str(bundle), "--backends", "onnxruntime,openvino", "--batch", "1,4", "--iterations", "4",
+                 "--rounds", "2", "--warmup", "0", "--no-cold-start", "--no-progress", "--checkpoint",
+                 str(tiny_checkpoint), "--peer", "--out", str(out)]) == 0
+    return out, json.loads((out / "latency.json").read_text())
+
+
+def test_peer_row_is_openvino_default_on_the_plain_export(peer_run):
+    from benchmarks.peer import _onnx_metadata
+    from runtime.bundle import read_manifest
+
+    out, report = peer_run
+    rows = report["results"]
+    peer = {(r["graph"], r["batch"]): r for r in rows if r["peer"]}
+    assert set(peer) == {(g, n) for g in ("encoder", "decoder") for n in (1, 4)}
+    in_effect = report["peer"]["inference_precision"]
+    assert report["peer"]["properties"] == {}  # OpenVINO's defaults: no precision hint, nothing else
+    for r in peer.values():
+        assert r["status"] == "ok" and r["backend"] == "ov-default" and r["in_effect"] == in_effect
+        assert r["vs_peer"] == 1.0 and r["accuracy"]["passed"]
+        assert r["ceiling_precision"] == {"bf16": "bf16", "f32": "fp32"}[in_effect]
+    for r in rows:
+        if not r["peer"]:
+            base = peer[(r["graph"], r["batch"])]["stats"]["p50_ms"]
+            assert r["vs_peer"] == pytest.approx(base / r["stats"]["p50_ms"])
+    plain = out / "peer-bundle"
+    assert read_manifest(plain).source["sha256"] == read_manifest(report["bundle"]).source["sha256"]
+    assert "rewrites" not in _onnx_metadata(plain / "decoder.onnx")
+
+
+def test_openvino_rows_and_per_precision_ceilings(peer_run):
+    _, report = peer_run
+    ceilings = report["matmul_ceiling_gflops"]["by_precision"]
+    assert ceilings["fp32"]["best"] == report["matmul_ceiling_gflops"]["best"]
+    assert {"numpy BLAS sgemm", "onnxruntime MatMul", "openvino fp32 MatMul"} <= set(ceilings["fp32"]["engines"])
+    ov = [r for r in report["results"] if r["backend"] == "openvino"]
+    assert len(ov) == 4 and all(r["status"] == "ok" and r["accuracy"]["passed"] for r in ov)
+    for r in report["results"]:  # every share against the ceiling of the row's own precision
+        assert r["ceiling_share"] == pytest.approx(r["gflops"] / ceilings[r["ceiling_precision"]]["best"])
+
+
+def test_peer_bundle_must_be_the_plain_export(bench_run, tiny_checkpoint, capsys):
+    pytest.importorskip("openvino")
+    from benchmarks.peer import _onnx_metadata
+
+    bundle, _, _ = bench_run
+    if "rewrites" in _onnx_metadata(bundle / "decoder.onnx"):
+        assert main([str(bundle), "--peer-bundle", str(bundle), "--no-progress"]) == 2
+        assert "its decoder is rewritten" in capsys.readouterr().err
+    assert main([str(bundle), "--peer", "--no-progress"]) == 2
+    assert "--peer: needs --checkpoint CKPT" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import pytest
 
@@ -12,7 +11,7 @@ from tests.conftest import make_model
 from vae_model import VAEConfig, save_checkpoint
 
 from runtime.verify.parity import check_parity
-from tests.conftest import perturb_initializer
+from tests.conftest import copy_bundle, perturb_initializer
 
 # Three upsampling layers: the first is folded into the stem, the last becomes a sub-pixel block, the middle one
 # stays a ConvTranspose in the rewritten graph - the case where the finder can still name a single layer.
@@ -33,7 +32,7 @@ def bundles(tmp_path_factory):
 
 @pytest.fixture
 def copy_of(bundles, tmp_path):
-    return lambda kind: shutil.copytree(bundles[kind], tmp_path / kind)
+    return lambda kind: copy_bundle(bundles[kind], tmp_path / kind)  # with three.pt beside it, as vae.json says
 
 
 def test_unchanged_rewritten_decoder_matches_everywhere(bundles):

@@ -58,6 +58,10 @@ def test_bundle_layout_and_manifest(tiny_bundle, tiny_checkpoint):
     assert m.model.latent_dim == TINY.latent_dim and m.model.image_size == TINY.image_size
     assert m.model.hidden_dims == TINY.hidden_dims and m.pixel_range == (-1.0, 1.0)
     assert m.source["sha256"] == load_checkpoint(tiny_checkpoint).sha256 and m.source["kind"] == "vae-deploy"
+    # the checkpoint lies outside the bundle's parent folder: its name, size and sha256 only, no path at all
+    assert m.source == {"checkpoint": "tiny.pt", "sha256": m.source["sha256"], "size": tiny_checkpoint.stat().st_size,
+                        "kind": "vae-deploy"}
+    assert str(tiny_checkpoint.parent) not in (tiny_bundle / "vae.json").read_text()
     assert m.parity["verified"] and m.parity["passed"]
     assert {"torch", "onnx", "onnxruntime"} <= set(m.versions)
     enc, dec = m.graph("encoder"), m.graph("decoder")
@@ -158,6 +162,53 @@ def test_single_graph_export(tiny_checkpoint, tmp_path):
     assert sorted(B.read_manifest(out).graphs) == ["decoder"]
     assert not (out / "encoder.onnx").exists()
     assert set(k.split(".")[-2] for k in np.load(out / "reference.npz").files) == {"decoder"}
+
+
+def test_source_records_a_relative_path_under_the_bundles_parent_only(tmp_path):
+    from export.to_onnx import source_record
+
+    (tmp_path / "runs" / "train").mkdir(parents=True)
+    ckpt = tmp_path / "runs" / "train" / "best.pt"
+    ckpt.write_bytes(b"12345")
+    rec = lambda out: source_record(ckpt, out, sha256="ab" * 32, kind="vae-deploy")  # noqa: E731
+    assert rec(tmp_path / "runs" / "bundle") == {"checkpoint": "best.pt", "sha256": "ab" * 32, "size": 5,
+                                                 "kind": "vae-deploy", "relative_path": "../train/best.pt"}
+    assert rec(tmp_path / "runs" / "train" / "bundle")["relative_path"] == "../best.pt"
+    assert rec(tmp_path / "runs" / "demo" / "bundle").get("relative_path") is None  # runs/demo/ does not hold it
+    assert rec(tmp_path / "elsewhere" / "bundle").get("relative_path") is None
+
+
+def test_a_bundle_moved_with_its_checkpoint_finds_it_and_old_absolute_paths_still_work(tiny_checkpoint, tmp_path):
+    """runs/train/best.pt + runs/bundle: vae.json says "../train/best.pt", so the pair moved anywhere still works;
+    a changed checkpoint there is refused by its size / sha256; an older export's absolute "path" is still followed."""
+    import shutil
+
+    import runtime
+
+    (tmp_path / "runs" / "train").mkdir(parents=True)
+    ckpt = shutil.copy2(tiny_checkpoint, tmp_path / "runs" / "train" / "best.pt")
+    export_bundle(ckpt, tmp_path / "runs" / "bundle", graphs=["decoder"], verify=False, **QUIET)
+    raw = json.loads((tmp_path / "runs" / "bundle" / "vae.json").read_text())
+    assert raw["source"]["relative_path"] == "../train/best.pt" and "path" not in raw["source"]
+    assert str(tmp_path) not in json.dumps(raw)
+    moved = tmp_path / "device" / "runs"
+    shutil.move(tmp_path / "runs", moved)
+    z = np.zeros((1, TINY.latent_dim), np.float32)
+    with runtime.load(moved / "bundle", backend="torch") as ref, runtime.load(moved / "bundle") as ort_rt:
+        assert ref.backend.checkpoint == moved / "bundle" / "../train/best.pt"
+        np.testing.assert_allclose(ref.decode(z), ort_rt.decode(z), atol=1e-5)
+    from vae_model import save_checkpoint
+
+    save_checkpoint(moved / "train" / "best.pt", make_model(TINY, seed=5))  # changed in place since export
+    with pytest.raises(B.BundleError, match=r"best.pt: (sha256 .*|\d+ bytes), but the bundle was exported from "
+                                            r"best.pt"):
+        runtime.load(moved / "bundle", backend="torch")
+    # an older export: an absolute path and no relative_path (nor size) - still found and checked by its sha256
+    old = {k: v for k, v in raw["source"].items() if k not in ("relative_path", "size")}
+    old["path"] = str(tiny_checkpoint)
+    (moved / "bundle" / "vae.json").write_text(json.dumps({**raw, "source": old}))
+    with runtime.load(moved / "bundle", backend="torch") as ref:
+        assert ref.backend.checkpoint == tiny_checkpoint
 
 
 def test_failed_parity_gate_leaves_no_bundle(tiny_checkpoint, tmp_path):

@@ -125,13 +125,39 @@ def test_not_a_bundle(tmp_path):
 
 def test_torch_backend_needs_a_checkpoint_it_can_find(bundle_copy):
     data = json.loads((bundle_copy / "vae.json").read_text())
-    data["source"]["path"] = str(bundle_copy / "gone.pt")
+    data["source"]["relative_path"] = "../gone.pt"
     data["source"]["checkpoint"] = "gone.pt"
+    data["source"].pop("path", None)  # the absolute path of bundles exported before relative_path (prebuilt ones)
     (bundle_copy / "vae.json").write_text(json.dumps(data))
     with pytest.raises(runtime.BackendUnavailableError, match=r"source checkpoint is not here .*pass checkpoint=PATH"):
         runtime.load(bundle_copy, backend="torch")
     with pytest.raises(runtime.BackendError, match=r"option checkpoint: .*nope.pt is not a file"):
         runtime.load(bundle_copy, backend="torch", checkpoint=bundle_copy / "nope.pt")
+
+
+def test_source_checkpoint_is_looked_for_relative_to_the_bundle_then_inside_it(tmp_path):
+    """vae.json's source: relative_path first (from the bundle folder), an older export's absolute path next, then the
+    name inside the bundle; malformed values are skipped. The manifest never needs an absolute path."""
+    from pathlib import Path
+
+    from runtime.bundle import source_checkpoint_candidates, source_checkpoint_mismatch
+    from runtime.files import sha256_file
+
+    b = tmp_path / "b"
+    assert source_checkpoint_candidates(b, {"checkpoint": "best.pt", "relative_path": "../train/best.pt"}) == [
+        b / "../train/best.pt", b / "best.pt"]
+    old = {"checkpoint": "best.pt", "path": "/old/machine/runs/train/best.pt"}  # bundles exported before
+    assert source_checkpoint_candidates(b, old) == [Path("/old/machine/runs/train/best.pt"), b / "best.pt"]
+    assert source_checkpoint_candidates(b, {"checkpoint": "../x/best.pt", "relative_path": "/abs/best.pt",
+                                            "path": "relative/best.pt"}) == [b / "best.pt"]
+    assert source_checkpoint_candidates(b, {}) == []
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"weights")
+    good = {"checkpoint": "best.pt", "size": 7, "sha256": sha256_file(ckpt)}
+    assert source_checkpoint_mismatch(ckpt, good) is None
+    assert "8 bytes" in source_checkpoint_mismatch(ckpt, {**good, "size": 8})
+    assert "sha256" in source_checkpoint_mismatch(ckpt, {**good, "sha256": "0" * 64})
+    assert source_checkpoint_mismatch(ckpt, {"checkpoint": "best.pt"}) is None  # an in-memory export: nothing to check
 
 
 def test_engine_failure_becomes_a_backend_error(bundle_copy):

@@ -6,6 +6,7 @@ import pytest
 
 import runtime
 from runtime.bundle import read_manifest
+from runtime.rng import standard_normal
 
 ATOL = 1e-4  # FP32 ONNX Runtime vs PyTorch FP32 (reassociation only)
 
@@ -36,10 +37,46 @@ def test_sample_is_seeded(rt):
     assert a.shape == (3, *rt.output_shape)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-    z = np.random.default_rng(7).standard_normal((3, rt.latent_dim), dtype=np.float32)
+    z = standard_normal(7, (3, rt.latent_dim))  # the portable stream vae_decode --seed 7 draws too (C++)
     np.testing.assert_array_equal(a, rt.decode(z))
     with pytest.raises(runtime.ShapeError, match="n must be a positive integer, got 0"):
         rt.sample(0)
+    with pytest.raises(ValueError, match=r"seed: expected an integer in \[0, 2\*\*64\)"):
+        rt.sample(1, seed=-1)
+    assert rt.sample(2).shape == (2, *rt.output_shape)  # seed=None: a fresh seed
+
+
+def _reference_stream(seed: int, n: int) -> np.ndarray:
+    """runtime/rng.py's definition, value by value, in Python integers and the math module."""
+    import math
+
+    mask = (1 << 64) - 1
+
+    def x(i):
+        z = (seed + i * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    out = []
+    for k in range((n + 1) // 2):
+        u1, u2 = ((x(2 * k + 1) >> 11) + 1) * 2.0 ** -53, (x(2 * k + 2) >> 11) * 2.0 ** -53
+        r, t = math.sqrt(-2.0 * math.log(u1)), 6.283185307179586 * u2
+        out += [r * math.cos(t), r * math.sin(t)]
+    return np.array(out[:n]).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**63 + 5, 2**64 - 1])
+def test_the_seeded_stream_is_its_documented_definition(seed):
+    from runtime import rng
+
+    assert int(rng.splitmix64(1234567, 1)[0]) == 6457827717110365317  # SplitMix64's published first output
+    z = rng.standard_normal(seed, (3, 67))
+    assert z.dtype == np.float32 and z.shape == (3, 67)
+    np.testing.assert_array_max_ulp(z.ravel(), _reference_stream(seed, 201), maxulp=1)
+    np.testing.assert_array_equal(rng.standard_normal(seed, 7), z.ravel()[:7])  # odd counts: a prefix of longer draws
+    big = rng.standard_normal(seed, 200_000)
+    assert abs(float(big.mean())) < 0.01 and abs(float(big.std()) - 1) < 0.01
 
 
 @pytest.mark.parametrize("method", ["linear", "slerp"])
@@ -67,8 +104,11 @@ def test_posterior_sample_reparameterises(rt, reference):
     post = rt.encode(reference["encoder.image"])
     z1, z2 = post.sample(seed=1), post.sample(seed=1)
     np.testing.assert_array_equal(z1, z2)
-    eps = np.random.default_rng(1).standard_normal(post.mu.shape, dtype=np.float32)
+    eps = standard_normal(1, post.mu.shape)
     np.testing.assert_allclose(z1, post.mu + eps * np.exp(0.5 * post.logvar), rtol=1e-6)
+    gen = post.sample(seed=np.random.default_rng(1))  # a NumPy generator: its own stream
+    eps = np.random.default_rng(1).standard_normal(post.mu.shape, dtype=np.float32)
+    np.testing.assert_allclose(gen, post.mu + eps * np.exp(0.5 * post.logvar), rtol=1e-6)
 
 
 def test_torch_reference_backend_matches_onnxruntime(bundle, reference, tiny_checkpoint):
@@ -90,7 +130,8 @@ def test_torch_backend_refuses_a_different_checkpoint(bundle, tmp_path):
     from tests.conftest import TINY, make_model
 
     other = save_checkpoint(tmp_path / "other.pt", make_model(TINY, seed=1))
-    with pytest.raises(runtime.BundleError, match=r"other.pt: sha256 .* but the bundle was exported from tiny.pt"):
+    with pytest.raises(runtime.BundleError,
+                       match=r"other.pt: (sha256 .*|\d+ bytes), but the bundle was exported from tiny.pt"):
         runtime.load(bundle, backend="torch", checkpoint=other)
 
 

@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <cstddef>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
@@ -51,9 +52,17 @@ vae::Pixels read_pnm(const std::string& path) {
     const std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     std::size_t pos = 0;
     const std::string magic = token(bytes, pos);
-    if (magic != "P6" && magic != "P5")
-        throw std::runtime_error(path + ": not a binary PPM (P6) or PGM (P5) file (starts with '" + magic.substr(0, 8) +
+    if (magic != "P6" && magic != "P5") {
+        std::string shown;  // printable ASCII only: the message must stay valid text (a PNG starts with byte 0x89)
+        for (const char ch : magic.substr(0, 8)) {
+            const auto u = static_cast<unsigned char>(ch);
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\x%02x", u);
+            shown += (u >= 0x20 && u < 0x7f) ? std::string(1, ch) : std::string(hex);
+        }
+        throw std::runtime_error(path + ": not a binary PPM (P6) or PGM (P5) file (starts with '" + shown +
                                  "'); convert PNG / JPEG files to PPM first (see image_read.hpp)");
+    }
     vae::Pixels img;
     img.channels = magic == "P6" ? 3 : 1;
     img.width = number(path, token(bytes, pos), "width", 1, 1 << 16);

@@ -1,38 +1,42 @@
 // vae_decode - decode latents with the C++ runtime and write images, timing each stage.
 //
 //   vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]
-//              [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]
+//              [--save-npy images.npy] [--save-latents z.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]
 //              [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--dla-core N] [--repeat R]
 //              [--overwrite]
 //
-// Latents: a float32/float64 .npy of shape (N, latent_dim), or N seeded standard-normal draws (std::mt19937 with
-// std::normal_distribution: reproducible with one standard library, not across different ones). Images: one file per
-// item, DIR/image_000.png ... mapped from the bundle's pixel range to 8 bits like runtime.images.to_uint8. Files that
-// already exist (an image name it would write, the --save-npy file) are never replaced without --overwrite: the run
-// stops before decoding, naming them (exit 2).
+// Latents: a float32/float64 .npy of shape (N, latent_dim), or N seeded standard-normal draws, S in [0, 2^64) (default
+// 0): the portable stream of normal_stream.hpp (SplitMix64 + Box-Muller), the one Python's runtime draws for
+// `sample(N, seed=S)`, so both decode the same latents (equal, or rarely 1 ulp apart: runtime/rng.py).
+// --save-latents writes the latents used as float32 (N, latent_dim). Images: one file per item, DIR/image_000.png ...
+// mapped from the bundle's pixel range to 8 bits like runtime.images.to_uint8. Files that already exist (an image name
+// it would write, the --save-npy / --save-latents file) are never replaced without --overwrite: the run stops before
+// decoding, naming them (exit 2).
 // Timing: load (read vae.json, hash and open the graphs), latents, decode (best and mean of R runs), to_uint8, write,
 // first (process start -> first decoded batch) and the process's peak RSS (VmHWM, Linux).
 // Exit codes: 0 ok, 1 a failure while running (engine error, writing images), 2 bad input: usage, bundle, latents
 // (shape, NaN ...), an unavailable backend/precision. Errors are one line on stderr.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 #include <sys/stat.h>
 #include <vector>
 
 #include "image_write.hpp"
+#include "normal_stream.hpp"
 #include "npy.hpp"
 #include "vae/runtime.hpp"
 
 namespace {
 
 struct Args {
-    std::string bundle, latents, out, format = "png", save_npy;
+    std::string bundle, latents, out, format = "png", save_npy, save_latents;
     long count = 0;
-    unsigned long seed = 0;
+    std::uint64_t seed = 0;
     int repeat = 1;
     bool overwrite = false;
     vae::Options options;
@@ -44,9 +48,10 @@ struct UsageError : std::runtime_error {
 
 const char* kUsage =
     "usage: vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]\n"
-    "                  [--save-npy images.npy] [--backend onnxruntime|tensorrt] [--device cpu|cuda:N]\n"
-    "                  [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off] [--dla-core N]\n"
-    "                  [--repeat R] [--overwrite]\n";
+    "                  [--save-npy images.npy] [--save-latents z.npy] [--backend onnxruntime|tensorrt]\n"
+    "                  [--device cpu|cuda:N] [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off]\n"
+    "                  [--dla-core N] [--repeat R] [--overwrite]\n"
+    "--seed S: latents of runtime.rng's portable stream, the ones Python's sample(N, seed=S) draws\n";
 
 long to_long(const std::string& flag, const std::string& v, long lo, long hi) {
     char* end = nullptr;
@@ -55,6 +60,16 @@ long to_long(const std::string& flag, const std::string& v, long lo, long hi) {
         throw UsageError(flag + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
                          "], got '" + v + "'");
     return x;
+}
+
+// A seed in [0, 2^64), decimal digits only (strtoull alone would accept "-1" as 2^64 - 1).
+std::uint64_t to_seed(const std::string& flag, const std::string& v) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || *end != '\0' || errno == ERANGE)
+        throw UsageError(flag + ": expected an integer in [0, 18446744073709551615], got '" + v + "'");
+    return static_cast<std::uint64_t>(x);
 }
 
 Args parse(int argc, char** argv) {
@@ -71,10 +86,11 @@ Args parse(int argc, char** argv) {
             std::exit(0);
         } else if (k == "--latents") a.latents = value();
         else if (k == "--count") a.count = to_long(k, value(), 1, 1 << 20);
-        else if (k == "--seed") a.seed = static_cast<unsigned long>(to_long(k, value(), 0, 2147483647L));
+        else if (k == "--seed") a.seed = to_seed(k, value());
         else if (k == "--out") a.out = value();
         else if (k == "--format") a.format = value();
         else if (k == "--save-npy") a.save_npy = value();
+        else if (k == "--save-latents") a.save_latents = value();
         else if (k == "--backend") a.options.backend = value();
         else if (k == "--device") a.options.device = value();
         else if (k == "--precision") a.options.precision = value();
@@ -133,12 +149,14 @@ void check_outputs(const Args& a, std::int64_t batch) {
             if (const std::string p = image_path(a, i); ::stat(p.c_str(), &st) == 0) existing.push_back(p);
     }
     if (!a.save_npy.empty() && ::stat(a.save_npy.c_str(), &st) == 0) existing.push_back(a.save_npy);
+    if (!a.save_latents.empty() && ::stat(a.save_latents.c_str(), &st) == 0) existing.push_back(a.save_latents);
     if (existing.empty() || a.overwrite) return;
     std::string names;
     for (std::size_t i = 0; i < existing.size() && i < 3; ++i) names += (i ? ", " : "") + existing[i];
     if (existing.size() > 3) names += " and " + std::to_string(existing.size() - 3) + " more";
     throw vae::InvalidArgumentError("would overwrite " + std::to_string(existing.size()) + " existing file(s): " +
-                                    names + "; pass --overwrite to replace them, or choose another --out / --save-npy");
+                                    names + "; pass --overwrite to replace them, or choose another --out / --save-npy"
+                                    " / --save-latents");
 }
 
 double ms_since(Clock::time_point t0) {
@@ -172,10 +190,8 @@ int run(const Args& a) {
         z = std::move(arr.data);
     } else {
         batch = a.count;
-        std::mt19937 gen(static_cast<std::mt19937::result_type>(a.seed));
-        std::normal_distribution<float> normal(0.f, 1.f);
         z.resize(rt.latent_elements(batch));
-        for (float& v : z) v = normal(gen);
+        normal_stream::standard_normal(a.seed, z.data(), z.size());  // = Python's runtime.rng.standard_normal
     }
     const double t_latents = ms_since(t0);
     check_outputs(a, batch);
@@ -210,6 +226,7 @@ int run(const Args& a) {
         }
     }
     if (!a.save_npy.empty()) npy::save(a.save_npy, {batch, C, S, S}, images.data());
+    if (!a.save_latents.empty()) npy::save(a.save_latents, {batch, info.latent_dim}, z.data());
     const double t_write = ms_since(t0);
 
     std::printf("vae_decode: %s, %lld latent(s) of %d -> %d x %d x %d images\n", rt.backend_description().c_str(),

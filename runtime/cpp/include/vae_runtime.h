@@ -120,7 +120,7 @@ VAE_API void vae_runtime_destroy(vae_runtime* runtime);
 
 VAE_API vae_status vae_runtime_info(const vae_runtime* runtime, vae_model_info* info);
 
-/* A short human-readable description of the engine in use, e.g. "onnxruntime 1.29.0 (CPUExecutionProvider)".
+/* A short human-readable description of the engine in use, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)".
  * Valid until the handle is destroyed; "" for a NULL handle. */
 VAE_API const char* vae_runtime_backend(const vae_runtime* runtime);
 

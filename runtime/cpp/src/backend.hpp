@@ -25,7 +25,7 @@ struct OutputBuffer {
 class Backend {
 public:
     virtual ~Backend() = default;
-    // e.g. "onnxruntime 1.29.0 (CPUExecutionProvider)"
+    // e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
     virtual const std::string& description() const noexcept = 0;
     // Inputs and outputs in the manifest's order. May be called from several threads at once: a backend whose
     // engine is not re-entrant serialises internally.
@@ -48,7 +48,7 @@ std::unique_ptr<Backend> open_onnxruntime(const Manifest& manifest, const Option
 std::unique_ptr<Backend> open_tensorrt(const Manifest& manifest, const Options& options, const Device& device,
                                        const std::vector<std::string>& graphs);
 
-// "onnxruntime 1.29.0 (headers API 29)": the engine versions compiled in and found at run time.
+// "onnxruntime 1.32.0 (headers API 29)": the engine versions compiled in and found at run time.
 std::string onnxruntime_build_info();
 std::string tensorrt_build_info();
 

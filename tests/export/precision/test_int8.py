@@ -17,7 +17,7 @@ from export.precision.common import ort_session, precision_table, run_graph  # n
 from export.to_onnx import export_model  # noqa: E402
 from runtime import bundle as B  # noqa: E402
 from runtime.files import sha256_file  # noqa: E402
-from tests.conftest import TINY, make_model  # noqa: E402
+from tests.conftest import TINY, copy_bundle, make_model  # noqa: E402
 
 FAST = ["--samples", "32", "--eval-samples", "8", "--no-progress"]
 
@@ -166,10 +166,13 @@ def test_bad_options_exit_2(bundle, capsys, args, needle):
 
 @pytest.fixture(scope="module")
 def ckpt_bundle(tiny_checkpoint, tmp_path_factory):
-    """A bundle exported from a checkpoint file (vae.json records its path and sha256)."""
+    """A bundle exported from a checkpoint file beside it (vae.json records its relative path, size and sha256);
+    the tests take copies with copy_bundle, which carries the checkpoint along."""
     from export.to_onnx import export_bundle
 
-    return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("int8-subpixel") / "bundle", log=lambda *a: None)
+    root = tmp_path_factory.mktemp("int8-subpixel")
+    ckpt = shutil.copy2(tiny_checkpoint, root / "tiny.pt")
+    return export_bundle(ckpt, root / "bundle", log=lambda *a: None)
 
 
 def test_default_form_without_a_checkpoint_quantizes_the_bundle_graph(bundle, capsys):
@@ -190,7 +193,7 @@ def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, 
 
     import runtime
 
-    bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
+    bundle = copy_bundle(ckpt_bundle, tmp_path / "bundle")
     assert int8.main([str(bundle), "--int8", "--graphs", "decoder", *form, *FAST]) == 0
     assert "sub-pixel form" in capsys.readouterr().out
     v = B.read_manifest(bundle).graph(B.DECODER).variants["int8"]
@@ -236,7 +239,7 @@ def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, caps
 
     from tests.conftest import make_model
 
-    bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
+    bundle = copy_bundle(ckpt_bundle, tmp_path / "bundle")
     args = [str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]
     other = tmp_path / "other.pt"
     save_checkpoint(other, make_model(TINY, seed=3))
@@ -246,7 +249,8 @@ def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, caps
     assert int8.main([*args, "--checkpoint", str(tmp_path / "gone.pt")]) == 2
     assert "gone.pt" in capsys.readouterr().err
     raw = json.loads((bundle / B.MANIFEST_NAME).read_text())
-    raw["source"]["path"] = str(tmp_path / "moved" / "tiny.pt")
+    assert raw["source"]["relative_path"] == "../tiny.pt" and "path" not in raw["source"]
+    raw["source"]["relative_path"] = "../moved/tiny.pt"
     (bundle / B.MANIFEST_NAME).write_text(json.dumps(raw))
     assert int8.main(args) == 2  # missing: the path vae.json names is not there
     err = capsys.readouterr().err
@@ -268,7 +272,7 @@ def test_auto_form_falls_back_when_the_subpixel_form_fails(ckpt_bundle, tmp_path
         raise int8.PrecisionError("sub-pixel export broke (test)")
 
     monkeypatch.setattr(int8, "subpixel_decoder", broken)
-    bundle = shutil.copytree(ckpt_bundle, tmp_path / "bundle")
+    bundle = copy_bundle(ckpt_bundle, tmp_path / "bundle")
     assert int8.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]) == 2
     assert "sub-pixel export broke (test)" in capsys.readouterr().err
     assert int8.main([str(bundle), "--int8", "--graphs", "decoder", *FAST]) == 0

@@ -117,9 +117,10 @@ def test_headers_newer_than_the_library_are_refused(cpp_build, tmp_path):
     args = ["cmake", "-S", CPP, "-B", tmp_path / "b", *_cmake_args(), f"-DONNXRUNTIME_LIBRARY={library}",
             "-DVAE_BUILD_EXAMPLES=OFF", "-DVAE_BUILD_TESTS=OFF"]
     refused = _run([*args, f"-DONNXRUNTIME_INCLUDE_DIR={future}"], check=False)
+    said = " ".join(refused.stderr.split())  # CMake wraps its messages
     assert refused.returncode != 0
-    assert "version mismatch: the library does not serve the headers' C API 99" in refused.stderr, refused.stderr
-    assert f"C API 99, release 1.99), library {library} (" in " ".join(refused.stderr.split()), refused.stderr
+    assert "version mismatch: the library does not serve the headers' C API 99" in said, refused.stderr
+    assert f"{future} (C API 99, release 1.99), library {library} (" in said, refused.stderr
     strict = _run([*args, f"-DONNXRUNTIME_INCLUDE_DIR={include}", "-DVAE_ORT_ALLOW_NEWER_LIBRARY=OFF"], check=False)
     assert strict.returncode != 0 and "VAE_ORT_ALLOW_NEWER_LIBRARY=OFF" in strict.stderr, strict.stderr
 
@@ -179,7 +180,7 @@ def test_vae_decode_never_overwrites_the_users_files_unasked(cpp_build, bundle, 
     assert proc.returncode == 2, proc
     assert proc.stderr == (f"vae_decode: error: would overwrite 2 existing file(s): {out}/image_001.png, "
                            f"{tmp_path}/images.npy; pass --overwrite to replace them, or choose another --out / "
-                           "--save-npy\n")
+                           "--save-npy / --save-latents\n")
     assert sorted(p.name for p in out.iterdir()) == ["image_001.png"]  # nothing written, nothing replaced
     assert (out / "image_001.png").read_bytes() == b"the user's picture"
     assert (tmp_path / "images.npy").read_bytes() == b"the user's array"
@@ -482,6 +483,31 @@ def test_vae_decode_writes_images_like_to_uint8(cpp_build, bundle, tmp_path):
             with Image.open(f) as im:
                 assert im.size == (m.model.image_size, m.model.image_size)
                 np.testing.assert_array_equal(np.asarray(im.convert("RGB")), expected[i])
+
+
+@pytest.mark.parametrize("seed", ["0", "7", "18446744073709551615"])
+def test_vae_decode_seed_draws_the_latents_python_sample_draws(cpp_build, bundle, tmp_path, seed):
+    """`vae_decode --count N --seed S` and `sample(N, seed=S)`: the same portable stream (runtime/rng.py), so the same
+    latents - bit for bit here; the contract allows 1 ulp (two math libraries' log / cos / sin) - and images."""
+    import runtime
+    from runtime.rng import standard_normal
+
+    n = 300
+    proc = _decode_cli(cpp_build, bundle, "--count", n, "--seed", seed, "--format", "none",
+                       "--save-latents", tmp_path / "z.npy", "--save-npy", tmp_path / "images.npy")
+    assert proc.returncode == 0, proc.stderr
+    z = np.load(tmp_path / "z.npy")
+    with runtime.load(bundle, backend="onnxruntime") as vae:
+        assert z.shape == (n, vae.latent_dim) and z.dtype == np.float32
+        want = standard_normal(int(seed), (n, vae.latent_dim))
+        np.testing.assert_array_max_ulp(z, want, maxulp=1)
+        assert np.count_nonzero(z != want) <= 1, "more than a rare last-bit difference"
+        np.testing.assert_allclose(np.load(tmp_path / "images.npy"), vae.sample(n, seed=int(seed)), rtol=0, atol=TOL)
+    assert _decode_cli(cpp_build, bundle, "--count", 1, "--seed", seed, "--format", "none",
+                       "--save-latents", tmp_path / "z.npy").returncode == 2  # never replaced without --overwrite
+    for bad in ("-1", "18446744073709551616", "1e3"):
+        proc = _decode_cli(cpp_build, bundle, "--count", 1, "--seed", bad, "--format", "none")
+        assert proc.returncode == 2 and "--seed: expected an integer in [0, 18446744073709551615]" in proc.stderr
 
 
 # ----------------------------------------------------------------------------------------------- install

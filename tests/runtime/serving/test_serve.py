@@ -52,10 +52,19 @@ def dist():
 
 
 @pytest.fixture(scope="module")
-def server(bundle, dist):
-    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=16, queue_delay_us=2000, threads=1)
+def server(bundle, dist, tmp_path_factory):
+    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=16, queue_delay_us=2000, threads=1,
+              log_file=tmp_path_factory.mktemp("serve") / "tritonserver.log")
     yield s
     s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _temporary_folders_in_tmp_path(tmp_path, monkeypatch):
+    """serve() keeps its server log in its temporary work folder: in tests, under tmp_path, not the system's /tmp."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -585,14 +594,54 @@ def test_stop_leaves_no_process_and_no_files(bundle, dist, tmp_path):
             in log.read_text()
 
 
-def test_cli_serves_until_sigterm(bundle, dist, local):
+METRIC = re.compile(r'^(nv_inference_\w+)\{model="(vae_\w+)",version="1"\} (\S+)$', re.M)
+
+
+def test_metrics_count_client_requests_only_and_the_log_is_kept(bundle, dist, local, tmp_path):
+    """The models warm up inside initialize() (zero batches of 1 and max_batch), not through Triton's model_warmup,
+    which Triton would count: a fresh server reports 0 inferences, then exactly the clients' rows. stop() removes the
+    repository and keeps the server log (the default one, in the temporary work folder)."""
+    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), max_batch=8,
+              threads=1)
+    log, repo = s.log_file, s.repository
+
+    def scrape() -> dict[tuple[str, str], float]:
+        with urllib.request.urlopen(s.metrics_url, timeout=10) as r:
+            return {(m[1], m[2]): float(m[3]) for m in METRIC.finditer(r.read().decode())}
+
+    try:
+        fresh = scrape()
+        for model in ("vae_encoder", "vae_decoder"):
+            for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
+                         "nv_inference_compute_infer_duration_us"):
+                assert fresh[(name, model)] == 0, (name, model, fresh)
+            assert f"[vae-deploy] {model}_0_0: warmed up with zero batches of [1, 8] in" in log.read_text()
+        z = latents(local, 3)
+        with httpclient.InferenceServerClient(s.http_url) as c:
+            assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
+        deadline, now = time.monotonic() + 10, scrape()
+        while now[("nv_inference_count", "vae_decoder")] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = scrape()
+        assert now[("nv_inference_request_success", "vae_decoder")] == 1
+        assert now[("nv_inference_count", "vae_decoder")] == 3 and now[("nv_inference_exec_count", "vae_decoder")] == 1
+        assert now[("nv_inference_count", "vae_encoder")] == 0
+    finally:
+        s.stop()
+    assert not repo.exists() and log.is_file() and log.parent.parent == tmp_path
+    assert "[vae-deploy] vae_decoder_0_0: warmed up" in log.read_text()
+
+
+def test_cli_serves_until_sigterm(bundle, dist, local, tmp_path):
     http = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "runtime.serving.serve", str(bundle), "--port", str(http),
                              "--grpc-port", str(free_port()), "--no-metrics", "--max-batch", "8"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         first = proc.stdout.readline()
         assert first.startswith(f"serving {bundle} as vae_encoder, vae_decoder: HTTP 127.0.0.1:{http}"), first
+        start = [first] + [proc.stdout.readline() for _ in range(3)]  # the rest of the start message
         z = latents(local, 2)
         with httpclient.InferenceServerClient(f"127.0.0.1:{http}") as c:
             assert close(http_infer(c, "vae_decoder", "z", z).as_numpy("image"), local.decode(z)) <= PARITY
@@ -602,7 +651,11 @@ def test_cli_serves_until_sigterm(bundle, dist, local):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "stopped (tritonserver exit code 0)" in out
+    # the server log is kept where the start message said (the temporary work folder), and named again at stop
+    log = Path(re.search(r"^server log: (\S+)$", "".join(start), re.M).group(1))
+    assert f"stopped (tritonserver exit code 0); server log kept: {log}" in out
+    assert log.is_file() and log.parent.parent == tmp_path and "[vae-deploy] vae_decoder_0_0" in log.read_text()
+    assert not (log.parent / "models").exists()  # the repository is removed
 
 
 def test_port_in_use_fails_with_the_servers_reason(bundle, dist, capsys):

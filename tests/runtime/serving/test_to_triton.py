@@ -103,6 +103,17 @@ def test_python_repository_hosts_the_runtime(bundle, tmp_path):
         assert np.array_equal(vae.decode(z), ref.decode(z))
 
 
+def test_python_repository_warms_up_inside_the_model_not_through_triton(bundle, tmp_path):
+    """Triton counts model_warmup requests in nv_inference_* like client requests; the python models warm up in
+    model.py's initialize() instead (warmup_batches), so a fresh server's metrics start at zero."""
+    out = tmp_path / "repo"
+    assert run(bundle, "--out", out, "--platform", "python", "--max-batch", 16) == 0
+    for model in ("vae_encoder", "vae_decoder"):
+        cfg = parse(out / model / "config.pbtxt")
+        assert not cfg.model_warmup
+        assert cfg.parameters["warmup_batches"].string_value == "1,16"
+
+
 def add_engine(bundle: Path, graph: str, *, trt=TRT10, gpu=A100, profile_max=64, profile_min=1, source_sha=None):
     """An engine file + sidecar laid out as export.tensorrt.build does. The plan bytes are arbitrary: the repository
     writer copies and hashes them, it never deserializes an engine (that needs a GPU)."""

@@ -93,7 +93,7 @@ public:
     Runtime& operator=(const Runtime&) = delete;
 
     const ModelInfo& info() const noexcept;
-    const std::string& backend_description() const noexcept;  // e.g. "onnxruntime 1.29.0 (CPUExecutionProvider)"
+    const std::string& backend_description() const noexcept;  // e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
     const std::string& bundle_dir() const noexcept;
 
     std::size_t latent_elements(std::int64_t batch) const;  // batch * latent_dim
@@ -130,7 +130,7 @@ private:
 };
 
 // The library version (pyproject.toml's [project] version, MAJOR.MINOR.PATCH) and a description of the engines
-// compiled in, e.g. "onnxruntime 1.29.0 (headers API 29); tensorrt: not built".
+// compiled in, e.g. "onnxruntime 1.32.0 (headers API 29); tensorrt: not built".
 VAE_API const char* version() noexcept;
 VAE_API std::string build_info();
 
