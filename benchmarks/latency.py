@@ -318,11 +318,15 @@ def _first_line(e: BaseException) -> str:
 
 def _add_peer_ratios(rows: list[dict[str, Any]]) -> None:
     """Each ok row's "vs_peer": the peer's median latency / the row's at the same graph and batch (> 1: faster than
-    the peer); None where there is no measured peer row."""
-    peer = {(r["graph"], r["batch"]): r["stats"]["p50_ms"] for r in rows if r["peer"] and r["status"] == "ok"}
+    the peer); None where there is no measured peer row. Also per round ("vs_peer_rounds": the same ratio of the
+    rounds' medians, round by round): on a machine that drifts, its median and spread say how firm the ratio is."""
+    peer = {(r["graph"], r["batch"]): r for r in rows if r["peer"] and r["status"] == "ok"}
     for r in rows:
         base = peer.get((r["graph"], r["batch"]))
-        r["vs_peer"] = base / r["stats"]["p50_ms"] if base and r["status"] == "ok" else None
+        ok = base is not None and r["status"] == "ok"
+        r["vs_peer"] = base["stats"]["p50_ms"] / r["stats"]["p50_ms"] if ok else None
+        r["vs_peer_rounds"] = ([b / x for b, x in zip(base["round_p50_ms"], r["round_p50_ms"], strict=False) if x > 0]
+                               if ok else [])
 
 
 def _peer_summary(plan: Plan, runtimes: dict[tuple[str, str, str], Any]) -> dict[str, Any] | None:

@@ -9,7 +9,19 @@ runtime never imports them: this project's pyproject.toml registers `torch` (exp
 itself, the reference for parity and benchmarks).
 
 backend="auto" picks, in order, the first of AUTO_ORDER[device kind] whose module imports, which runs the precision
-asked for, and whose `unavailable_reason(...)` is None; the reference backend is never picked automatically.
+asked for, and whose `unavailable_reason(...)` is None; the reference backend is never picked automatically. What
+that means:
+
+    cpu   fp32 / fp16 / int8 -> onnxruntime (openvino only where onnxruntime is not installed); bf16 -> openvino,
+          the only backend that runs it
+    cuda  tensorrt where its engines are usable here, else onnxruntime (its CUDA provider)
+
+Why a fixed order and not the fastest backend measured on this machine: "auto" never changes the precision (that is
+the caller's accuracy choice), and at a given precision the order is the one the figures support - ONNX Runtime is
+what the CPU graphs were shaped for (the decoder rewrite, the batch split) and beat OpenVINO's fp32 at three of four
+graph x batch points measured; where another choice is faster (OpenVINO's bf16 or int8) it is another precision, so
+it is asked for by name. docs/performance.md#precision-and-backend-on-the-cpu has the measurements and the open
+question of a machine-specific choice. describe()["chosen"] says which backend "auto" took and what it skipped.
 """
 from __future__ import annotations
 

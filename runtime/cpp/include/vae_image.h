@@ -1,8 +1,8 @@
 /*
  * vae_image.h - the C ABI of the runtime's image preparation (vae/image.hpp): any 8-bit image -> the model's input,
  * a decoded image -> 8-bit pixels. Part of libvae_runtime; the rules of vae_runtime.h hold (caller-owned buffers
- * with their element counts, a status from every call, no exception or abort crosses this boundary), except that the
- * message of a failed call here is read with vae_image_last_error() (per thread, "" after a successful call).
+ * with their element counts, a status from every call, no exception or abort crosses this boundary; the message of
+ * the last failed call on this thread, from either header, is vae_last_error()).
  *
  * The steps and numbers are the training loader's (vae_model.data.ImageFolderDataset) and runtime/images.py's:
  * convert to the model's channels like Pillow's convert("RGB"/"L"), crop the largest centred square of at most
@@ -54,8 +54,6 @@ VAE_API vae_status vae_image_resize(const uint8_t* pixels, int32_t width, int32_
                                     size_t pixels_count, uint8_t* out, int32_t out_width, int32_t out_height,
                                     size_t out_capacity);
 
-/* The message of the last failed vae_image_* call on this thread ("" after a successful one). Never NULL. */
-VAE_API const char* vae_image_last_error(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "c_status.hpp"
 #include "vae/runtime.hpp"
 #include "vae_runtime.h"
 
@@ -15,34 +16,22 @@ struct vae_runtime {
 
 namespace {
 
+using vae::detail::guarded;
+
 thread_local std::string g_last_error;
 
-vae_status fail(vae_status status, const std::string& message) noexcept {
+}  // namespace
+
+// The one thread-local message of every C entry point (vae_runtime.h and vae_image.h), read by vae_last_error().
+void vae::detail::set_last_error(const char* prefix, const char* message) noexcept {
     try {
-        g_last_error = message;
+        g_last_error.assign(prefix).append(message);
     } catch (...) {
         g_last_error.clear();  // out of memory while storing the message: the status still says what happened
     }
-    return status;
 }
 
-// Runs f, turning every exception into a status; clears the last error on success.
-template <class F>
-vae_status guarded(F&& f) noexcept {
-    try {
-        f();
-        g_last_error.clear();
-        return VAE_OK;
-    } catch (const vae::Error& e) {
-        return fail(e.status(), e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(VAE_ERR_INTERNAL, "out of memory");
-    } catch (const std::exception& e) {
-        return fail(VAE_ERR_INTERNAL, std::string("internal error: ") + e.what());
-    } catch (...) {
-        return fail(VAE_ERR_INTERNAL, "internal error: unknown exception");
-    }
-}
+namespace {
 
 std::vector<std::string> split_graphs(const char* s) {
     std::vector<std::string> out;

@@ -1,44 +1,18 @@
 // image_c_api.cpp - the C ABI of vae/image.hpp (vae_image.h). Every entry point catches everything and returns a
-// status; the message goes to a thread-local string read by vae_image_last_error().
+// status; the message goes to the thread-local string read by vae_last_error() (c_status.hpp).
 #include <algorithm>
 #include <cstddef>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "c_status.hpp"
 #include "vae/image.hpp"
 #include "vae_image.h"
 
 namespace {
 
-thread_local std::string g_image_error;
-
-vae_status fail(vae_status status, const char* prefix, const char* message) noexcept {
-    try {
-        g_image_error = std::string(prefix) + message;
-    } catch (...) {
-        g_image_error.clear();  // out of memory while storing the message: the status still says what happened
-    }
-    return status;
-}
-
-// Runs f, turning every exception into a status; clears the last error on success.
-template <class F>
-vae_status guarded(F&& f) noexcept {
-    try {
-        f();
-        g_image_error.clear();
-        return VAE_OK;
-    } catch (const vae::Error& e) {
-        return fail(e.status(), "", e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(VAE_ERR_INTERNAL, "", "out of memory");
-    } catch (const std::exception& e) {
-        return fail(VAE_ERR_INTERNAL, "internal error: ", e.what());
-    } catch (...) {
-        return fail(VAE_ERR_INTERNAL, "internal error: ", "unknown exception");
-    }
-}
+using vae::detail::guarded;
 
 std::size_t elements(std::int64_t a, std::int64_t b, std::int64_t c) {
     return static_cast<std::size_t>(a) * static_cast<std::size_t>(b) * static_cast<std::size_t>(c);
@@ -140,6 +114,5 @@ vae_status vae_image_resize(const uint8_t* pixels, int32_t width, int32_t height
     });
 }
 
-const char* vae_image_last_error(void) { return g_image_error.c_str(); }
 
 }  // extern "C"

@@ -44,7 +44,7 @@ static void write_all(const char* path, const void* data, size_t bytes) {
 
 static int check_status(vae_status st) {
     if (st == VAE_OK) return 0;
-    fprintf(stderr, "%s: %s\n", vae_status_name(st), vae_image_last_error());
+    fprintf(stderr, "%s: %s\n", vae_status_name(st), vae_last_error());
     return 1;
 }
 
@@ -63,7 +63,7 @@ static vae_model_info model(int size, int channels, float lo, float hi) {
 static int failures = 0;
 
 static void expect(const char* name, vae_status st, vae_status want, const char* needle) {
-    const char* msg = vae_image_last_error();
+    const char* msg = vae_last_error();
     if (st == want && (!needle || strstr(msg, needle))) {
         printf("ok %s\n", name);
     } else {
@@ -83,10 +83,10 @@ static int errors(void) {
     expect("prepare NULL pixels", vae_image_prepare(NULL, 5, 4, 3, sizeof px, &info, 148, img, 192),
            VAE_ERR_INVALID_ARGUMENT, "vae_image_prepare: pixels is NULL");
     vae_image_prepare(px, 5, 4, 3, sizeof px, &info, 148, img, 192);
-    if (vae_image_last_error()[0] == '\0') {
+    if (vae_last_error()[0] == '\0') {
         printf("ok a success clears the message\n");
     } else {
-        printf("FAIL a success left '%s'\n", vae_image_last_error());
+        printf("FAIL a success left '%s'\n", vae_last_error());
         ++failures;
     }
     expect("prepare wrong count", vae_image_prepare(px, 5, 4, 3, sizeof px - 1, &info, 148, img, 192),

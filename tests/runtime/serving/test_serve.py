@@ -503,11 +503,12 @@ def test_a_killed_tritonserver_is_restarted_and_the_event_logged(bundle, dist, l
     assert not process_running(second)  # and a stop after a restart still ends it
 
 
-def test_kill_9_of_serve_takes_tritonserver_with_it(bundle, dist):
+def test_kill_9_of_serve_takes_tritonserver_with_it(bundle, dist, tmp_path):
     http, grpc = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "runtime.serving.serve", str(bundle), "--port", str(http),
                              "--grpc-port", str(grpc), "--no-metrics", "--max-batch", "4"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})  # what a kill -9 leaves: under tmp_path
     triton = None
     try:
         assert proc.stdout.readline().startswith(f"serving {bundle}")
