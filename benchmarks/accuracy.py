@@ -62,7 +62,8 @@ def measure_accuracy(call: Callable[[str, np.ndarray], Mapping[str, np.ndarray]]
     golden outputs, judged by `budget_precision`'s budget. Raises BundleError when the bundle has no reference."""
     from runtime.bundle import DECODER, IMAGE, BundleError
     from runtime.verify.metrics import compare_outputs
-    from runtime.verify.parity import IMAGE_RANGE, load_reference, reference_inputs
+    from runtime.verify.parity import IMAGE_RANGE
+    from runtime.verify.reference import load_reference, reference_inputs
 
     reference = load_reference(bundle, manifest)
     inputs = reference_inputs(reference, [graph])

@@ -28,9 +28,14 @@ def _wrap(text: str, indent: str = "  ") -> list[str]:
     return textwrap.wrap(text, width=WIDTH, initial_indent=indent, subsequent_indent=indent + "  ")
 
 
+def _ceiling_of(r: dict[str, Any]) -> str | None:
+    """The ceiling a row's share is against; a report written before rows named it held every row against fp32."""
+    return r["ceiling_precision"] if "ceiling_precision" in r else "fp32"
+
+
 def _ceilings_shown(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The ceiling precisions the ok rows are held against, in a fixed order: one %ceil column each."""
-    used = {r.get("ceiling_precision") for r in rows if r["status"] == "ok"}
+    used = {_ceiling_of(r) for r in rows if r["status"] == "ok"}
     return [p for p in ("fp32", "bf16", "int8") if p in used]
 
 
@@ -67,7 +72,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         s = r["stats"]
-        cells = "".join(f" {100 * r['ceiling_share']:>10.1f}%" if r.get("ceiling_precision") == p
+        cells = "".join(f" {100 * r['ceiling_share']:>10.1f}%" if _ceiling_of(r) == p
                         and r.get("ceiling_share") is not None else f" {'-':>11}" for p in ceilings)
         peer = ""
         if has_peer:

@@ -171,7 +171,7 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     import torch  # noqa: F401 - likewise (_module_outputs)
 
     from export.reference import check_checkpoint, find_checkpoint
-    from runtime.verify.parity import load_reference
+    from runtime.verify.reference import load_reference
     from vae_model import load_checkpoint
 
     root = Path(bundle)

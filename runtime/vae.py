@@ -226,10 +226,10 @@ def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", 
             parity and benchmarks only).
         device: "cpu", "cuda" or "cuda:N".
         precision: "fp32", "fp16" or "int8" (a variant listed in vae.json), or "bf16" (OpenVINO's bf16 execution of
-            the FP32 graph, where vae.json records it met its budget). fp16 is for GPUs (TensorRT, CUDA): on a CPU
-            it is never faster - the ONNX Runtime CPU provider has no native FP16 kernels on x86 and runs an fp16
-            variant about 2x slower than fp32 (OpenVINO computes it in fp32). The CPU's faster precisions are int8
-            (where its variant met the budget) and bf16 (openvino, on CPUs with AVX512_BF16 or AMX);
+            the FP32 graph, where vae.json records it met its budget). fp16 is for GPUs (TensorRT, CUDA), not a CPU
+            speed option: the ONNX Runtime CPU provider has no native FP16 kernels on x86 and runs an fp16 variant
+            about 2x slower than fp32; OpenVINO computes it in fp32. The CPU's faster precisions are int8 (where
+            its variant met the budget) and bf16 (openvino, on CPUs with AVX512_BF16 or AMX);
             docs/performance.md#precision-and-backend-on-the-cpu has the measurements.
         graphs: The graphs to load (default: all in the bundle): names, e.g. ("decoder",) for a decoder-only app,
             or one string, "decoder" or "encoder,decoder" (comma-separated, as the CLIs' --graphs take them).

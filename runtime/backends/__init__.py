@@ -17,10 +17,10 @@ that means:
     cuda  tensorrt where its engines are usable here, else onnxruntime (its CUDA provider)
 
 Why a fixed order and not the fastest backend measured on this machine: "auto" never changes the precision (that is
-the caller's accuracy choice), and at a given precision the order is the one the figures support - ONNX Runtime is
-what the CPU graphs were shaped for (the decoder rewrite, the batch split) and beat OpenVINO's fp32 at three of four
-graph x batch points measured; where another choice is faster (OpenVINO's bf16 or int8) it is another precision, so
-it is asked for by name. docs/performance.md#precision-and-backend-on-the-cpu has the measurements and the open
+the caller's accuracy choice), and at fp32 neither CPU engine wins everywhere - ONNX Runtime, which the CPU graphs
+were shaped for (the decoder rewrite, the batch split), led on the decoder at batch 64, OpenVINO on the encoder at
+batch 64, batch 1 changed from run to run. Where another choice is clearly faster (OpenVINO's bf16, int8) it is
+another precision, so it is asked for by name. docs/performance.md#precision-and-backend-on-the-cpu has the measurements and the open
 question of a machine-specific choice. describe()["chosen"] says which backend "auto" took and what it skipped.
 """
 from __future__ import annotations

@@ -9,8 +9,9 @@ done by the graph's first call, once, under a lock (`preload=True`: in load()), 
 for the encoder (docs/performance.md#cold-start). A changed file, one ONNX Runtime cannot load, or one whose inputs /
 outputs disagree with vae.json raises BundleError naming the file. Precision variants load by `precision=`; float16
 graph inputs are cast here and outputs cast back to float32. fp16 is a GPU precision: the CPU provider has no native
-FP16 kernels on x86, so on the CPU an fp16 variant runs slower than fp32 (~2x; docs/performance.md#fp16-variants). A build that lacks the provider, or a session that
-silently fell back to the CPU, is refused with BackendUnavailableError. Options: OrtOptions' docstring.
+FP16 kernels on x86, so on the CPU an fp16 variant runs slower than fp32 (~2x; docs/performance.md#fp16-variants).
+A build that lacks the provider, or a session that silently fell back to the CPU, is refused with
+BackendUnavailableError. Options: OrtOptions' docstring.
 `onnxruntime` is imported in open(), never at module import.
 """
 from __future__ import annotations

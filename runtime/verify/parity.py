@@ -24,12 +24,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..bundle import (DECODER, GRAPH_IO, IMAGE, MANIFEST_NAME, REFERENCE_NAME, BundleError, Manifest, read_manifest,
-                     resolve_file)
+from ..bundle import (DECODER, IMAGE, MANIFEST_NAME, REFERENCE_NAME, BundleError, read_manifest)
 from ..cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from ..errors import BackendError, BackendUnavailableError, VaeError
 from ..files import write_json_atomic
 from .metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance
+from .reference import load_reference, reference_inputs, run_reference_set
 
 # Decoded images are Tanh outputs: PSNR is measured over [-1, 1] (the convention of export and the FP16 budget).
 IMAGE_RANGE = (-1.0, 1.0)
@@ -97,45 +97,12 @@ class ParityReport:
                 "comparison": self.comparison.to_dict()}
 
 
-def load_reference(bundle: Path, manifest: Manifest) -> dict[str, np.ndarray]:
-    """reference.npz as a dict, checked against the sha256 recorded in vae.json."""
-    ref = manifest.reference or {}
-    path = resolve_file(bundle, ref.get("file", REFERENCE_NAME), ref.get("sha256"))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{path}: cannot be read as an .npz of arrays: {e}") from None
-
-
-def reference_inputs(reference: Mapping[str, np.ndarray], graphs: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """{input key: (prefix, graph)} for every input set in the reference, e.g. 'realistic.decoder.z' -> ('realistic.', 'decoder')."""
-    out = {}
-    for key in reference:
-        for graph in graphs:
-            suffix = f"{graph}.{GRAPH_IO[graph][0][0]}"
-            if key == suffix or key.endswith("." + suffix):
-                out[key] = (key[: -len(suffix)], graph)
-    return out
-
-
 def _tolerance(precision: str, key: str, overrides: Mapping[str, Tolerance] | None) -> Tolerance:
     if overrides:
         for k in (key, key.rsplit(".", 1)[-1]):
             if k in overrides:
                 return overrides[k]
     return default_tolerance(precision, key)
-
-
-def run_reference_set(rt, reference: Mapping[str, np.ndarray], inputs: Mapping[str, tuple[str, str]]) -> dict[str, np.ndarray]:
-    """Run every reference input through a runtime's backend; outputs keyed like reference.npz."""
-    out = {}
-    for key, (prefix, graph) in inputs.items():
-        (in_name,), outs = GRAPH_IO[graph]
-        result = rt.backend.run(graph, {in_name: reference[key]})
-        for name in outs:
-            out[f"{prefix}{graph}.{name}"] = result[name]
-    return out
 
 
 def check_parity(bundle: str | os.PathLike, *, backend: str = "auto", device: str = "cpu", precision: str = "fp32",

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..bundle import GRAPH_IO, read_manifest
 from ..files import atomic_write
+from .reference import load_reference, reference_inputs
 
 RUNNER_NAME = "vae-deploy-reference"
 _TYPE = "polygraphy_class"
@@ -45,8 +46,6 @@ def write_polygraphy_files(bundle: str | os.PathLike, out_dir: str | os.PathLike
 
     expected: reference outputs keyed like reference.npz (default: the golden outputs stored in reference.npz).
     """
-    from .parity import load_reference, reference_inputs
-
     root = Path(bundle)
     manifest = read_manifest(root)
     reference = load_reference(root, manifest)

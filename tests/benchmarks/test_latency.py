@@ -367,6 +367,7 @@ def test_peer_row_is_openvino_default_on_the_plain_export(peer_run):
         if not r["peer"]:
             base = peer[(r["graph"], r["batch"])]["stats"]["p50_ms"]
             assert r["vs_peer"] == pytest.approx(base / r["stats"]["p50_ms"])
+            assert len(r["vs_peer_rounds"]) == 2 and all(x > 0 for x in r["vs_peer_rounds"])
     plain = out / "peer-bundle"
     assert read_manifest(plain).source["sha256"] == read_manifest(report["bundle"]).source["sha256"]
     assert "rewrites" not in _onnx_metadata(plain / "decoder.onnx")

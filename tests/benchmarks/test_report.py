@@ -44,7 +44,7 @@ def _body(text: str) -> list[str]:
     lines = text.splitlines()
     out = []
     for line in lines[2:]:
-        if not line or not line.split()[0] in ("torch", "onnxruntime", "openvino", "ov-default", "cpp", "tensorrt"):
+        if not line or line.split()[0] not in ("torch", "onnxruntime", "openvino", "ov-default", "cpp", "tensorrt"):
             break
         out.append(line)
     return out
