@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import BenchError
+
 #: The arithmetic a row's precision runs in on the CPU, i.e. the ceiling it is measured against. An fp16 variant on
 #: the CPU runs FP32 arithmetic (no x86 CPU here has FP16 kernels: ONNX Runtime computes its Conv / Gemm in FP32,
 #: OpenVINO compiles it with an f32 hint), so it is held against the FP32 ceiling.
@@ -142,7 +144,7 @@ def build_probes(precisions: set[str] | list[str], threads: int | None, engines:
     return probes, missing
 
 
-class _Unavailable(Exception):
+class _Unavailable(BenchError):
     """A probe's engine cannot run it here (the message says why)."""
 
 

@@ -33,6 +33,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_name, progress
+
 from . import environment, peer as peer_row
 from .ceiling import ENGINE_OF_BACKEND, Probe, build_probes, ceiling_precision
 from .errors import BenchError
@@ -412,8 +414,6 @@ def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], ac
              results: dict[str, BenchResult], ceiling_precisions: set[str]) -> _Measurement:
     """Warm up, then time every active config in interleaved rounds, with the matmul ceilings of
     `ceiling_precisions`; closes the runtimes. Ctrl-C stops early."""
-    from tqdm import tqdm
-
     samples: dict[str, list[list[float]]] = {c.key: [] for c in active}
     interrupted = False
     # Every ceiling engine on as many threads as the backends use, so the share compares work on the same cores.
@@ -422,7 +422,7 @@ def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], ac
     probes, unavailable = build_probes(ceiling_precisions, ceiling_threads, engines)
     by_engine: dict[str, dict[str, list[float]]] = {}
     ceilings: dict[str, list[float]] = {}
-    bar = tqdm(total=len(active) * plan.rounds, desc="benchmark", disable=not plan.progress, dynamic_ncols=True)
+    bar = progress(total=len(active) * plan.rounds, desc="benchmark", enabled=plan.progress)
     try:
         _warm_up(plan, manifest, runtimes, active, samples, results)
         bar.total = len(active) * plan.rounds
@@ -617,7 +617,6 @@ def _batch_split(text: str) -> int | bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_name
 
     p = argparse.ArgumentParser(
         prog=prog_name("benchmarks.latency"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,

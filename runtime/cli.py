@@ -121,7 +121,8 @@ def _isatty(stream: Any) -> bool:
 
 
 class PlainProgress:
-    """Progress as a few whole lines, for logs: start, ~every 10% (>= 1 s apart) or every 30 s, end."""
+    """Progress as a few whole lines, for logs: start, ~every 10% (>= 1 s apart) or every 30 s, end. Work that ends
+    before its first progress line prints nothing (a quick failure leaves only its own error line)."""
 
     STEP = 0.1            # fraction of the total between lines
     MIN_GAP_S = 1.0       # no two progress lines closer than this
@@ -140,6 +141,7 @@ class PlainProgress:
         self.n = 0
         self.postfix = ""
         self._closed = False
+        self._printed = False
         self._t0 = self.clock()  # times are since the bar was made, across reset()s
         self._start()
 
@@ -201,13 +203,16 @@ class PlainProgress:
         if self._closed:
             return
         self._closed = True
-        self._line(f"done, {self._count()} in {self.clock() - self._t0:.1f} s")
+        if self._printed:
+            self._line(f"done, {self._count()} in {self.clock() - self._t0:.1f} s")
 
     # lines ------------------------------------------------------------------------------------------------------
 
     def _start(self) -> None:
+        """A phase begins: its start line waits for the first progress line (see the class docstring)."""
         self._last_step = 0
-        self._line(f"start ({self._count()})")
+        self._last_line = self.clock()
+        self._pending = f"start ({self._count()})"
 
     def _position(self) -> str:
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
@@ -226,8 +231,13 @@ class PlainProgress:
             return
         head = f"{self.desc}: " if self.desc else ""
         tail = f" [{self.postfix}]" if self.postfix else ""
+        text = f"{head}{what}{tail}\n"
+        if self._pending:
+            text = f"{head}{self._pending}\n{text}"
+            self._pending = ""
+        self._printed = True
         try:
-            self.file.write(f"{head}{what}{tail}\n")
+            self.file.write(text)
             self.file.flush()
         except (OSError, ValueError):  # a closed or broken log must not stop the work it reports on
             pass
