@@ -110,6 +110,7 @@ QUICK_TESTS := tests/test_version.py tests/runtime/verify/test_metrics.py tests/
 .PHONY: lint check
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 check: lint
 	$(PY) -m pytest -q $(QUICK_TESTS)

@@ -7,6 +7,7 @@ or an engine precision's `budget`), else runtime.verify.metrics' default for it:
 gate (max abs 1e-4), fp16 and bf16 to PSNR >= 40 dB / rel L2 <= 1e-2, int8 to 30 dB / 1e-1. One figure per row: the
 decoder's worst PSNR (dB over [-1, 1]) or the encoder's worst relative L2 of mu / logvar.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,12 @@ import numpy as np
 @dataclass(frozen=True)
 class RowAccuracy:
     graph: str
-    budget_precision: str        # whose budget judged it ("fp32", "fp16", "int8", "bf16")
-    metric: str                  # "min_psnr_db" (decoder) or "max_rel_l2" (encoder)
+    budget_precision: str  # whose budget judged it ("fp32", "fp16", "int8", "bf16")
+    metric: str  # "min_psnr_db" (decoder) or "max_rel_l2" (encoder)
     value: float
     passed: bool
-    budget: str                  # the tolerances, e.g. "image: psnr >= 40 dB"
-    budget_source: str           # "vae.json" (recorded with the variant) or "default"
+    budget: str  # the tolerances, e.g. "image: psnr >= 40 dB"
+    budget_source: str  # "vae.json" (recorded with the variant) or "default"
     failures: tuple[str, ...] = ()
 
     def short(self) -> str:
@@ -56,8 +57,13 @@ def budget_for(manifest: Any, graph: str, precision: str) -> tuple[dict[str, Any
     return {name: default_tolerance(precision, name) for name in outputs}, "default"
 
 
-def measure_accuracy(call: Callable[[str, np.ndarray], Mapping[str, np.ndarray]], bundle: Path, manifest: Any,
-                     graph: str, budget_precision: str) -> RowAccuracy:
+def measure_accuracy(
+    call: Callable[[str, np.ndarray], Mapping[str, np.ndarray]],
+    bundle: Path,
+    manifest: Any,
+    graph: str,
+    budget_precision: str,
+) -> RowAccuracy:
     """`call(graph, input) -> {output name: array}` on every reference input set of `graph`, against reference.npz's
     golden outputs, judged by `budget_precision`'s budget. Raises BundleError when the bundle has no reference."""
     from runtime.bundle import DECODER, IMAGE, BundleError
@@ -86,13 +92,22 @@ def measure_accuracy(call: Callable[[str, np.ndarray], Mapping[str, np.ndarray]]
         metric = "max_rel_l2"
         value = max(o.rel_l2 for o in report.outputs)
     budget = "; ".join(f"{name}: {t.describe()}" for name, t in tolerances.items())
-    return RowAccuracy(graph=graph, budget_precision=budget_precision, metric=metric, value=float(value),
-                       passed=report.passed, budget=budget, budget_source=source, failures=tuple(report.failures()))
+    return RowAccuracy(
+        graph=graph,
+        budget_precision=budget_precision,
+        metric=metric,
+        value=float(value),
+        passed=report.passed,
+        budget=budget,
+        budget_source=source,
+        failures=tuple(report.failures()),
+    )
 
 
 def runtime_call(rt: Any) -> Callable[[str, np.ndarray], dict[str, np.ndarray]]:
     """`call` for measure_accuracy over anything with encode / decode (runtime.load's VAERuntime, the C++ runtime,
     the peer): encode may return a Posterior or a (mu, logvar) pair."""
+
     def call(graph: str, x: np.ndarray) -> dict[str, np.ndarray]:
         if graph == "decoder":
             return {"image": rt.decode(x)}

@@ -16,6 +16,7 @@ ceiling it needs in every round, interleaved with the graphs, and keeps the best
 number of threads as the backends (`threads`, default: every core), so a share is work per second on the same cores;
 threadpoolctl sets the BLAS's (numpy has no API for it).
 """
+
 from __future__ import annotations
 
 import time
@@ -35,10 +36,10 @@ CEILING_PRECISIONS = ("fp32", "bf16", "int8")
 
 @dataclass(frozen=True)
 class Ceiling:
-    gflops: float      # best observed
+    gflops: float  # best observed
     samples: tuple[float, ...]
     size: int
-    threads: int | None = None   # BLAS threads used (None: the BLAS default)
+    threads: int | None = None  # BLAS threads used (None: the BLAS default)
 
 
 def measure_matmul_gflops(size: int = 1024, repeats: int = 5, seed: int = 0, threads: int | None = None) -> Ceiling:
@@ -69,13 +70,14 @@ def _measure(size: int, repeats: int, seed: int, threads: int | None) -> Ceiling
 
 # ----------------------------------------------------------------------------------------------- per precision
 
+
 @dataclass
 class Probe:
     """One engine's matmul at one precision, built once and measured every round (`measure()`: best GFLOP/s - GOP/s
     for int8 - of `repeats` timed products after one warm-up)."""
 
-    precision: str        # "fp32", "bf16" or "int8"
-    engine: str           # e.g. "numpy BLAS sgemm", "openvino bf16 MatMul"
+    precision: str  # "fp32", "bf16" or "int8"
+    engine: str  # e.g. "numpy BLAS sgemm", "openvino bf16 MatMul"
     run: Callable[[], Any]
     size: int
     repeats: int = 5
@@ -107,13 +109,18 @@ PROBE_SIZES = {"fp32": 1024, "bf16": 1024, "int8": 2048}
 
 
 #: The engines whose matmuls can set a ceiling, by the backend a row runs on ("torch" rows: numpy's BLAS only).
-ENGINE_OF_BACKEND = {"onnxruntime": "onnxruntime", "cpp": "onnxruntime", "openvino": "openvino",
-                     "ov-default": "openvino"}
+ENGINE_OF_BACKEND = {
+    "onnxruntime": "onnxruntime",
+    "cpp": "onnxruntime",
+    "openvino": "openvino",
+    "ov-default": "openvino",
+}
 _ENGINE_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 
 
-def build_probes(precisions: set[str] | list[str], threads: int | None, engines: set[str] | None = None,
-                 seed: int = 0) -> tuple[list[Probe], dict[str, str]]:
+def build_probes(
+    precisions: set[str] | list[str], threads: int | None, engines: set[str] | None = None, seed: int = 0
+) -> tuple[list[Probe], dict[str, str]]:
     """The probes for the ceilings in `precisions` that this machine can measure, on numpy's BLAS (fp32) and on each
     engine of `engines` ("onnxruntime", "openvino"; None: both) that runs the precision; and for each precision none
     can measure here, why (an engine not installed, no native bf16): ([Probe, ...], {precision: reason})."""
@@ -139,8 +146,11 @@ def build_probes(precisions: set[str] | list[str], threads: int | None, engines:
                 except _Unavailable as e:
                     why.setdefault(precision, []).append(str(e))
     measured = {p.precision for p in probes}
-    missing = {p: "; ".join(why.get(p, ["no engine of the rows runs it"])) for p in precisions
-               if p in CEILING_PRECISIONS and p not in measured}
+    missing = {
+        p: "; ".join(why.get(p, ["no engine of the rows runs it"]))
+        for p in precisions
+        if p in CEILING_PRECISIONS and p not in measured
+    }
     return probes, missing
 
 
@@ -177,16 +187,26 @@ def _matmul_onnx(kind: str, b: np.ndarray) -> bytes:
         nodes = [helper.make_node("MatMulInteger", ["A", "B"], ["C"])]
         inits, a_type, c_type = [numpy_helper.from_array(q, "B")], TensorProto.UINT8, TensorProto.INT32
     else:
-        nodes = [helper.make_node("QuantizeLinear", ["A", "sa", "zero"], ["Aq"]),
-                 helper.make_node("DequantizeLinear", ["Aq", "sa", "zero"], ["Ad"]),
-                 helper.make_node("DequantizeLinear", ["Bq", "sb", "zero"], ["Bd"]),
-                 helper.make_node("MatMul", ["Ad", "Bd"], ["C"])]
-        inits = [numpy_helper.from_array(q, "Bq"), numpy_helper.from_array(np.array(0.03, np.float32), "sa"),
-                 numpy_helper.from_array(np.array(1 / 32, np.float32), "sb"),
-                 numpy_helper.from_array(np.array(0, np.int8), "zero")]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["A", "sa", "zero"], ["Aq"]),
+            helper.make_node("DequantizeLinear", ["Aq", "sa", "zero"], ["Ad"]),
+            helper.make_node("DequantizeLinear", ["Bq", "sb", "zero"], ["Bd"]),
+            helper.make_node("MatMul", ["Ad", "Bd"], ["C"]),
+        ]
+        inits = [
+            numpy_helper.from_array(q, "Bq"),
+            numpy_helper.from_array(np.array(0.03, np.float32), "sa"),
+            numpy_helper.from_array(np.array(1 / 32, np.float32), "sb"),
+            numpy_helper.from_array(np.array(0, np.int8), "zero"),
+        ]
         a_type, c_type = TensorProto.FLOAT, TensorProto.FLOAT
-    graph = helper.make_graph(nodes, "matmul_ceiling", [helper.make_tensor_value_info("A", a_type, [n, n])],
-                              [helper.make_tensor_value_info("C", c_type, [n, n])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "matmul_ceiling",
+        [helper.make_tensor_value_info("A", a_type, [n, n])],
+        [helper.make_tensor_value_info("C", c_type, [n, n])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     return model.SerializeToString()
@@ -227,8 +247,10 @@ def _openvino_probe(precision: str, a: np.ndarray, b: np.ndarray, threads: int |
         graph = _matmul_onnx("qdq" if precision == "int8" else "f32", b)
     except ImportError as e:
         raise _Unavailable(f"openvino {precision} MatMul: needs the onnx package to build its graph ({e})") from None
-    properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                                  "PERFORMANCE_HINT": "LATENCY"}
+    properties: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
     if threads:
         properties["INFERENCE_NUM_THREADS"] = threads
     try:
@@ -243,5 +265,9 @@ def _openvino_probe(precision: str, a: np.ndarray, b: np.ndarray, threads: int |
     if not any(want in kernels.get(k, {}) for k in ("FullyConnected", "MatMul")):
         raise _Unavailable(f"openvino {precision} MatMul: compiled to {kernels}, not a {want} kernel")
     request = compiled.create_infer_request()
-    return Probe(precision, f"openvino {precision} MatMul", lambda: request.infer({"A": a}, share_inputs=True,
-                                                                                 share_outputs=True), a.shape[0])
+    return Probe(
+        precision,
+        f"openvino {precision} MatMul",
+        lambda: request.infer({"A": a}, share_inputs=True, share_outputs=True),
+        a.shape[0],
+    )

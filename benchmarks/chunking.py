@@ -8,6 +8,7 @@ chunk size: the median and best of the rounds' times, the highest peak RSS (VmHW
 peak above the output array, which no chunk size can avoid. Rounds alternate the order of the chunk sizes, so drift
 on a shared machine spreads over all of them instead of biasing the last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,30 @@ def _child(bundle: str, graph: str, n: int, chunk: str) -> None:
             peaks.append(_status_kib("VmHWM"))
             out_bytes = out.nbytes
             del out
-        print(json.dumps({"first_s": times[0], "second_s": times[1], "before_kib": before,
-                          "first_peak_kib": peaks[0], "peak_kib": peaks[1], "output_bytes": out_bytes}))
+        print(
+            json.dumps(
+                {
+                    "first_s": times[0],
+                    "second_s": times[1],
+                    "before_kib": before,
+                    "first_peak_kib": peaks[0],
+                    "peak_kib": peaks[1],
+                    "output_bytes": out_bytes,
+                }
+            )
+        )
 
 
 def measure(bundle: Path, graph: str, n: int, chunks: Sequence[str], rounds: int) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {c: [] for c in chunks}
     for r in range(rounds):
-        for c in (chunks if r % 2 == 0 else chunks[::-1]):
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.chunking", "--child", str(bundle), graph, str(n),
-                                   c], capture_output=True, text=True, check=False)
+        for c in chunks if r % 2 == 0 else chunks[::-1]:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.chunking", "--child", str(bundle), graph, str(n), c],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode != 0:
                 raise SystemExit(f"chunk {c}: child failed:\n{proc.stderr[-2000:]}")
             results[c].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -63,14 +78,19 @@ def measure(bundle: Path, graph: str, n: int, chunks: Sequence[str], rounds: int
 
 
 def table(results: dict[str, list[dict]], n: int, graph: str) -> str:
-    lines = [f"| max_chunk | 1st call s (median, best) | 2nd call s (median, best) | peak RSS MiB after 1st | "
-             f"after 2nd | 2nd peak above the output MiB |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| max_chunk | 1st call s (median, best) | 2nd call s (median, best) | peak RSS MiB after 1st | "
+        "after 2nd | 2nd peak above the output MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for c, runs in results.items():
         first, peak = (max(r[k] for r in runs) / 1024 for k in ("first_peak_kib", "peak_kib"))
-        out = runs[0]["output_bytes"] / 2 ** 20
+        out = runs[0]["output_bytes"] / 2**20
         t1, t2 = ([r[k] for r in runs] for k in ("first_s", "second_s"))
-        lines.append(f"| {'none (one call)' if c == 'none' else c} | {np.median(t1):.2f}, {min(t1):.2f} | "
-                     f"{np.median(t2):.2f}, {min(t2):.2f} | {first:.0f} | {peak:.0f} | {peak - out:.0f} |")
+        lines.append(
+            f"| {'none (one call)' if c == 'none' else c} | {np.median(t1):.2f}, {min(t1):.2f} | "
+            f"{np.median(t2):.2f}, {min(t2):.2f} | {first:.0f} | {peak:.0f} | {peak - out:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -82,22 +102,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.cli import HelpFormatter, epilog, prog_name
 
     p = argparse.ArgumentParser(
-        prog=prog_name("benchmarks.chunking"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=epilog({0: "measured (a Markdown table on stdout)", 2: "bad option (one line on stderr)"},
-                      "%(prog)s runs/bundle",
-                      "%(prog)s runs/bundle --graph encoder --n 2000 --chunks 32,64,none --rounds 3"))
+        prog=prog_name("benchmarks.chunking"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=epilog(
+            {0: "measured (a Markdown table on stdout)", 2: "bad option (one line on stderr)"},
+            "%(prog)s runs/bundle",
+            "%(prog)s runs/bundle --graph encoder --n 2000 --chunks 32,64,none --rounds 3",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--graph", choices=("decoder", "encoder"), default="decoder", help="graph to run")
     p.add_argument("--n", type=int, default=10_000, help="batch size (default 10000)")
-    p.add_argument("--chunks", default="64,128,256,512,1024,none", metavar="LIST",
-                   help="max_chunk values, comma-separated; 'none' = one call for the whole batch")
+    p.add_argument(
+        "--chunks",
+        default="64,128,256,512,1024,none",
+        metavar="LIST",
+        help="max_chunk values, comma-separated; 'none' = one call for the whole batch",
+    )
     p.add_argument("--rounds", type=int, default=2, metavar="N", help="fresh-process rounds per chunk size")
     args = p.parse_args(argv)
     chunks = [c.strip() for c in args.chunks.split(",") if c.strip()]
     bad = [c for c in chunks if c != "none" and not (c.isdigit() and int(c) >= 1)]
     if bad or not chunks or args.n < 1 or args.rounds < 1:
-        print(f"error: --chunks must be positive integers or 'none' (got {bad or chunks}), --n and --rounds >= 1",
-              file=sys.stderr)
+        print(
+            f"error: --chunks must be positive integers or 'none' (got {bad or chunks}), --n and --rounds >= 1",
+            file=sys.stderr,
+        )
         return 2
     print(table(measure(args.bundle, args.graph, args.n, chunks, args.rounds), args.n, args.graph))
     return 0

@@ -13,6 +13,7 @@ fresh processes and keeps the fastest time and the highest peak RSS (the conserv
     python -m benchmarks.coldstart BUNDLE [--checkpoint CKPT] [--runs 5] [--backend onnxruntime] [--precision fp32]
                                           [--device cpu|cuda[:N]]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def _vmhwm():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
-_RUNTIME_CHILD = _VMHWM + """
+_RUNTIME_CHILD = (
+    _VMHWM
+    + """
 import time, json, sys
 t0 = time.perf_counter()
 import numpy as np
@@ -56,8 +59,11 @@ assert img.shape[0] == 1
 t1 = time.perf_counter() - t0
 print(json.dumps({"first_result_s": t1, "vmhwm_kib": _vmhwm()}))
 """
+)
 
-_TORCH_CHILD = _VMHWM + """
+_TORCH_CHILD = (
+    _VMHWM
+    + """
 import time, json, sys
 t0 = time.perf_counter()
 import torch
@@ -70,17 +76,18 @@ assert img.shape[0] == 1
 t1 = time.perf_counter() - t0
 print(json.dumps({"first_result_s": t1, "vmhwm_kib": _vmhwm()}))
 """
+)
 
 
 @dataclass(frozen=True)
 class ColdStart:
-    path: str                 # "torch" or "<backend>/<precision>"
-    wall_s: float             # spawn -> child exit
-    first_result_s: float     # spawn -> first decoded image (child's own clock plus interpreter start-up)
+    path: str  # "torch" or "<backend>/<precision>"
+    wall_s: float  # spawn -> child exit
+    first_result_s: float  # spawn -> first decoded image (child's own clock plus interpreter start-up)
     peak_rss_mib: float
-    runs: int = 1                                   # fresh processes measured (best_of)
-    first_result_all_s: tuple[float, ...] = ()      # every run's first_result_s
-    peak_rss_all_mib: tuple[float, ...] = ()        # every run's peak RSS
+    runs: int = 1  # fresh processes measured (best_of)
+    first_result_all_s: tuple[float, ...] = ()  # every run's first_result_s
+    peak_rss_all_mib: tuple[float, ...] = ()  # every run's peak RSS
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,8 +101,13 @@ class ColdStartError(VaeError, RuntimeError):
 
 def _run_child(code: str, args: list[str], label: str, env: dict | None = None) -> ColdStart:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         _, status, _usage = os.wait4(proc.pid, 0)
     except BaseException:  # Ctrl-C: the child must not outlive the harness
@@ -133,19 +145,26 @@ def _interpreter_startup() -> float:
     return _STARTUP
 
 
-def cold_start_runtime(bundle: str | os.PathLike, backend: str = "onnxruntime", precision: str = "fp32",
-                       device: str = "cpu", options: dict[str, Any] | None = None) -> ColdStart:
+def cold_start_runtime(
+    bundle: str | os.PathLike,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    device: str = "cpu",
+    options: dict[str, Any] | None = None,
+) -> ColdStart:
     """options: backend options passed to runtime.load in the child (JSON-serialisable, e.g. {"dla_core": 0})."""
-    return _run_child(_RUNTIME_CHILD, [str(bundle), backend, precision, device, json.dumps(options or {})],
-                      f"{backend}/{precision}")
+    return _run_child(
+        _RUNTIME_CHILD, [str(bundle), backend, precision, device, json.dumps(options or {})], f"{backend}/{precision}"
+    )
 
 
 def cold_start_torch(checkpoint: str | os.PathLike, device: str = "cpu") -> ColdStart:
     return _run_child(_TORCH_CHILD, [str(checkpoint), device], "torch")
 
 
-def cold_start_cpp(bundle: str | os.PathLike, executable: str | os.PathLike, precision: str = "fp32",
-                   device: str = "cpu") -> ColdStart:
+def cold_start_cpp(
+    bundle: str | os.PathLike, executable: str | os.PathLike, precision: str = "fp32", device: str = "cpu"
+) -> ColdStart:
     """The C++ runtime's example `vae_decode` (one seeded latent, nothing written) in a new process.
 
     first_result_s is spawn -> exit measured here (an upper bound: it includes the process's tear-down); the peak RSS
@@ -156,8 +175,11 @@ def cold_start_cpp(bundle: str | os.PathLike, executable: str | os.PathLike, pre
         raise ColdStartError(f"{exe}: vae_decode is not built (run `make cpp`)")
     label = f"cpp/{precision}"
     t0 = time.perf_counter()
-    proc = subprocess.run([str(exe), str(bundle), "--count", "1", "--format", "none", "--precision", precision,
-                           "--device", device], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(exe), str(bundle), "--count", "1", "--format", "none", "--precision", precision, "--device", device],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
@@ -173,28 +195,45 @@ def best_of(measure: Callable[[], ColdStart], runs: int) -> ColdStart:
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     got = [measure() for _ in range(runs)]
-    return replace(min(got, key=lambda c: c.first_result_s), wall_s=min(c.wall_s for c in got),
-                   peak_rss_mib=max(c.peak_rss_mib for c in got), runs=runs,
-                   first_result_all_s=tuple(c.first_result_s for c in got),
-                   peak_rss_all_mib=tuple(c.peak_rss_mib for c in got))
+    return replace(
+        min(got, key=lambda c: c.first_result_s),
+        wall_s=min(c.wall_s for c in got),
+        peak_rss_mib=max(c.peak_rss_mib for c in got),
+        runs=runs,
+        first_result_all_s=tuple(c.first_result_s for c in got),
+        peak_rss_all_mib=tuple(c.peak_rss_mib for c in got),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from runtime.cli import HelpFormatter, epilog, prog_name
 
     p = argparse.ArgumentParser(
-        prog=prog_name("benchmarks.coldstart"), formatter_class=HelpFormatter,
+        prog=prog_name("benchmarks.coldstart"),
+        formatter_class=HelpFormatter,
         description="Cold start: new process -> first decoded image, time and peak RSS.",
-        epilog=epilog({0: "measured", 1: "a cold-start process failed (its error is shown)",
-                       2: "bad input or option (one line on stderr)"},
-                      "%(prog)s runs/bundle",
-                      "%(prog)s runs/bundle --checkpoint runs/train/best.pt --runs 3",
-                      "%(prog)s runs/bundle --backend tensorrt --precision fp16 --device cuda"))
+        epilog=epilog(
+            {
+                0: "measured",
+                1: "a cold-start process failed (its error is shown)",
+                2: "bad input or option (one line on stderr)",
+            },
+            "%(prog)s runs/bundle",
+            "%(prog)s runs/bundle --checkpoint runs/train/best.pt --runs 3",
+            "%(prog)s runs/bundle --backend tensorrt --precision fp16 --device cuda",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
-    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
-                   help="also measure the PyTorch path from this checkpoint")
-    p.add_argument("--runs", type=int, default=5, metavar="N",
-                   help="fresh processes per path; best time, highest RSS (default 5)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="also measure the PyTorch path from this checkpoint",
+    )
+    p.add_argument(
+        "--runs", type=int, default=5, metavar="N", help="fresh processes per path; best time, highest RSS (default 5)"
+    )
     p.add_argument("--backend", default="onnxruntime", help="runtime backend of the measured path")
     p.add_argument("--precision", default="fp32", help="bundle variant (or engine) the runtime loads")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N, for both paths")
@@ -227,9 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for r in results:
-        print(f"{r.path:<20} first image {r.first_result_s:.3f} s (runs: "
-              f"{', '.join(f'{x:.3f}' for x in r.first_result_all_s)}), peak RSS {r.peak_rss_mib:.1f} MiB (runs: "
-              f"{', '.join(f'{x:.1f}' for x in r.peak_rss_all_mib)})")
+        print(
+            f"{r.path:<20} first image {r.first_result_s:.3f} s (runs: "
+            f"{', '.join(f'{x:.3f}' for x in r.first_result_all_s)}), peak RSS {r.peak_rss_mib:.1f} MiB (runs: "
+            f"{', '.join(f'{x:.1f}' for x in r.peak_rss_all_mib)})"
+        )
     if len(results) == 2:
         print(f"torch / {rt.path}: {results[0].first_result_s / rt.first_result_s:.1f}x")
     return 0

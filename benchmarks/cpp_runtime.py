@@ -5,6 +5,7 @@ C ABI in-process (ctypes adds a few microseconds per call) measures the library 
 seeded inputs and in the same interleaved rounds as the other backends. The library is found at `--cpp-lib`, else
 $VAE_RUNTIME_LIB, else runtime/cpp/build/libvae_runtime.so (what `make cpp` builds).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,24 +27,44 @@ class CppRuntimeError(VaeError, RuntimeError):
 
 
 class _Options(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_uint32), ("backend", ctypes.c_char_p), ("device", ctypes.c_char_p),
-                ("precision", ctypes.c_char_p), ("execution_provider", ctypes.c_char_p),
-                ("graphs", ctypes.c_char_p), ("threads", ctypes.c_int32), ("check_finite", ctypes.c_int32),
-                ("verify_sha256", ctypes.c_int32), ("batch_split", ctypes.c_int32), ("reserved", ctypes.c_int32),
-                ("dla_core", ctypes.c_int32), ("reserved2", ctypes.c_int32)]
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("backend", ctypes.c_char_p),
+        ("device", ctypes.c_char_p),
+        ("precision", ctypes.c_char_p),
+        ("execution_provider", ctypes.c_char_p),
+        ("graphs", ctypes.c_char_p),
+        ("threads", ctypes.c_int32),
+        ("check_finite", ctypes.c_int32),
+        ("verify_sha256", ctypes.c_int32),
+        ("batch_split", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("dla_core", ctypes.c_int32),
+        ("reserved2", ctypes.c_int32),
+    ]
 
 
 class _Info(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_uint32), ("in_channels", ctypes.c_int32), ("out_channels", ctypes.c_int32),
-                ("image_size", ctypes.c_int32), ("latent_dim", ctypes.c_int32), ("pixel_min", ctypes.c_float),
-                ("pixel_max", ctypes.c_float), ("has_encoder", ctypes.c_int32), ("has_decoder", ctypes.c_int32)]
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("in_channels", ctypes.c_int32),
+        ("out_channels", ctypes.c_int32),
+        ("image_size", ctypes.c_int32),
+        ("latent_dim", ctypes.c_int32),
+        ("pixel_min", ctypes.c_float),
+        ("pixel_max", ctypes.c_float),
+        ("has_encoder", ctypes.c_int32),
+        ("has_decoder", ctypes.c_int32),
+    ]
 
 
 def find_library(path: str | os.PathLike | None = None) -> Path:
     lib = Path(path or os.environ.get("VAE_RUNTIME_LIB") or DEFAULT_LIB)
     if not lib.is_file():
-        raise CppRuntimeError(f"{lib}: the C++ runtime library is not built (run `make cpp`, or pass --cpp-lib / "
-                              "set VAE_RUNTIME_LIB to a libvae_runtime.so)")
+        raise CppRuntimeError(
+            f"{lib}: the C++ runtime library is not built (run `make cpp`, or pass --cpp-lib / "
+            "set VAE_RUNTIME_LIB to a libvae_runtime.so)"
+        )
     return lib
 
 
@@ -68,8 +89,16 @@ def _load_library(path: Path) -> ctypes.CDLL:
     lib.vae_runtime_backend.restype = ctypes.c_char_p
     lib.vae_decode.argtypes = [ctypes.c_void_p, f, ctypes.c_int64, ctypes.c_size_t, f, ctypes.c_size_t]
     lib.vae_decode.restype = ctypes.c_int
-    lib.vae_encode.argtypes = [ctypes.c_void_p, f, ctypes.c_int64, ctypes.c_size_t, f, ctypes.c_size_t, f,
-                               ctypes.c_size_t]
+    lib.vae_encode.argtypes = [
+        ctypes.c_void_p,
+        f,
+        ctypes.c_int64,
+        ctypes.c_size_t,
+        f,
+        ctypes.c_size_t,
+        f,
+        ctypes.c_size_t,
+    ]
     lib.vae_encode.restype = ctypes.c_int
     if lib.vae_abi_version() != ABI_VERSION:
         raise CppRuntimeError(f"{path}: C ABI version {lib.vae_abi_version()}, this binding speaks {ABI_VERSION}")
@@ -83,9 +112,18 @@ def _ptr(a: np.ndarray):
 class CppRuntime:
     """encode / decode / close over one `vae_runtime` handle (numpy float32 in and out, like runtime.load's)."""
 
-    def __init__(self, bundle: str | os.PathLike, *, backend: str = "onnxruntime", device: str = "cpu",
-                 precision: str = "fp32", graphs: str | None = None, threads: int | None = None,
-                 batch_split: int | bool | None = None, library: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        *,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+        precision: str = "fp32",
+        graphs: str | None = None,
+        threads: int | None = None,
+        batch_split: int | bool | None = None,
+        library: str | os.PathLike | None = None,
+    ) -> None:
         """batch_split: None = the library's default (32), False = never, N >= 2 = split batches >= N."""
         self.library = find_library(library)
         self._lib = _load_library(self.library)
@@ -100,8 +138,10 @@ class CppRuntime:
         if batch_split is not None:
             opts.batch_split = -1 if batch_split is False else int(batch_split)
         handle = ctypes.c_void_p()
-        self._check(self._lib.vae_runtime_create(str(bundle).encode(), ctypes.byref(opts), ctypes.byref(handle)),
-                    f"{bundle}: vae_runtime_create")
+        self._check(
+            self._lib.vae_runtime_create(str(bundle).encode(), ctypes.byref(opts), ctypes.byref(handle)),
+            f"{bundle}: vae_runtime_create",
+        )
         self._h = handle
         info = _Info()
         info.struct_size = ctypes.sizeof(_Info)
@@ -127,8 +167,10 @@ class CppRuntime:
         x = np.ascontiguousarray(images, dtype=np.float32)
         mu = np.empty((x.shape[0], self.latent_dim), dtype=np.float32)
         logvar = np.empty_like(mu)
-        self._check(self._lib.vae_encode(self._h, _ptr(x), x.shape[0], x.size, _ptr(mu), mu.size, _ptr(logvar),
-                                         logvar.size), "vae_encode")
+        self._check(
+            self._lib.vae_encode(self._h, _ptr(x), x.shape[0], x.size, _ptr(mu), mu.size, _ptr(logvar), logvar.size),
+            "vae_encode",
+        )
         return mu, logvar
 
     def close(self) -> None:

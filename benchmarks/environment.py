@@ -1,4 +1,5 @@
 """What the numbers were measured on: CPU/GPU model, threads, library versions, and Jetson power/clock state."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -49,8 +50,9 @@ def collect(threads: int | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
     }
-    gpu = _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit",
-                "--format=csv,noheader"])
+    gpu = _run(
+        ["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit", "--format=csv,noheader"]
+    )
     if gpu:
         env["gpu"] = gpu
     tegra = Path("/etc/nv_tegra_release")

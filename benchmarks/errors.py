@@ -1,4 +1,5 @@
 """The benchmarks' one bad-input error, shared by every harness (latency, serving, ...)."""
+
 from __future__ import annotations
 
 from runtime.errors import VaeError

@@ -7,6 +7,7 @@ negligible and not what the matmul ceiling measures), the same convention as tor
 tests/benchmarks/test_flops.py checks this count against. Counted analytically so that the benchmark also runs
 where torch is not installed (a Jetson with the runtime only).
 """
+
 from __future__ import annotations
 
 import json

@@ -18,6 +18,7 @@ sees CUDA) with only the graphs in `--graphs`, so a bundle whose engines cover t
 backend that cannot load there gives skipped rows (and a skipped cold start) that say why. The cold start runs on the
 same device and loads the decoder only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -72,13 +74,13 @@ class BenchConfig:
 @dataclass(frozen=True)
 class BenchResult:
     config: BenchConfig
-    status: str                      # "ok", "skipped" or "error"
+    status: str  # "ok", "skipped" or "error"
     reason: str = ""
     stats: LatencyStats | None = None
     round_p50_ms: tuple[float, ...] = ()
-    gflop_per_call: float = 0.0      # useful GFLOP per call, from the PyTorch model (see flops.py)
-    gflops: float = 0.0              # useful GFLOP/s at the median latency
-    ceiling_share: float | None = None   # gflops / the best matmul rate measured at ceiling_precision
+    gflop_per_call: float = 0.0  # useful GFLOP per call, from the PyTorch model (see flops.py)
+    gflops: float = 0.0  # useful GFLOP/s at the median latency
+    ceiling_share: float | None = None  # gflops / the best matmul rate measured at ceiling_precision
     ceiling_precision: str | None = None  # the ceiling it is held against (None: none measured, e.g. a GPU row)
 
     @property
@@ -93,10 +95,19 @@ class BenchResult:
         return round_throughput_cv(self.round_p50_ms)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"key": self.config.key, **asdict(self.config), "status": self.status, "reason": self.reason,
-             "round_p50_ms": list(self.round_p50_ms), "drift": self.drift, "round_cv": self.round_cv,
-             "gflop_per_call": self.gflop_per_call, "gflops": self.gflops, "ceiling_share": self.ceiling_share,
-             "ceiling_precision": self.ceiling_precision}
+        d = {
+            "key": self.config.key,
+            **asdict(self.config),
+            "status": self.status,
+            "reason": self.reason,
+            "round_p50_ms": list(self.round_p50_ms),
+            "drift": self.drift,
+            "round_cv": self.round_cv,
+            "gflop_per_call": self.gflop_per_call,
+            "gflops": self.gflops,
+            "ceiling_share": self.ceiling_share,
+            "ceiling_precision": self.ceiling_precision,
+        }
         d["stats"] = self.stats.to_dict() if self.stats else None
         return d
 
@@ -116,21 +127,22 @@ class Plan:
     checkpoint: Path | None = None
     cold_start: bool = True
     cold_start_runs: int = 3
-    spinning: bool | None = None     # ONNX Runtime intra-op spinning (None: its default, on)
+    spinning: bool | None = None  # ONNX Runtime intra-op spinning (None: its default, on)
     batch_split: int | bool | None = None  # onnxruntime / cpp on the CPU (None: the runtimes' default; False: off)
-    device: str = "cpu"              # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
-    dla_core: int | None = None      # tensorrt: the engines built for this Jetson DLA core (None: the GPU engines)
-    cuda_graph: bool = False         # tensorrt: replay each batch size as a captured CUDA graph
-    cpp_lib: Path | None = None      # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
+    device: str = "cpu"  # runtime.load's device for every backend: "cpu", "cuda" or "cuda:N"
+    dla_core: int | None = None  # tensorrt: the engines built for this Jetson DLA core (None: the GPU engines)
+    cuda_graph: bool = False  # tensorrt: replay each batch size as a captured CUDA graph
+    cpp_lib: Path | None = None  # libvae_runtime.so for the cpp backend (default: benchmarks/cpp_runtime.py)
     peer_bundle: Path | None = None  # the plain export for the peer row (benchmarks/peer.py); None: no peer row
-    accuracy: bool = True            # measure each row's accuracy on the bundle's reference inputs
+    accuracy: bool = True  # measure each row's accuracy on the bundle's reference inputs
     progress: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def timed_calls(fn: Callable[[], Any], *, duration_s: float | None, iterations: int | None,
-                min_calls: int = 3) -> list[float]:
+def timed_calls(
+    fn: Callable[[], Any], *, duration_s: float | None, iterations: int | None, min_calls: int = 3
+) -> list[float]:
     """Call fn repeatedly; return per-call latencies in ms. Stops after `iterations` or once `duration_s` is spent."""
     out: list[float] = []
     start = time.perf_counter()
@@ -181,10 +193,12 @@ def check_batch_sizes(manifest, graphs: Sequence[str], batches: Sequence[int], m
     for graph in (g for g in graphs if g in manifest.graphs):
         per = item_bytes(manifest, graph)
         if max(batches) * per > budget:
-            raise BenchError(f"--batch {max(batches)}: the {graph}'s inputs and outputs alone need "
-                             f"{_fmt_bytes(max(batches) * per)} ({per} bytes per item), more than "
-                             f"{MEMORY_SHARE:.0%} of this machine's memory ({_fmt_bytes(memory)}); the largest "
-                             f"{graph} batch allowed here is {budget // per}")
+            raise BenchError(
+                f"--batch {max(batches)}: the {graph}'s inputs and outputs alone need "
+                f"{_fmt_bytes(max(batches) * per)} ({per} bytes per item), more than "
+                f"{MEMORY_SHARE:.0%} of this machine's memory ({_fmt_bytes(memory)}); the largest "
+                f"{graph} batch allowed here is {budget // per}"
+            )
 
 
 def _fmt_bytes(n: int) -> str:
@@ -202,12 +216,23 @@ def _load(plan: Plan, backend: str, precision: str, graphs: Sequence[str]):
     if backend == "cpp":  # the C++ library through its C ABI, in-process (benchmarks/cpp_runtime.py)
         from .cpp_runtime import CppRuntime
 
-        return CppRuntime(plan.bundle, device=plan.device, precision=precision, graphs=",".join(graphs),
-                          threads=plan.threads, batch_split=plan.batch_split, library=plan.cpp_lib)
+        return CppRuntime(
+            plan.bundle,
+            device=plan.device,
+            precision=precision,
+            graphs=",".join(graphs),
+            threads=plan.threads,
+            batch_split=plan.batch_split,
+            library=plan.cpp_lib,
+        )
     import runtime
 
-    kwargs: dict[str, Any] = {"backend": backend, "precision": precision, "device": plan.device,
-                              "graphs": tuple(graphs)}
+    kwargs: dict[str, Any] = {
+        "backend": backend,
+        "precision": precision,
+        "device": plan.device,
+        "graphs": tuple(graphs),
+    }
     if plan.threads:
         kwargs["threads"] = plan.threads
     if backend == "torch" and plan.checkpoint:
@@ -243,21 +268,23 @@ def run(plan: Plan) -> dict[str, Any]:
     from runtime.bundle import read_manifest
 
     manifest = read_manifest(plan.bundle)
-    configs = [BenchConfig(b, g, p, n) for b, p, g, n in
-               itertools.product(plan.backends, plan.precisions, plan.graphs, plan.batches)]
+    configs = [
+        BenchConfig(b, g, p, n)
+        for b, p, g, n in itertools.product(plan.backends, plan.precisions, plan.graphs, plan.batches)
+    ]
     if plan.peer_bundle is not None:
-        configs += [BenchConfig(peer_row.BACKEND, g, peer_row.PRECISION, n)
-                    for g, n in itertools.product(plan.graphs, plan.batches)]
+        configs += [
+            BenchConfig(peer_row.BACKEND, g, peer_row.PRECISION, n)
+            for g, n in itertools.product(plan.graphs, plan.batches)
+        ]
     results: dict[str, BenchResult] = {}
     loaded = _load_runtimes(plan, manifest, configs)
     active = _runnable_configs(configs, manifest, loaded.errors, results)
     in_effect = {k: rt.in_effect for k, rt in loaded.runtimes.items() if k[0] == peer_row.BACKEND}
-    ceiling_of = {c.key: ceiling_precision(c.precision, plan.device, in_effect.get(c.runtime_key))
-                  for c in active}
+    ceiling_of = {c.key: ceiling_precision(c.precision, plan.device, in_effect.get(c.runtime_key)) for c in active}
     accuracy = _accuracies(plan, manifest, loaded.runtimes, active, in_effect) if plan.accuracy else {}
     # fp32 always (the report's headline ceiling, as before), plus every other precision a row runs in.
-    measured = _measure(plan, manifest, loaded.runtimes, active, results,
-                        {"fp32", *filter(None, ceiling_of.values())})
+    measured = _measure(plan, manifest, loaded.runtimes, active, results, {"fp32", *filter(None, ceiling_of.values())})
     best = {p: max(v) for p, v in measured.ceilings.items() if v}
     for c in measured.active:
         results[c.key] = _measured_result(c, measured.samples[c.key], manifest, ceiling_of[c.key], best)
@@ -268,25 +295,36 @@ def run(plan: Plan) -> dict[str, Any]:
     env["device"] = plan.device
     rows = []
     for c in configs:
-        row = {**results[c.key].to_dict(), "device": plan.device, "peer": c.backend == peer_row.BACKEND,
-               "accuracy": accuracy.get((c.backend, c.precision, c.graph))}
+        row = {
+            **results[c.key].to_dict(),
+            "device": plan.device,
+            "peer": c.backend == peer_row.BACKEND,
+            "accuracy": accuracy.get((c.backend, c.precision, c.graph)),
+        }
         if row["peer"]:
             row["in_effect"] = in_effect.get(c.runtime_key)
         rows.append(row)
     _add_peer_ratios(rows)
     fp32 = measured.ceilings.get("fp32", [])
     return {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bundle": str(plan.bundle),
         "plan": _plan_summary(plan),
         "environment": env,
         # best / samples: the FP32 (numpy BLAS) ceiling, as before; by_precision: every ceiling measured, per engine.
         "matmul_ceiling_gflops": {
-            "best": best.get("fp32", 0.0), "samples": fp32, "threads": measured.ceiling_threads,
-            "by_precision": {p: {"best": best[p], "samples": v, "engines": measured.ceiling_engines.get(p, {})}
-                             for p, v in measured.ceilings.items() if v},
-            "unavailable": measured.ceilings_unavailable},
+            "best": best.get("fp32", 0.0),
+            "samples": fp32,
+            "threads": measured.ceiling_threads,
+            "by_precision": {
+                p: {"best": best[p], "samples": v, "engines": measured.ceiling_engines.get(p, {})}
+                for p, v in measured.ceilings.items()
+                if v
+            },
+            "unavailable": measured.ceilings_unavailable,
+        },
         "peer": _peer_summary(plan, loaded.runtimes),
         "interrupted": cold.interrupted,
         "results": rows,
@@ -294,8 +332,13 @@ def run(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _accuracies(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: Sequence[BenchConfig],
-                in_effect: dict[tuple[str, str, str], str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+def _accuracies(
+    plan: Plan,
+    manifest,
+    runtimes: dict[tuple[str, str, str], Any],
+    active: Sequence[BenchConfig],
+    in_effect: dict[tuple[str, str, str], str],
+) -> dict[tuple[str, str, str], dict[str, Any]]:
     """(backend, precision, graph) -> the row's accuracy (benchmarks/accuracy.py), or {"error": why} where it could
     not be measured; once per loaded runtime and graph, before the timed rounds."""
     from .accuracy import measure_accuracy, runtime_call
@@ -327,8 +370,9 @@ def _add_peer_ratios(rows: list[dict[str, Any]]) -> None:
         base = peer.get((r["graph"], r["batch"]))
         ok = base is not None and r["status"] == "ok"
         r["vs_peer"] = base["stats"]["p50_ms"] / r["stats"]["p50_ms"] if ok else None
-        r["vs_peer_rounds"] = ([b / x for b, x in zip(base["round_p50_ms"], r["round_p50_ms"], strict=False) if x > 0]
-                               if ok else [])
+        r["vs_peer_rounds"] = (
+            [b / x for b, x in zip(base["round_p50_ms"], r["round_p50_ms"], strict=False) if x > 0] if ok else []
+        )
 
 
 def _peer_summary(plan: Plan, runtimes: dict[tuple[str, str, str], Any]) -> dict[str, Any] | None:
@@ -342,19 +386,20 @@ def _peer_summary(plan: Plan, runtimes: dict[tuple[str, str, str], Any]) -> dict
 
 @dataclass(frozen=True)
 class _LoadedRuntimes:
-    runtimes: dict[tuple[str, str, str], Any]   # (backend, precision) -> runtime
-    errors: dict[tuple[str, str, str], str]     # (backend, precision, graph) -> why it did not load
+    runtimes: dict[tuple[str, str, str], Any]  # (backend, precision) -> runtime
+    errors: dict[tuple[str, str, str], str]  # (backend, precision, graph) -> why it did not load
 
 
 @dataclass(frozen=True)
 class _Measurement:
     """The timed rounds: the configs that ran (warm-up failures removed), their per-round samples and the matmul
     ceilings; partial when interrupted."""
+
     active: list[BenchConfig]
     samples: dict[str, list[list[float]]]
-    ceilings: dict[str, list[float]]               # precision -> per round, the best of its engines
+    ceilings: dict[str, list[float]]  # precision -> per round, the best of its engines
     ceiling_engines: dict[str, dict[str, list[float]]]  # precision -> engine -> per round
-    ceilings_unavailable: dict[str, str]           # precision -> why it could not be measured here
+    ceilings_unavailable: dict[str, str]  # precision -> why it could not be measured here
     ceiling_threads: int | None
     interrupted: bool
 
@@ -362,7 +407,7 @@ class _Measurement:
 @dataclass(frozen=True)
 class _ColdStarts:
     rows: list[dict[str, Any]]
-    interrupted: bool   # the run as a whole: interrupted during the rounds or the cold starts
+    interrupted: bool  # the run as a whole: interrupted during the rounds or the cold starts
 
 
 def _load_runtimes(plan: Plan, manifest, configs: Sequence[BenchConfig]) -> _LoadedRuntimes:
@@ -396,8 +441,12 @@ def _load_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {_first_line(e)}"
 
 
-def _runnable_configs(configs: Sequence[BenchConfig], manifest, load_errors: dict[tuple[str, str, str], str],
-                      results: dict[str, BenchResult]) -> list[BenchConfig]:
+def _runnable_configs(
+    configs: Sequence[BenchConfig],
+    manifest,
+    load_errors: dict[tuple[str, str, str], str],
+    results: dict[str, BenchResult],
+) -> list[BenchConfig]:
     """The configs that can be measured; the others get their skipped row in `results`."""
     active = []
     for c in configs:
@@ -410,8 +459,14 @@ def _runnable_configs(configs: Sequence[BenchConfig], manifest, load_errors: dic
     return active
 
 
-def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: list[BenchConfig],
-             results: dict[str, BenchResult], ceiling_precisions: set[str]) -> _Measurement:
+def _measure(
+    plan: Plan,
+    manifest,
+    runtimes: dict[tuple[str, str, str], Any],
+    active: list[BenchConfig],
+    results: dict[str, BenchResult],
+    ceiling_precisions: set[str],
+) -> _Measurement:
     """Warm up, then time every active config in interleaved rounds, with the matmul ceilings of
     `ceiling_precisions`; closes the runtimes. Ctrl-C stops early."""
     samples: dict[str, list[list[float]]] = {c.key: [] for c in active}
@@ -437,8 +492,14 @@ def _measure(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], ac
     return _Measurement(active, samples, ceilings, by_engine, unavailable, ceiling_threads, interrupted)
 
 
-def _warm_up(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: list[BenchConfig],
-             samples: dict[str, list[list[float]]], results: dict[str, BenchResult]) -> None:
+def _warm_up(
+    plan: Plan,
+    manifest,
+    runtimes: dict[tuple[str, str, str], Any],
+    active: list[BenchConfig],
+    samples: dict[str, list[list[float]]],
+    results: dict[str, BenchResult],
+) -> None:
     """Warm-up once per config (first-call allocations, thread pools, lazy init). A config that fails gets its
     error row and leaves `active` and `samples`; the others are measured."""
     for c in list(active):
@@ -452,9 +513,17 @@ def _warm_up(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], ac
             samples.pop(c.key)
 
 
-def _timed_rounds(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any], active: list[BenchConfig],
-                  samples: dict[str, list[list[float]]], probes: Sequence[Probe],
-                  engines: dict[str, dict[str, list[float]]], ceilings: dict[str, list[float]], bar) -> None:
+def _timed_rounds(
+    plan: Plan,
+    manifest,
+    runtimes: dict[tuple[str, str, str], Any],
+    active: list[BenchConfig],
+    samples: dict[str, list[list[float]]],
+    probes: Sequence[Probe],
+    engines: dict[str, dict[str, list[float]]],
+    ceilings: dict[str, list[float]],
+    bar,
+) -> None:
     """Each round: the matmul ceilings, then every config (order reversed every other round). Appends to `samples`,
     `engines` and `ceilings` as it goes, so an interrupt keeps what was measured."""
     per_round_s = plan.duration_s / plan.rounds if plan.duration_s is not None else None
@@ -475,8 +544,9 @@ def _timed_rounds(plan: Plan, manifest, runtimes: dict[tuple[str, str, str], Any
             bar.update(1)
 
 
-def _measured_result(c: BenchConfig, samples: list[list[float]], manifest, ceiling: str | None,
-                     best: dict[str, float]) -> BenchResult:
+def _measured_result(
+    c: BenchConfig, samples: list[list[float]], manifest, ceiling: str | None, best: dict[str, float]
+) -> BenchResult:
     """The ok row of one config from its rounds' samples (skipped if interrupted before any); its share is against
     the best ceiling of its own precision `ceiling` (none when that ceiling was not measured)."""
     from .flops import count_flops
@@ -489,9 +559,16 @@ def _measured_result(c: BenchConfig, samples: list[list[float]], manifest, ceili
     gflop = count_flops(cfg_json, c.graph, c.batch) / 1e9
     gflops = gflop / (stats.p50_ms / 1e3)
     rate = best.get(ceiling) if ceiling else None
-    return BenchResult(c, "ok", stats=stats, round_p50_ms=tuple(float(np.median(s)) for s in rounds),
-                       gflop_per_call=gflop, gflops=gflops, ceiling_share=gflops / rate if rate else None,
-                       ceiling_precision=ceiling if rate else None)
+    return BenchResult(
+        c,
+        "ok",
+        stats=stats,
+        round_p50_ms=tuple(float(np.median(s)) for s in rounds),
+        gflop_per_call=gflop,
+        gflops=gflops,
+        ceiling_share=gflops / rate if rate else None,
+        ceiling_precision=ceiling if rate else None,
+    )
 
 
 def _run_cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str], str]) -> _ColdStarts:
@@ -506,21 +583,33 @@ def _run_cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:
     """The report's "plan": the options the numbers were measured with."""
-    return {"backends": plan.backends, "graphs": plan.graphs, "precisions": plan.precisions,
-            "batches": plan.batches, "warmup_s": plan.warmup_s, "duration_s": plan.duration_s,
-            "iterations": plan.iterations, "rounds": plan.rounds, "threads": plan.threads, "seed": plan.seed,
-            "spinning": plan.spinning, "batch_split": plan.batch_split, "dla_core": plan.dla_core,
-            "cuda_graph": plan.cuda_graph,
-            "cold_start_runs": plan.cold_start_runs, "device": plan.device,
-            "peer_bundle": str(plan.peer_bundle) if plan.peer_bundle else None, "accuracy": plan.accuracy}
+    return {
+        "backends": plan.backends,
+        "graphs": plan.graphs,
+        "precisions": plan.precisions,
+        "batches": plan.batches,
+        "warmup_s": plan.warmup_s,
+        "duration_s": plan.duration_s,
+        "iterations": plan.iterations,
+        "rounds": plan.rounds,
+        "threads": plan.threads,
+        "seed": plan.seed,
+        "spinning": plan.spinning,
+        "batch_split": plan.batch_split,
+        "dla_core": plan.dla_core,
+        "cuda_graph": plan.cuda_graph,
+        "cold_start_runs": plan.cold_start_runs,
+        "device": plan.device,
+        "peer_bundle": str(plan.peer_bundle) if plan.peer_bundle else None,
+        "accuracy": plan.accuracy,
+    }
 
 
 def _call(rt, graph: str, x: np.ndarray) -> Callable[[], Any]:
     return (lambda: rt.decode(x)) if graph == "decoder" else (lambda: rt.encode(x))
 
 
-def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str], str],
-                 out: list[dict[str, Any]]) -> None:
+def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str], str], out: list[dict[str, Any]]) -> None:
     """New process -> first decoded image, per backend, on the plan's device (decoder only, first precision).
 
     Results are appended to `out` as they come, so an interrupt keeps the ones already measured.
@@ -547,10 +636,11 @@ def _cold_starts(plan: Plan, manifest, load_errors: dict[tuple[str, str, str], s
                 from .cpp_runtime import find_library
 
                 exe = find_library(plan.cpp_lib).parent / "vae_decode"
-                r = best_of(lambda: cold_start_cpp(plan.bundle, exe, precision, plan.device), plan.cold_start_runs)
+                r = best_of(partial(cold_start_cpp, plan.bundle, exe, precision, plan.device), plan.cold_start_runs)
             else:
-                r = best_of(lambda: cold_start_runtime(plan.bundle, backend, precision, plan.device,
-                                                       _tensorrt_options(plan, backend)), plan.cold_start_runs)
+                opts = _tensorrt_options(plan, backend)
+                run = partial(cold_start_runtime, plan.bundle, backend, precision, plan.device, opts)
+                r = best_of(run, plan.cold_start_runs)
             out.append({**r.to_dict(), "status": "ok", "device": plan.device})
         except ColdStartError as e:
             out.append({"path": path, "status": "error", "reason": str(e), "device": plan.device})
@@ -565,8 +655,9 @@ def check_out_dir(out: Path) -> None:
     """Before any measuring: `out` must be (or become) a folder this user can write, whose output names are free for
     files, so a whole run is never measured only to be lost at the end. Creates the folder."""
     if out.exists() and not out.is_dir():
-        raise BenchError(f"--out {out}: exists and is not a folder (--out names the folder for "
-                         f"{', '.join(OUTPUT_FILES)})")
+        raise BenchError(
+            f"--out {out}: exists and is not a folder (--out names the folder for {', '.join(OUTPUT_FILES)})"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -579,6 +670,7 @@ def check_out_dir(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -619,75 +711,164 @@ def _batch_split(text: str) -> int | bool:
 def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
-        prog=prog_name("benchmarks.latency"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=epilog({0: "measured and reported (also when interrupted, or when --compare finds regressions: "
-                          "said on stderr)",
-                       2: "bad input or option (one line on stderr)"},
-                      "%(prog)s runs/bundle --out runs/latency",
-                      "%(prog)s runs/bundle --backends onnxruntime --graphs decoder --batch 1,64 --precision fp32,int8",
-                      "%(prog)s runs/bundle --backends tensorrt --device cuda --precision fp16 --compare "
-                      "runs/latency/latency.json"))
+        prog=prog_name("benchmarks.latency"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=epilog(
+            {
+                0: "measured and reported (also when interrupted, or when --compare finds regressions: said on stderr)",
+                2: "bad input or option (one line on stderr)",
+            },
+            "%(prog)s runs/bundle --out runs/latency",
+            "%(prog)s runs/bundle --backends onnxruntime --graphs decoder --batch 1,64 --precision fp32,int8",
+            "%(prog)s runs/bundle --backends tensorrt --device cuda --precision fp16 --compare "
+            "runs/latency/latency.json",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
-    p.add_argument("--backends", type=_csv_list, default=["torch", "onnxruntime"], metavar="LIST",
-                   help=f"comma-separated, some of {', '.join(BACKENDS)}")
+    p.add_argument(
+        "--backends",
+        type=_csv_list,
+        default=["torch", "onnxruntime"],
+        metavar="LIST",
+        help=f"comma-separated, some of {', '.join(BACKENDS)}",
+    )
     # runtime.cli's --graphs convention; None (the deprecated 'both') means every graph, as when omitted
-    p.add_argument("--graphs", type=lambda text: list(parse_graphs(text) or ("encoder", "decoder")),
-                   default=["encoder", "decoder"], metavar="LIST",
-                   help=graphs_help("graphs to time", "encoder,decoder; a graph the bundle lacks gives skipped rows"))
-    p.add_argument("--batch", type=_int_list, default=[1, 8, 64], metavar="LIST",
-                   help="comma-separated batch sizes, each timed for every backend, graph and precision")
-    p.add_argument("--precision", type=_csv_list, default=["fp32"], metavar="LIST",
-                   help="comma-separated, some of fp32, fp16, int8, bf16 (fp16 / int8: the bundle's variants, or "
-                        "engines for tensorrt; bf16: openvino's bf16 execution where vae.json records it; a backend "
-                        "without one gives skipped rows)")
+    p.add_argument(
+        "--graphs",
+        type=lambda text: list(parse_graphs(text) or ("encoder", "decoder")),
+        default=["encoder", "decoder"],
+        metavar="LIST",
+        help=graphs_help("graphs to time", "encoder,decoder; a graph the bundle lacks gives skipped rows"),
+    )
+    p.add_argument(
+        "--batch",
+        type=_int_list,
+        default=[1, 8, 64],
+        metavar="LIST",
+        help="comma-separated batch sizes, each timed for every backend, graph and precision",
+    )
+    p.add_argument(
+        "--precision",
+        type=_csv_list,
+        default=["fp32"],
+        metavar="LIST",
+        help="comma-separated, some of fp32, fp16, int8, bf16 (fp16 / int8: the bundle's variants, or "
+        "engines for tensorrt; bf16: openvino's bf16 execution where vae.json records it; a backend "
+        "without one gives skipped rows)",
+    )
     p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="seconds of warm-up per configuration")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--duration", type=float, default=None, metavar="S",
-                   help="seconds of timed calls per configuration (default 3)")
-    g.add_argument("--iterations", type=int, default=None, metavar="N",
-                   help="timed calls per configuration (instead of --duration)")
+    g.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="seconds of timed calls per configuration (default 3)"
+    )
+    g.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed calls per configuration (instead of --duration)",
+    )
     p.add_argument("--rounds", type=int, default=3, metavar="N", help="interleaved rounds the time is split into")
-    p.add_argument("--device", default="cpu",
-                   help="device for every backend: cpu (default), cuda or cuda:N (the tensorrt backend needs cuda; "
-                        "torch runs there when it sees CUDA)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="intra-op threads for every backend (default: each backend's choice)")
-    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
-                   help="checkpoint for the torch backend and its cold start")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="device for every backend: cpu (default), cuda or cuda:N (the tensorrt backend needs cuda; "
+        "torch runs there when it sees CUDA)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="intra-op threads for every backend (default: each backend's choice)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="checkpoint for the torch backend and its cold start",
+    )
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start measurement")
-    p.add_argument("--cold-start-runs", type=int, default=3, metavar="N",
-                   help="fresh processes per cold-start path: best time, highest peak RSS (default 3)")
-    p.add_argument("--spinning", choices=("on", "off"), default=None,
-                   help="ONNX Runtime intra-op thread spinning (default: ONNX Runtime's, on). 'off' is slower on "
-                        "cores of one's own, kinder to other processes on shared cores")
-    p.add_argument("--batch-split", type=_batch_split, default=None, metavar="N|off",
-                   help="onnxruntime and cpp on the CPU: smallest batch cut into one chunk per core, each run by a "
-                        "single-threaded session (default: the runtimes', 32); 'off' runs every batch as one call")
-    p.add_argument("--dla-core", type=_dla_core, default=None, metavar="N",
-                   help="tensorrt on a Jetson: measure the engines built for DLA core N (python -m export.tensorrt.build "
-                        "--dla-core N); default: the GPU engines")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="tensorrt: replay each batch size as a captured CUDA graph (after one plain run)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="folder for latency.json/.csv and the PNG plots (default: none written, the table only)")
-    p.add_argument("--compare", type=Path, default=None, metavar="JSON",
-                   help="an earlier latency.json to compare against")
+    p.add_argument(
+        "--cold-start-runs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fresh processes per cold-start path: best time, highest peak RSS (default 3)",
+    )
+    p.add_argument(
+        "--spinning",
+        choices=("on", "off"),
+        default=None,
+        help="ONNX Runtime intra-op thread spinning (default: ONNX Runtime's, on). 'off' is slower on "
+        "cores of one's own, kinder to other processes on shared cores",
+    )
+    p.add_argument(
+        "--batch-split",
+        type=_batch_split,
+        default=None,
+        metavar="N|off",
+        help="onnxruntime and cpp on the CPU: smallest batch cut into one chunk per core, each run by a "
+        "single-threaded session (default: the runtimes', 32); 'off' runs every batch as one call",
+    )
+    p.add_argument(
+        "--dla-core",
+        type=_dla_core,
+        default=None,
+        metavar="N",
+        help="tensorrt on a Jetson: measure the engines built for DLA core N (python -m export.tensorrt.build "
+        "--dla-core N); default: the GPU engines",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="tensorrt: replay each batch size as a captured CUDA graph (after one plain run)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for latency.json/.csv and the PNG plots (default: none written, the table only)",
+    )
+    p.add_argument(
+        "--compare", type=Path, default=None, metavar="JSON", help="an earlier latency.json to compare against"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the input set every backend is timed on")
-    p.add_argument("--cpp-lib", type=Path, default=None, metavar="LIB",
-                   help="libvae_runtime.so for --backends cpp (default: $VAE_RUNTIME_LIB, else what `make cpp` builds); "
-                        "its vae_decode beside it is used for the cold start")
-    p.add_argument("--peer-bundle", type=Path, default=None, metavar="PLAIN_BUNDLE",
-                   help="add the peer row: OpenVINO's default configuration (no properties: bf16 on CPUs that have "
-                        "it) on this plain export of the same checkpoint (python -m export.to_onnx CKPT --no-rewrite), "
-                        "and every row's speed as a ratio to it (benchmarks/peer.py)")
-    p.add_argument("--peer", action="store_true",
-                   help="add the peer row, exporting the plain bundle from --checkpoint first (into OUT/peer-bundle "
-                        "with --out, else a temporary folder); --peer-bundle names an existing one instead")
-    p.add_argument("--no-accuracy", action="store_true",
-                   help="skip each row's accuracy check on the bundle's reference inputs (default: measured once "
-                        "per backend, precision and graph, before the timed rounds)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress output (a bar on a terminal, a few lines in a log)")
+    p.add_argument(
+        "--cpp-lib",
+        type=Path,
+        default=None,
+        metavar="LIB",
+        help="libvae_runtime.so for --backends cpp (default: $VAE_RUNTIME_LIB, else what `make cpp` builds); "
+        "its vae_decode beside it is used for the cold start",
+    )
+    p.add_argument(
+        "--peer-bundle",
+        type=Path,
+        default=None,
+        metavar="PLAIN_BUNDLE",
+        help="add the peer row: OpenVINO's default configuration (no properties: bf16 on CPUs that have "
+        "it) on this plain export of the same checkpoint (python -m export.to_onnx CKPT --no-rewrite), "
+        "and every row's speed as a ratio to it (benchmarks/peer.py)",
+    )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="add the peer row, exporting the plain bundle from --checkpoint first (into OUT/peer-bundle "
+        "with --out, else a temporary folder); --peer-bundle names an existing one instead",
+    )
+    p.add_argument(
+        "--no-accuracy",
+        action="store_true",
+        help="skip each row's accuracy check on the bundle's reference inputs (default: measured once "
+        "per backend, precision and graph, before the timed rounds)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress output (a bar on a terminal, a few lines in a log)"
+    )
     return p
 
 
@@ -765,14 +946,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     duration = args.duration if args.duration is not None else (None if args.iterations else 3.0)
-    plan = Plan(bundle=args.bundle, backends=args.backends, graphs=args.graphs, precisions=args.precision,
-                batches=args.batch, warmup_s=args.warmup, duration_s=duration, iterations=args.iterations,
-                rounds=args.rounds, threads=args.threads, checkpoint=args.checkpoint,
-                cold_start=not args.no_cold_start, cold_start_runs=args.cold_start_runs,
-                spinning=None if args.spinning is None else args.spinning == "on",
-                batch_split=args.batch_split, device=device, dla_core=args.dla_core, cuda_graph=args.cuda_graph,
-                cpp_lib=args.cpp_lib, progress=not args.no_progress,
-                seed=args.seed, peer_bundle=peer_bundle, accuracy=not args.no_accuracy)
+    plan = Plan(
+        bundle=args.bundle,
+        backends=args.backends,
+        graphs=args.graphs,
+        precisions=args.precision,
+        batches=args.batch,
+        warmup_s=args.warmup,
+        duration_s=duration,
+        iterations=args.iterations,
+        rounds=args.rounds,
+        threads=args.threads,
+        checkpoint=args.checkpoint,
+        cold_start=not args.no_cold_start,
+        cold_start_runs=args.cold_start_runs,
+        spinning=None if args.spinning is None else args.spinning == "on",
+        batch_split=args.batch_split,
+        device=device,
+        dla_core=args.dla_core,
+        cuda_graph=args.cuda_graph,
+        cpp_lib=args.cpp_lib,
+        progress=not args.no_progress,
+        seed=args.seed,
+        peer_bundle=peer_bundle,
+        accuracy=not args.no_accuracy,
+    )
     report = run(plan)
     print(format_table(report))
     if args.out is not None:

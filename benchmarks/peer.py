@@ -12,6 +12,7 @@ The plain bundle is `--peer-bundle DIR`, or exported by the harness itself from 
 it must come from the same checkpoint as the measured bundle (vae.json's source sha256) and have an unrewritten
 decoder (its ONNX metadata lists no "rewrites").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,8 @@ import numpy as np
 
 from .errors import BenchError
 
-BACKEND = "ov-default"      # the peer row's name in the report's backend column
-PRECISION = "default"       # its precision column: OpenVINO's default; the precision in effect is in "in_effect"
+BACKEND = "ov-default"  # the peer row's name in the report's backend column
+PRECISION = "default"  # its precision column: OpenVINO's default; the precision in effect is in "in_effect"
 OV_DEVICE = "CPU"
 
 
@@ -38,21 +39,26 @@ def check_peer_bundle(peer: Path, manifest: Any, graphs: Sequence[str]) -> Any:
     except VaeError as e:
         raise BenchError(f"--peer-bundle {peer}: {e}") from None
     if pm.model != manifest.model:
-        raise BenchError(f"--peer-bundle {peer}: model {pm.model.to_dict()}, the measured bundle's is "
-                         f"{manifest.model.to_dict()}")
+        raise BenchError(
+            f"--peer-bundle {peer}: model {pm.model.to_dict()}, the measured bundle's is {manifest.model.to_dict()}"
+        )
     ours, theirs = manifest.source.get("sha256"), pm.source.get("sha256")
     if ours and theirs and ours != theirs:
-        raise BenchError(f"--peer-bundle {peer}: exported from checkpoint sha256 {theirs[:12]}..., the measured "
-                         f"bundle from {ours[:12]}...: export the peer from the same checkpoint "
-                         f"(python -m export.to_onnx CKPT --no-rewrite --out DIR)")
+        raise BenchError(
+            f"--peer-bundle {peer}: exported from checkpoint sha256 {theirs[:12]}..., the measured "
+            f"bundle from {ours[:12]}...: export the peer from the same checkpoint "
+            f"(python -m export.to_onnx CKPT --no-rewrite --out DIR)"
+        )
     missing = [g for g in graphs if g in manifest.graphs and g not in pm.graphs]
     if missing:
         raise BenchError(f"--peer-bundle {peer}: has no {missing} graph (it has {sorted(pm.graphs)})")
     if "decoder" in pm.graphs and "decoder" in graphs:
         rewrites = _onnx_metadata(peer / pm.graph("decoder").file).get("rewrites")
         if rewrites:
-            raise BenchError(f"--peer-bundle {peer}: its decoder is rewritten ({rewrites[:60]}...); the peer is the "
-                             "plain export: python -m export.to_onnx CKPT --no-rewrite --out DIR")
+            raise BenchError(
+                f"--peer-bundle {peer}: its decoder is rewritten ({rewrites[:60]}...); the peer is the "
+                "plain export: python -m export.to_onnx CKPT --no-rewrite --out DIR"
+            )
     return pm
 
 
@@ -95,8 +101,9 @@ class PeerRuntime:
             spec = manifest.graph(graph)
             data = resolve_file(bundle, spec.file).read_bytes()
             if hashlib.sha256(data).hexdigest() != spec.sha256:
-                raise BenchError(f"--peer-bundle {bundle}: {spec.file} changed after export (sha256 differs from "
-                                 "vae.json)")
+                raise BenchError(
+                    f"--peer-bundle {bundle}: {spec.file} changed after export (sha256 differs from vae.json)"
+                )
             compiled = core.compile_model(core.read_model(data), OV_DEVICE, properties)
             self._compiled[graph] = compiled
             self._requests[graph] = compiled.create_infer_request()
@@ -107,8 +114,9 @@ class PeerRuntime:
         self.kernels = {g: kernel_precisions(c) for g, c in self._compiled.items()}
 
     def _run(self, graph: str, x: np.ndarray) -> dict[str, np.ndarray]:
-        result = self._requests[graph].infer({0: np.ascontiguousarray(x, dtype=np.float32)}, share_inputs=True,
-                                             share_outputs=False)
+        result = self._requests[graph].infer(
+            {0: np.ascontiguousarray(x, dtype=np.float32)}, share_inputs=True, share_outputs=False
+        )
         return {name: result[port] for name, port in self._outputs[graph]}
 
     def decode(self, z: np.ndarray) -> np.ndarray:
@@ -119,8 +127,13 @@ class PeerRuntime:
         return out["mu"], out["logvar"]
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": BACKEND, "openvino": self.openvino, "properties": self.properties,
-                "inference_precision": self.in_effect, "kernel_precisions": self.kernels}
+        return {
+            "backend": BACKEND,
+            "openvino": self.openvino,
+            "properties": self.properties,
+            "inference_precision": self.in_effect,
+            "kernel_precisions": self.kernels,
+        }
 
     def close(self) -> None:
         self._requests.clear()

@@ -5,6 +5,7 @@ on a log axis means nothing; a throughput is a marker at each batch size that ra
 between. Colours name the graph (latency) or the backend and precision (throughput), and every colour and marker is
 in a legend.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,8 +62,9 @@ def plot_percentiles(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         s = r["stats"]
         colour = PEER_COLOUR if r.get("peer") else GRAPH_COLOURS.get(r["graph"], "tab:gray")
         p50 = s["p50_ms"]
-        ax.errorbar([p50], [y], xerr=[[p50 - _low(s)], [s["p95_ms"] - p50]], fmt="o", color=colour, ms=5,
-                    capsize=3, lw=1.2)
+        ax.errorbar(
+            [p50], [y], xerr=[[p50 - _low(s)], [s["p95_ms"] - p50]], fmt="o", color=colour, ms=5, capsize=3, lw=1.2
+        )
         ax.plot([s["p99_ms"]], [y], marker="|", ms=10, color="tab:red", ls="none")
     ax.set_yticks(range(len(rows)), [f"{r['graph']} b{r['batch']}  {row_label(r)}" for r in rows], fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
@@ -72,8 +74,10 @@ def plot_percentiles(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_title("latency percentiles per configuration")
     ax.grid(axis="x", alpha=0.3, which="both")
     graphs = sorted({r["graph"] for r in rows})
-    handles = [Line2D([], [], marker="o", color=GRAPH_COLOURS.get(g, "tab:gray"), ls="-", label=f"{g}: p50, p5-p95")
-               for g in graphs]
+    handles = [
+        Line2D([], [], marker="o", color=GRAPH_COLOURS.get(g, "tab:gray"), ls="-", label=f"{g}: p50, p5-p95")
+        for g in graphs
+    ]
     if any(r.get("peer") for r in rows):
         handles.append(Line2D([], [], marker="o", color=PEER_COLOUR, ls="-", label="peer row: p50, p5-p95"))
     handles.append(Line2D([], [], marker="|", color="tab:red", ls="none", ms=10, label="p99"))
@@ -105,8 +109,15 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         for name, pts in sorted(series.items()):
             peer = name not in style
             colour, marker = (PEER_COLOUR, "*") if peer else style[name]
-            (line,) = ax.plot([b * offsets[name] for b, _ in pts], [v for _, v in pts], ls="none", marker=marker,
-                              ms=11 if peer else 7, color=colour, label=name)
+            (line,) = ax.plot(
+                [b * offsets[name] for b, _ in pts],
+                [v for _, v in pts],
+                ls="none",
+                marker=marker,
+                ms=11 if peer else 7,
+                color=colour,
+                label=name,
+            )
             handles.setdefault(name, line)
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])

@@ -14,6 +14,7 @@ Clients and server share this machine's CPUs: the numbers include that contentio
 not with a dedicated client machine. Writes OUT/serving.json and prints a table. Exit codes: 0 ok, 1 a mode had request
 errors, 2 bad input or no server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,14 +53,16 @@ def _rows_served(protocol: str, url: str, model: str) -> tuple[int, int]:
     """(inference_count, execution_count) from Triton's statistics: rows inferred, and model executions."""
     m, c = _client(protocol, url)
     with c:
-        stats = c.get_inference_statistics(model) if protocol == "http" else \
-            c.get_inference_statistics(model, as_json=True)
+        stats = (
+            c.get_inference_statistics(model) if protocol == "http" else c.get_inference_statistics(model, as_json=True)
+        )
     s = stats["model_stats"][0]
     return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
 
-def _settled_count(protocol: str, url: str, model: str, expect: int | None = None,
-                   timeout: float = 5.0) -> tuple[int, int]:
+def _settled_count(
+    protocol: str, url: str, model: str, expect: int | None = None, timeout: float = 5.0
+) -> tuple[int, int]:
     """Triton's counts once they have caught up: the Python backend reports a batch's statistics after it has sent
     the responses, so a read right after the last answer can miss the last batch. Waits (bounded) until the rows
     count reaches `expect`, or, without `expect`, until two reads agree."""
@@ -76,8 +79,17 @@ def _settled_count(protocol: str, url: str, model: str, expect: int | None = Non
     return last
 
 
-def run_load(url: str, *, protocol: str, model: str, shape: tuple[int, ...], requests: int, concurrency: int,
-             max_seconds: float, seed: int = 0) -> dict[str, Any]:
+def run_load(
+    url: str,
+    *,
+    protocol: str,
+    model: str,
+    shape: tuple[int, ...],
+    requests: int,
+    concurrency: int,
+    max_seconds: float,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Send `requests` requests from `concurrency` threads (closed loop) and measure. Returns the mode's numbers."""
     name, input_name, _ = MODELS[model]
     lock = threading.Lock()
@@ -124,63 +136,128 @@ def run_load(url: str, *, protocol: str, model: str, shape: tuple[int, ...], req
     done = len(latencies)
     after = _settled_count(protocol, url, name, expect=before[0] + done * shape[0])
     rows, executions = after[0] - before[0], after[1] - before[1]
-    out: dict[str, Any] = {"requests": done, "errors": len(errors), "error_samples": errors[:3], "wall_s": wall,
-                           "requests_per_s": done / wall if wall > 0 else 0.0,
-                           "rows_per_s": done * shape[0] / wall if wall > 0 else 0.0,
-                           "server_rows": rows, "server_executions": executions,
-                           "rows_per_execution": rows / executions if executions else None,
-                           "stopped_by_time": done + len(errors) < requests}
+    out: dict[str, Any] = {
+        "requests": done,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "wall_s": wall,
+        "requests_per_s": done / wall if wall > 0 else 0.0,
+        "rows_per_s": done * shape[0] / wall if wall > 0 else 0.0,
+        "server_rows": rows,
+        "server_executions": executions,
+        "rows_per_execution": rows / executions if executions else None,
+        "stopped_by_time": done + len(errors) < requests,
+    }
     if latencies:
         out["latency"] = summarize(latencies, shape[0]).to_dict()
     return out
 
 
-def run(bundle: Path, *, modes: Sequence[str], requests: int, concurrency: int, batch_per_request: int, model: str,
-        protocol: str, max_batch: int, queue_delay_us: int, instances: int, threads: int | None,
-        max_seconds: float, warmup: int, log=print) -> dict[str, Any]:
+def run(
+    bundle: Path,
+    *,
+    modes: Sequence[str],
+    requests: int,
+    concurrency: int,
+    batch_per_request: int,
+    model: str,
+    protocol: str,
+    max_batch: int,
+    queue_delay_us: int,
+    instances: int,
+    threads: int | None,
+    max_seconds: float,
+    warmup: int,
+    log=print,
+) -> dict[str, Any]:
     from runtime.bundle import read_manifest
     from runtime.serving.serve import serve
 
     manifest = read_manifest(bundle)
-    shape = ((batch_per_request, manifest.model.latent_dim) if model == "decoder"
-             else (batch_per_request, *manifest.model.image_shape))
+    shape = (
+        (batch_per_request, manifest.model.latent_dim)
+        if model == "decoder"
+        else (batch_per_request, *manifest.model.image_shape)
+    )
     results = {}
     for mode in modes:
-        server = serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=max_batch,
-                       queue_delay_us=queue_delay_us, dynamic_batching=mode == "on", instances=instances,
-                       threads=threads)
+        server = serve(
+            bundle,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            max_batch=max_batch,
+            queue_delay_us=queue_delay_us,
+            dynamic_batching=mode == "on",
+            instances=instances,
+            threads=threads,
+        )
         try:
             url = server.grpc_url if protocol == "grpc" else server.http_url
             if warmup:
-                run_load(url, protocol=protocol, model=model, shape=shape, requests=warmup,
-                         concurrency=min(concurrency, warmup), max_seconds=max_seconds, seed=1000)
+                run_load(
+                    url,
+                    protocol=protocol,
+                    model=model,
+                    shape=shape,
+                    requests=warmup,
+                    concurrency=min(concurrency, warmup),
+                    max_seconds=max_seconds,
+                    seed=1000,
+                )
             log(f"dynamic batching {mode}: {requests} requests from {concurrency} clients ...")
-            results[mode] = run_load(url, protocol=protocol, model=model, shape=shape, requests=requests,
-                                     concurrency=concurrency, max_seconds=max_seconds)
+            results[mode] = run_load(
+                url,
+                protocol=protocol,
+                model=model,
+                shape=shape,
+                requests=requests,
+                concurrency=concurrency,
+                max_seconds=max_seconds,
+            )
         finally:
             server.stop()
-    return {"schema": SCHEMA, "schema_version": 1, "bundle": str(bundle), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model": model, "protocol": protocol, "requests": requests, "concurrency": concurrency,
-            "batch_per_request": batch_per_request, "max_batch": max_batch, "queue_delay_us": queue_delay_us,
-            "instances": instances, "threads": threads, "warmup": warmup, "max_seconds": max_seconds,
-            "environment": collect(threads), "modes": results}
+    return {
+        "schema": SCHEMA,
+        "schema_version": 1,
+        "bundle": str(bundle),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": model,
+        "protocol": protocol,
+        "requests": requests,
+        "concurrency": concurrency,
+        "batch_per_request": batch_per_request,
+        "max_batch": max_batch,
+        "queue_delay_us": queue_delay_us,
+        "instances": instances,
+        "threads": threads,
+        "warmup": warmup,
+        "max_seconds": max_seconds,
+        "environment": collect(threads),
+        "modes": results,
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:
-    head = (f"{report['model']} over {report['protocol']}: {report['requests']} requests x "
-            f"{report['batch_per_request']} rows, {report['concurrency']} concurrent clients, "
-            f"max_batch {report['max_batch']}, queue delay {report['queue_delay_us']} us, "
-            f"{report['instances']} instance(s)")
-    cols = f"{'dynamic batching':<17}{'req/s':>9}{'rows/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}" \
-           f"{'rows/exec':>11}{'errors':>8}"
+    head = (
+        f"{report['model']} over {report['protocol']}: {report['requests']} requests x "
+        f"{report['batch_per_request']} rows, {report['concurrency']} concurrent clients, "
+        f"max_batch {report['max_batch']}, queue delay {report['queue_delay_us']} us, "
+        f"{report['instances']} instance(s)"
+    )
+    cols = (
+        f"{'dynamic batching':<17}{'req/s':>9}{'rows/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'rows/exec':>11}{'errors':>8}"
+    )
     lines = [head, cols, "-" * len(cols)]
     for mode, r in report["modes"].items():
         lat = r.get("latency", {})
         rpe = r["rows_per_execution"]
-        lines.append(f"{mode:<17}{r['requests_per_s']:>9.1f}{r['rows_per_s']:>10.1f}"
-                     f"{lat.get('p50_ms', float('nan')):>9.2f}{lat.get('p90_ms', float('nan')):>9.2f}"
-                     f"{lat.get('p99_ms', float('nan')):>9.2f}{(rpe if rpe is not None else float('nan')):>11.2f}"
-                     f"{r['errors']:>8}" + ("  (stopped by --max-seconds)" if r["stopped_by_time"] else ""))
+        lines.append(
+            f"{mode:<17}{r['requests_per_s']:>9.1f}{r['rows_per_s']:>10.1f}"
+            f"{lat.get('p50_ms', float('nan')):>9.2f}{lat.get('p90_ms', float('nan')):>9.2f}"
+            f"{lat.get('p99_ms', float('nan')):>9.2f}{(rpe if rpe is not None else float('nan')):>11.2f}"
+            f"{r['errors']:>8}" + ("  (stopped by --max-seconds)" if r["stopped_by_time"] else "")
+        )
     return "\n".join(lines)
 
 
@@ -188,13 +265,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.cli import HelpFormatter, epilog, prog_name
 
     p = argparse.ArgumentParser(
-        prog=prog_name("benchmarks.serving"), formatter_class=HelpFormatter,
+        prog=prog_name("benchmarks.serving"),
+        formatter_class=HelpFormatter,
         description="Bounded load test of the local Triton server: throughput and p50/p99 latency with dynamic\n"
-                    "batching on and off (127.0.0.1 only).",
-        epilog=epilog({0: "measured, every request answered", 1: "some requests failed, or the server did",
-                       2: "bad input or option, or no tritonserver / tritonclient (one line on stderr)"},
-                      "%(prog)s runs/bundle --requests 2000 --concurrency 8",
-                      "%(prog)s runs/bundle --model encoder --protocol http --modes on --instances 2"))
+        "batching on and off (127.0.0.1 only).",
+        epilog=epilog(
+            {
+                0: "measured, every request answered",
+                1: "some requests failed, or the server did",
+                2: "bad input or option, or no tritonserver / tritonclient (one line on stderr)",
+            },
+            "%(prog)s runs/bundle --requests 2000 --concurrency 8",
+            "%(prog)s runs/bundle --model encoder --protocol http --modes on --instances 2",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--requests", type=int, default=2000, metavar="N", help="requests per mode (default 2000)")
     p.add_argument("--concurrency", type=int, default=8, metavar="C", help="concurrent clients (default 8)")
@@ -207,10 +291,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default 1)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="ONNX Runtime threads per instance")
     p.add_argument("--warmup", type=int, default=20, metavar="N", help="warm-up requests per mode (default 20)")
-    p.add_argument("--max-seconds", type=float, default=120.0, metavar="S",
-                   help="stop a mode after S seconds even if requests remain (default 120)")
-    p.add_argument("--out", type=Path, default=Path("runs/serving"), metavar="DIR",
-                   help="folder for serving.json (default runs/serving)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="stop a mode after S seconds even if requests remain (default 120)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/serving"),
+        metavar="DIR",
+        help="folder for serving.json (default runs/serving)",
+    )
     args = p.parse_args(argv)
     from runtime.errors import VaeError
     from runtime.serving.serve import ServerError, find_server
@@ -231,10 +325,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             raise BenchError("tritonclient is not installed: pip install -c constraints.txt -e '.[serve]'") from None
         find_server()
-        report = run(args.bundle, modes=modes, requests=args.requests, concurrency=args.concurrency,
-                     batch_per_request=args.batch_per_request, model=args.model, protocol=args.protocol,
-                     max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
-                     threads=args.threads, max_seconds=args.max_seconds, warmup=args.warmup)
+        report = run(
+            args.bundle,
+            modes=modes,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            batch_per_request=args.batch_per_request,
+            model=args.model,
+            protocol=args.protocol,
+            max_batch=args.max_batch,
+            queue_delay_us=args.queue_delay_us,
+            instances=args.instances,
+            threads=args.threads,
+            max_seconds=args.max_seconds,
+            warmup=args.warmup,
+        )
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 Pure numpy, so the numbers can be checked against synthetic timings in tests.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,14 +22,14 @@ class LatencyStats:
     batch: int
     mean_ms: float
     stdev_ms: float
-    cv: float            # stdev / mean
+    cv: float  # stdev / mean
     min_ms: float
     p50_ms: float
     p90_ms: float
     p95_ms: float
     p99_ms: float
     max_ms: float
-    throughput: float    # images per second at the median latency (batch / p50)
+    throughput: float  # images per second at the median latency (batch / p50)
     # The low percentiles, for the plots' whiskers (p5-p95). Optional so that reports written before they existed
     # still load for --compare.
     p1_ms: float | None = None
@@ -50,10 +51,22 @@ def summarize(latencies_ms: Sequence[float], batch: int) -> LatencyStats:
     mean = float(x.mean())
     stdev = float(x.std(ddof=1)) if x.size > 1 else 0.0
     p = {q: float(np.percentile(x, q)) for q in PERCENTILES}
-    return LatencyStats(n=int(x.size), batch=batch, mean_ms=mean, stdev_ms=stdev,
-                        cv=stdev / mean if mean > 0 else 0.0, min_ms=float(x.min()), p50_ms=p[50], p90_ms=p[90],
-                        p95_ms=p[95], p99_ms=p[99], max_ms=float(x.max()),
-                        throughput=batch * 1000.0 / p[50] if p[50] > 0 else math.inf, p1_ms=p[1], p5_ms=p[5])
+    return LatencyStats(
+        n=int(x.size),
+        batch=batch,
+        mean_ms=mean,
+        stdev_ms=stdev,
+        cv=stdev / mean if mean > 0 else 0.0,
+        min_ms=float(x.min()),
+        p50_ms=p[50],
+        p90_ms=p[90],
+        p95_ms=p[95],
+        p99_ms=p[99],
+        max_ms=float(x.max()),
+        throughput=batch * 1000.0 / p[50] if p[50] > 0 else math.inf,
+        p1_ms=p[1],
+        p5_ms=p[5],
+    )
 
 
 def round_throughput_cv(round_p50_ms: Sequence[float]) -> float:
@@ -73,10 +86,10 @@ class Change:
     key: str
     old_p50_ms: float
     new_p50_ms: float
-    ratio: float         # new / old
-    noise: float         # relative change explainable by noise (from the rows' own spread)
+    ratio: float  # new / old
+    noise: float  # relative change explainable by noise (from the rows' own spread)
     significant: bool
-    verdict: str         # "regression", "improvement" or "same"
+    verdict: str  # "regression", "improvement" or "same"
 
 
 def noise_band(old_drift: float = 1.0, new_drift: float = 1.0, floor: float = 0.05) -> float:
@@ -90,13 +103,27 @@ def noise_band(old_drift: float = 1.0, new_drift: float = 1.0, floor: float = 0.
     return max(floor, old_drift - 1.0, new_drift - 1.0)
 
 
-def compare(key: str, old: LatencyStats, new: LatencyStats, *, old_drift: float = 1.0, new_drift: float = 1.0,
-            floor: float = 0.05) -> Change:
+def compare(
+    key: str,
+    old: LatencyStats,
+    new: LatencyStats,
+    *,
+    old_drift: float = 1.0,
+    new_drift: float = 1.0,
+    floor: float = 0.05,
+) -> Change:
     ratio = new.p50_ms / old.p50_ms if old.p50_ms > 0 else math.inf
     band = noise_band(old_drift, new_drift, floor)
     # Drift is a max/min ratio, so noise is multiplicative and symmetric: a 2x slow-down and a 2x speed-up are
     # equally believable. Beyond the band means ratio > 1 + band or ratio < 1 / (1 + band).
     significant = ratio > 1.0 + band or ratio * (1.0 + band) < 1.0
     verdict = "same" if not significant else ("regression" if ratio > 1 else "improvement")
-    return Change(key=key, old_p50_ms=old.p50_ms, new_p50_ms=new.p50_ms, ratio=ratio, noise=band,
-                  significant=significant, verdict=verdict)
+    return Change(
+        key=key,
+        old_p50_ms=old.p50_ms,
+        new_p50_ms=new.p50_ms,
+        ratio=ratio,
+        noise=band,
+        significant=significant,
+        verdict=verdict,
+    )

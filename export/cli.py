@@ -3,6 +3,7 @@
 Help layout, the --graphs option, the program name and progress output come from runtime.cli, shared with the runtime
 and benchmark CLIs.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -13,6 +13,7 @@ decoder (metadata "rewrite_options") is matched against the same rewrite rebuilt
 then rewrite_decoder); its anchors are named by the original modules they compute, and a fused sub-pixel block is
 compared only as a whole, at the DepthToSpace (nhwc form: the Transpose back to NCHW) that ends it.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,16 +46,20 @@ class Anchor:
     max_abs: float
     rel_l2: float
     diverged: bool
-    rewritten_module: str = ""   # the module of the rewritten PyTorch decoder compared here ("" without rewrite)
-    fused: bool = False          # it stands for several original layers (compared as one block)
+    rewritten_module: str = ""  # the module of the rewritten PyTorch decoder compared here ("" without rewrite)
+    fused: bool = False  # it stands for several original layers (compared as one block)
 
     def describe(self) -> str:
         where = ""
         if self.fused:
-            where = (f" (one block since the export's decoder rewrite, {self.rewritten_module}: the layers inside it "
-                     "cannot be told apart)")
-        return (f"ONNX node {self.onnx_node!r} ({self.onnx_op}, output {self.onnx_output!r}) vs PyTorch "
-                f"{self.torch_module!r}{where}: max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}")
+            where = (
+                f" (one block since the export's decoder rewrite, {self.rewritten_module}: the layers inside it "
+                "cannot be told apart)"
+            )
+        return (
+            f"ONNX node {self.onnx_node!r} ({self.onnx_op}, output {self.onnx_output!r}) vs PyTorch "
+            f"{self.torch_module!r}{where}: max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class Divergence:
     precision: str
     threshold: float
     anchors: tuple[Anchor, ...]
-    notes: tuple[str, ...] = field(default=())   # e.g. how a rewritten graph was matched, what it cannot name
+    notes: tuple[str, ...] = field(default=())  # e.g. how a rewritten graph was matched, what it cannot name
 
     @property
     def first(self) -> Anchor | None:
@@ -74,14 +79,23 @@ class Divergence:
     def describe(self) -> str:
         f = self.first
         if f is None:
-            return (f"{self.graph} ({self.precision}): all {len(self.anchors)} mapped intermediate tensors match "
-                    f"PyTorch within rel_l2 {self.threshold:g} (the ONNX graph itself matches; look at the backend)")
-        return f"{self.graph} ({self.precision}): first divergence at {f.describe()} (threshold rel_l2 {self.threshold:g})"
+            return (
+                f"{self.graph} ({self.precision}): all {len(self.anchors)} mapped intermediate tensors match "
+                f"PyTorch within rel_l2 {self.threshold:g} (the ONNX graph itself matches; look at the backend)"
+            )
+        return (
+            f"{self.graph} ({self.precision}): first divergence at {f.describe()} (threshold rel_l2 {self.threshold:g})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"graph": self.graph, "precision": self.precision, "threshold": self.threshold,
-                "first": None if self.first is None else self.first.__dict__,
-                "anchors": [a.__dict__ for a in self.anchors], "notes": list(self.notes)}
+        return {
+            "graph": self.graph,
+            "precision": self.precision,
+            "threshold": self.threshold,
+            "first": None if self.first is None else self.first.__dict__,
+            "anchors": [a.__dict__ for a in self.anchors],
+            "notes": list(self.notes),
+        }
 
 
 def _torch_targets(model) -> dict[str, str]:
@@ -124,8 +138,9 @@ def _ends_block(node) -> bool:
     return False
 
 
-def _anchors(model_proto, targets: dict[str, str], modules: dict[str, Any],
-             blocks: tuple[str, ...] = ()) -> list[tuple[Any, str, str]]:
+def _anchors(
+    model_proto, targets: dict[str, str], modules: dict[str, Any], blocks: tuple[str, ...] = ()
+) -> list[tuple[Any, str, str]]:
     """[(node, output name, torch module)] in graph order. blocks: the sub-pixel modules of a rewritten decoder in
     order, each ending in one DepthToSpace (pixel_shuffle) or, in the "nhwc" form without a head, one Transpose back
     to NCHW: the k-th such node is the k-th block's output (_ends_block)."""
@@ -158,9 +173,15 @@ def _anchors(model_proto, targets: dict[str, str], modules: dict[str, Any],
     return out
 
 
-def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str = "fp32",
-                      checkpoint: str | os.PathLike | None = None, inputs: np.ndarray | None = None,
-                      threshold: float | None = None) -> Divergence:
+def locate_divergence(
+    bundle: str | os.PathLike,
+    graph: str,
+    *,
+    precision: str = "fp32",
+    checkpoint: str | os.PathLike | None = None,
+    inputs: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> Divergence:
     """Compare every mapped intermediate tensor of `graph` (at `precision`) with the PyTorch model's modules.
 
     inputs: the graph's input batch (default: the golden input in reference.npz).
@@ -194,10 +215,13 @@ def locate_divergence(bundle: str | os.PathLike, graph: str, *, precision: str =
     onnx_vals = _anchor_outputs(proto, anchors, in_name, x)
     captured = _module_outputs(modules, {a[2] for a in anchors}, side.run, x)
     thr = THRESHOLDS.get(precision, 1e-4) if threshold is None else float(threshold)
-    result = [_compare_anchor(node, out_name, module, onnx_vals[out_name], captured[module], thr, side)
-              for node, out_name, module in anchors]
-    return Divergence(graph=graph, precision=precision, threshold=thr, anchors=tuple(result),
-                      notes=record.notes + side.notes)
+    result = [
+        _compare_anchor(node, out_name, module, onnx_vals[out_name], captured[module], thr, side)
+        for node, out_name, module in anchors
+    ]
+    return Divergence(
+        graph=graph, precision=precision, threshold=thr, anchors=tuple(result), notes=record.notes + side.notes
+    )
 
 
 @dataclass(frozen=True)
@@ -212,11 +236,11 @@ class _ExportRecord:
 class _TorchSide:
     """The PyTorch module the graph is compared with, and how its names relate to the original model's."""
 
-    module: Any                  # the module whose submodules are hooked
-    run: Any                     # called on the input batch
-    sources: dict[str, str]      # rewritten module name -> original name ({} without rewrite)
-    fused: dict[str, str]        # modules that stand for several original layers
-    blocks: tuple[str, ...]      # sub-pixel blocks in graph order
+    module: Any  # the module whose submodules are hooked
+    run: Any  # called on the input batch
+    sources: dict[str, str]  # rewritten module name -> original name ({} without rewrite)
+    fused: dict[str, str]  # modules that stand for several original layers
+    blocks: tuple[str, ...]  # sub-pixel blocks in graph order
     notes: tuple[str, ...]
 
 
@@ -224,8 +248,14 @@ def _export_record(root: Path, manifest: Manifest, graph: str, precision: str, p
     import onnx
 
     # What the exporter did to this graph is recorded in the FP32 graph (variants may not keep metadata).
-    meta = {p.key: p.value for p in (proto if precision == "fp32" else onnx.load(
-        str(resolve_file(root, manifest.graphs[graph].file)), load_external_data=False)).metadata_props}
+    meta = {
+        p.key: p.value
+        for p in (
+            proto
+            if precision == "fp32"
+            else onnx.load(str(resolve_file(root, manifest.graphs[graph].file)), load_external_data=False)
+        ).metadata_props
+    }
     # A variant made from another form of the graph (export.precision.int8 --decoder-form subpixel) records that form's
     # rewrite in vae.json: rebuild that one, not the FP32 file's, or every anchor would be named after the wrong form.
     variant = manifest.graphs[graph].variants.get(precision) if precision != "fp32" else None
@@ -233,13 +263,18 @@ def _export_record(root: Path, manifest: Manifest, graph: str, precision: str, p
     if not form:
         return _ExportRecord(meta, ())
     if "rewrite_options" not in form or "rewrites" not in form:
-        raise BundleError(f"{root / MANIFEST_NAME}: the {precision} {graph} variant was made from another form "
-                          f"({form.get('form', '?')!r}) and does not record its rewrite options: its layers "
-                          "cannot be located; compare the FP32 graph instead (precision='fp32')")
+        raise BundleError(
+            f"{root / MANIFEST_NAME}: the {precision} {graph} variant was made from another form "
+            f"({form.get('form', '?')!r}) and does not record its rewrite options: its layers "
+            "cannot be located; compare the FP32 graph instead (precision='fp32')"
+        )
     return _ExportRecord(
         {"rewrites": str(form["rewrites"]), "rewrite_options": json.dumps(form["rewrite_options"])},
-        (f"the {precision} variant was quantized from the {form.get('form', '?')!r} form of the graph, "
-         f"not {manifest.graphs[graph].file}; its anchors are that form's blocks",))
+        (
+            f"the {precision} variant was quantized from the {form.get('form', '?')!r} form of the graph, "
+            f"not {manifest.graphs[graph].file}; its anchors are that form's blocks",
+        ),
+    )
 
 
 def _torch_side(model, graph: str, meta: dict[str, str]) -> _TorchSide:
@@ -260,8 +295,9 @@ def _anchor_outputs(proto, anchors: list[tuple[Any, str, str]], in_name: str, x:
     present = {o.name for o in proto.graph.output}
     for _, out_name, _ in anchors:
         if out_name not in present:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(
-                out_name, types.get(out_name, onnx.TensorProto.FLOAT), None))
+            proto.graph.output.append(
+                onnx.helper.make_tensor_value_info(out_name, types.get(out_name, onnx.TensorProto.FLOAT), None)
+            )
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -275,8 +311,12 @@ def _module_outputs(modules: dict[str, Any], wanted: set[str], run, x: np.ndarra
     import torch
 
     captured: dict[str, np.ndarray] = {}
-    hooks = [modules[m].register_forward_hook(
-        lambda mod, args, out, m=m: captured.__setitem__(m, out.detach().cpu().numpy())) for m in wanted]
+    hooks = [
+        modules[m].register_forward_hook(
+            lambda mod, args, out, m=m: captured.__setitem__(m, out.detach().cpu().numpy())
+        )
+        for m in wanted
+    ]
     try:
         with torch.inference_mode():
             run(torch.from_numpy(x))
@@ -299,8 +339,17 @@ def _compare_anchor(node, out_name: str, module: str, actual, expected, thr: flo
     rel = err / ref if ref > 0 else (0.0 if err == 0 else float("inf"))
     max_abs = float(np.abs(diff).max()) if diff.size else 0.0
     bad = not (np.isfinite(a).all() and rel <= thr)
-    return Anchor(node.name, node.op_type, out_name, side.sources.get(module, module), max_abs, rel, bad,
-                  rewritten_module=module if side.sources else "", fused=module in side.fused)
+    return Anchor(
+        node.name,
+        node.op_type,
+        out_name,
+        side.sources.get(module, module),
+        max_abs,
+        rel,
+        bad,
+        rewritten_module=module if side.sources else "",
+        fused=module in side.fused,
+    )
 
 
 def _rewritten_reference(model, meta: dict[str, str]):
@@ -311,26 +360,33 @@ def _rewritten_reference(model, meta: dict[str, str]):
     """
     from export.graph.passes import fold_batchnorm
     from export.graph.rewrites import RewriteError, rewrite_decoder
-
     from runtime.bundle import BundleError
 
     try:
         options = json.loads(meta.get("rewrite_options", "{}"))
         rw = rewrite_decoder(fold_batchnorm(model), **options)
     except (ValueError, TypeError, RewriteError) as e:
-        raise BundleError(f"decoder graph records rewrites {meta['rewrites']!r} with options "
-                          f"{meta.get('rewrite_options')!r}, which cannot be rebuilt here: {e}") from None
+        raise BundleError(
+            f"decoder graph records rewrites {meta['rewrites']!r} with options "
+            f"{meta.get('rewrite_options')!r}, which cannot be rebuilt here: {e}"
+        ) from None
     fused = dict(rw.fused)
-    notes = [f"the decoder was rewritten at export ({meta['rewrites']}); compared with the same rewrite of the "
-             "checkpoint's BN-folded model"]
+    notes = [
+        f"the decoder was rewritten at export ({meta['rewrites']}); compared with the same rewrite of the "
+        "checkpoint's BN-folded model"
+    ]
     if fused:
-        notes.append("compared only as whole blocks (the layers inside cannot be named): "
-                     + "; ".join(f"{v} ({k})" for k, v in fused.items()))
+        notes.append(
+            "compared only as whole blocks (the layers inside cannot be named): "
+            + "; ".join(f"{v} ({k})" for k, v in fused.items())
+        )
     if "rewrite_options" not in meta:
         notes.append("the graph does not record its rewrite options; assumed rewrite_decoder's defaults")
     if "; ".join(rw.applied) != meta["rewrites"]:
-        notes.append(f"this checkout's rewrite gives {'; '.join(rw.applied)!r}, the export recorded "
-                     f"{meta['rewrites']!r}: anchors may be missing")
+        notes.append(
+            f"this checkout's rewrite gives {'; '.join(rw.applied)!r}, the export recorded "
+            f"{meta['rewrites']!r}: anchors may be missing"
+        )
     return rw.module.eval(), dict(rw.sources), fused, rw.blocks, notes
 
 

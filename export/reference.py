@@ -9,6 +9,7 @@ pixel range differ from the manifest's. FP32 only: reduced precision belongs to 
 Options: checkpoint (path), threads (torch.set_num_threads - process-wide, as torch has no per-model setting).
 torch and vae_model are imported in open() only.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime.bundle import (DECODER, ENCODER, IMAGE, LOGVAR, MU, Z, BundleError, Manifest,
-                            source_checkpoint_candidates, source_checkpoint_mismatch)
-from runtime.errors import BackendError, BackendUnavailableError
 from runtime.backends.base import Backend, Device
+from runtime.bundle import (
+    DECODER,
+    ENCODER,
+    IMAGE,
+    LOGVAR,
+    MU,
+    BundleError,
+    Manifest,
+    Z,
+    source_checkpoint_candidates,
+    source_checkpoint_mismatch,
+)
+from runtime.errors import BackendError, BackendUnavailableError
 
 
 def find_checkpoint(bundle: Path, manifest: Manifest, checkpoint: str | os.PathLike | None) -> Path:
@@ -37,7 +48,8 @@ def find_checkpoint(bundle: Path, manifest: Manifest, checkpoint: str | os.PathL
             return c
     raise BackendUnavailableError(
         f"backend 'torch': the bundle's source checkpoint is not here (looked for {[str(c) for c in candidates]}); "
-        "pass checkpoint=PATH (CLI: --checkpoint PATH)")
+        "pass checkpoint=PATH (CLI: --checkpoint PATH)"
+    )
 
 
 def check_checkpoint(path: Path, manifest: Manifest, sha256: str) -> None:
@@ -53,8 +65,19 @@ class TorchBackend(Backend):
     precisions = ("fp32",)
     thread_safe = True  # inference under no_grad on an eval-mode module shares no mutable state
 
-    def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-                 check_finite: bool, model: Any, torch_module: Any, checkpoint: Path, sha256: str) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        device: Device,
+        precision: str,
+        graphs: tuple[str, ...],
+        check_finite: bool,
+        model: Any,
+        torch_module: Any,
+        checkpoint: Path,
+        sha256: str,
+    ) -> None:
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
         self.model = model
         self.checkpoint = checkpoint
@@ -68,9 +91,18 @@ class TorchBackend(Backend):
         return "the PyTorch reference backend is chosen explicitly only"
 
     @classmethod
-    def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-             check_finite: bool = True, checkpoint: str | os.PathLike | None = None,
-             threads: int | None = None) -> "TorchBackend":
+    def open(
+        cls,
+        bundle: Path,
+        manifest: Manifest,
+        *,
+        device: Device,
+        precision: str,
+        graphs: tuple[str, ...],
+        check_finite: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        threads: int | None = None,
+    ) -> "TorchBackend":
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise BackendError(f"option threads: expected a positive integer, got {threads!r}")
         path = find_checkpoint(bundle, manifest, checkpoint)
@@ -79,8 +111,9 @@ class TorchBackend(Backend):
 
             from vae_model import VaeModelError, load_checkpoint
         except ImportError as e:
-            raise BackendUnavailableError(f"backend 'torch': needs torch and vae_model ({e}); "
-                                          "pip install 'vae-deploy[train]'") from None
+            raise BackendUnavailableError(
+                f"backend 'torch': needs torch and vae_model ({e}); pip install 'vae-deploy[train]'"
+            ) from None
         if device.is_cuda and not torch.cuda.is_available():
             raise BackendUnavailableError(f"backend 'torch' on {device}: torch.cuda.is_available() is False")
         try:
@@ -93,13 +126,23 @@ class TorchBackend(Backend):
         if cfg != man:
             raise BundleError(f"{path}: model config {cfg} differs from the bundle's {man}")
         if tuple(ck.pixel_range) != tuple(manifest.pixel_range):
-            raise BundleError(f"{path}: pixel range {list(ck.pixel_range)} differs from the bundle's "
-                              f"{list(manifest.pixel_range)}")
+            raise BundleError(
+                f"{path}: pixel range {list(ck.pixel_range)} differs from the bundle's {list(manifest.pixel_range)}"
+            )
         if threads is not None:
             torch.set_num_threads(threads)
         model = ck.model.to(torch.device(str(device))).eval()
-        return cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
-                   model=model, torch_module=torch, checkpoint=path, sha256=ck.sha256)
+        return cls(
+            manifest,
+            device=device,
+            precision=precision,
+            graphs=graphs,
+            check_finite=check_finite,
+            model=model,
+            torch_module=torch,
+            checkpoint=path,
+            sha256=ck.sha256,
+        )
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         torch = self._torch
@@ -115,5 +158,9 @@ class TorchBackend(Backend):
         self.model = None
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "torch": str(self._torch.__version__), "checkpoint": str(self.checkpoint),
-                "checkpoint_sha256": self.sha256}
+        return {
+            **super().describe(),
+            "torch": str(self._torch.__version__),
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": self.sha256,
+        }

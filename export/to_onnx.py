@@ -16,6 +16,7 @@ sha256, size and kind, and its path relative to DIR only when it lies under DIR'
 absolute path of the build machine travels with the bundle.
 Exit codes: 0 ok, 1 parity failure, 2 bad input (one line on stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,6 +79,7 @@ class ExportResult:
 
 # ----------------------------------------------------------------------------------------------- graphs
 
+
 def _graph_modules(model):
     import torch
 
@@ -126,9 +128,16 @@ def export_graph(module, graph: str, example, path: Path, opset: int, metadata: 
 
     ins, outs = B.GRAPH_IO[graph]
     with _quiet(), torch.no_grad():
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, output_names=list(outs),
-                                    dynamic_shapes={ins[0]: {0: torch.export.Dim(B.BATCH_AXIS)}}, verbose=False,
-                                    external_data=False)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            output_names=list(outs),
+            dynamic_shapes={ins[0]: {0: torch.export.Dim(B.BATCH_AXIS)}},
+            verbose=False,
+            external_data=False,
+        )
     model = program.model_proto
     got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
@@ -161,14 +170,17 @@ def _tensor_specs(path: Path) -> tuple[tuple[B.TensorSpec, ...], tuple[B.TensorS
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+
     def spec(vi):
         dims = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
         return B.TensorSpec(vi.name, dims, onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name)
+
     opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
     return tuple(spec(v) for v in m.graph.input), tuple(spec(v) for v in m.graph.output), int(opset)
 
 
 # ----------------------------------------------------------------------------------------------- reference data
+
 
 def reference_inputs(model, pixel_range: tuple[float, float], batch: int, seed: int) -> dict[str, np.ndarray]:
     """Golden (seeded) and realistic inputs for both graphs, keyed like reference.npz.
@@ -198,9 +210,12 @@ def reference_inputs(model, pixel_range: tuple[float, float], batch: int, seed: 
         real_img = np.concatenate([data, decoded]).astype(np.float32)
         mu = model.encode(torch.from_numpy(real_img)).mu.numpy()
     real_z = np.concatenate([mu, rng.standard_normal((batch, cfg.latent_dim)).astype(np.float32)])
-    return {B.reference_key(B.DECODER, B.Z): z, B.reference_key(B.ENCODER, B.IMAGE): img,
-            "realistic." + B.reference_key(B.DECODER, B.Z): real_z,
-            "realistic." + B.reference_key(B.ENCODER, B.IMAGE): real_img}
+    return {
+        B.reference_key(B.DECODER, B.Z): z,
+        B.reference_key(B.ENCODER, B.IMAGE): img,
+        "realistic." + B.reference_key(B.DECODER, B.Z): real_z,
+        "realistic." + B.reference_key(B.ENCODER, B.IMAGE): real_img,
+    }
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -245,10 +260,14 @@ def ort_outputs(bundle_dir: Path, graphs: Sequence[str], inputs: Mapping[str, np
     return out
 
 
-def parity_report(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
-                  tolerances: Tolerance | Mapping[str, Tolerance] | None = None,
-                  label: str = "onnxruntime-cpu fp32") -> ComparisonReport:
+def parity_report(
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    tolerances: Tolerance | Mapping[str, Tolerance] | None = None,
+    label: str = "onnxruntime-cpu fp32",
+) -> ComparisonReport:
     """Compare with the FP32 defaults of runtime.verify.metrics, overridden per output (full or tensor name) by `tolerances`."""
+
     def tol_for(key: str) -> Tolerance:
         try:
             return tolerance_for(key, tolerances or {})
@@ -263,10 +282,22 @@ def parity_report(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.nd
 
 # ----------------------------------------------------------------------------------------------- the bundle
 
-def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float, float], source: Mapping | None = None,
-                 opset: int = DEFAULT_OPSET, graphs: Sequence[str] = B.GRAPHS, verify: bool = True,
-                 batch_for_reference: int = 4, seed: int = 0, tolerances: Mapping[str, Tolerance] | None = None,
-                 rewrite: bool = True, log=print) -> ExportResult:
+
+def export_model(
+    model,
+    out_dir: str | os.PathLike,
+    *,
+    pixel_range: tuple[float, float],
+    source: Mapping | None = None,
+    opset: int = DEFAULT_OPSET,
+    graphs: Sequence[str] = B.GRAPHS,
+    verify: bool = True,
+    batch_for_reference: int = 4,
+    seed: int = 0,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    rewrite: bool = True,
+    log=print,
+) -> ExportResult:
     """Export an in-memory VanillaVAE (left untouched) to a verified bundle (steps: the module docstring).
 
     Args:
@@ -300,9 +331,22 @@ def export_model(model, out_dir: str | os.PathLike, *, pixel_range: tuple[float,
     except OutputError as e:
         raise ExportError(str(e)) from None
     try:
-        return _export_into(model, tmp, out_dir, pixel_range=pixel_range, source=source, opset=opset, graphs=graphs,
-                            verify=verify, batch_for_reference=batch_for_reference, seed=seed, tolerances=tolerances,
-                            rewrite=rewrite, log=log, t0=t0)
+        return _export_into(
+            model,
+            tmp,
+            out_dir,
+            pixel_range=pixel_range,
+            source=source,
+            opset=opset,
+            graphs=graphs,
+            verify=verify,
+            batch_for_reference=batch_for_reference,
+            seed=seed,
+            tolerances=tolerances,
+            rewrite=rewrite,
+            log=log,
+            t0=t0,
+        )
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -321,12 +365,29 @@ def _check_opset(opset: int) -> None:
 
     max_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= max_opset:
-        raise ExportError(f"--opset {opset}: unsupported; expected {MIN_OPSET} to {max_opset} (onnx {onnx.__version__}"
-                          f" with the torch.export-based exporter)")
+        raise ExportError(
+            f"--opset {opset}: unsupported; expected {MIN_OPSET} to {max_opset} (onnx {onnx.__version__}"
+            f" with the torch.export-based exporter)"
+        )
 
 
-def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset, graphs, verify, batch_for_reference,
-                 seed, tolerances, rewrite, log, t0) -> ExportResult:
+def _export_into(
+    model,
+    tmp: Path,
+    out_dir: Path,
+    *,
+    pixel_range,
+    source,
+    opset,
+    graphs,
+    verify,
+    batch_for_reference,
+    seed,
+    tolerances,
+    rewrite,
+    log,
+    t0,
+) -> ExportResult:
     versions = _tool_versions()
     cfg = model.config
     source = dict(source or {})
@@ -342,19 +403,23 @@ def _export_into(model, tmp: Path, out_dir: Path, *, pixel_range, source, opset,
     report = _parity_gate(tmp, graphs, ref, tolerances, log) if verify else _skip_parity_gate(log)
     manifest = B.Manifest(
         model=B.ModelSpec(cfg.in_channels, cfg.out_channels, cfg.image_size, cfg.latent_dim, cfg.hidden_dims),
-        pixel_range=(float(pixel_range[0]), float(pixel_range[1])), graphs=specs,
+        pixel_range=(float(pixel_range[0]), float(pixel_range[1])),
+        graphs=specs,
         source=source,
         versions=versions,
-        reference={"file": B.REFERENCE_NAME, "sha256": sha256_file(tmp / B.REFERENCE_NAME),
-                   "batch": batch_for_reference, "seed": seed},
+        reference={
+            "file": B.REFERENCE_NAME,
+            "sha256": sha256_file(tmp / B.REFERENCE_NAME),
+            "batch": batch_for_reference,
+            "seed": seed,
+        },
         parity=_parity_record(report),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     B.write_manifest(tmp, manifest)
     make_dir_public(tmp)
     try:
-        replace_dir(tmp, out_dir, owned=bundle_files, keep=KEPT_ON_REEXPORT, what="--out",
-                    manifest=B.MANIFEST_NAME)
+        replace_dir(tmp, out_dir, owned=bundle_files, keep=KEPT_ON_REEXPORT, what="--out", manifest=B.MANIFEST_NAME)
     except OutputError as e:  # a file appeared in --out during the export
         raise ExportError(str(e)) from None
     return ExportResult(out_dir, report, time.perf_counter() - t0)
@@ -383,8 +448,12 @@ def _tool_versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    return {"torch": str(torch.__version__), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "vae_deploy": PRODUCER_VERSION}
+    return {
+        "torch": str(torch.__version__),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "vae_deploy": PRODUCER_VERSION,
+    }
 
 
 def _folded_reference(model, pixel_range, batch_for_reference: int, seed: int) -> _Reference:
@@ -404,10 +473,18 @@ def _folded_reference(model, pixel_range, batch_for_reference: int, seed: int) -
 
 def _common_metadata(cfg, pixel_range, source: Mapping) -> dict:
     """The metadata props every graph carries."""
-    return {"producer": PRODUCER, "producer_version": PRODUCER_VERSION, "model": "VanillaVAE",
-            "latent_dim": cfg.latent_dim, "image_size": cfg.image_size, "in_channels": cfg.in_channels,
-            "out_channels": cfg.out_channels, "pixel_range": f"{pixel_range[0]:g},{pixel_range[1]:g}",
-            "source_sha256": source.get("sha256", ""), "source_checkpoint": source.get("checkpoint", "")}
+    return {
+        "producer": PRODUCER,
+        "producer_version": PRODUCER_VERSION,
+        "model": "VanillaVAE",
+        "latent_dim": cfg.latent_dim,
+        "image_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "pixel_range": f"{pixel_range[0]:g},{pixel_range[1]:g}",
+        "source_sha256": source.get("sha256", ""),
+        "source_checkpoint": source.get("checkpoint", ""),
+    }
 
 
 def _modules_to_export(ref: _Reference, graphs: Sequence[str], rewrite: bool, log) -> _ExportModules:
@@ -434,16 +511,20 @@ def _checked_decoder_rewrite(ref: _Reference):
     except RewriteError as e:
         raise ExportError(f"{e} (export with --no-rewrite)") from None
     with torch.no_grad():
-        got = {f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
-               for k, x in ref.inputs.items() if _split_key(k)[1] == B.DECODER}
+        got = {
+            f"{_split_key(k)[0]}{B.DECODER}.{B.IMAGE}": rw.module(torch.from_numpy(x)).numpy()
+            for k, x in ref.inputs.items()
+            if _split_key(k)[1] == B.DECODER
+        }
     check = parity_report(got, {k: ref.outputs[k] for k in got}, PASS_TOLERANCE, "rewritten PyTorch")
     if not check:
         raise ParityError(check)
     return rw
 
 
-def _export_graphs(to_export: _ExportModules, cfg, graphs: Sequence[str], tmp: Path, opset: int,
-                   metadata: Mapping[str, str], log) -> dict[str, B.GraphSpec]:
+def _export_graphs(
+    to_export: _ExportModules, cfg, graphs: Sequence[str], tmp: Path, opset: int, metadata: Mapping[str, str], log
+) -> dict[str, B.GraphSpec]:
     """Export each graph into `tmp`; returns their specs for vae.json."""
     import torch
 
@@ -452,8 +533,9 @@ def _export_graphs(to_export: _ExportModules, cfg, graphs: Sequence[str], tmp: P
     for graph in graphs:
         t = time.perf_counter()
         path = tmp / f"{graph}.onnx"
-        export_graph(to_export.modules[graph], graph, examples[graph], path, opset,
-                     {**metadata, **to_export.graph_meta[graph]})
+        export_graph(
+            to_export.modules[graph], graph, examples[graph], path, opset, {**metadata, **to_export.graph_meta[graph]}
+        )
         specs[graph] = _graph_spec(graph, path)
         log(f"exported {graph}.onnx ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f} s)")
     return specs
@@ -461,9 +543,11 @@ def _export_graphs(to_export: _ExportModules, cfg, graphs: Sequence[str], tmp: P
 
 def _parity_gate(tmp: Path, graphs: Sequence[str], ref: _Reference, tolerances, log) -> ComparisonReport:
     """The exported graphs on ONNX Runtime CPU against PyTorch; raises ParityError when they miss."""
-    report = parity_report(ort_outputs(tmp, graphs, ref.inputs), {k: v for k, v in ref.outputs.items()
-                                                                   if k.split(".")[-2] in graphs},
-                           tolerances)
+    report = parity_report(
+        ort_outputs(tmp, graphs, ref.inputs),
+        {k: v for k, v in ref.outputs.items() if k.split(".")[-2] in graphs},
+        tolerances,
+    )
     log(report.table())
     if not report:
         raise ParityError(report)
@@ -471,8 +555,10 @@ def _parity_gate(tmp: Path, graphs: Sequence[str], ref: _Reference, tolerances, 
 
 
 def _skip_parity_gate(log) -> None:
-    log("WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
-        "run `python -m runtime.verify.parity BUNDLE` before trusting them")
+    log(
+        "WARNING: --no-verify: the exported graphs were NOT compared with PyTorch; "
+        "run `python -m runtime.verify.parity BUNDLE` before trusting them"
+    )
     return None
 
 
@@ -480,11 +566,16 @@ def _parity_record(report: ComparisonReport | None) -> dict:
     """vae.json's "parity": the export-time comparison, or that there was none."""
     if not report:
         return {"verified": False}
-    return {"verified": True, "backend": "onnxruntime-cpu", "passed": report.passed,
-            # to_dict: strict JSON (an infinite PSNR of identical outputs becomes null)
-            "outputs": {o.name: {k: v for k, v in o.to_dict().items()
-                                 if k in ("max_abs", "mean_abs", "rel_l2", "cosine", "psnr")}
-                        for o in report.outputs}}
+    return {
+        "verified": True,
+        "backend": "onnxruntime-cpu",
+        "passed": report.passed,
+        # to_dict: strict JSON (an infinite PSNR of identical outputs becomes null)
+        "outputs": {
+            o.name: {k: v for k, v in o.to_dict().items() if k in ("max_abs", "mean_abs", "rel_l2", "cosine", "psnr")}
+            for o in report.outputs
+        },
+    }
 
 
 def bundle_files(folder: Path) -> dict[str, str | None]:
@@ -522,9 +613,19 @@ def source_record(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
     return record
 
 
-def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, opset: int | None = None,
-                  graphs: Sequence[str] = B.GRAPHS, verify: bool = True, batch_for_reference: int = 4, seed: int = 0,
-                  tolerances: Mapping[str, Tolerance] | None = None, rewrite: bool = True, log=print) -> Path:
+def export_bundle(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    graphs: Sequence[str] = B.GRAPHS,
+    verify: bool = True,
+    batch_for_reference: int = 4,
+    seed: int = 0,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    rewrite: bool = True,
+    log=print,
+) -> Path:
     """Load any checkpoint vae_model.load_checkpoint accepts and export it with export_model.
 
     Args:
@@ -545,44 +646,91 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
 
     ck = load_checkpoint(checkpoint)
     source = source_record(checkpoint, out_dir, sha256=ck.sha256, kind=ck.kind)
-    return export_model(ck.model, out_dir, pixel_range=ck.pixel_range, source=source,
-                        opset=opset or DEFAULT_OPSET, graphs=graphs, verify=verify,
-                        batch_for_reference=batch_for_reference, seed=seed, tolerances=tolerances,
-                        rewrite=rewrite, log=log).bundle
+    return export_model(
+        ck.model,
+        out_dir,
+        pixel_range=ck.pixel_range,
+        source=source,
+        opset=opset or DEFAULT_OPSET,
+        graphs=graphs,
+        verify=verify,
+        batch_for_reference=batch_for_reference,
+        seed=seed,
+        tolerances=tolerances,
+        rewrite=rewrite,
+        log=log,
+    ).bundle
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog_name("export.to_onnx"), formatter_class=HelpFormatter,
+        prog=prog_name("export.to_onnx"),
+        formatter_class=HelpFormatter,
         description="Export a VAE checkpoint to a bundle: encoder.onnx (image -> mu, logvar), decoder.onnx (z -> image),\n"
-                    "vae.json (manifest) and reference.npz (seeded inputs and PyTorch FP32 outputs), gated on parity\n"
-                    "with PyTorch on ONNX Runtime CPU.",
-        epilog=epilog({0: "bundle written", 1: "parity gate failed (no bundle written)",
-                       2: "bad input or option (one line on stderr)"},
-                      "%(prog)s runs/train/best.pt --out runs/bundle",
-                      "%(prog)s runs/train/best.pt --out runs/decoder-only --graphs decoder",
-                      "%(prog)s PyTorch-VAE/logs/VanillaVAE/version_0/checkpoints/last.ckpt --no-rewrite"))
-    p.add_argument("checkpoint", type=Path, metavar="CKPT",
-                   help="vae-deploy .pt, PyTorch-VAE / Lightning .ckpt (any device) or bare state_dict")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="bundle folder (default: bundle/ next to CKPT). An existing bundle is replaced only by a "
-                        "complete new one, and only its vae.json and the files it lists with a matching sha256; its "
-                        "engines/ is kept (the runtime refuses an engine whose graph changed and prints the rebuild "
-                        "command); any other file there makes the export refuse (exit 2), naming it")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                   help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET}, which TensorRT 10 parses)")
+        "vae.json (manifest) and reference.npz (seeded inputs and PyTorch FP32 outputs), gated on parity\n"
+        "with PyTorch on ONNX Runtime CPU.",
+        epilog=epilog(
+            {
+                0: "bundle written",
+                1: "parity gate failed (no bundle written)",
+                2: "bad input or option (one line on stderr)",
+            },
+            "%(prog)s runs/train/best.pt --out runs/bundle",
+            "%(prog)s runs/train/best.pt --out runs/decoder-only --graphs decoder",
+            "%(prog)s PyTorch-VAE/logs/VanillaVAE/version_0/checkpoints/last.ckpt --no-rewrite",
+        ),
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CKPT",
+        help="vae-deploy .pt, PyTorch-VAE / Lightning .ckpt (any device) or bare state_dict",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="bundle folder (default: bundle/ next to CKPT). An existing bundle is replaced only by a "
+        "complete new one, and only its vae.json and the files it lists with a matching sha256; its "
+        "engines/ is kept (the runtime refuses an engine whose graph changed and prints the rebuild "
+        "command); any other file there makes the export refuse (exit 2), naming it",
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        metavar="N",
+        help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET}, which TensorRT 10 parses)",
+    )
     add_graphs_argument(p, what="graphs to export", default=",".join(B.GRAPHS))
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the parity gate (prints a warning; vae.json records parity as unverified)")
-    p.add_argument("--no-rewrite", action="store_true",
-                   help="export the decoder as the PyTorch modules are, without the speed rewrite (export/graph/rewrites.py,"
-                        " on by default: exact, ~2x faster on ONNX Runtime CPU; the divergence finder then names the "
-                        "blocks it fused only as a whole)")
-    p.add_argument("--max-abs", type=float, default=None, metavar="TOL",
-                   help="parity tolerance: max abs error per output against PyTorch FP32 (default "
-                        f"{default_tolerance('fp32', B.IMAGE).max_abs:g})")
-    p.add_argument("--reference-batch", type=int, default=4, metavar="N",
-                   help="rows per golden / realistic input set in reference.npz (default 4)")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the parity gate (prints a warning; vae.json records parity as unverified)",
+    )
+    p.add_argument(
+        "--no-rewrite",
+        action="store_true",
+        help="export the decoder as the PyTorch modules are, without the speed rewrite (export/graph/rewrites.py,"
+        " on by default: exact, ~2x faster on ONNX Runtime CPU; the divergence finder then names the "
+        "blocks it fused only as a whole)",
+    )
+    p.add_argument(
+        "--max-abs",
+        type=float,
+        default=None,
+        metavar="TOL",
+        help="parity tolerance: max abs error per output against PyTorch FP32 (default "
+        f"{default_tolerance('fp32', B.IMAGE).max_abs:g})",
+    )
+    p.add_argument(
+        "--reference-batch",
+        type=int,
+        default=4,
+        metavar="N",
+        help="rows per golden / realistic input set in reference.npz (default 4)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the golden inputs (default 0)")
     return p
 
@@ -597,12 +745,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ExportError(f"--reference-batch must be >= 1, got {args.reference_batch}")
         if args.max_abs is not None and not args.max_abs >= 0:
             raise ExportError(f"--max-abs must be >= 0, got {args.max_abs}")
-        tolerances = None if args.max_abs is None else {
-            t: Tolerance(max_abs=args.max_abs) for t in (B.IMAGE, B.MU, B.LOGVAR)}
-        bundle = export_bundle(args.checkpoint, out, opset=args.opset,
-                               graphs=B.GRAPHS if args.graphs is None else args.graphs,
-                               verify=not args.no_verify, rewrite=not args.no_rewrite, tolerances=tolerances,
-                               batch_for_reference=args.reference_batch, seed=args.seed)
+        tolerances = (
+            None if args.max_abs is None else {t: Tolerance(max_abs=args.max_abs) for t in (B.IMAGE, B.MU, B.LOGVAR)}
+        )
+        bundle = export_bundle(
+            args.checkpoint,
+            out,
+            opset=args.opset,
+            graphs=B.GRAPHS if args.graphs is None else args.graphs,
+            verify=not args.no_verify,
+            rewrite=not args.no_rewrite,
+            tolerances=tolerances,
+            batch_for_reference=args.reference_batch,
+            seed=args.seed,
+        )
     except ParityError as e:
         print(f"error: {e}\nno bundle was written", file=sys.stderr)
         return 1

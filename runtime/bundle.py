@@ -14,6 +14,7 @@ read_manifest checks, once for every reader, that each file named is a relative 
 with every graph's shapes; errors name the file, the field, the expected and the actual value.
 runtime/cpp/src/bundle.cpp applies the same rules.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,15 +53,19 @@ DTYPES = ("float32", "float16")  # of a graph's inputs/outputs (an FP16 variant 
 # latent_dim 10**9 made sample(1) allocate 4.8 GB). Far above any real VAE - PyTorch-VAE's models are 64x64 RGB with
 # 128 latents; image VAEs of diffusion models code 1024 px into 4-16 channels - and far below sizes whose arrays
 # cannot be allocated: one latent is at most 256 KiB of float32, one image at most 1 GiB.
-MAX_CHANNELS = 64             # grey, RGB(A), multispectral; a 64-band cube is already not this model's input
-MAX_IMAGE_SIZE = 8192         # an 8K square
-MAX_LATENT_DIM = 65536        # 256 KiB per float32 latent vector
+MAX_CHANNELS = 64  # grey, RGB(A), multispectral; a 64-band cube is already not this model's input
+MAX_IMAGE_SIZE = 8192  # an 8K square
+MAX_LATENT_DIM = 65536  # 256 KiB per float32 latent vector
 MAX_IMAGE_ELEMENTS = 1 << 28  # C x S x S of one image: 1 GiB of float32 (3 x 8192 x 8192 fits, 64 x 8192 x 8192 not)
-MAX_HIDDEN_DIM = 65536        # channels of one hidden layer
+MAX_HIDDEN_DIM = 65536  # channels of one hidden layer
 MAX_HIDDEN_LAYERS = 64
-MAX_STATIC_AXIS = 1 << 31     # any other static axis (a fixed batch): what an ONNX/TensorRT dimension can hold
-MODEL_BOUNDS = {"in_channels": MAX_CHANNELS, "out_channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIZE,
-                "latent_dim": MAX_LATENT_DIM}
+MAX_STATIC_AXIS = 1 << 31  # any other static axis (a fixed batch): what an ONNX/TensorRT dimension can hold
+MODEL_BOUNDS = {
+    "in_channels": MAX_CHANNELS,
+    "out_channels": MAX_CHANNELS,
+    "image_size": MAX_IMAGE_SIZE,
+    "latent_dim": MAX_LATENT_DIM,
+}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -72,6 +77,7 @@ class BundleError(VaeError, ValueError):
 # Every file a manifest (or an engine sidecar) names is read through the rules below: the name is relative, with '/'
 # separators and no '..' component, and the file it reaches - after symlinks - lies inside the bundle folder. A
 # manifest must never make a reader (runtime, parity, export's tools, serve) read or overwrite anything elsewhere.
+
 
 def name_problem(name: object) -> str | None:
     """Why `name` cannot name a file inside a bundle (None: it can). Pure: looks at the string only."""
@@ -107,8 +113,10 @@ def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
         raise BundleError(f"{path}: cannot be resolved inside the bundle {root}: {e}") from None
     if real != base and base not in real.parents:
-        raise BundleError(f"{path}: resolves to {real}, outside the bundle {base}; expected a file inside the bundle "
-                          "(a symlink out of it is refused)")
+        raise BundleError(
+            f"{path}: resolves to {real}, outside the bundle {base}; expected a file inside the bundle "
+            "(a symlink out of it is refused)"
+        )
     return real
 
 
@@ -116,8 +124,15 @@ def _json_type(v: object) -> str:
     """The JSON name of a value's type, for messages ('string', 'number', 'list', ...)."""
     if v is None:
         return "null"
-    for t, name in ((bool, "boolean"), (str, "string"), (int, "integer"), (float, "number"), (list, "list"),
-                    (tuple, "list"), (dict, "object")):
+    for t, name in (
+        (bool, "boolean"),
+        (str, "string"),
+        (int, "integer"),
+        (float, "number"),
+        (list, "list"),
+        (tuple, "list"),
+        (dict, "object"),
+    ):
         if isinstance(v, t):
             return name
     return type(v).__name__
@@ -178,9 +193,15 @@ class VariantSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VariantSpec":
-        return cls(precision=str(d["precision"]), file=str(d["file"]), sha256=str(d["sha256"]),
-                   kept_fp32_nodes=tuple(d.get("kept_fp32_nodes", ())), accuracy=dict(d.get("accuracy", {})),
-                   budget=dict(d.get("budget", {})), source_form=dict(d.get("source_form") or {}))
+        return cls(
+            precision=str(d["precision"]),
+            file=str(d["file"]),
+            sha256=str(d["sha256"]),
+            kept_fp32_nodes=tuple(d.get("kept_fp32_nodes", ())),
+            accuracy=dict(d.get("accuracy", {})),
+            budget=dict(d.get("budget", {})),
+            source_form=dict(d.get("source_form") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -192,12 +213,12 @@ class EnginePrecisionSpec:
     the key."""
 
     precision: str
-    engine: str                      # the backend that applies it ("openvino")
-    file: str                        # the FP32 graph file it was measured on (the graph's own file)
-    sha256: str                      # that file's sha256 when measured: a changed graph must be measured again
-    device: str = ""                 # the engine's device name ("CPU")
+    engine: str  # the backend that applies it ("openvino")
+    file: str  # the FP32 graph file it was measured on (the graph's own file)
+    sha256: str  # that file's sha256 when measured: a changed graph must be measured again
+    device: str = ""  # the engine's device name ("CPU")
     properties: dict[str, Any] = field(default_factory=dict)  # engine properties it means, e.g. the precision hint
-    versions: dict[str, str] = field(default_factory=dict)    # engine version(s) it was measured with
+    versions: dict[str, str] = field(default_factory=dict)  # engine version(s) it was measured with
     accuracy: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
 
@@ -206,10 +227,17 @@ class EnginePrecisionSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EnginePrecisionSpec":
-        return cls(precision=str(d["precision"]), engine=str(d["engine"]), file=str(d["file"]),
-                   sha256=str(d["sha256"]), device=str(d.get("device", "")), properties=dict(d.get("properties", {})),
-                   versions={str(k): str(v) for k, v in dict(d.get("versions", {})).items()},
-                   accuracy=dict(d.get("accuracy", {})), budget=dict(d.get("budget", {})))
+        return cls(
+            precision=str(d["precision"]),
+            engine=str(d["engine"]),
+            file=str(d["file"]),
+            sha256=str(d["sha256"]),
+            device=str(d.get("device", "")),
+            properties=dict(d.get("properties", {})),
+            versions={str(k): str(v) for k, v in dict(d.get("versions", {})).items()},
+            accuracy=dict(d.get("accuracy", {})),
+            budget=dict(d.get("budget", {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -224,21 +252,32 @@ class GraphSpec:
     engine_precisions: dict[str, EnginePrecisionSpec] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"file": self.file, "sha256": self.sha256, "opset": self.opset,
-             "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-             "variants": {p: v.to_dict() for p, v in sorted(self.variants.items())}}
+        d = {
+            "file": self.file,
+            "sha256": self.sha256,
+            "opset": self.opset,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "variants": {p: v.to_dict() for p, v in sorted(self.variants.items())},
+        }
         if self.engine_precisions:  # bundles without any read and write exactly as before
             d["engine_precisions"] = {p: e.to_dict() for p, e in sorted(self.engine_precisions.items())}
         return d
 
     @classmethod
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> "GraphSpec":
-        return cls(name=name, file=str(d["file"]), sha256=str(d["sha256"]), opset=int(d["opset"]),
-                   inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                   outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-                   variants={p: VariantSpec.from_dict(v) for p, v in dict(d.get("variants", {})).items()},
-                   engine_precisions={p: EnginePrecisionSpec.from_dict(e)
-                                      for p, e in dict(d.get("engine_precisions", {})).items()})
+        return cls(
+            name=name,
+            file=str(d["file"]),
+            sha256=str(d["sha256"]),
+            opset=int(d["opset"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            variants={p: VariantSpec.from_dict(v) for p, v in dict(d.get("variants", {})).items()},
+            engine_precisions={
+                p: EnginePrecisionSpec.from_dict(e) for p, e in dict(d.get("engine_precisions", {})).items()
+            },
+        )
 
     def precisions(self) -> list[str]:
         """Every precision the bundle offers for this graph: fp32, its variants, then its engine precisions."""
@@ -269,9 +308,14 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
-        return cls(in_channels=int(d["in_channels"]), out_channels=int(d["out_channels"]),
-                   image_size=int(d["image_size"]), latent_dim=int(d["latent_dim"]),
-                   hidden_dims=tuple(int(h) for h in d["hidden_dims"]), family=str(d.get("family", "VanillaVAE")))
+        return cls(
+            in_channels=int(d["in_channels"]),
+            out_channels=int(d["out_channels"]),
+            image_size=int(d["image_size"]),
+            latent_dim=int(d["latent_dim"]),
+            hidden_dims=tuple(int(h) for h in d["hidden_dims"]),
+            family=str(d.get("family", "VanillaVAE")),
+        )
 
 
 @dataclass(frozen=True)
@@ -279,19 +323,26 @@ class Manifest:
     model: ModelSpec
     pixel_range: tuple[float, float]
     graphs: dict[str, GraphSpec]
-    source: dict[str, Any] = field(default_factory=dict)     # checkpoint name, sha256, size, kind, relative_path
-    versions: dict[str, str] = field(default_factory=dict)   # torch / onnx / onnxruntime / vae-deploy used
+    source: dict[str, Any] = field(default_factory=dict)  # checkpoint name, sha256, size, kind, relative_path
+    versions: dict[str, str] = field(default_factory=dict)  # torch / onnx / onnxruntime / vae-deploy used
     reference: dict[str, Any] = field(default_factory=dict)  # {"file": "reference.npz", "sha256": ...}
-    parity: dict[str, Any] = field(default_factory=dict)     # export-time parity summary
+    parity: dict[str, Any] = field(default_factory=dict)  # export-time parity summary
     created: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "schema_version": self.schema_version, "created": self.created,
-                "model": self.model.to_dict(), "pixel_range": list(self.pixel_range),
-                "source": self.source, "versions": self.versions,
-                "graphs": {g: s.to_dict() for g, s in self.graphs.items()},
-                "reference": self.reference, "parity": self.parity}
+        return {
+            "schema": SCHEMA,
+            "schema_version": self.schema_version,
+            "created": self.created,
+            "model": self.model.to_dict(),
+            "pixel_range": list(self.pixel_range),
+            "source": self.source,
+            "versions": self.versions,
+            "graphs": {g: s.to_dict() for g, s in self.graphs.items()},
+            "reference": self.reference,
+            "parity": self.parity,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = MANIFEST_NAME) -> "Manifest":
@@ -305,10 +356,17 @@ class Manifest:
         try:
             lo, hi = (float(v) for v in d["pixel_range"])
             graphs = {g: GraphSpec.from_dict(g, s) for g, s in dict(d["graphs"]).items()}
-            m = cls(model=ModelSpec.from_dict(d["model"]), pixel_range=(lo, hi), graphs=graphs,
-                    source=dict(d.get("source", {})), versions=dict(d.get("versions", {})),
-                    reference=dict(d.get("reference", {})), parity=dict(d.get("parity", {})),
-                    created=str(d.get("created", "")), schema_version=int(version))
+            m = cls(
+                model=ModelSpec.from_dict(d["model"]),
+                pixel_range=(lo, hi),
+                graphs=graphs,
+                source=dict(d.get("source", {})),
+                versions=dict(d.get("versions", {})),
+                reference=dict(d.get("reference", {})),
+                parity=dict(d.get("parity", {})),
+                created=str(d.get("created", "")),
+                schema_version=int(version),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source}: malformed manifest: {type(e).__name__}: {e}") from None
         _check_shapes(m, source)
@@ -326,8 +384,10 @@ class Manifest:
             return spec.file, spec.sha256
         if precision not in spec.variants:
             have = ["fp32", *sorted(spec.variants)]
-            raise BundleError(f"graph {name!r} has no {precision!r} variant (it has {have}); "
-                              f"create it with `python -m export.precision.fp16` or `python -m export.precision.int8`")
+            raise BundleError(
+                f"graph {name!r} has no {precision!r} variant (it has {have}); "
+                f"create it with `python -m export.precision.fp16` or `python -m export.precision.int8`"
+            )
         v = spec.variants[precision]
         return v.file, v.sha256
 
@@ -374,8 +434,10 @@ def resolve_file(bundle: str | os.PathLike, name: str, sha256: str | None = None
             raise BundleError(f"{path}: expected the file's sha256 (64 hex digits), got {_show(sha256)}")
         actual = sha256_file(path)
         if actual != sha256:
-            raise BundleError(f"{path}: sha256 {actual[:12]}..., manifest says {sha256[:12]}...: "
-                              "the file changed after export; re-export the bundle")
+            raise BundleError(
+                f"{path}: sha256 {actual[:12]}..., manifest says {sha256[:12]}...: "
+                "the file changed after export; re-export the bundle"
+            )
     return path
 
 
@@ -387,6 +449,7 @@ def resolve_file(bundle: str | os.PathLike, name: str, sha256: str | None = None
 # relative_path (from the bundle folder, "/"-separated) is written only when the checkpoint lay under the bundle's
 # parent folder at export; elsewhere only the name is kept, so a shipped bundle never carries the build machine's
 # layout. Bundles exported before held an absolute "path" instead: still read.
+
 
 def source_checkpoint_candidates(bundle: str | os.PathLike, source: Mapping[str, Any]) -> list[Path]:
     """Where the checkpoint vae.json's `source` names may be, in the order to try: its relative_path from the bundle
@@ -406,21 +469,26 @@ def source_checkpoint_candidates(bundle: str | os.PathLike, source: Mapping[str,
     return list(dict.fromkeys(out))
 
 
-def source_checkpoint_mismatch(path: str | os.PathLike, source: Mapping[str, Any],
-                               sha256: str | None = None) -> str | None:
+def source_checkpoint_mismatch(
+    path: str | os.PathLike, source: Mapping[str, Any], sha256: str | None = None
+) -> str | None:
     """Why the file at `path` is not the checkpoint vae.json's `source` records (its size, then its sha256: `sha256`
     when the caller already hashed it), or None when it is (or when the manifest records neither)."""
     size, want = source.get("size"), source.get("sha256")
     if isinstance(size, int) and not isinstance(size, bool):
         actual = Path(path).stat().st_size
         if actual != size:
-            return (f"{actual} bytes, but the bundle was exported from {source.get('checkpoint', '?')} of {size} bytes"
-                    + (f" with sha256 {want[:12]}..." if isinstance(want, str) and want else ""))
+            return (
+                f"{actual} bytes, but the bundle was exported from {source.get('checkpoint', '?')} of {size} bytes"
+                + (f" with sha256 {want[:12]}..." if isinstance(want, str) and want else "")
+            )
     if isinstance(want, str) and want:
         actual_sha = sha256 if sha256 is not None else sha256_file(path)
         if actual_sha != want:
-            return (f"sha256 {actual_sha[:12]}..., but the bundle was exported from {source.get('checkpoint', '?')} "
-                    f"with sha256 {want[:12]}...")
+            return (
+                f"sha256 {actual_sha[:12]}..., but the bundle was exported from {source.get('checkpoint', '?')} "
+                f"with sha256 {want[:12]}..."
+            )
     return None
 
 
@@ -454,8 +522,9 @@ class _Checker:
 
     def sha256(self, obj: Mapping[str, Any], where: str) -> None:
         if "sha256" not in obj:
-            raise self.fail(f"{where}.sha256", "expected the file's sha256 (64 hex digits), got nothing (the field is "
-                                               "missing)")
+            raise self.fail(
+                f"{where}.sha256", "expected the file's sha256 (64 hex digits), got nothing (the field is missing)"
+            )
         v = obj["sha256"]
         if not isinstance(v, str) or not _SHA256.fullmatch(v):
             raise self.fail(f"{where}.sha256", f"expected the file's sha256 (64 hex digits), got {_show(v)}")
@@ -473,7 +542,8 @@ class _Checker:
             raise self.fail(f"{where}.shape", axes + _show(shape))
         for i, d in enumerate(shape):
             ok = (isinstance(d, str) and d != "") or (
-                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_STATIC_AXIS)
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_STATIC_AXIS
+            )
             if not ok:
                 raise self.fail(f"{where}.shape", axes + f"axis {i}: {_show(d)}")
         dtype = t.get("dtype", "float32")
@@ -486,23 +556,32 @@ class _Checker:
             self.integer(self.get(model, key, "model"), 1, hi, f"model.{key}")
         elements = model["in_channels"] * model["image_size"] ** 2
         if elements > MAX_IMAGE_ELEMENTS:
-            raise self.fail("model", f"in_channels x image_size^2 = {elements} values per image, expected at most "
-                                     f"{MAX_IMAGE_ELEMENTS}")
+            raise self.fail(
+                "model",
+                f"in_channels x image_size^2 = {elements} values per image, expected at most {MAX_IMAGE_ELEMENTS}",
+            )
         hidden = self.get(model, "hidden_dims", "model")
         if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS:
-            raise self.fail("model.hidden_dims", f"expected a list of at most {MAX_HIDDEN_LAYERS} integers, got "
-                                                 f"{_json_type(hidden)}" + (f" of {len(hidden)}" if isinstance(hidden, list) else ""))
+            raise self.fail(
+                "model.hidden_dims",
+                f"expected a list of at most {MAX_HIDDEN_LAYERS} integers, got "
+                f"{_json_type(hidden)}" + (f" of {len(hidden)}" if isinstance(hidden, list) else ""),
+            )
         for i, h in enumerate(hidden):
             self.integer(h, 1, MAX_HIDDEN_DIM, f"model.hidden_dims[{i}]")
         pr = self.get(d, "pixel_range", "")
-        if (not isinstance(pr, list) or len(pr) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pr)
-                or not pr[0] < pr[1]):
+        if (
+            not isinstance(pr, list)
+            or len(pr) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pr)
+            or not pr[0] < pr[1]
+        ):
             raise self.fail("pixel_range", f"expected [low, high] with finite low < high, got {json.dumps(pr)}")
         graphs = self.get(d, "graphs", "")
         if not isinstance(graphs, Mapping) or not graphs:
-            raise self.fail("graphs", f"expected an object with one or both of {list(GRAPHS)}, got "
-                                      f"{json.dumps(graphs)[:80]}")
+            raise self.fail(
+                "graphs", f"expected an object with one or both of {list(GRAPHS)}, got {json.dumps(graphs)[:80]}"
+            )
         for g, spec in graphs.items():
             where = f"graphs.{g}"
             if g not in GRAPHS:
@@ -540,8 +619,11 @@ class _Checker:
                 self.file(e, ewhere)
                 self.sha256(e, ewhere)
                 if e["file"] != spec["file"]:  # measured on the FP32 graph: it applies to no other file
-                    raise self.fail(f"{ewhere}.file", f"expected the graph's own file {spec['file']!r} (an engine "
-                                                      f"precision runs the FP32 graph), got {e['file']!r}")
+                    raise self.fail(
+                        f"{ewhere}.file",
+                        f"expected the graph's own file {spec['file']!r} (an engine "
+                        f"precision runs the FP32 graph), got {e['file']!r}",
+                    )
                 for key in ("properties", "versions", "accuracy", "budget"):
                     if not isinstance(e.get(key, {}), Mapping):
                         raise self.fail(f"{ewhere}.{key}", f"expected an object, got {_json_type(e[key])}")
@@ -566,11 +648,12 @@ def _check_shapes(m: Manifest, source: str) -> None:
             raise BundleError(f"{source}: graph {g!r} has inputs/outputs {got}, expected {(ins, outs)}")
         for side, tensors, shapes in (("inputs", spec.inputs, implied[g][0]), ("outputs", spec.outputs, implied[g][1])):
             for t, want in zip(tensors, shapes):
-                ok = len(t.shape) == len(want) and all(
-                    w == "batch" or d == w for d, w in zip(t.shape, want))
+                ok = len(t.shape) == len(want) and all(w == "batch" or d == w for d, w in zip(t.shape, want))
                 if not ok:
-                    raise BundleError(f"{source}: graphs.{g}.{side} {t.name!r}: shape {_shape_str(t.shape)}, "
-                                      f"the model config implies {_shape_str(want)}")
+                    raise BundleError(
+                        f"{source}: graphs.{g}.{side} {t.name!r}: shape {_shape_str(t.shape)}, "
+                        f"the model config implies {_shape_str(want)}"
+                    )
 
 
 def _shape_str(shape: tuple[Any, ...]) -> str:

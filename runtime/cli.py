@@ -11,6 +11,7 @@
 vae_model cannot import this package: vae_model/cli.py holds its own copy of the formatter, prog_name and progress.
 Heavy imports: none; tqdm only when a bar is drawn on a terminal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,9 +69,12 @@ def prog_name(module: str) -> str | None:
 
 # ----------------------------------------------------------------------------------------------- --graphs
 
+
 def graphs_help(what: str = "graphs to use", default: str = "every graph of the bundle") -> str:
-    return (f"{what}: comma-separated graph names, e.g. decoder or {','.join(GRAPHS)} (default: {default}; 'both' is "
-            "a deprecated alias of the default, removed in the next release)")
+    return (
+        f"{what}: comma-separated graph names, e.g. decoder or {','.join(GRAPHS)} (default: {default}; 'both' is "
+        "a deprecated alias of the default, removed in the next release)"
+    )
 
 
 def parse_graphs(text: str) -> tuple[str, ...] | None:
@@ -80,22 +84,35 @@ def parse_graphs(text: str) -> tuple[str, ...] | None:
     omitting --graphs means), with a one-line warning on stderr. Names are checked by the tool against the bundle.
     """
     if text.strip().lower() == "both":
-        print("warning: --graphs both is deprecated and will be removed in the next release: omit --graphs for every "
-              f"graph of the bundle, or name them ({','.join(GRAPHS)})", file=sys.stderr)
+        print(
+            "warning: --graphs both is deprecated and will be removed in the next release: omit --graphs for every "
+            f"graph of the bundle, or name them ({','.join(GRAPHS)})",
+            file=sys.stderr,
+        )
         return None
     return tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
 
-def add_graphs_argument(parser: argparse.ArgumentParser, *, what: str = "graphs to use",
-                        default: str = "every graph of the bundle") -> None:
+def add_graphs_argument(
+    parser: argparse.ArgumentParser, *, what: str = "graphs to use", default: str = "every graph of the bundle"
+) -> None:
     """Add the one --graphs option. Its value is None when omitted (or 'both'): the tool's default, `default`."""
     parser.add_argument("--graphs", type=parse_graphs, default=None, metavar="LIST", help=graphs_help(what, default))
 
 
 # ----------------------------------------------------------------------------------------------- progress
 
-def progress(iterable: Iterable[Any] | None = None, *, total: float | None = None, desc: str = "",
-             enabled: bool = True, unit: str = "it", leave: bool = True, file: IO[str] | None = None) -> Any:
+
+def progress(
+    iterable: Iterable[Any] | None = None,
+    *,
+    total: float | None = None,
+    desc: str = "",
+    enabled: bool = True,
+    unit: str = "it",
+    leave: bool = True,
+    file: IO[str] | None = None,
+) -> Any:
     """A progress bar with tqdm's interface (iteration, update, reset, set_postfix[_str], write, close, `with`).
 
     On a terminal: tqdm. Elsewhere (stderr captured to a file or a pipe), or without tqdm: PlainProgress, a line at
@@ -124,13 +141,21 @@ class PlainProgress:
     """Progress as a few whole lines, for logs: start, ~every 10% (>= 1 s apart) or every 30 s, end. Work that ends
     before its first progress line prints nothing (a quick failure leaves only its own error line)."""
 
-    STEP = 0.1            # fraction of the total between lines
-    MIN_GAP_S = 1.0       # no two progress lines closer than this
-    MAX_GAP_S = 30.0      # a line at least this often while work goes on
+    STEP = 0.1  # fraction of the total between lines
+    MIN_GAP_S = 1.0  # no two progress lines closer than this
+    MAX_GAP_S = 30.0  # a line at least this often while work goes on
     clock = staticmethod(time.monotonic)  # tests replace it
 
-    def __init__(self, iterable: Iterable[Any] | None = None, *, total: float | None = None, desc: str = "",
-                 unit: str = "it", enabled: bool = True, file: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[Any] | None = None,
+        *,
+        total: float | None = None,
+        desc: str = "",
+        unit: str = "it",
+        enabled: bool = True,
+        file: IO[str] | None = None,
+    ) -> None:
         if total is None and iterable is not None:
             try:
                 total = len(iterable)  # type: ignore[arg-type]
@@ -241,4 +266,3 @@ class PlainProgress:
             self.file.flush()
         except (OSError, ValueError):  # a closed or broken log must not stop the work it reports on
             pass
-

@@ -13,6 +13,7 @@ BUNDLE/engines/<stem>.plan has a sidecar BUNDLE/engines/<stem>.json:
 EngineMismatchError listing them all, with the command that rebuilds the engine here. The C++ runtime implements the
 same in runtime/cpp/src/engine_contract.cpp; tests/runtime/test_engine_contract.py runs both on the same sidecars.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ ENGINES_DIR = "engines"
 ENGINE_SUFFIX = ".plan"
 SIDECAR_SUFFIX = ".json"
 SIDECAR_SCHEMA = "vae-deploy/engine"
-SIDECAR_VERSION = 2   # 2: version normalised to major.minor.patch, GPU SM and DLA counts, DLA engines named apart
+SIDECAR_VERSION = 2  # 2: version normalised to major.minor.patch, GPU SM and DLA counts, DLA engines named apart
 FLAVOURS = ("trt", "trt_rtx")
 FLAVOUR_TAG = {"trt": "trt", "trt_rtx": "rtx"}
 PORTABLE = "portable"
@@ -41,8 +42,17 @@ TEGRA_RELEASE = "/etc/nv_tegra_release"
 # L4T (Jetson Linux) release -> JetPack, for the provenance record; the first matching prefix wins.
 # Source: NVIDIA's JetPack archive (JetPack 6.1 and 6.2 both bring TensorRT 10.3; JetPack 6.0 brings 8.6).
 L4T_TO_JETPACK: tuple[tuple[str, str], ...] = (
-    ("36.4.3", "6.2"), ("36.4.4", "6.2.1"), ("36.4", "6.1"), ("36.3", "6.0"), ("36.2", "6.0 DP"),
-    ("35.6", "5.1.4"), ("35.5", "5.1.3"), ("35.4", "5.1.2"), ("35.3", "5.1.1"), ("35.2", "5.1"), ("35.1", "5.0.2"),
+    ("36.4.3", "6.2"),
+    ("36.4.4", "6.2.1"),
+    ("36.4", "6.1"),
+    ("36.3", "6.0"),
+    ("36.2", "6.0 DP"),
+    ("35.6", "5.1.4"),
+    ("35.5", "5.1.3"),
+    ("35.4", "5.1.2"),
+    ("35.3", "5.1.1"),
+    ("35.2", "5.1"),
+    ("35.1", "5.0.2"),
 )
 
 
@@ -62,13 +72,14 @@ class EngineMismatchError(EngineError):
 
 # ----------------------------------------------------------------------------------------------- the machine
 
+
 @dataclass(frozen=True)
 class PlatformInfo:
     """CPU architecture and, on a Jetson, the L4T release (and the JetPack it belongs to)."""
 
-    machine: str                 # "x86_64" / "aarch64"
-    l4t: str | None = None       # "36.4.3"
-    jetpack: str | None = None   # "6.2"
+    machine: str  # "x86_64" / "aarch64"
+    l4t: str | None = None  # "36.4.3"
+    jetpack: str | None = None  # "6.2"
 
     def to_dict(self) -> dict[str, Any]:
         return {"machine": self.machine, "l4t": self.l4t, "jetpack": self.jetpack}
@@ -112,8 +123,8 @@ class GpuInfo:
 
     name: str
     compute_capability: tuple[int, int]
-    sm_count: int = 0             # cudaDeviceProp.multiProcessorCount; 0 = unknown (never for a probed GPU)
-    dla_cores: int = 0            # IBuilder/IRuntime num_DLA_cores
+    sm_count: int = 0  # cudaDeviceProp.multiProcessorCount; 0 = unknown (never for a probed GPU)
+    dla_cores: int = 0  # IBuilder/IRuntime num_DLA_cores
 
     @property
     def sm(self) -> str:
@@ -130,14 +141,22 @@ class GpuInfo:
         return f"{self.name} (compute capability {self.cc}{extra})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "compute_capability": self.cc, "sm_count": self.sm_count,
-                "dla_cores": self.dla_cores}
+        return {
+            "name": self.name,
+            "compute_capability": self.cc,
+            "sm_count": self.sm_count,
+            "dla_cores": self.dla_cores,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GpuInfo":
         major, minor = (int(x) for x in str(d["compute_capability"]).split("."))
-        return cls(name=str(d["name"]), compute_capability=(major, minor), sm_count=int(d.get("sm_count", 0)),
-                   dla_cores=int(d.get("dla_cores", 0)))
+        return cls(
+            name=str(d["name"]),
+            compute_capability=(major, minor),
+            sm_count=int(d.get("sm_count", 0)),
+            dla_cores=int(d.get("dla_cores", 0)),
+        )
 
 
 def normalize_version(text: str) -> str:
@@ -158,7 +177,7 @@ class TrtInfo:
     """Which TensorRT: flavour 'trt' (TensorRT) or 'trt_rtx' (TensorRT for RTX), and its version string."""
 
     flavour: str
-    version: str                  # normalised to major.minor.patch on construction
+    version: str  # normalised to major.minor.patch on construction
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -216,8 +235,14 @@ def engine_stem(graph: str, precision: str, gpu: GpuInfo | None, trt: TrtInfo, d
     return f"{graph}.{precision}.{gpu_slug(gpu)}{dla}.{trt.tag}"
 
 
-def engine_path(bundle: str | os.PathLike, graph: str, precision: str, gpu: GpuInfo | None, trt: TrtInfo,
-                dla_core: int | None = None) -> Path:
+def engine_path(
+    bundle: str | os.PathLike,
+    graph: str,
+    precision: str,
+    gpu: GpuInfo | None,
+    trt: TrtInfo,
+    dla_core: int | None = None,
+) -> Path:
     return Path(bundle) / ENGINES_DIR / (engine_stem(graph, precision, gpu, trt, dla_core) + ENGINE_SUFFIX)
 
 
@@ -237,6 +262,7 @@ def candidate_engines(bundle: str | os.PathLike, graph: str, precision: str) -> 
 
 # ----------------------------------------------------------------------------------------------- the sidecar
 
+
 @dataclass(frozen=True)
 class Profile:
     """The optimization profile over the batch axis, for one input tensor (shapes include the batch)."""
@@ -255,8 +281,12 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Profile":
-        return cls(input=str(d["input"]), min=tuple(int(x) for x in d["min"]), opt=tuple(int(x) for x in d["opt"]),
-                   max=tuple(int(x) for x in d["max"]))
+        return cls(
+            input=str(d["input"]),
+            min=tuple(int(x) for x in d["min"]),
+            opt=tuple(int(x) for x in d["opt"]),
+            max=tuple(int(x) for x in d["max"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -265,53 +295,75 @@ class EngineSidecar:
 
     graph: str
     precision: str
-    engine_file: str             # name inside BUNDLE/engines
+    engine_file: str  # name inside BUNDLE/engines
     engine_sha256: str
-    source_file: str             # ONNX file name inside BUNDLE
+    source_file: str  # ONNX file name inside BUNDLE
     source_sha256: str
     trt: TrtInfo
-    gpu: GpuInfo | None          # None: a portable TensorRT-RTX engine
+    gpu: GpuInfo | None  # None: a portable TensorRT-RTX engine
     platform: PlatformInfo
     profile: Profile
-    build_options: dict[str, Any] = field(default_factory=dict)   # flags, workspace, dla core, layer precisions...
+    build_options: dict[str, Any] = field(default_factory=dict)  # flags, workspace, dla core, layer precisions...
     build_seconds: float = 0.0
     created: str = ""
-    parity: dict[str, Any] = field(default_factory=dict)          # {"verified": bool, "passed": ..., outputs...}
-    compute_capabilities: tuple[str, ...] = ()                     # TensorRT-RTX targets ("8.9", ...); () = all
+    parity: dict[str, Any] = field(default_factory=dict)  # {"verified": bool, "passed": ..., outputs...}
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets ("8.9", ...); () = all
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SIDECAR_SCHEMA, "schema_version": SIDECAR_VERSION, "graph": self.graph,
-                "precision": self.precision, "engine": {"file": self.engine_file, "sha256": self.engine_sha256},
-                "source": {"file": self.source_file, "sha256": self.source_sha256},
-                "tensorrt": self.trt.to_dict(), "gpu": None if self.gpu is None else self.gpu.to_dict(),
-                "compute_capabilities": list(self.compute_capabilities),
-                "platform": self.platform.to_dict(), "profile": self.profile.to_dict(),
-                "build_options": self.build_options, "build_seconds": self.build_seconds, "created": self.created,
-                "parity": self.parity}
+        return {
+            "schema": SIDECAR_SCHEMA,
+            "schema_version": SIDECAR_VERSION,
+            "graph": self.graph,
+            "precision": self.precision,
+            "engine": {"file": self.engine_file, "sha256": self.engine_sha256},
+            "source": {"file": self.source_file, "sha256": self.source_sha256},
+            "tensorrt": self.trt.to_dict(),
+            "gpu": None if self.gpu is None else self.gpu.to_dict(),
+            "compute_capabilities": list(self.compute_capabilities),
+            "platform": self.platform.to_dict(),
+            "profile": self.profile.to_dict(),
+            "build_options": self.build_options,
+            "build_seconds": self.build_seconds,
+            "created": self.created,
+            "parity": self.parity,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "sidecar") -> "EngineSidecar":
         if d.get("schema") != SIDECAR_SCHEMA or d.get("schema_version") != SIDECAR_VERSION:
-            raise EngineError(f"{source}: schema {d.get('schema')!r} version {d.get('schema_version')!r}, "
-                              f"expected {SIDECAR_SCHEMA!r} version {SIDECAR_VERSION}")
+            raise EngineError(
+                f"{source}: schema {d.get('schema')!r} version {d.get('schema_version')!r}, "
+                f"expected {SIDECAR_SCHEMA!r} version {SIDECAR_VERSION}"
+            )
         try:
-            sidecar = cls(graph=str(d["graph"]), precision=str(d["precision"]), engine_file=str(d["engine"]["file"]),
-                       engine_sha256=str(d["engine"]["sha256"]), source_file=str(d["source"]["file"]),
-                       source_sha256=str(d["source"]["sha256"]), trt=TrtInfo.from_dict(d["tensorrt"]),
-                       gpu=None if d.get("gpu") is None else GpuInfo.from_dict(d["gpu"]),
-                       platform=PlatformInfo.from_dict(d["platform"]), profile=Profile.from_dict(d["profile"]),
-                       build_options=dict(d.get("build_options", {})), build_seconds=float(d.get("build_seconds", 0)),
-                       created=str(d.get("created", "")), parity=dict(d.get("parity", {})),
-                       compute_capabilities=tuple(str(c) for c in d.get("compute_capabilities", ())))
+            sidecar = cls(
+                graph=str(d["graph"]),
+                precision=str(d["precision"]),
+                engine_file=str(d["engine"]["file"]),
+                engine_sha256=str(d["engine"]["sha256"]),
+                source_file=str(d["source"]["file"]),
+                source_sha256=str(d["source"]["sha256"]),
+                trt=TrtInfo.from_dict(d["tensorrt"]),
+                gpu=None if d.get("gpu") is None else GpuInfo.from_dict(d["gpu"]),
+                platform=PlatformInfo.from_dict(d["platform"]),
+                profile=Profile.from_dict(d["profile"]),
+                build_options=dict(d.get("build_options", {})),
+                build_seconds=float(d.get("build_seconds", 0)),
+                created=str(d.get("created", "")),
+                parity=dict(d.get("parity", {})),
+                compute_capabilities=tuple(str(c) for c in d.get("compute_capabilities", ())),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise EngineError(f"{source}: malformed engine sidecar: {type(e).__name__}: {e}") from None
         # Names the bundle contract allows (runtime.bundle.name_problem): the engine sits in engines/ beside its
         # sidecar, the source is a file of the bundle; nothing a sidecar says may point elsewhere.
-        for field, name, kind in (("engine", sidecar.engine_file, "a file name inside engines/"),
-                                  ("source", sidecar.source_file, "a relative path inside the bundle")):
-            problem = name_problem(name) or ("it names a folder" if field == "engine" and "/" in name else None)
+        for key, name, kind in (
+            ("engine", sidecar.engine_file, "a file name inside engines/"),
+            ("source", sidecar.source_file, "a relative path inside the bundle"),
+        ):
+            problem = name_problem(name) or ("it names a folder" if key == "engine" and "/" in name else None)
             if problem:
-                raise EngineError(f"{source}: {field}.file: expected {kind}, got {name!r} ({problem})")
+                raise EngineError(f"{source}: {key}.file: expected {kind}, got {name!r} ({problem})")
         return sidecar
 
 
@@ -322,8 +374,10 @@ def write_sidecar(path: str | os.PathLike, sidecar: EngineSidecar) -> Path:
 def read_sidecar(path: str | os.PathLike) -> EngineSidecar:
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"{path}: engine sidecar missing; an engine without provenance is never used "
-                          "(rebuild it with python -m export.tensorrt.build)")
+        raise EngineError(
+            f"{path}: engine sidecar missing; an engine without provenance is never used "
+            "(rebuild it with python -m export.tensorrt.build)"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -335,8 +389,14 @@ def read_sidecar(path: str | os.PathLike) -> EngineSidecar:
 
 # ----------------------------------------------------------------------------------------------- the check
 
-def rebuild_command(bundle: str | os.PathLike, graph: str, precision: str, batch: tuple[int, int, int] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> str:
+
+def rebuild_command(
+    bundle: str | os.PathLike,
+    graph: str,
+    precision: str,
+    batch: tuple[int, int, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     """The exact `python -m export.tensorrt.build` command that (re)builds this engine on the machine it is run on."""
     args = ["python", "-m", "export.tensorrt.build", str(bundle), "--graphs", graph, "--precision", precision]
     if batch is not None:
@@ -360,8 +420,17 @@ def _dla_text(core: int | None) -> str:
     return "a GPU engine" if core is None else f"for DLA core {core}"
 
 
-def check_sidecar(sidecar: EngineSidecar, *, machine: MachineInfo, graph: str, precision: str, source_file: str,
-                  source_sha256: str, engine_sha256: str | None = None, dla_core: int | None = None) -> list[str]:
+def check_sidecar(
+    sidecar: EngineSidecar,
+    *,
+    machine: MachineInfo,
+    graph: str,
+    precision: str,
+    source_file: str,
+    source_sha256: str,
+    engine_sha256: str | None = None,
+    dla_core: int | None = None,
+) -> list[str]:
     """Every reason this engine must not run here (empty: usable). Pure: the caller supplies machine and hashes.
 
     source_file / source_sha256: the file the sidecar names as its source and the sha256 vae.json lists for it
@@ -378,8 +447,10 @@ def check_sidecar(sidecar: EngineSidecar, *, machine: MachineInfo, graph: str, p
     if sidecar.platform.machine != machine.platform.machine:
         out.append(f"platform: engine built on {sidecar.platform.machine}, this machine is {machine.platform.machine}")
     if sidecar.platform.l4t and machine.platform.l4t and sidecar.platform.l4t != machine.platform.l4t:
-        out.append(f"Jetson L4T: engine built on L4T {sidecar.platform.l4t} (JetPack {sidecar.platform.jetpack}), "
-                   f"this machine has L4T {machine.platform.l4t} (JetPack {machine.platform.jetpack})")
+        out.append(
+            f"Jetson L4T: engine built on L4T {sidecar.platform.l4t} (JetPack {sidecar.platform.jetpack}), "
+            f"this machine has L4T {machine.platform.l4t} (JetPack {machine.platform.jetpack})"
+        )
     if sidecar.gpu is not None:
         if machine.gpu is None:
             out.append(f"GPU: engine built for {sidecar.gpu.describe()}, no GPU visible here")
@@ -387,17 +458,25 @@ def check_sidecar(sidecar: EngineSidecar, *, machine: MachineInfo, graph: str, p
             out.append(f"GPU: engine built for {sidecar.gpu.describe()}, this machine has {machine.gpu.describe()}")
     elif machine.gpu is not None:
         if not sidecar.compute_capabilities:
-            out.append("GPU: portable engine records no target compute capabilities (so nothing says it runs on "
-                       f"{machine.gpu.describe()})")
+            out.append(
+                "GPU: portable engine records no target compute capabilities (so nothing says it runs on "
+                f"{machine.gpu.describe()})"
+            )
         elif machine.gpu.cc not in sidecar.compute_capabilities:
-            out.append(f"GPU: portable engine targets compute capabilities {list(sidecar.compute_capabilities)}, "
-                       f"this GPU ({machine.gpu.name}) is {machine.gpu.cc}")
+            out.append(
+                f"GPU: portable engine targets compute capabilities {list(sidecar.compute_capabilities)}, "
+                f"this GPU ({machine.gpu.name}) is {machine.gpu.cc}"
+            )
     if sidecar.source_file != source_file or sidecar.source_sha256 != source_sha256:
-        out.append(f"ONNX: engine built from {sidecar.source_file} sha256 {sidecar.source_sha256[:12]}..., the bundle "
-                   f"now has {source_file} sha256 {source_sha256[:12]}... (the graph changed since the build)")
+        out.append(
+            f"ONNX: engine built from {sidecar.source_file} sha256 {sidecar.source_sha256[:12]}..., the bundle "
+            f"now has {source_file} sha256 {source_sha256[:12]}... (the graph changed since the build)"
+        )
     if engine_sha256 is not None and engine_sha256 != sidecar.engine_sha256:
-        out.append(f"engine file: sha256 {engine_sha256[:12]}..., sidecar says {sidecar.engine_sha256[:12]}... "
-                   "(the plan was replaced or damaged after the build)")
+        out.append(
+            f"engine file: sha256 {engine_sha256[:12]}..., sidecar says {sidecar.engine_sha256[:12]}... "
+            "(the plan was replaced or damaged after the build)"
+        )
     return out
 
 
@@ -414,8 +493,16 @@ def manifest_source_sha256(manifest: Manifest, graph: str, file: str) -> str | N
     return None
 
 
-def require_usable(bundle: str | os.PathLike, engine: str | os.PathLike, *, machine: MachineInfo, manifest: Manifest,
-                   graph: str, precision: str, dla_core: int | None = None) -> EngineSidecar:
+def require_usable(
+    bundle: str | os.PathLike,
+    engine: str | os.PathLike,
+    *,
+    machine: MachineInfo,
+    manifest: Manifest,
+    graph: str,
+    precision: str,
+    dla_core: int | None = None,
+) -> EngineSidecar:
     """Read the engine's sidecar and check it against this machine and the bundle's current ONNX files (hashing the
     engine file); raise EngineMismatchError listing every mismatch and the rebuild command."""
     engine = Path(engine)
@@ -423,13 +510,25 @@ def require_usable(bundle: str | os.PathLike, engine: str | os.PathLike, *, mach
         raise EngineError(f"{engine}: engine file missing")
     sidecar = read_sidecar(sidecar_path(engine))
     current = manifest_source_sha256(manifest, graph, sidecar.source_file)
-    problems = check_sidecar(sidecar, machine=machine, graph=graph, precision=precision,
-                             source_file=sidecar.source_file if current else "(not in vae.json)",
-                             source_sha256=current or "-", engine_sha256=sha256_file(engine), dla_core=dla_core)
+    problems = check_sidecar(
+        sidecar,
+        machine=machine,
+        graph=graph,
+        precision=precision,
+        source_file=sidecar.source_file if current else "(not in vae.json)",
+        source_sha256=current or "-",
+        engine_sha256=sha256_file(engine),
+        dla_core=dla_core,
+    )
     if problems:
         cmd = sidecar_rebuild_command(bundle, sidecar)
-        raise EngineMismatchError(f"{engine}: refusing this engine:\n  - " + "\n  - ".join(problems)
-                                  + f"\nrebuild it on this machine with:\n  {cmd}", tuple(problems), cmd)
+        raise EngineMismatchError(
+            f"{engine}: refusing this engine:\n  - "
+            + "\n  - ".join(problems)
+            + f"\nrebuild it on this machine with:\n  {cmd}",
+            tuple(problems),
+            cmd,
+        )
     return sidecar
 
 
@@ -440,8 +539,9 @@ def _inside(bundle: str | os.PathLike, engine: Path) -> Path:
     return engine
 
 
-def locate_engine(bundle: str | os.PathLike, *, machine: MachineInfo, graph: str, precision: str,
-                  dla_core: int | None = None) -> Path:
+def locate_engine(
+    bundle: str | os.PathLike, *, machine: MachineInfo, graph: str, precision: str, dla_core: int | None = None
+) -> Path:
     """The engine built for this machine, or EngineError naming what exists instead and the command to build it."""
     want = engine_path(bundle, graph, precision, machine.gpu, machine.trt, dla_core)
     if want.is_file():
@@ -454,6 +554,8 @@ def locate_engine(bundle: str | os.PathLike, *, machine: MachineInfo, graph: str
             return _inside(bundle, portable)
     have = (" Engines present for other machines: " + ", ".join(p.name for p in others) + ".") if others else ""
     where = "" if dla_core is None else f", DLA core {dla_core}"
-    raise EngineError(f"{want}: no {precision} {graph} engine for this machine ({machine.trt.label}, "
-                      f"GPU {gpu_slug(machine.gpu)}{where}, {machine.platform.machine}).{have} Build it here with:\n  "
-                      + rebuild_command(bundle, graph, precision, extra={"dla_core": dla_core}))
+    raise EngineError(
+        f"{want}: no {precision} {graph} engine for this machine ({machine.trt.label}, "
+        f"GPU {gpu_slug(machine.gpu)}{where}, {machine.platform.machine}).{have} Build it here with:\n  "
+        + rebuild_command(bundle, graph, precision, extra={"dla_core": dla_core})
+    )

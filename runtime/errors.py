@@ -20,6 +20,7 @@ closed / failed processes) as a second base, so existing `except ValueError` cod
 Elsewhere: BundleError (runtime.bundle), EngineError (runtime.engines), OutputError (runtime.files), the serving
 errors (runtime.serving), the export errors (export.*) and BenchError (benchmarks.errors), all under VaeError.
 """
+
 from __future__ import annotations
 
 

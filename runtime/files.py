@@ -9,6 +9,7 @@ sha256) and refuses anything else, naming it. Temporary names carry the writer's
 dead run's leftovers from a live one's and clean them up (clean_stale, clean_stale_inside). Files staged under a
 content-addressed name (write_staged) let a manifest be committed before a file it replaces is touched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -162,8 +163,10 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     parent = target.parent
     if not parent.is_dir():
         return []
-    stale = sorted((p for p in parent.iterdir() if p.name.startswith(f".{target.name}.") and stale_temp(p, target.name)),
-                   key=lambda p: p.lstat().st_mtime)
+    stale = sorted(
+        (p for p in parent.iterdir() if p.name.startswith(f".{target.name}.") and stale_temp(p, target.name)),
+        key=lambda p: p.lstat().st_mtime,
+    )
     # The folder that was at `target` when the run died: a swapped-out .old that holds something, one with a manifest
     # first (an empty .old of a run killed right after making it must never win), then the newest. The mtime alone
     # would not do: a renamed folder keeps its own.
@@ -189,6 +192,7 @@ def clean_stale_inside(folder: str | os.PathLike) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- content-addressed staging
+
 
 def staged_name(name: str, sha256: str) -> str:
     """decoder.fp16.onnx + sha256 -> decoder.fp16.staged-<16 hex>.onnx: a name no other content can have."""
@@ -253,6 +257,7 @@ def link_or_copy_atomic(src: str | os.PathLike, target: str | os.PathLike) -> Pa
 
 # ----------------------------------------------------------------------------------------------- output folders
 
+
 class OutputError(VaeError, ValueError):
     """An output folder cannot be written or replaced as asked; the message names the folder and the files."""
 
@@ -315,8 +320,14 @@ def _real(target: str | os.PathLike) -> Path:
     return Path(os.path.realpath(target)) if target.is_symlink() else target
 
 
-def check_output_dir(target: str | os.PathLike, owned: Owned, *, keep: Sequence[str] = (), what: str = "--out",
-                     manifest: str = "its manifest") -> None:
+def check_output_dir(
+    target: str | os.PathLike,
+    owned: Owned,
+    *,
+    keep: Sequence[str] = (),
+    what: str = "--out",
+    manifest: str = "its manifest",
+) -> None:
     """Before any work: `target` is absent, an empty folder, or a folder holding only what `owned` proves the writer
     wrote (plus `keep` entries); otherwise OutputError naming every other file."""
     shown, target = Path(target), _real(target)
@@ -326,13 +337,22 @@ def check_output_dir(target: str | os.PathLike, owned: Owned, *, keep: Sequence[
         return
     foreign = foreign_files(target, owned(target), keep)
     if foreign:
-        raise OutputError(f"{what} {shown}: refusing to replace it: {len(foreign)} file(s) there were not written by "
-                          f"this tool (not listed in {manifest} with a matching sha256): {_describe(foreign)}; move "
-                          f"them away or choose another {what}", tuple(foreign))
+        raise OutputError(
+            f"{what} {shown}: refusing to replace it: {len(foreign)} file(s) there were not written by "
+            f"this tool (not listed in {manifest} with a matching sha256): {_describe(foreign)}; move "
+            f"them away or choose another {what}",
+            tuple(foreign),
+        )
 
 
-def begin_output_dir(target: str | os.PathLike, owned: Owned, *, keep: Sequence[str] = (), what: str = "--out",
-                     manifest: str = "its manifest") -> Path:
+def begin_output_dir(
+    target: str | os.PathLike,
+    owned: Owned,
+    *,
+    keep: Sequence[str] = (),
+    what: str = "--out",
+    manifest: str = "its manifest",
+) -> Path:
     """Check `target` (check_output_dir), clean up after killed runs (clean_stale), and return a new empty
     temporary folder next to it to build the new content in; OutputError (one line) if that cannot be done."""
     import tempfile
@@ -388,8 +408,15 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def replace_dir(new: str | os.PathLike, target: str | os.PathLike, *, owned: Owned | None = None,
-                keep: Sequence[str] = (), what: str = "--out", manifest: str = "its manifest") -> None:
+def replace_dir(
+    new: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    owned: Owned | None = None,
+    keep: Sequence[str] = (),
+    what: str = "--out",
+    manifest: str = "its manifest",
+) -> None:
     """Move a finished folder into place. An existing `target` is replaced only if it holds nothing but what
     `owned(target)` proves the writer wrote (checked again here: OutputError naming the others); each `keep` entry
     of it is carried into the new folder (hard links: a crash at any point leaves it in a folder that stays).

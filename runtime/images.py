@@ -17,6 +17,7 @@ load_image / read_image / to_pil / save_image add file I/O through Pillow (the `
     x = load_image("photo.png", 64, (-1.0, 1.0))            # any size -> float32 (1, 3, 64, 64)
     save_image(vae.decode(vae.encode(x).mu), "out.png", (-1.0, 1.0))
 """
+
 from __future__ import annotations
 
 import math
@@ -216,8 +217,15 @@ def crop_and_resize(pixels: np.ndarray, size: int, crop: int = TRAIN_CENTER_CROP
     return resize_bilinear(arr[top:bottom, left:right], size)
 
 
-def prepare(images: Any, size: int, pixel_range: tuple[float, float], *, channels: int = 3,
-            crop: int = TRAIN_CENTER_CROP, layout: str = "HWC") -> np.ndarray:
+def prepare(
+    images: Any,
+    size: int,
+    pixel_range: tuple[float, float],
+    *,
+    channels: int = 3,
+    crop: int = TRAIN_CENTER_CROP,
+    layout: str = "HWC",
+) -> np.ndarray:
     """uint8 images of any size -> the model's input: a float32 NCHW batch (N, channels, size, size) in pixel_range.
 
     `images`: one image ("HWC" / "CHW"), a batch of equal-sized images ("NHWC" / "NCHW"), or a list of single images
@@ -255,9 +263,12 @@ def _pillow():
     try:
         from PIL import Image
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("reading and writing image files needs Pillow, which is not installed: "
-                                  "pip install 'vae-deploy[images]' (runtime.images.prepare works on arrays "
-                                  "without it)", name="PIL") from None
+        raise ModuleNotFoundError(
+            "reading and writing image files needs Pillow, which is not installed: "
+            "pip install 'vae-deploy[images]' (runtime.images.prepare works on arrays "
+            "without it)",
+            name="PIL",
+        ) from None
     return Image
 
 
@@ -279,8 +290,9 @@ def read_image(source: Any, channels: int = 3) -> np.ndarray:
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def load_image(source: Any, size: int, pixel_range: tuple[float, float], *, channels: int = 3,
-               crop: int = TRAIN_CENTER_CROP) -> np.ndarray:
+def load_image(
+    source: Any, size: int, pixel_range: tuple[float, float], *, channels: int = 3, crop: int = TRAIN_CENTER_CROP
+) -> np.ndarray:
     """An image file (path) or a PIL image of any size -> the model's input, a float32 (1, channels, size, size)
     batch in pixel_range: read and converted like the training loader, then prepare(). Needs Pillow."""
     return prepare(read_image(source, channels), size, pixel_range, channels=channels, crop=crop)
@@ -293,8 +305,10 @@ def to_pil(image: np.ndarray, pixel_range: tuple[float, float]):
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[1] not in (1, 3):
-        raise ShapeError(f"image: expected one image, CHW or (1, C, H, W) with C 1 or 3, got shape {np.shape(image)}"
-                         + ("; index the batch: images[i]" if arr.ndim == 4 and arr.shape[0] > 1 else ""))
+        raise ShapeError(
+            f"image: expected one image, CHW or (1, C, H, W) with C 1 or 3, got shape {np.shape(image)}"
+            + ("; index the batch: images[i]" if arr.ndim == 4 and arr.shape[0] > 1 else "")
+        )
     pixels = to_uint8(arr, pixel_range, "HWC")
     Image = _pillow()
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)

@@ -25,6 +25,7 @@ differ in the last bit of a double. After the rounding to float32 the two stream
 last-bit difference straddles a float32 rounding boundary (about one value in 10**8): within 1 ulp of float32,
 always (tests/runtime/cpp/test_cpp_runtime.py compares them).
 """
+
 from __future__ import annotations
 
 import os
@@ -80,10 +81,10 @@ def standard_normal(seed: int | None, shape: int | tuple[int, ...]) -> np.ndarra
     for first in range(0, pairs, BLOCK_PAIRS):
         n = min(BLOCK_PAIRS, pairs - first)
         x = splitmix64(seed, 2 * n, start=2 * first)
-        u1 = ((x[0::2] >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0 ** -53
-        u2 = (x[1::2] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+        u1 = ((x[0::2] >> np.uint64(11)) + np.uint64(1)).astype(np.float64) * 2.0**-53
+        u2 = (x[1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53
         r = np.sqrt(-2.0 * np.log(u1))
         t = TWO_PI * u2
-        out[2 * first:2 * (first + n):2] = r * np.cos(t)  # float64 -> float32: one rounding, to nearest
-        out[2 * first + 1:2 * (first + n):2] = r * np.sin(t)
+        out[2 * first : 2 * (first + n) : 2] = r * np.cos(t)  # float64 -> float32: one rounding, to nearest
+        out[2 * first + 1 : 2 * (first + n) : 2] = r * np.sin(t)
     return out[:count].reshape(shape)

@@ -16,6 +16,7 @@ an error naming the tensor, the expected and the actual value). Every engine cal
 (load's option, default 256) or the engine's own limit; a bigger batch is run chunk by chunk into one output array.
 One runtime may be shared by many threads. close() (or leaving a `with` block) releases the engine.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,20 @@ import numpy as np
 from . import images as _images, rng as _rng
 from .backends import Backend, Device, resolve
 from .backends.base import DEFAULT_MAX_CHUNK, check_max_chunk
-from .bundle import (DECODER, ENCODER, ENGINE_PRECISIONS, IMAGE, LOGVAR, MANIFEST_NAME, MU, PRECISIONS, Z, Manifest,
-                     bundle_path, read_manifest)
+from .bundle import (
+    DECODER,
+    ENCODER,
+    ENGINE_PRECISIONS,
+    IMAGE,
+    LOGVAR,
+    MANIFEST_NAME,
+    MU,
+    PRECISIONS,
+    Manifest,
+    Z,
+    bundle_path,
+    read_manifest,
+)
 from .errors import BackendError, ShapeError
 from .validation import check_input
 
@@ -101,8 +114,12 @@ class VAERuntime:
         return self.backend.graphs
 
     def describe(self) -> dict[str, Any]:
-        return {**self.backend.describe(), "bundle": str(self.bundle), "chosen": self.chosen,
-                "source_sha256": self.manifest.source.get("sha256", "")}
+        return {
+            **self.backend.describe(),
+            "bundle": str(self.bundle),
+            "chosen": self.chosen,
+            "source_sha256": self.manifest.source.get("sha256", ""),
+        }
 
     # ------------------------------------------------------------------ the model
     def encode(self, images: Any) -> Posterior:
@@ -144,8 +161,10 @@ class VAERuntime:
             if arr.ndim == 1:
                 arr = arr[None]
             if arr.ndim != 2 or arr.shape[0] != 1:
-                raise ShapeError(f"interpolate: {label} must be one latent, shape ({self.latent_dim},) or "
-                                 f"(1, {self.latent_dim}), got {np.shape(v)}")
+                raise ShapeError(
+                    f"interpolate: {label} must be one latent, shape ({self.latent_dim},) or "
+                    f"(1, {self.latent_dim}), got {np.shape(v)}"
+                )
             ends.append(check_input(spec, arr, check_finite=True)[0].astype(np.float64))
         t = np.linspace(0.0, 1.0, int(steps))[:, None]
         za, zb = ends
@@ -211,9 +230,17 @@ class VAERuntime:
         return f"<VAERuntime {self.bundle} {self.backend!r}>"
 
 
-def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", precision: str = "fp32", *,
-         graphs: str | Iterable[str] | None = None, check_finite: bool = True,
-         max_chunk: int | None = DEFAULT_MAX_CHUNK, **options: Any) -> VAERuntime:
+def load(
+    bundle: str | os.PathLike,
+    backend: str = "auto",
+    device: str = "cpu",
+    precision: str = "fp32",
+    *,
+    graphs: str | Iterable[str] | None = None,
+    check_finite: bool = True,
+    max_chunk: int | None = DEFAULT_MAX_CHUNK,
+    **options: Any,
+) -> VAERuntime:
     """Load a bundle on a backend and return a runtime for it.
 
     The ONNX Runtime backend checks every graph file here but creates a graph's session on its first call
@@ -263,8 +290,12 @@ def load(bundle: str | os.PathLike, backend: str = "auto", device: str = "cpu", 
         raise BackendError(f"graphs: asked for {list(wanted)}, the bundle {root} has {sorted(manifest.graphs)}")
     cls, chosen = resolve(backend, root, manifest, dev, precision)
     if precision not in cls.precisions:
-        hint = (f" ({precision} is an engine setting on the FP32 graph, not a graph file: backend 'openvino' runs it "
-                "where vae.json records it)" if precision in ENGINE_PRECISIONS else "")
+        hint = (
+            f" ({precision} is an engine setting on the FP32 graph, not a graph file: backend 'openvino' runs it "
+            "where vae.json records it)"
+            if precision in ENGINE_PRECISIONS
+            else ""
+        )
         raise BackendError(f"backend {cls.name!r} runs precisions {list(cls.precisions)}, got {precision!r}{hint}")
     if dev.kind not in cls.device_kinds:
         raise BackendError(f"backend {cls.name!r} runs on {list(cls.device_kinds)}, got device {str(dev)!r}")
@@ -283,8 +314,10 @@ def _graph_names(graphs: Any) -> tuple[str, ...]:
     if isinstance(graphs, str):
         return tuple(dict.fromkeys(g.strip() for g in graphs.split(",") if g.strip()))
     if isinstance(graphs, (bytes, Mapping)) or not isinstance(graphs, Iterable):
-        raise BackendError(f"graphs: expected a graph name, a comma-separated string or a list of names, got "
-                           f"{type(graphs).__name__} {graphs!r}")
+        raise BackendError(
+            f"graphs: expected a graph name, a comma-separated string or a list of names, got "
+            f"{type(graphs).__name__} {graphs!r}"
+        )
     names = tuple(graphs)
     bad = [g for g in names if not isinstance(g, str)]
     if bad:

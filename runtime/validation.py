@@ -12,13 +12,14 @@ Policy, decided once here:
 - an empty batch, a wrong rank, channel count, image size or latent size: ShapeError / EmptyBatchError naming the
   tensor, the expected shape (symbolic batch axis shown as N) and the actual one.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from .bundle import IMAGE, LOGVAR, MU, Z, TensorSpec
+from .bundle import IMAGE, LOGVAR, MU, TensorSpec, Z
 from .errors import DTypeError, EmptyBatchError, NonFiniteError, ShapeError
 
 _FINITE_BLOCK = 1 << 20  # values per NaN/Inf check: its mask stays ~1 MiB whatever the batch
@@ -42,7 +43,9 @@ def _hint(spec: TensorSpec, shape: tuple[int, ...]) -> str:
     if spec.name == IMAGE and len(shape) == rank - 1:
         return "; a single image needs a batch axis (x[None]); uint8 HWC pixels go through runtime.images.from_uint8"
     if spec.name == IMAGE and len(shape) == rank and shape[-1] == spec.shape[1] and shape[1] != spec.shape[1]:
-        return "; this looks channels-last (NHWC): transpose to NCHW or use runtime.images.from_uint8(..., layout='NHWC')"
+        return (
+            "; this looks channels-last (NHWC): transpose to NCHW or use runtime.images.from_uint8(..., layout='NHWC')"
+        )
     if len(shape) == rank - 1:
         return "; a single vector needs a batch axis (x[None])"
     return ""
@@ -60,14 +63,21 @@ def check_input(spec: TensorSpec, value: Any, *, check_finite: bool = True) -> n
         raise DTypeError(f"tensor {name!r}: expected a floating-point array (float32), got dtype {arr.dtype}{hint}")
     expected = tuple(spec.shape)
     if arr.ndim != len(expected):
-        raise ShapeError(f"tensor {name!r}: expected rank {len(expected)} {shape_str(expected)}, "
-                         f"got rank {arr.ndim} {tuple(arr.shape)}{_hint(spec, arr.shape)}")
+        raise ShapeError(
+            f"tensor {name!r}: expected rank {len(expected)} {shape_str(expected)}, "
+            f"got rank {arr.ndim} {tuple(arr.shape)}{_hint(spec, arr.shape)}"
+        )
     axes = _AXIS_NAMES.get(name, tuple(f"axis {i}" for i in range(len(expected))))
-    bad = [f"{axes[i]} {got}, expected {want}" for i, (got, want) in enumerate(zip(arr.shape, expected))
-           if isinstance(want, int) and got != want]
+    bad = [
+        f"{axes[i]} {got}, expected {want}"
+        for i, (got, want) in enumerate(zip(arr.shape, expected))
+        if isinstance(want, int) and got != want
+    ]
     if bad:
-        raise ShapeError(f"tensor {name!r}: expected shape {shape_str(expected)}, got {tuple(arr.shape)} "
-                         f"({'; '.join(bad)}){_hint(spec, arr.shape)}")
+        raise ShapeError(
+            f"tensor {name!r}: expected shape {shape_str(expected)}, got {tuple(arr.shape)} "
+            f"({'; '.join(bad)}){_hint(spec, arr.shape)}"
+        )
     if arr.shape[0] == 0:
         raise EmptyBatchError(f"tensor {name!r}: empty batch, shape {tuple(arr.shape)}; expected at least 1 item")
     # One copy at most: dtype conversion, byte order and contiguity are fixed together.
@@ -76,10 +86,11 @@ def check_input(spec: TensorSpec, value: Any, *, check_finite: bool = True) -> n
     if check_finite:
         # Block by block: a mask of the whole batch would be a quarter of its size again (issue 16: memory bounded).
         rows = max(1, _FINITE_BLOCK // max(1, arr[0].size))
-        if not all(np.isfinite(arr[i:i + rows]).all() for i in range(0, arr.shape[0], rows)):
+        if not all(np.isfinite(arr[i : i + rows]).all() for i in range(0, arr.shape[0], rows)):
             finite = np.isfinite(arr)
             nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
             first = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise NonFiniteError(f"tensor {name!r}: {nan} NaN and {inf} Inf value(s), first at index {first}; "
-                                 "expected finite values")
+            raise NonFiniteError(
+                f"tensor {name!r}: {nan} NaN and {inf} Inf value(s), first at index {first}; expected finite values"
+            )
     return arr

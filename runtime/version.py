@@ -8,6 +8,7 @@ hand elsewhere, `pip install -e .` again). The C++ runtime's CMake reads pyproje
 From a source checkout that is not installed (no metadata), the version is read from that checkout's pyproject.toml;
 with neither, package_version() raises VersionError rather than invent one.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,7 +31,7 @@ def pyproject_version(path: str | Path = PYPROJECT) -> str:
     m = re.search(r"^\[project\][ \t]*(?:#[^\n]*)?$(.*?)(?=^\[|\Z)", text, re.M | re.S)  # up to the next table
     v = m and re.search(r"^version[ \t]*=[ \t]*\"([^\"\n]*)\"", m.group(1), re.M)
     if not v:
-        raise VersionError(f"{path}: no version = \"...\" in its [project] table")
+        raise VersionError(f'{path}: no version = "..." in its [project] table')
     return v.group(1)
 
 
@@ -43,5 +44,6 @@ def package_version() -> str:
     try:
         return pyproject_version()
     except (OSError, VersionError) as e:
-        raise VersionError(f"{DISTRIBUTION} is not installed (pip install -e .) and its pyproject.toml could not give "
-                           f"the version: {e}") from None
+        raise VersionError(
+            f"{DISTRIBUTION} is not installed (pip install -e .) and its pyproject.toml could not give the version: {e}"
+        ) from None

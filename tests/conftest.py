@@ -4,6 +4,7 @@ Without torch (JetPack 6's Python, `make test-jetpack`) only the runtime tests r
 tests/make_bundles.py in a folder named by VAE_TEST_BUNDLES (see tests/runtime/conftest.py); the fixtures here that
 need torch skip there with that reason, and `--min-passed N` keeps such a run from passing by skipping nearly all.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,10 @@ if torch is not None:
 else:
     TINY = None  # the model helpers below need torch; importing them must still work
 
-NO_TORCH_REASON = (f"torch is not installed (the runtime tests run on prebuilt bundles instead: {ENV}=DIR, "
-                   f"python -m tests.make_bundles DIR)")
+NO_TORCH_REASON = (
+    f"torch is not installed (the runtime tests run on prebuilt bundles instead: {ENV}=DIR, "
+    f"python -m tests.make_bundles DIR)"
+)
 
 
 def prebuilt_bundles() -> Path | None:
@@ -41,8 +44,10 @@ def prebuilt_bundles() -> Path | None:
     root = Path(value).resolve()
     missing = [p for p in (root / CHECKPOINT, root / BUNDLE / "vae.json") if not p.is_file()]
     if missing:
-        raise pytest.UsageError(f"{ENV}={value}: {', '.join(map(str, missing))} missing; "
-                                f"build them with: .venv/bin/python -m tests.make_bundles {value}")
+        raise pytest.UsageError(
+            f"{ENV}={value}: {', '.join(map(str, missing))} missing; "
+            f"build them with: .venv/bin/python -m tests.make_bundles {value}"
+        )
     return root
 
 
@@ -107,9 +112,15 @@ def cpp_build(tmp_path_factory):
 
 # ----------------------------------------------------------------------------------------------- run-level checks
 
+
 def pytest_addoption(parser):
-    parser.addoption("--min-passed", type=int, default=0, metavar="N",
-                     help="fail the run when fewer than N tests passed (a run that skips nearly everything fails)")
+    parser.addoption(
+        "--min-passed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fail the run when fewer than N tests passed (a run that skips nearly everything fails)",
+    )
 
 
 def pytest_configure(config):

@@ -1,4 +1,5 @@
 """Building runtime/cpp for the tests: one CMake build per test session, shared by every test that needs it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,9 @@ def cmake_args() -> list[str]:
 def run_checked(cmd, *, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

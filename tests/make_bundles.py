@@ -12,6 +12,7 @@ INT8 variants added (export.precision.fp16, export.precision.int8; their output 
 and passes on the older ONNX Runtime. Each graph's ONNX IR version and opset are printed, because those decide whether
 an older ONNX Runtime can load it at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,8 @@ def make_bundles(out: Path) -> Path:
     """(Re)build OUT/tiny.pt, OUT/tiny/ and OUT/tiny-variants/ from scratch; returns OUT."""
     from export.precision import fp16, int8
     from export.to_onnx import export_bundle
-    from vae_model import save_checkpoint
-
     from tests.conftest import TINY, make_model
+    from vae_model import save_checkpoint
 
     if out.exists():
         shutil.rmtree(out)
@@ -42,10 +42,11 @@ def make_bundles(out: Path) -> Path:
     variants = Path(shutil.copytree(out / BUNDLE, out / VARIANTS))
     log = out / "variants.log"
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        status = (fp16.main([str(variants), "--no-progress"]),
-                  int8.main([str(variants), "--int8", "--no-progress"]))
+        status = (fp16.main([str(variants), "--no-progress"]), int8.main([str(variants), "--int8", "--no-progress"]))
     if status != (0, 0):
-        raise SystemExit(f"{log.read_text()}\nexport.to_fp16 / export.precision.int8 --int8 exited {status} (log: {log})")
+        raise SystemExit(
+            f"{log.read_text()}\nexport.to_fp16 / export.precision.int8 --int8 exited {status} (log: {log})"
+        )
     return out
 
 

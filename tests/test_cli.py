@@ -4,6 +4,7 @@ Every console script of pyproject.toml's [project.scripts] answers --help with e
 defaults, exit codes and examples; every option has a help string; --graphs takes a comma list wherever it exists;
 progress output written to a file (make demo > log 2>&1) has no carriage-return redraws.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,22 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def test_every_cli_module_is_a_console_script():
-    mains = {"vae_model.train", "export.to_onnx", "export.precision.fp16", "export.precision.int8",
-             "export.precision.bf16", "export.tensorrt.build", "export.divergence", "runtime.verify.parity",
-             "runtime.serving.serve", "runtime.serving.to_triton", "benchmarks.latency", "benchmarks.serving",
-             "benchmarks.coldstart", "benchmarks.chunking"}
+    mains = {
+        "vae_model.train",
+        "export.to_onnx",
+        "export.precision.fp16",
+        "export.precision.int8",
+        "export.precision.bf16",
+        "export.tensorrt.build",
+        "export.divergence",
+        "runtime.verify.parity",
+        "runtime.serving.serve",
+        "runtime.serving.to_triton",
+        "benchmarks.latency",
+        "benchmarks.serving",
+        "benchmarks.coldstart",
+        "benchmarks.chunking",
+    }
     assert {t.partition(":")[0] for t in SCRIPTS.values()} == mains
     assert all(t.endswith(":main") for t in SCRIPTS.values())
 
@@ -77,19 +90,21 @@ def test_console_script_help(name):
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith(f"usage: {name} "), out[:200]   # named as invoked, not "python -m ..."
-    assert re.search(r"\(default:? ", out)                # the options with a default say it
+    assert out.startswith(f"usage: {name} "), out[:200]  # named as invoked, not "python -m ..."
+    assert re.search(r"\(default:? ", out)  # the options with a default say it
     assert "\nexit status:\n  0 " in out and "\n  2 " in out
-    examples = out[out.index("\nexample"):]
-    assert f"\n  {name} " in examples                      # the examples use the invoked name too
+    examples = out[out.index("\nexample") :]
+    assert f"\n  {name} " in examples  # the examples use the invoked name too
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_every_option_has_help_and_shows_its_default(name, monkeypatch):
     parser = _parser_of(SCRIPTS[name], monkeypatch)
     formatter = parser._get_formatter()
-    assert type(formatter).__name__ == "HelpFormatter" and type(formatter).__module__ in ("runtime.cli",
-                                                                                          "vae_model.cli")
+    assert type(formatter).__name__ == "HelpFormatter" and type(formatter).__module__ in (
+        "runtime.cli",
+        "vae_model.cli",
+    )
     for action in _options(parser):
         assert action.help, f"{name} {action.option_strings or action.dest}: no help"
         if runtime_cli._has_default(action):
@@ -97,8 +112,9 @@ def test_every_option_has_help_and_shows_its_default(name, monkeypatch):
 
 
 def test_python_m_keeps_its_name():
-    proc = subprocess.run([sys.executable, "-m", "runtime.verify.parity", "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.verify.parity", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m runtime.verify.parity ")
     assert "\n  python -m runtime.verify.parity runs/bundle\n" in proc.stdout
 
@@ -113,9 +129,9 @@ def _parse_with_graphs(parser: argparse.ArgumentParser, graphs: str) -> object:
     argv = []
     for a in _options(parser):
         if not a.option_strings:
-            argv.append("x")                                 # positionals: BUNDLE / CKPT
+            argv.append("x")  # positionals: BUNDLE / CKPT
         elif a.required:
-            argv += [a.option_strings[0], "x"]               # to_triton's --out
+            argv += [a.option_strings[0], "x"]  # to_triton's --out
     return parser.parse_args([*argv, "--graphs", graphs]).graphs
 
 
@@ -140,8 +156,8 @@ def test_graphs_is_a_comma_list(name, monkeypatch, capsys):
 def test_parse_graphs():
     assert runtime_cli.parse_graphs("decoder") == ("decoder",)
     assert runtime_cli.parse_graphs("encoder, decoder,") == ("encoder", "decoder")
-    assert runtime_cli.parse_graphs("") == ()                 # the tool then says which graphs it expects
-    assert runtime_cli.parse_graphs("vae") == ("vae",)         # names are checked against the bundle by the tool
+    assert runtime_cli.parse_graphs("") == ()  # the tool then says which graphs it expects
+    assert runtime_cli.parse_graphs("vae") == ("vae",)  # names are checked against the bundle by the tool
 
 
 def test_tensorrt_build_graphs_default_is_the_bundles(monkeypatch):
@@ -153,9 +169,13 @@ def test_tensorrt_build_graphs_default_is_the_bundles(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- help formatter
 
+
 def test_help_formatter_shows_defaults_but_not_none():
-    p = argparse.ArgumentParser(prog="t", formatter_class=runtime_cli.HelpFormatter,
-                                epilog=runtime_cli.epilog({0: "ok", 2: "bad input"}, "%(prog)s x"))
+    p = argparse.ArgumentParser(
+        prog="t",
+        formatter_class=runtime_cli.HelpFormatter,
+        epilog=runtime_cli.epilog({0: "ok", 2: "bad input"}, "%(prog)s x"),
+    )
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--batch", default=[1, 8], help="sizes")
     p.add_argument("--out", default=None, help="folder")
@@ -168,6 +188,7 @@ def test_help_formatter_shows_defaults_but_not_none():
 
 
 # ----------------------------------------------------------------------------------------------- progress
+
 
 def test_training_progress_in_a_log_is_silent():
     """vae_model's bar (stdlib + tqdm only): nothing in a log, where the per-epoch summary lines are the progress."""
@@ -186,18 +207,18 @@ def test_progress_in_a_log_is_a_few_plain_lines(helper, monkeypatch):
     cli = importlib.import_module(helper)
     now = [0.0]
     monkeypatch.setattr(cli.PlainProgress, "clock", staticmethod(lambda: now[0]))
-    log = io.StringIO()                                      # not a terminal
+    log = io.StringIO()  # not a terminal
     seen = 0
     bar = cli.progress(range(1000), desc="epoch 1/1", file=log)
     assert isinstance(bar, cli.PlainProgress)
     for _ in bar:
-        now[0] += 0.1                                        # 100 s of work in 1000 steps
+        now[0] += 0.1  # 100 s of work in 1000 steps
         seen += 1
         bar.set_postfix(loss="0.1")
     lines = log.getvalue().splitlines()
     assert seen == 1000 and "\r" not in log.getvalue()
     assert lines[0] == "epoch 1/1: start (0/1000)" and lines[-1].startswith("epoch 1/1: done, 1000/1000 in 100.0 s")
-    assert 8 <= len(lines) <= 12, lines                      # start, about every 10%, end
+    assert 8 <= len(lines) <= 12, lines  # start, about every 10%, end
     assert "epoch 1/1: 100/1000 (10%), 10.0 s [loss=0.1]" in lines
 
 
@@ -244,8 +265,9 @@ def test_search_progress_redirected_to_a_file_has_no_redraws(tmp_path):
     """stderr to a file, as `make demo > log 2>&1`: the work completes and the log gets lines, not \\r redraws."""
     err = tmp_path / "stderr.log"
     with open(err, "w") as f:
-        proc = subprocess.run([sys.executable, "-c", SEARCH], cwd=REPO, stdout=subprocess.PIPE, stderr=f, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", SEARCH], cwd=REPO, stdout=subprocess.PIPE, stderr=f, text=True, timeout=300
+        )
     log = err.read_text()
     assert proc.returncode == 0, log
     assert proc.stdout.startswith("['n17', 'n3']")
@@ -263,10 +285,12 @@ def test_progress_of_quick_work_prints_nothing():
     assert log.getvalue() == ""
 
 
-
 def test_no_module_makes_its_own_tqdm_bar():
     """Every bar goes through runtime.cli.progress or vae_model.cli.progress (the log-friendly fallback)."""
-    offenders = {str(p.relative_to(REPO)) for pkg in ("vae_model", "export", "runtime", "benchmarks")
-                 for p in (REPO / pkg).rglob("*.py")
-                 if "from tqdm import" in p.read_text() and p.name != "cli.py"}
+    offenders = {
+        str(p.relative_to(REPO))
+        for pkg in ("vae_model", "export", "runtime", "benchmarks")
+        for p in (REPO / pkg).rglob("*.py")
+        if "from tqdm import" in p.read_text() and p.name != "cli.py"
+    }
     assert offenders == set()

@@ -5,6 +5,7 @@ line must be classified here. The only change made to a command: `.venv/bin/pyth
 `runtime/cpp/build/` the session's C++ build, and the training lines get TINY appended (argparse: the last value wins),
 so the model is 32x32 with latent 8 and each step takes seconds.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,19 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "32", "--latent-dim", "8", "--hidden-dims", "8,16", "--train-size", "64", "--val-size", "16",
-        "--no-progress"]
+TINY = [
+    "--image-size",
+    "32",
+    "--latent-dim",
+    "8",
+    "--hidden-dims",
+    "8,16",
+    "--train-size",
+    "64",
+    "--val-size",
+    "16",
+    "--no-progress",
+]
 # Lines not run here, by the start of the command, with where they are tested.
 NOT_RUN = {
     "make demo": "CI runs the same steps through this test and `make test`; the Makefile target itself by hand",

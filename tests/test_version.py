@@ -4,6 +4,7 @@ Python reads it from the installed metadata (runtime/version.py; export stamps i
 the C++ runtime's CMake from pyproject.toml (runtime/cpp/cmake/VaeVersion.cmake; the built library's vae_version() is
 checked in tests/runtime/cpp/test_cpp_runtime.py). No other file may carry its own copy.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def toml_version() -> str:
 def cmake_version(pyproject: Path) -> subprocess.CompletedProcess:
     if shutil.which("cmake") is None:
         pytest.fail("cmake is not on PATH (the C++ runtime's build needs cmake >= 3.18)")
-    return subprocess.run(["cmake", f"-DVAE_PYPROJECT={pyproject}", "-P", str(VERSION_CMAKE)], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        ["cmake", f"-DVAE_PYPROJECT={pyproject}", "-P", str(VERSION_CMAKE)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_pyproject_version_is_semver():
@@ -50,7 +52,8 @@ def test_installed_metadata_is_pyproject_version():
     installed = metadata.version(V.DISTRIBUTION)
     assert installed == toml_version(), (
         f"installed {V.DISTRIBUTION} {installed} but pyproject.toml says {toml_version()}: reinstall "
-        "(make venv, or pip install -e .)")
+        "(make venv, or pip install -e .)"
+    )
 
 
 def test_python_readers_agree():

@@ -7,6 +7,7 @@ Our format is one torch file holding a plain dict:
 Everything is loaded with torch.load(weights_only=True, map_location=cpu): no pickled code runs, and tensors saved on
 `cuda:1` load on a CPU-only machine. Every failure raises a CheckpointError subclass that names the file.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,13 @@ from typing import Any, Mapping
 import torch
 
 from .config import ConfigError, VAEConfig
-from .errors import (CheckpointNotFoundError, CorruptCheckpointError, ForeignModelError, NotACheckpointError,
-                     ShapeMismatchError)
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ForeignModelError,
+    NotACheckpointError,
+    ShapeMismatchError,
+)
 from .files import atomic_write, sha256_file
 from .model import VanillaVAE
 
@@ -102,11 +108,14 @@ def _read(path: Path) -> Any:
         reason = detail.group(1) if detail else _first_line(text, e)
         if "weights_only" in reason:
             reason = "its pickle is not one the safe loader reads"
-        raise CorruptCheckpointError(f"{path}: not a torch checkpoint ({size} bytes; unpickling failed: {reason})") from None
+        raise CorruptCheckpointError(
+            f"{path}: not a torch checkpoint ({size} bytes; unpickling failed: {reason})"
+        ) from None
     except KeyError as e:  # the legacy (non-zip) loader reading bytes that are not a pickle: an opcode number
         raise CorruptCheckpointError(
             f"{path}: not a torch checkpoint ({size} bytes; neither a torch zip archive nor a pickle: unknown "
-            f"opcode {e})") from None
+            f"opcode {e})"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CorruptCheckpointError(
             f"{path}: cannot be read as a torch checkpoint ({size} bytes; truncated or corrupt?): {_first_line(str(e), e)}"
@@ -118,9 +127,11 @@ class UnsafeCheckpointError(NotACheckpointError):
 
 
 # Globals torch's own checkpoints reference (tensor rebuilding, storages, containers): not evidence of a payload.
-_BENIGN_GLOBAL = re.compile(r"^(torch\.(_utils\._rebuild_\w+|\w*Storage|storage\.\w+|_tensor\._rebuild_from_type_v2|"
-                            r"(float|double|half|bfloat16|u?int\d*|bool|long|complex\d*|strided|device|Size|"
-                            r"serialization\._get_layout))|collections\.OrderedDict)$")
+_BENIGN_GLOBAL = re.compile(
+    r"^(torch\.(_utils\._rebuild_\w+|\w*Storage|storage\.\w+|_tensor\._rebuild_from_type_v2|"
+    r"(float|double|half|bfloat16|u?int\d*|bool|long|complex\d*|strided|device|Size|"
+    r"serialization\._get_layout))|collections\.OrderedDict)$"
+)
 _PICKLE_SCAN_LIMIT = 64 << 20
 
 
@@ -172,8 +183,11 @@ def _first_line(text: str, e: BaseException) -> str:
 
 
 def _tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], *, source: str = "state_dict") -> VAEConfig:
@@ -196,10 +210,16 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], *, source: str = "state
     side = int(round(side2**0.5))
     if rem or side * side != side2:
         raise ShapeMismatchError(
-            f"{source}: fc_mu.weight has {flat} inputs, not hidden_dims[-1]={hidden[-1]} times a square feature map")
+            f"{source}: fc_mu.weight has {flat} inputs, not hidden_dims[-1]={hidden[-1]} times a square feature map"
+        )
     try:
-        return VAEConfig(in_channels=in_channels, out_channels=out_channels, image_size=side << len(hidden),
-                         latent_dim=latent_dim, hidden_dims=tuple(hidden))
+        return VAEConfig(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            image_size=side << len(hidden),
+            latent_dim=latent_dim,
+            hidden_dims=tuple(hidden),
+        )
     except ConfigError as e:
         raise ForeignModelError(f"{source}: tensor shapes give an unsupported config: {e}") from None
 
@@ -215,23 +235,28 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: VAEConfig, 
             parts.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
-        raise ForeignModelError(f"{source}: state_dict does not match VanillaVAE{_cfg_str(config)}: " + "; ".join(parts))
+        raise ForeignModelError(
+            f"{source}: state_dict does not match VanillaVAE{_cfg_str(config)}: " + "; ".join(parts)
+        )
     for k, ref in expected.items():
         got = state_dict[k]
         if tuple(got.shape) != tuple(ref.shape):
             raise ShapeMismatchError(
                 f"{source}: tensor {k!r} has shape {tuple(got.shape)}, expected {tuple(ref.shape)} "
-                f"for VanillaVAE{_cfg_str(config)}")
+                f"for VanillaVAE{_cfg_str(config)}"
+            )
 
 
 def _cfg_str(c: VAEConfig) -> str:
-    return (f"(in_channels={c.in_channels}, image_size={c.image_size}, latent_dim={c.latent_dim}, "
-            f"hidden_dims={list(c.hidden_dims)})")
+    return (
+        f"(in_channels={c.in_channels}, image_size={c.image_size}, latent_dim={c.latent_dim}, "
+        f"hidden_dims={list(c.hidden_dims)})"
+    )
 
 
 def _strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
     if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
+        return {k[len(prefix) :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -250,7 +275,9 @@ def load_checkpoint(path: str | os.PathLike, *, pixel_range: tuple[float, float]
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         version = obj.get("format_version")
         if version != FORMAT_VERSION:
-            raise NotACheckpointError(f"{src}: checkpoint format_version {version!r}, this build reads {FORMAT_VERSION}")
+            raise NotACheckpointError(
+                f"{src}: checkpoint format_version {version!r}, this build reads {FORMAT_VERSION}"
+            )
         kind = "vae-deploy"
         state_dict = obj.get("state_dict")
         if not _tensor_dict(state_dict):
@@ -278,14 +305,21 @@ def load_checkpoint(path: str | os.PathLike, *, pixel_range: tuple[float, float]
         what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else type(obj).__name__
         raise NotACheckpointError(
             f"{src}: not a VAE checkpoint: expected a vae-deploy checkpoint, a Lightning .ckpt with a 'state_dict' "
-            f"of tensors, or a bare state_dict; found {what}")
+            f"of tensors, or a bare state_dict; found {what}"
+        )
 
     check_state_dict(state_dict, config, source=src)
     model = VanillaVAE(config)
     model.load_state_dict(state_dict, strict=True)
     model.eval()
     return LoadedCheckpoint(
-        model=model, config=config, kind=kind, path=path, sha256=sha256_file(path), training=training,
+        model=model,
+        config=config,
+        kind=kind,
+        path=path,
+        sha256=sha256_file(path),
+        training=training,
         pixel_range=tuple(pixel_range) if pixel_range is not None else file_range,  # type: ignore[arg-type]
-        optimizer_state=optimizer_state, scheduler_state=scheduler_state,
+        optimizer_state=optimizer_state,
+        scheduler_state=scheduler_state,
     )

@@ -4,6 +4,7 @@ vae_model imports neither runtime nor export, whose tools share runtime/cli.py; 
 formatters, and tqdm only on a terminal. In a log, training's one summary line per epoch is the progress, so a
 captured `make demo` holds no `\\r` updates.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ PyTorch-VAE's VanillaVAE hard-codes a 64x64 RGB input (`hidden_dims[-1] * 4`, `v
 channels). Here those numbers are derived from the config, so a 32x32 greyscale model or a 128x128 one is the same
 class, and the default config reproduces the original exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -5,6 +5,7 @@ colour and background, anti-aliased, generated from a seed. A VAE learns it in m
 tell at a glance whether samples show shapes. Images are stored as uint8 NCHW and scaled to the model's pixel range
 ([-1, 1], the Tanh range) per batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,10 @@ class ShapesBatch:
     """uint8 images (N, C, H, W) and the factors that generated them."""
 
     images: np.ndarray
-    kind: np.ndarray       # index into SHAPE_KINDS
-    center: np.ndarray     # (N, 2) x, y in pixels
-    size: np.ndarray       # radius-like size in pixels
-    color: np.ndarray      # (N, 3) uint8 foreground
+    kind: np.ndarray  # index into SHAPE_KINDS
+    center: np.ndarray  # (N, 2) x, y in pixels
+    size: np.ndarray  # radius-like size in pixels
+    color: np.ndarray  # (N, 3) uint8 foreground
     background: np.ndarray  # (N, 3) uint8
 
 
@@ -80,12 +81,13 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h * 6).astype(int) % 6
     f = h * 6 - np.floor(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    table = np.stack([np.stack(c, -1) for c in
-                      [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])
+    table = np.stack([np.stack(c, -1) for c in [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])
     return table[i, np.arange(len(h))]
 
 
-def to_model_range(images_u8: torch.Tensor | np.ndarray, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+def to_model_range(
+    images_u8: torch.Tensor | np.ndarray, pixel_range: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
     """uint8 [0, 255] -> float32 in pixel_range."""
     x = torch.as_tensor(images_u8).float() / 255.0
     lo, hi = pixel_range
@@ -112,8 +114,14 @@ class ImageFolderDataset(Dataset):
     `center_crop` are cropped to their largest centred square instead. Returns uint8 CHW tensors.
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int = 64, center_crop: int = 148, channels: int = 3,
-                 files: list[Path] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 64,
+        center_crop: int = 148,
+        channels: int = 3,
+        files: list[Path] | None = None,
+    ) -> None:
         self.root = Path(root)
         if files is None:
             if not self.root.is_dir():
@@ -137,8 +145,9 @@ class ImageFolderDataset(Dataset):
                 w, h = im.size
                 c = min(self.center_crop, w, h)
                 left, top = (w - c) // 2, (h - c) // 2
-                im = im.crop((left, top, left + c, top + c)).resize((self.image_size, self.image_size),
-                                                                    Image.Resampling.BILINEAR)
+                im = im.crop((left, top, left + c, top + c)).resize(
+                    (self.image_size, self.image_size), Image.Resampling.BILINEAR
+                )
                 arr = np.asarray(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{path}: cannot read image: {e}") from None

@@ -14,6 +14,7 @@ CheckpointNotFoundError FileNotFoundError) as a second base, as before the root 
     ├── DataError (ValueError, vae_model.data)
     └── TrainError (ValueError, vae_model.train)
 """
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Atomic writes and hashing for checkpoints and figures (stdlib only; vae_model never imports the runtime)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 Parameter names are identical to the original (encoder.{i}.0, fc_mu, fc_var, decoder_input, decoder.{i}.0,
 final_layer.{0,1,3}), so PyTorch-VAE state_dicts load with strict=True.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ def vae_loss(recons: Tensor, target: Tensor, posterior: Posterior, *, kld_weight
     reconstruction = F.mse_loss(recons, target)
     mu, logvar = posterior.mu, posterior.logvar
     kld = torch.mean(-0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1), dim=0)
-    return LossTerms(loss=reconstruction + kld_weight * kld, reconstruction=reconstruction, kld=kld,
-                     kld_weight=float(kld_weight))
+    return LossTerms(
+        loss=reconstruction + kld_weight * kld, reconstruction=reconstruction, kld=kld, kld_weight=float(kld_weight)
+    )
 
 
 class VanillaVAE(nn.Module):
@@ -62,11 +64,13 @@ class VanillaVAE(nn.Module):
         blocks = []
         channels = cfg.in_channels
         for h in dims:
-            blocks.append(nn.Sequential(
-                nn.Conv2d(channels, h, kernel_size=3, stride=2, padding=1),
-                nn.BatchNorm2d(h),
-                nn.LeakyReLU(),
-            ))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(channels, h, kernel_size=3, stride=2, padding=1),
+                    nn.BatchNorm2d(h),
+                    nn.LeakyReLU(),
+                )
+            )
             channels = h
         self.encoder = nn.Sequential(*blocks)
         self.fc_mu = nn.Linear(cfg.flat_dim, cfg.latent_dim)
@@ -74,14 +78,16 @@ class VanillaVAE(nn.Module):
 
         self.decoder_input = nn.Linear(cfg.latent_dim, cfg.flat_dim)
         rev = dims[::-1]
-        self.decoder = nn.Sequential(*[
-            nn.Sequential(
-                nn.ConvTranspose2d(rev[i], rev[i + 1], kernel_size=3, stride=2, padding=1, output_padding=1),
-                nn.BatchNorm2d(rev[i + 1]),
-                nn.LeakyReLU(),
-            )
-            for i in range(len(rev) - 1)
-        ])
+        self.decoder = nn.Sequential(
+            *[
+                nn.Sequential(
+                    nn.ConvTranspose2d(rev[i], rev[i + 1], kernel_size=3, stride=2, padding=1, output_padding=1),
+                    nn.BatchNorm2d(rev[i + 1]),
+                    nn.LeakyReLU(),
+                )
+                for i in range(len(rev) - 1)
+            ]
+        )
         self.final_layer = nn.Sequential(
             nn.ConvTranspose2d(rev[-1], rev[-1], kernel_size=3, stride=2, padding=1, output_padding=1),
             nn.BatchNorm2d(rev[-1]),

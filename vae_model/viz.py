@@ -1,4 +1,5 @@
 """PNG outputs people look at: image grids (samples, reconstructions next to inputs) and loss curves."""
+
 from __future__ import annotations
 
 import csv
@@ -26,12 +27,19 @@ def grid(images_u8: np.ndarray, nrow: int, pad: int = 2, pad_value: int = 255) -
     for i in range(n):
         r, k = divmod(i, nrow)
         y, x = pad + r * (h + pad), pad + k * (w + pad)
-        canvas[y:y + h, x:x + w] = images_u8[i].transpose(1, 2, 0)
+        canvas[y : y + h, x : x + w] = images_u8[i].transpose(1, 2, 0)
     return canvas
 
 
-def save_grid(images: np.ndarray, path: str | os.PathLike, *, nrow: int = 8,
-              pixel_range: tuple[float, float] = (-1.0, 1.0), scale: int = 2, title: str | None = None) -> Path:
+def save_grid(
+    images: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    nrow: int = 8,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    scale: int = 2,
+    title: str | None = None,
+) -> Path:
     """Write float images (N, C, H, W) as a PNG grid, upscaled `scale`x (nearest) so 64px tiles are readable, with
     `title` as a caption above it (what the tiles are: epoch, what the rows and columns hold)."""
     from PIL import Image
@@ -45,16 +53,26 @@ def save_grid(images: np.ndarray, path: str | os.PathLike, *, nrow: int = 8,
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
-def save_pairs(inputs: np.ndarray, recons: np.ndarray, path: str | os.PathLike, *, pairs_per_row: int = 4,
-               pixel_range: tuple[float, float] = (-1.0, 1.0), title: str | None = None) -> Path:
+def save_pairs(
+    inputs: np.ndarray,
+    recons: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    pairs_per_row: int = 4,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    title: str | None = None,
+) -> Path:
     """Each input followed by its reconstruction, `pairs_per_row` pairs per row; the caption (`title`, e.g. the
     epoch) says so."""
     inter = np.empty((2 * len(inputs), *inputs.shape[1:]), dtype=np.float32)
     inter[0::2], inter[1::2] = inputs, recons
-    layout = (f"{len(inputs)} images, {pairs_per_row} pairs per row; in each pair the input (left) and its "
-              "reconstruction (right)")
-    return save_grid(inter, path, nrow=2 * pairs_per_row, pixel_range=pixel_range,
-                     title=f"{title}: {layout}" if title else layout)
+    layout = (
+        f"{len(inputs)} images, {pairs_per_row} pairs per row; in each pair the input (left) and its "
+        "reconstruction (right)"
+    )
+    return save_grid(
+        inter, path, nrow=2 * pairs_per_row, pixel_range=pixel_range, title=f"{title}: {layout}" if title else layout
+    )
 
 
 def _with_caption(img, text: str, size: int = 14):
@@ -78,8 +96,9 @@ def _with_caption(img, text: str, size: int = 14):
     return out
 
 
-def plot_losses(metrics_csv: str | os.PathLike, path: str | os.PathLike,
-                steps_csv: str | os.PathLike | None = None) -> Path:
+def plot_losses(
+    metrics_csv: str | os.PathLike, path: str | os.PathLike, steps_csv: str | os.PathLike | None = None
+) -> Path:
     """Loss curves from the training CSVs: total, reconstruction and KL terms, train and validation."""
     import matplotlib
 
@@ -93,7 +112,8 @@ def plot_losses(metrics_csv: str | os.PathLike, path: str | os.PathLike,
     panels: Sequence[tuple[str, str, str]] = (
         ("loss", "total loss", "reconstruction + kld_weight x KL (log scale)"),
         ("recon", "reconstruction (MSE)", "pixel MSE, mean over pixels (log scale)"),
-        ("kld", "KL divergence", "KL(q(z|x) || N(0, I)), nats per image"))
+        ("kld", "KL divergence", "KL(q(z|x) || N(0, I)), nats per image"),
+    )
     steps = _read_csv(steps_csv) if steps_csv and Path(steps_csv).exists() else []
     per_epoch = max(1, len(steps) // max(1, len(rows)))
     for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
@@ -108,8 +128,9 @@ def plot_losses(metrics_csv: str | os.PathLike, path: str | os.PathLike,
         if key != "kld":
             ax.set_yscale("log")
         else:  # the first steps' KL spikes by 100x; scale the axis to the rest of the run so the trend is visible
-            later = [float(s["kld"]) for s in steps[len(steps) // 20:]] + [float(r[f"{p}_kld"]) for r in rows
-                                                                           for p in ("train", "val")]
+            later = [float(s["kld"]) for s in steps[len(steps) // 20 :]] + [
+                float(r[f"{p}_kld"]) for r in rows for p in ("train", "val")
+            ]
             ax.set_ylim(0, 1.2 * max(later))
         ax.grid(alpha=0.3)
     axes[0].legend()

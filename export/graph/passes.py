@@ -6,6 +6,7 @@ The axis matters: a Conv2d weight is (C_out, C_in/g, kH, kW), so the per-channel
 ConvTranspose2d weight is (C_in, C_out/g, kH, kW), so it multiplies axis 1. Scaling axis 0 of a ConvTranspose
 (a known bug in some tools) is silently wrong whenever C_in == C_out, as in the VanillaVAE's final layer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,7 @@ from torch import nn
 
 
 def _fold_into(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)             # (C_out,)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     w = conv.weight
     if isinstance(conv, nn.ConvTranspose2d):
@@ -42,7 +43,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if not isinstance(parent, nn.Sequential):
             continue
         children = list(parent._modules.items())
-        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+        for (_, a), (name_b, b) in zip(children, children[1:]):
             if isinstance(a, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(b, nn.BatchNorm2d):
                 if not b.track_running_stats or b.running_mean is None:
                     raise ValueError(f"BatchNorm {name_b} has no running statistics to fold")

@@ -14,6 +14,7 @@ INT8 decoder, docs/performance.md#int8-decoder-form). The exported graph holds o
 Tanh / DepthToSpace (nhwc adds Transpose / Reshape / Slice / Concat), which ONNX Runtime, TensorRT's ONNX parser and
 the C++ runtime all take.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,22 +54,35 @@ class RewriteResult:
 
 def is_subpixel_candidate(m: nn.Module) -> bool:
     """True for the ConvTranspose2d the sub-pixel form reproduces exactly: k3, s2, p1, output_padding 1, plain."""
-    return (isinstance(m, nn.ConvTranspose2d) and tuple(m.kernel_size) == (3, 3) and tuple(m.stride) == (2, 2)
-            and tuple(m.padding) == (1, 1) and tuple(m.output_padding) == (1, 1) and tuple(m.dilation) == (1, 1)
-            and m.groups == 1 and m.padding_mode == "zeros")
+    return (
+        isinstance(m, nn.ConvTranspose2d)
+        and tuple(m.kernel_size) == (3, 3)
+        and tuple(m.stride) == (2, 2)
+        and tuple(m.padding) == (1, 1)
+        and tuple(m.output_padding) == (1, 1)
+        and tuple(m.dilation) == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+    )
 
 
 def is_head_candidate(m: nn.Module) -> bool:
     """True for a Conv2d that phase space reproduces exactly: k3, stride 1, padding 1 ("same"), plain."""
-    return (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3) and tuple(m.stride) == (1, 1)
-            and tuple(m.padding) == (1, 1) and tuple(m.dilation) == (1, 1) and m.groups == 1
-            and m.padding_mode == "zeros")
+    return (
+        isinstance(m, nn.Conv2d)
+        and tuple(m.kernel_size) == (3, 3)
+        and tuple(m.stride) == (1, 1)
+        and tuple(m.padding) == (1, 1)
+        and tuple(m.dilation) == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+    )
 
 
 def _crd_to_dcr(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Reorder axis `dim` from CRD (c * 4 + phase) to DCR (phase * C + c)."""
     shape = t.shape
-    t = t.reshape(*shape[:dim], shape[dim] // 4, 4, *shape[dim + 1:]).transpose(dim, dim + 1)
+    t = t.reshape(*shape[:dim], shape[dim] // 4, 4, *shape[dim + 1 :]).transpose(dim, dim + 1)
     return t.reshape(shape).contiguous()
 
 
@@ -78,9 +92,9 @@ def subpixel_kernels(conv_t: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Te
     Output channel c * 4 + a * 2 + b is phase (a, b) of channel c: the order pixel_shuffle and ONNX DepthToSpace
     mode CRD read. The input must be padded by one zero row at the bottom and one zero column on the right.
     """
-    w = conv_t.weight.detach()                                   # (C_in, C_out, 3, 3): no flip, see _TAP
+    w = conv_t.weight.detach()  # (C_in, C_out, 3, 3): no flip, see _TAP
     c_in, c_out = w.shape[:2]
-    k = w.new_zeros(c_out, 2, 2, c_in, 2, 2)                      # (c, a, b, ci, dy, dx)
+    k = w.new_zeros(c_out, 2, 2, c_in, 2, 2)  # (c, a, b, ci, dy, dx)
     for a in (0, 1):
         for b in (0, 1):
             for dy in (0, 1):
@@ -100,9 +114,9 @@ def phase_space_kernels(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     row m + e, e = floor((a + ky - 1) / 2), so the tap (ky, kx) of the original lands at phase-space tap (e + 1, f + 1).
     High-res zero padding of one pixel is low-res zero padding of one pixel, so "same" stays "same".
     """
-    w = conv.weight.detach()                                      # (C_out, C_in, 3, 3)
+    w = conv.weight.detach()  # (C_out, C_in, 3, 3)
     c_out, c_in = w.shape[:2]
-    k = w.new_zeros(c_out, 2, 2, c_in, 2, 2, 3, 3)                # (co, a, b, ci, p, q, ey, ex)
+    k = w.new_zeros(c_out, 2, 2, c_in, 2, 2, 3, 3)  # (co, a, b, ci, p, q, ey, ex)
     for a in (0, 1):
         for b in (0, 1):
             for ky in range(3):
@@ -132,25 +146,39 @@ class SubPixelUpsample(nn.Module):
     a 16-wide SIMD block instead of 3 of 16.
     """
 
-    def __init__(self, conv_t: nn.ConvTranspose2d, activation: nn.Module | None = None, *, form: str = "phases",
-                 head: nn.Conv2d | None = None, head_activation: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        conv_t: nn.ConvTranspose2d,
+        activation: nn.Module | None = None,
+        *,
+        form: str = "phases",
+        head: nn.Conv2d | None = None,
+        head_activation: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if form not in FORMS:
             raise RewriteError(f"sub-pixel form: expected one of {list(FORMS)}, got {form!r}")
         if not is_subpixel_candidate(conv_t):
-            raise RewriteError("sub-pixel rewrite needs ConvTranspose2d(kernel 3, stride 2, padding 1, "
-                               f"output_padding 1, dilation 1, groups 1, zero padding), got {conv_t}")
+            raise RewriteError(
+                "sub-pixel rewrite needs ConvTranspose2d(kernel 3, stride 2, padding 1, "
+                f"output_padding 1, dilation 1, groups 1, zero padding), got {conv_t}"
+            )
         for what, act in (("activation", activation), ("head_activation", head_activation)):
             if act is not None and not isinstance(act, POINTWISE):
-                raise RewriteError(f"sub-pixel rewrite: {what} must be pointwise ({[t.__name__ for t in POINTWISE]}),"
-                                   f" got {act}")
+                raise RewriteError(
+                    f"sub-pixel rewrite: {what} must be pointwise ({[t.__name__ for t in POINTWISE]}), got {act}"
+                )
         if head is not None:
             if not is_head_candidate(head):
-                raise RewriteError(f"sub-pixel rewrite: head must be Conv2d(kernel 3, stride 1, padding 1, dilation 1,"
-                                   f" groups 1, zero padding), got {head}")
+                raise RewriteError(
+                    f"sub-pixel rewrite: head must be Conv2d(kernel 3, stride 1, padding 1, dilation 1,"
+                    f" groups 1, zero padding), got {head}"
+                )
             if head.in_channels != conv_t.out_channels:
-                raise RewriteError(f"sub-pixel rewrite: head takes {head.in_channels} channels, the ConvTranspose2d "
-                                   f"gives {conv_t.out_channels}")
+                raise RewriteError(
+                    f"sub-pixel rewrite: head takes {head.in_channels} channels, the ConvTranspose2d "
+                    f"gives {conv_t.out_channels}"
+                )
         elif head_activation is not None:
             raise RewriteError("sub-pixel rewrite: head_activation given without a head")
         self.form = form
@@ -185,7 +213,7 @@ class SubPixelUpsample(nn.Module):
                 k = hw.new_zeros(4, self.head_channels, hw.shape[1], 2, 2)
                 for a in (0, 1):
                     for b in (0, 1):
-                        k[a * 2 + b] = hw[a * 2 + b::4, :, a:a + 2, b:b + 2]
+                        k[a * 2 + b] = hw[a * 2 + b :: 4, :, a : a + 2, b : b + 2]
                 self.head_weight = nn.Parameter(k.reshape(4 * self.head_channels, -1, 2, 2), requires_grad=False)
                 hb = _crd_to_dcr(hb, 0)
             else:
@@ -196,7 +224,7 @@ class SubPixelUpsample(nn.Module):
                 w6 = hw.reshape(hw.shape[0], self.out_channels, 2, 2, 3, 3)
                 for p in (0, 1):
                     for q in (0, 1):
-                        k = w6[:, :, p, q, 1 - p: 3 - p, 1 - q: 3 - q].clone()
+                        k = w6[:, :, p, q, 1 - p : 3 - p, 1 - q : 3 - q].clone()
                         self.register_parameter(f"head_weight_{p}{q}", nn.Parameter(k, requires_grad=False))
             self.head_bias = nn.Parameter(hb.clone(), requires_grad=False)
 
@@ -217,8 +245,11 @@ class SubPixelUpsample(nn.Module):
                 h = None
                 for p in (0, 1):
                     for q in (0, 1):
-                        y = F.conv2d(F.pad(phases[p * 2 + q], (q, 1 - q, p, 1 - p)),
-                                     getattr(self, f"head_weight_{p}{q}"), self.head_bias if h is None else None)
+                        y = F.conv2d(
+                            F.pad(phases[p * 2 + q], (q, 1 - q, p, 1 - p)),
+                            getattr(self, f"head_weight_{p}{q}"),
+                            self.head_bias if h is None else None,
+                        )
                         h = y if h is None else y + h
                 return F.pixel_shuffle(self.head_activation(h), 2)
             return F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)  # channel c * 4 + phase: CRD
@@ -228,7 +259,7 @@ class SubPixelUpsample(nn.Module):
         return F.pixel_shuffle(h, 2)
 
     def _forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation(F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias))   # (N, 4 C, H, W), DCR
+        h = self.activation(F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias))  # (N, 4 C, H, W), DCR
         _, c4, hh, ww = h.shape  # static; the batch axis is written -1 so that every Reshape has a constant shape
         if self.head_channels is None:
             # Pixel shuffle written channels-last: (N, H, W, [a, b, c]) -> (N, H, a, W, [b, c]) moves blocks of
@@ -240,7 +271,7 @@ class SubPixelUpsample(nn.Module):
         # The activation before the crops (pointwise, so exact): then the quantized graph's DequantizeLinear after
         # the head conv has one consumer, which ONNX Runtime needs to fuse the conv into QLinearConv.
         z = self.head_activation(F.conv2d(h, self.head_weight, self.head_bias, padding=1))  # (N, 4 Co, H+1, W+1)
-        y = torch.cat([z[:, k * co:(k + 1) * co, k // 2:k // 2 + hh, k % 2:k % 2 + ww] for k in range(4)], dim=1)
+        y = torch.cat([z[:, k * co : (k + 1) * co, k // 2 : k // 2 + hh, k % 2 : k % 2 + ww] for k in range(4)], dim=1)
         # DCR -> CRD is a Transpose of whole H x W planes, then DepthToSpace: measured 2x faster on ONNX Runtime than
         # one 6-D Transpose of single pixels.
         return F.pixel_shuffle(y.reshape(-1, 4, co, hh, ww).transpose(1, 2).reshape(-1, 4 * co, hh, ww), 2)
@@ -257,8 +288,9 @@ def _skip_identity(children: list, j: int) -> int:
 
 
 @torch.no_grad()
-def subpixel_upsampling(model: nn.Module, form: str = "phases", absorb_head: bool = False,
-                        only: Sequence[str] | None = None) -> RewriteResult:
+def subpixel_upsampling(
+    model: nn.Module, form: str = "phases", absorb_head: bool = False, only: Sequence[str] | None = None
+) -> RewriteResult:
     """Return a deep copy of `model` with every sub-pixel candidate ConvTranspose2d replaced; `model` is untouched.
 
     Inside an nn.Sequential, a pointwise activation right after the layer (Identity left by BatchNorm folding is
@@ -285,8 +317,12 @@ def subpixel_upsampling(model: nn.Module, form: str = "phases", absorb_head: boo
                     act = children[j][1]
                     absorbed.append(children[j][0])
                     j = _skip_identity(children, j + 1)
-                    if absorb_head and j < len(children) and is_head_candidate(children[j][1]) \
-                            and children[j][1].in_channels == child.out_channels:
+                    if (
+                        absorb_head
+                        and j < len(children)
+                        and is_head_candidate(children[j][1])
+                        and children[j][1].in_channels == child.out_channels
+                    ):
                         head = children[j][1]
                         absorbed.append(children[j][0])
                         j = _skip_identity(children, j + 1)
@@ -304,9 +340,9 @@ def subpixel_upsampling(model: nn.Module, form: str = "phases", absorb_head: boo
 
 # ----------------------------------------------------------------------------------------------- the decoder graph
 
+
 @torch.no_grad()
-def compose_linear_upsample(linear: nn.Linear, shape: tuple[int, int, int],
-                            conv_t: nn.ConvTranspose2d) -> nn.Linear:
+def compose_linear_upsample(linear: nn.Linear, shape: tuple[int, int, int], conv_t: nn.ConvTranspose2d) -> nn.Linear:
     """One Linear equal to `linear` -> view(-1, *shape) -> `conv_t` (both linear maps, nothing between them).
 
     Composed in float64 (the result's rounding is then one FP32 rounding of the exact product), by running the
@@ -318,9 +354,9 @@ def compose_linear_upsample(linear: nn.Linear, shape: tuple[int, int, int],
     if conv_t.in_channels != c:
         raise RewriteError(f"compose: ConvTranspose2d takes {conv_t.in_channels} channels, the Linear gives {c}")
     ct = copy.deepcopy(conv_t).double()
-    w = linear.weight.detach().double().t().reshape(linear.in_features, c, hgt, wid)     # one basis vector per row
+    w = linear.weight.detach().double().t().reshape(linear.in_features, c, hgt, wid)  # one basis vector per row
     cols = F.conv_transpose2d(w, ct.weight, None, ct.stride, ct.padding, ct.output_padding, ct.groups, ct.dilation)
-    b = (linear.bias.detach().double() if linear.bias is not None else w.new_zeros(linear.out_features))
+    b = linear.bias.detach().double() if linear.bias is not None else w.new_zeros(linear.out_features)
     bias = ct(b.reshape(1, c, hgt, wid))
     out = nn.Linear(linear.in_features, cols[0].numel(), dtype=linear.weight.dtype, device=linear.weight.device)
     out.weight.copy_(cols.reshape(linear.in_features, -1).t())
@@ -360,8 +396,10 @@ class DecoderRewrite:
     def metadata(self) -> dict[str, str]:
         """The decoder graph's metadata props for this rewrite: "rewrites" (what was done) and "rewrite_options"
         (JSON of the options), which export.divergence reads to rebuild the same module."""
-        return {"rewrites": "; ".join(self.applied) or "none",
-                "rewrite_options": json.dumps(dict(self.options), sort_keys=True)}
+        return {
+            "rewrites": "; ".join(self.applied) or "none",
+            "rewrite_options": json.dumps(dict(self.options), sort_keys=True),
+        }
 
     @property
     def fused(self) -> dict[str, str]:
@@ -379,8 +417,9 @@ def _has_batchnorm(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases", absorb_head: bool = True,
-                    fold_stem: bool = True) -> DecoderRewrite:
+def rewrite_decoder(
+    vae: nn.Module, *, layers: str = "last", form: str = "phases", absorb_head: bool = True, fold_stem: bool = True
+) -> DecoderRewrite:
     """Build the fast, exact decoder of a BN-folded VanillaVAE (see the module docstring); `vae` is untouched.
 
     fold_stem: the decoder_input Linear, the view and the first upsampling ConvTranspose2d are all linear with
@@ -394,8 +433,10 @@ def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases
         if not hasattr(vae, attr):
             raise RewriteError(f"rewrite_decoder: expected a VanillaVAE (with .{attr}), got {type(vae).__name__}")
     if _has_batchnorm(vae.decoder) or _has_batchnorm(vae.final_layer):
-        raise RewriteError("rewrite_decoder: fold BatchNorm first (export.graph.passes.fold_batchnorm); "
-                           "the rewrites assume each ConvTranspose2d is followed directly by its activation")
+        raise RewriteError(
+            "rewrite_decoder: fold BatchNorm first (export.graph.passes.fold_batchnorm); "
+            "the rewrites assume each ConvTranspose2d is followed directly by its activation"
+        )
     cfg = vae.config
     stem_shape = (cfg.hidden_dims[-1], cfg.bottleneck_size, cfg.bottleneck_size)
     stem = copy.deepcopy(vae.decoder_input)
@@ -407,14 +448,15 @@ def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases
         before = stem.in_features * stem.out_features + first.in_channels * first.out_channels * 9 * s * s
         composed = compose_linear_upsample(stem, stem_shape, first)
         if composed.in_features * composed.out_features < before:
-            out_side = (s - 1) * first.stride[0] - 2 * first.padding[0] + first.kernel_size[0] \
-                + first.output_padding[0]
+            out_side = (s - 1) * first.stride[0] - 2 * first.padding[0] + first.kernel_size[0] + first.output_padding[0]
             stem, stem_shape = composed, (first.out_channels, out_side, out_side)
             decoder[0][0] = nn.Identity()
             stem_folded = True
-            applied.append(f"fold_stem: decoder_input + decoder.0.0 -> Linear({composed.in_features}, "
-                           f"{composed.out_features}) ({before / 1e6:.2f} -> "
-                           f"{composed.in_features * composed.out_features / 1e6:.2f} M MAC/image)")
+            applied.append(
+                f"fold_stem: decoder_input + decoder.0.0 -> Linear({composed.in_features}, "
+                f"{composed.out_features}) ({before / 1e6:.2f} -> "
+                f"{composed.in_features * composed.out_features / 1e6:.2f} M MAC/image)"
+            )
     if layers not in LAYER_CHOICES:
         raise RewriteError(f"rewrite_decoder: layers must be one of {list(LAYER_CHOICES)}, got {layers!r}")
     body = nn.Sequential(decoder, copy.deepcopy(vae.final_layer))
@@ -424,20 +466,20 @@ def rewrite_decoder(vae: nn.Module, *, layers: str = "last", form: str = "phases
     applied += [f"subpixel[{form}]: {name}" for name in result.replaced]
     out = RewrittenDecoder(stem, stem_shape, result.model).eval()
     options = {"layers": layers, "form": form, "absorb_head": bool(absorb_head), "fold_stem": bool(fold_stem)}
-    return DecoderRewrite(out, tuple(applied), options,
-                          _sources(out, folded_stem=stem_folded, absorbed=result.absorbed))
+    return DecoderRewrite(
+        out, tuple(applied), options, _sources(out, folded_stem=stem_folded, absorbed=result.absorbed)
+    )
 
 
 def _original_name(name: str) -> str:
     """body.0.X -> decoder.X, body.1.X -> final_layer.X (RewrittenDecoder keeps the original indices)."""
     for new, old in (("body.0", "decoder"), ("body.1", "final_layer")):
         if name == new or name.startswith(new + "."):
-            return old + name[len(new):]
+            return old + name[len(new) :]
     return name
 
 
-def _sources(module: RewrittenDecoder, *, folded_stem: bool,
-             absorbed: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+def _sources(module: RewrittenDecoder, *, folded_stem: bool, absorbed: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     out = {"stem": "decoder_input + decoder.0.0" if folded_stem else "decoder_input"}
     for name, m in module.body.named_modules():
         if not name or isinstance(m, nn.Identity) or any(name.startswith(r + ".") for r in absorbed):

@@ -23,6 +23,7 @@ Refused (exit 2, one line) on a CPU that cannot run bf16 natively - no avx512_bf
 or no BF16 in OpenVINO's CPU OPTIMIZATION_CAPABILITIES - where bf16 would be emulated (slow) or quietly run as f32.
 Exit codes: 0 ok, 1 a budget missed (nothing recorded for that graph), 2 bad input, no openvino, or no native bf16.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,9 @@ class OpenVinoSession:
         return [SimpleNamespace(name=name) for name, _ in self._outputs]
 
     def run(self, names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer({k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()},
-                                     share_outputs=False)
+        result = self._request.infer(
+            {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()}, share_outputs=False
+        )
         return [result[port] for _, port in self._outputs]
 
 
@@ -103,13 +105,26 @@ def check_bf16_support(core: Any = None) -> dict[str, Any]:
     support = cpu_bf16_support(core)
     if not support.native:
         raise PrecisionError(f"bf16: {support.refusal()}")
-    return {"bf16_flags": list(support.cpu_flags), "openvino_capabilities": list(support.openvino_capabilities),
-            "machine": platform.machine(), "processor": _cpu_model()}
+    return {
+        "bf16_flags": list(support.cpu_flags),
+        "openvino_capabilities": list(support.openvino_capabilities),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+    }
 
 
-def measure_bf16(data, graph: str, *, budget_psnr: float | None = None, budget_rel_l2: float | None = None,
-                 samples: int = 32, seed: int = 1, calibration: Path | None = None, threads: int | None = None,
-                 cpu: Mapping[str, Any] | None = None) -> Bf16Result:
+def measure_bf16(
+    data,
+    graph: str,
+    *,
+    budget_psnr: float | None = None,
+    budget_rel_l2: float | None = None,
+    samples: int = 32,
+    seed: int = 1,
+    calibration: Path | None = None,
+    threads: int | None = None,
+    cpu: Mapping[str, Any] | None = None,
+) -> Bf16Result:
     """Compile the graph's FP32 file with bf16 on OpenVINO and measure it against the FP16 budget (writes nothing)."""
     ov = import_openvino()
     spec = data.manifest.graph(graph)
@@ -124,17 +139,30 @@ def measure_bf16(data, graph: str, *, budget_psnr: float | None = None, budget_r
     sets = evaluation_sets(data, graph, samples=samples, seed=seed, folder=calibration)
     report = measure(graph, OpenVinoSession(compiled, graph), sets, budget, label=f"{graph} bf16 on openvino-cpu")
     summary = summarize(report)
-    accuracy = {"passed": report.passed, "measured": timestamp(),
-                "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
-                "openvino_cpu": summary, "worst_case": worst_case(summary),
-                "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-                "kernel_precisions": kernel_precisions(compiled), "cpu": dict(cpu or {}),
-                "samples": samples, "seed": seed,
-                "data": str(calibration) if calibration else "embedded shapes + prior"}
-    record = B.EnginePrecisionSpec(precision=PRECISION, engine=ENGINE, file=spec.file, sha256=spec.sha256,
-                                   device=OV_DEVICE, properties={"INFERENCE_PRECISION_HINT": "bf16"},
-                                   versions={"openvino": str(ov.__version__)}, accuracy=accuracy,
-                                   budget=budget_to_dict(budget))
+    accuracy = {
+        "passed": report.passed,
+        "measured": timestamp(),
+        "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
+        "openvino_cpu": summary,
+        "worst_case": worst_case(summary),
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        "kernel_precisions": kernel_precisions(compiled),
+        "cpu": dict(cpu or {}),
+        "samples": samples,
+        "seed": seed,
+        "data": str(calibration) if calibration else "embedded shapes + prior",
+    }
+    record = B.EnginePrecisionSpec(
+        precision=PRECISION,
+        engine=ENGINE,
+        file=spec.file,
+        sha256=spec.sha256,
+        device=OV_DEVICE,
+        properties={"INFERENCE_PRECISION_HINT": "bf16"},
+        versions={"openvino": str(ov.__version__)},
+        accuracy=accuracy,
+        budget=budget_to_dict(budget),
+    )
     return Bf16Result(graph, report, record)
 
 
@@ -145,13 +173,15 @@ def record_bf16(bundle: str | Path, graph: str, *, log: Callable[[str], None] = 
     res = measure_bf16(data, graph, **options)
     log(res.report.table())
     if not res.passed:
-        raise BudgetError(f"{graph}: OpenVINO bf16 misses the FP16 budget: {'; '.join(res.report.failures())}",
-                          res.report)
+        raise BudgetError(
+            f"{graph}: OpenVINO bf16 misses the FP16 budget: {'; '.join(res.report.failures())}", res.report
+        )
     m = B.read_manifest(bundle)
     spec = m.graph(graph)
     if spec.sha256 != res.record.sha256:
-        raise B.BundleError(f"{Path(bundle) / B.MANIFEST_NAME}: graph {graph!r} changed while being measured; run "
-                            "again")
+        raise B.BundleError(
+            f"{Path(bundle) / B.MANIFEST_NAME}: graph {graph!r} changed while being measured; run again"
+        )
     new_spec = replace(spec, engine_precisions={**spec.engine_precisions, PRECISION: res.record})
     B.write_manifest(bundle, replace(m, graphs={**m.graphs, graph: new_spec}))
     log(f"recorded graphs.{graph}.engine_precisions.{PRECISION} in {Path(bundle) / B.MANIFEST_NAME}")
@@ -160,27 +190,60 @@ def record_bf16(bundle: str | Path, graph: str, *, log: Callable[[str], None] = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog=prog_name("export.precision.bf16"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=epilog({0: "bf16 execution met the budget and was recorded for every graph",
-                       1: "a graph missed its budget (nothing recorded for it; the others are)",
-                       2: "bad input or option, no openvino, or no native bf16 on this CPU (one line on stderr)"},
-                      "%(prog)s runs/bundle",
-                      "%(prog)s runs/bundle --graphs decoder --threads 8"))
+        prog=prog_name("export.precision.bf16"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=epilog(
+            {
+                0: "bf16 execution met the budget and was recorded for every graph",
+                1: "a graph missed its budget (nothing recorded for it; the others are)",
+                2: "bad input or option, no openvino, or no native bf16 on this CPU (one line on stderr)",
+            },
+            "%(prog)s runs/bundle",
+            "%(prog)s runs/bundle --graphs decoder --threads 8",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     # runtime.cli's --graphs, handed to the code below as the comma string it splits ("" for every graph)
-    p.add_argument("--graphs", type=lambda text: ",".join(parse_graphs(text) or ()), default=None, metavar="LIST",
-                   help=graphs_help("graphs to measure"))
-    p.add_argument("--budget-psnr", type=positive_float, default=None, metavar="DB",
-                   help="decoder image PSNR floor in dB (default 40, the FP16 budget)")
-    p.add_argument("--budget-rel-l2", type=positive_float, default=None, metavar="X",
-                   help="encoder mu/logvar rel L2 ceiling (default 1e-2, the FP16 budget)")
-    p.add_argument("--samples", type=non_negative_int, default=32, metavar="N",
-                   help="fresh realistic inputs per graph (default 32)")
+    p.add_argument(
+        "--graphs",
+        type=lambda text: ",".join(parse_graphs(text) or ()),
+        default=None,
+        metavar="LIST",
+        help=graphs_help("graphs to measure"),
+    )
+    p.add_argument(
+        "--budget-psnr",
+        type=positive_float,
+        default=None,
+        metavar="DB",
+        help="decoder image PSNR floor in dB (default 40, the FP16 budget)",
+    )
+    p.add_argument(
+        "--budget-rel-l2",
+        type=positive_float,
+        default=None,
+        metavar="X",
+        help="encoder mu/logvar rel L2 ceiling (default 1e-2, the FP16 budget)",
+    )
+    p.add_argument(
+        "--samples",
+        type=non_negative_int,
+        default=32,
+        metavar="N",
+        help="fresh realistic inputs per graph (default 32)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the fresh inputs")
-    p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
-                   help="folder of images for the realistic inputs (default: the embedded shapes dataset)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="OpenVINO inference threads (default: its choice)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of images for the realistic inputs (default: the embedded shapes dataset)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="OpenVINO inference threads (default: its choice)"
+    )
     args = p.parse_args(argv)
     try:
         if args.threads is not None and args.threads < 1:
@@ -193,9 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = []
     for graph in graphs:
         try:
-            record_bf16(args.bundle, graph, budget_psnr=args.budget_psnr, budget_rel_l2=args.budget_rel_l2,
-                        samples=args.samples, seed=args.seed, calibration=args.calibration, threads=args.threads,
-                        cpu=cpu)
+            record_bf16(
+                args.bundle,
+                graph,
+                budget_psnr=args.budget_psnr,
+                budget_rel_l2=args.budget_rel_l2,
+                samples=args.samples,
+                seed=args.seed,
+                calibration=args.calibration,
+                threads=args.threads,
+                cpu=cpu,
+            )
         except BudgetError as e:
             print(f"error: {e}; bf16 not recorded for {graph}", file=sys.stderr)
             missed.append(graph)

@@ -9,6 +9,7 @@
 
 Everything runs on ONNX Runtime's CPU provider.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,10 @@ class BudgetError(PrecisionError):
 
 # ----------------------------------------------------------------------------------------------- budgets
 
-def make_budget(precision: str, graph: str, *, psnr: float | None = None, rel_l2: float | None = None
-                ) -> dict[str, Tolerance]:
+
+def make_budget(
+    precision: str, graph: str, *, psnr: float | None = None, rel_l2: float | None = None
+) -> dict[str, Tolerance]:
     """Tolerance per output tensor of `graph`: runtime.verify.metrics defaults for `precision`, overridden by the options.
 
     psnr applies to decoder images (dB over [-1, 1]); rel_l2 to encoder mu / logvar. NaN/Inf always fail.
@@ -74,14 +77,15 @@ def budget_to_dict(budget: Mapping[str, Tolerance]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- evaluation data
 
+
 @dataclass(frozen=True)
 class EvalSet:
     """One named batch of inputs for a graph and its FP32 expected outputs."""
 
-    label: str                       # "golden", "realistic", "extra"
-    inputs: dict[str, np.ndarray]    # graph input name -> array
+    label: str  # "golden", "realistic", "extra"
+    inputs: dict[str, np.ndarray]  # graph input name -> array
     expected: dict[str, np.ndarray]  # graph output name -> array
-    source: str                      # where `expected` came from: "pytorch-fp32" or "onnxruntime-fp32"
+    source: str  # where `expected` came from: "pytorch-fp32" or "onnxruntime-fp32"
 
     @property
     def batch(self) -> int:
@@ -155,8 +159,10 @@ def check_graph_io(path: Path, spec: B.GraphSpec, manifest_path: Path) -> None:
             fmt = lambda xs: ", ".join(f"{n} {d} [{', '.join(map(str, s))}]" for n, d, s in xs) or "none"  # noqa: E731
             problems.append(f"{kind} {fmt(got)}, {manifest_path} lists {fmt(exp)}")
     if problems:
-        raise B.BundleError(f"{path}: graph {spec.name!r} does not match the manifest: {'; '.join(problems)} "
-                            "(the file was replaced by another model? re-export the bundle)")
+        raise B.BundleError(
+            f"{path}: graph {spec.name!r} does not match the manifest: {'; '.join(problems)} "
+            "(the file was replaced by another model? re-export the bundle)"
+        )
 
 
 def ort_session(model, *, optimize: bool = True):
@@ -177,7 +183,7 @@ def run_graph(session, inputs: Mapping[str, np.ndarray], chunk: int = 64) -> dic
     n = int(next(iter(inputs.values())).shape[0])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for lo in range(0, n, chunk):
-        outs = session.run(None, {k: v[lo:lo + chunk] for k, v in inputs.items()})
+        outs = session.run(None, {k: v[lo : lo + chunk] for k, v in inputs.items()})
         for k, v in zip(names, outs):
             parts[k].append(np.asarray(v))
     return {k: np.concatenate(v).astype(np.float32, copy=False) for k, v in parts.items()}
@@ -236,8 +242,9 @@ def realistic_inputs(data: BundleData, n: int, seed: int, folder: Path | None = 
     return out
 
 
-def evaluation_sets(data: BundleData, graph: str, *, samples: int = 32, seed: int = 1,
-                    folder: Path | None = None) -> list[EvalSet]:
+def evaluation_sets(
+    data: BundleData, graph: str, *, samples: int = 32, seed: int = 1, folder: Path | None = None
+) -> list[EvalSet]:
     """The sets every variant is measured on: golden + stored realistic (PyTorch FP32 expected, from reference.npz)
     and `samples` fresh realistic inputs (expected from the bundle's FP32 graph, itself parity-gated at export)."""
     ref_info = data.manifest.reference or {}
@@ -251,12 +258,19 @@ def evaluation_sets(data: BundleData, graph: str, *, samples: int = 32, seed: in
     for label, prefix in (("golden", ""), ("realistic", "realistic.")):
         keys = [prefix + B.reference_key(graph, t) for t in (*ins, *outs)]
         if all(k in ref for k in keys):
-            sets.append(EvalSet(label, {t: ref[prefix + B.reference_key(graph, t)].astype(np.float32) for t in ins},
-                                {t: ref[prefix + B.reference_key(graph, t)].astype(np.float32) for t in outs},
-                                "pytorch-fp32"))
+            sets.append(
+                EvalSet(
+                    label,
+                    {t: ref[prefix + B.reference_key(graph, t)].astype(np.float32) for t in ins},
+                    {t: ref[prefix + B.reference_key(graph, t)].astype(np.float32) for t in outs},
+                    "pytorch-fp32",
+                )
+            )
     if not sets:
-        raise B.BundleError(f"{ref_path}: no golden data for graph {graph!r} (expected keys "
-                            f"{[B.reference_key(graph, t) for t in (*ins, *outs)]})")
+        raise B.BundleError(
+            f"{ref_path}: no golden data for graph {graph!r} (expected keys "
+            f"{[B.reference_key(graph, t) for t in (*ins, *outs)]})"
+        )
     if samples > 0:
         x = realistic_inputs(data, samples, seed, folder)[graph]
         expected = run_graph(ort_session(data.graph_path(graph)), {ins[0]: x})
@@ -273,8 +287,10 @@ def describe_sets(sets: Sequence[EvalSet]) -> str:
     if ref:
         parts.append(" and ".join(f"{s.label}.* ({s.batch})" for s in ref) + ": reference.npz inputs vs PyTorch FP32")
     if fresh:
-        parts.append(" and ".join(f"{s.label}.* ({s.batch})" for s in fresh)
-                     + ": fresh realistic inputs vs the bundle's FP32 graph")
+        parts.append(
+            " and ".join(f"{s.label}.* ({s.batch})" for s in fresh)
+            + ": fresh realistic inputs vs the bundle's FP32 graph"
+        )
     return "; ".join(parts)
 
 
@@ -285,8 +301,10 @@ def plural(n: int, noun: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- measuring
 
-def measure(graph: str, session_or_model, sets: Sequence[EvalSet], budget: Mapping[str, Tolerance], *,
-            label: str = "") -> ComparisonReport:
+
+def measure(
+    graph: str, session_or_model, sets: Sequence[EvalSet], budget: Mapping[str, Tolerance], *, label: str = ""
+) -> ComparisonReport:
     """Run a candidate graph on every evaluation set and compare each output with its FP32 expectation."""
     session = session_or_model if hasattr(session_or_model, "run") else ort_session(session_or_model)
     actual, expected, tols, images = {}, {}, {}, {}
@@ -328,36 +346,57 @@ def badness(report: ComparisonReport) -> float:
 
 def summarize(report: ComparisonReport) -> dict[str, Any]:
     """The numbers of a report that go into vae.json (JSON-safe: non-finite values as strings)."""
+
     def num(x):
         if x is None:
             return None
         x = float(x)
         return x if math.isfinite(x) else str(x)
 
-    return {"passed": report.passed, "label": report.label,
-            "outputs": {o.name: {"max_abs": num(o.max_abs), "mean_abs": num(o.mean_abs), "p99_abs": num(o.p99_abs),
-                                 "rel_l2": num(o.rel_l2), "cosine": num(o.cosine), "psnr": num(o.psnr),
-                                 "nan": o.nan_count, "inf": o.inf_count, "batch": int(o.shape[0]) if o.shape else 0}
-                        for o in report.outputs},
-            "failures": report.failures()}
+    return {
+        "passed": report.passed,
+        "label": report.label,
+        "outputs": {
+            o.name: {
+                "max_abs": num(o.max_abs),
+                "mean_abs": num(o.mean_abs),
+                "p99_abs": num(o.p99_abs),
+                "rel_l2": num(o.rel_l2),
+                "cosine": num(o.cosine),
+                "psnr": num(o.psnr),
+                "nan": o.nan_count,
+                "inf": o.inf_count,
+                "batch": int(o.shape[0]) if o.shape else 0,
+            }
+            for o in report.outputs
+        },
+        "failures": report.failures(),
+    }
 
 
 def worst_case(report_summary: Mapping[str, Any]) -> dict[str, Any]:
     """min PSNR over image outputs, max rel_l2 / max_abs over all outputs, NaN/Inf count: one line of the table."""
     psnrs, rels, maxabs, bad = [], [], [], 0
     for o in report_summary.get("outputs", {}).values():
+
         def f(x):
             return float(x) if x is not None else math.nan
+
         if o.get("psnr") is not None:
             psnrs.append(f(o["psnr"]))
         rels.append(f(o.get("rel_l2")))
         maxabs.append(f(o.get("max_abs")))
         bad += int(o.get("nan", 0)) + int(o.get("inf", 0))
-    return {"min_psnr": min(psnrs) if psnrs else None, "max_rel_l2": max(rels) if rels else None,
-            "max_abs": max(maxabs) if maxabs else None, "nonfinite": bad}
+    return {
+        "min_psnr": min(psnrs) if psnrs else None,
+        "max_rel_l2": max(rels) if rels else None,
+        "max_abs": max(maxabs) if maxabs else None,
+        "nonfinite": bad,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the search
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -366,12 +405,17 @@ class SearchResult:
     kept: tuple[str, ...]
     report: ComparisonReport
     evaluations: int
-    ranking: tuple[tuple[str, float], ...] = ()   # (node, badness when it alone is reduced), worst first
+    ranking: tuple[tuple[str, float], ...] = ()  # (node, badness when it alone is reduced), worst first
     log: tuple[str, ...] = field(default=())
 
 
-def search_kept_nodes(candidates: Sequence[str], evaluate: Callable[[frozenset[str]], ComparisonReport], *,
-                      desc: str = "search", progress: bool = True) -> SearchResult:
+def search_kept_nodes(
+    candidates: Sequence[str],
+    evaluate: Callable[[frozenset[str]], ComparisonReport],
+    *,
+    desc: str = "search",
+    progress: bool = True,
+) -> SearchResult:
     """Find a small set K of candidate nodes to keep in full precision so that evaluate(K) meets the budget.
 
     evaluate(K) builds the reduced-precision graph with the nodes in K left in full precision, runs it on the
@@ -398,12 +442,17 @@ def search_kept_nodes(candidates: Sequence[str], evaluate: Callable[[frozenset[s
         log.append(f"all nodes reduced: budget missed ({'; '.join(first.failures())})")
         full = ev(frozenset(cand))
         if not full.passed:
-            raise BudgetError(f"{desc}: even with every candidate node kept in full precision the budget is missed "
-                              f"({'; '.join(full.failures())})", full)
+            raise BudgetError(
+                f"{desc}: even with every candidate node kept in full precision the budget is missed "
+                f"({'; '.join(full.failures())})",
+                full,
+            )
         ranking = _rank_by_reducing_one(cand, ev, bar)
         order = [n for n, _ in ranking]
-        log.append("ranking (node: error when it alone is reduced, x budget): "
-                   + ", ".join(f"{n}: {s:.3g}" for n, s in ranking))
+        log.append(
+            "ranking (node: error when it alone is reduced, x budget): "
+            + ", ".join(f"{n}: {s:.3g}" for n, s in ranking)
+        )
         hi = _bisect_kept_prefix(order, ev, bar)
         log.append(f"bisection: the {hi} worst nodes kept meet the budget")
         kept = _prune_kept(list(order[:hi]), ev, bar, log)
@@ -479,21 +528,24 @@ def _prune_kept(kept: list[str], ev: _CachedEvaluations, bar, log: list[str]) ->
 
 # ----------------------------------------------------------------------------------------------- onnx helpers
 
+
 def float_nodes(model) -> list[str]:
     """Names of the nodes that compute on floating-point data (the candidates of a precision search)."""
     import onnx
 
     model = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input,
-                                                            *model.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)
+    }
     for t in model.graph.initializer:
         types[t.name] = t.data_type
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     names = []
     for node in model.graph.node:
         if not node.name:
-            raise PrecisionError(f"graph has an unnamed {node.op_type} node; node names are needed to record "
-                                 "which nodes stay in FP32")
+            raise PrecisionError(
+                f"graph has an unnamed {node.op_type} node; node names are needed to record which nodes stay in FP32"
+            )
         if any(types.get(o) in floats for o in node.output):
             names.append(node.name)
     return names
@@ -542,6 +594,7 @@ def save_model_atomic(model, path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the manifest
+
 
 def variant_file(graph: str, precision: str) -> str:
     return f"{graph}.{precision}.onnx"
@@ -611,8 +664,10 @@ def bundle_locked(fn: Callable) -> Callable:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise B.BundleError(f"{root}: another export.precision.fp16 / export.precision.int8 run is writing this bundle; "
-                                    "wait for it to finish") from None
+                raise B.BundleError(
+                    f"{root}: another export.precision.fp16 / export.precision.int8 run is writing this bundle; "
+                    "wait for it to finish"
+                ) from None
             return fn(bundle, *args, **kwargs)
         finally:
             os.close(fd)  # releases the lock
@@ -654,15 +709,22 @@ def precision_table(bundle: str | os.PathLike) -> str:
     """
     m = B.read_manifest(bundle)
     root = Path(bundle)
-    head = (f"{'graph':<8} {'precision':<9} {'file':<20} {'MB':>6} {'kept fp32':>9} {'min PSNR dB':>11} "
-            f"{'max rel_l2':>10} {'max abs':>9} {'NaN/Inf':>7}  {'budget':<34} result")
-    title = (f"precisions recorded in {root / B.MANIFEST_NAME} - fp32: ONNX Runtime CPU vs PyTorch FP32 at export; "
-             "fp16 / int8 / bf16: worst case over their evaluation inputs vs FP32, measured when each was made:")
+    head = (
+        f"{'graph':<8} {'precision':<9} {'file':<20} {'MB':>6} {'kept fp32':>9} {'min PSNR dB':>11} "
+        f"{'max rel_l2':>10} {'max abs':>9} {'NaN/Inf':>7}  {'budget':<34} result"
+    )
+    title = (
+        f"precisions recorded in {root / B.MANIFEST_NAME} - fp32: ONNX Runtime CPU vs PyTorch FP32 at export; "
+        "fp16 / int8 / bf16: worst case over their evaluation inputs vs FP32, measured when each was made:"
+    )
     lines = [title, head, "-" * len(head)]
 
     def fmt(x, spec):
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (
-            "inf" if isinstance(x, float) and math.isinf(x) else format(x, spec))
+        return (
+            "-"
+            if x is None or (isinstance(x, float) and math.isnan(x))
+            else ("inf" if isinstance(x, float) and math.isinf(x) else format(x, spec))
+        )
 
     for g, spec in m.graphs.items():
         size = (root / spec.file).stat().st_size / 1e6 if (root / spec.file).is_file() else float("nan")
@@ -670,9 +732,11 @@ def precision_table(bundle: str | os.PathLike) -> str:
         rows = {k: v for k, v in par.items() if f"{g}." in k}
         wc = worst_case({"outputs": rows})
         result = ("PASS" if m.parity.get("passed") else "FAIL") if m.parity.get("verified") else "not verified"
-        lines.append(f"{g:<8} {'fp32':<9} {spec.file:<20} {size:>6.2f} {'-':>9} {fmt(wc['min_psnr'], '.2f'):>11} "
-                     f"{fmt(wc['max_rel_l2'], '.3g'):>10} {fmt(wc['max_abs'], '.3g'):>9} {'-':>7}  "
-                     f"{'vs PyTorch, max_abs <= 1e-4':<34} {result}")
+        lines.append(
+            f"{g:<8} {'fp32':<9} {spec.file:<20} {size:>6.2f} {'-':>9} {fmt(wc['min_psnr'], '.2f'):>11} "
+            f"{fmt(wc['max_rel_l2'], '.3g'):>10} {fmt(wc['max_abs'], '.3g'):>9} {'-':>7}  "
+            f"{'vs PyTorch, max_abs <= 1e-4':<34} {result}"
+        )
         for p in ("fp16", "int8"):
             v = spec.variants.get(p)
             if v is None:
@@ -685,27 +749,32 @@ def precision_table(bundle: str | os.PathLike) -> str:
             wc = worst_case(ort_summary)
             if emu:  # report the worse of the two FP16 measurements
                 we = worst_case(emu)
-                wc = {"min_psnr": min(x for x in (wc["min_psnr"], we["min_psnr"]) if x is not None)
-                      if wc["min_psnr"] is not None else None,
-                      "max_rel_l2": max(wc["max_rel_l2"] or 0, we["max_rel_l2"] or 0),
-                      "max_abs": max(wc["max_abs"] or 0, we["max_abs"] or 0),
-                      "nonfinite": wc["nonfinite"] + we["nonfinite"]}
-            budget = ", ".join(f"{k} " + " ".join(f"{kk}={vv:g}" for kk, vv in b.items())
-                               for k, b in v.budget.items())
+                wc = {
+                    "min_psnr": min(x for x in (wc["min_psnr"], we["min_psnr"]) if x is not None)
+                    if wc["min_psnr"] is not None
+                    else None,
+                    "max_rel_l2": max(wc["max_rel_l2"] or 0, we["max_rel_l2"] or 0),
+                    "max_abs": max(wc["max_abs"] or 0, we["max_abs"] or 0),
+                    "nonfinite": wc["nonfinite"] + we["nonfinite"],
+                }
+            budget = ", ".join(f"{k} " + " ".join(f"{kk}={vv:g}" for kk, vv in b.items()) for k, b in v.budget.items())
             passed = v.accuracy.get("passed")
-            lines.append(f"{g:<8} {p:<9} {v.file:<20} {size:>6.2f} {len(v.kept_fp32_nodes):>9} "
-                         f"{fmt(wc['min_psnr'], '.2f'):>11} {fmt(wc['max_rel_l2'], '.3g'):>10} "
-                         f"{fmt(wc['max_abs'], '.3g'):>9} {wc['nonfinite']:>7}  {budget:<34} "
-                         f"{'PASS' if passed else 'FAIL (forced)'}")
+            lines.append(
+                f"{g:<8} {p:<9} {v.file:<20} {size:>6.2f} {len(v.kept_fp32_nodes):>9} "
+                f"{fmt(wc['min_psnr'], '.2f'):>11} {fmt(wc['max_rel_l2'], '.3g'):>10} "
+                f"{fmt(wc['max_abs'], '.3g'):>9} {wc['nonfinite']:>7}  {budget:<34} "
+                f"{'PASS' if passed else 'FAIL (forced)'}"
+            )
         for p, e in sorted(spec.engine_precisions.items()):  # bf16: an engine setting on the FP32 graph
             wc = worst_case(e.accuracy.get(f"{e.engine}_cpu", {}))
-            budget = ", ".join(f"{k} " + " ".join(f"{kk}={vv:g}" for kk, vv in b.items())
-                               for k, b in e.budget.items())
+            budget = ", ".join(f"{k} " + " ".join(f"{kk}={vv:g}" for kk, vv in b.items()) for k, b in e.budget.items())
             fresh = e.sha256 == spec.sha256
-            lines.append(f"{g:<8} {p:<9} {e.engine + ' on fp32':<20} {'-':>6} {'-':>9} "
-                         f"{fmt(wc['min_psnr'], '.2f'):>11} {fmt(wc['max_rel_l2'], '.3g'):>10} "
-                         f"{fmt(wc['max_abs'], '.3g'):>9} {wc['nonfinite']:>7}  {budget:<34} "
-                         f"{'PASS' if fresh else 'STALE (graph changed)'}")
+            lines.append(
+                f"{g:<8} {p:<9} {e.engine + ' on fp32':<20} {'-':>6} {'-':>9} "
+                f"{fmt(wc['min_psnr'], '.2f'):>11} {fmt(wc['max_rel_l2'], '.3g'):>10} "
+                f"{fmt(wc['max_abs'], '.3g'):>9} {wc['nonfinite']:>7}  {budget:<34} "
+                f"{'PASS' if fresh else 'STALE (graph changed)'}"
+            )
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ decoder PSNR >= 40 dB, mu / logvar relative L2 <= 1e-2, on reference.npz's golde
 fresh ones. Graph I/O is checked against vae.json first; a kill at any point leaves the previous variant valid.
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph), 2 bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,33 @@ from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
 from ..cli import non_negative_int, positive_float
-from .common import (FP16_MAX, BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict,
-                               bundle_locked, commit_variant, describe_sets, evaluation_sets, expose_intermediates,
-                               float_nodes, make_budget, measure, open_bundle, ort_session, plural, precision_table,
-                               quiet, recover_variants, run_graph, search_kept_nodes, summarize, timestamp,
-                               variant_file)
+from .common import (
+    FP16_MAX,
+    BudgetError,
+    EvalSet,
+    PrecisionError,
+    SearchResult,
+    budget_to_dict,
+    bundle_locked,
+    commit_variant,
+    describe_sets,
+    evaluation_sets,
+    expose_intermediates,
+    float_nodes,
+    make_budget,
+    measure,
+    open_bundle,
+    ort_session,
+    plural,
+    precision_table,
+    quiet,
+    recover_variants,
+    run_graph,
+    search_kept_nodes,
+    summarize,
+    timestamp,
+    variant_file,
+)
 
 PRECISION = "fp16"
 _EMU_SUFFIX = "__fp16_emulation"
@@ -43,20 +66,25 @@ _EMU_SUFFIX = "__fp16_emulation"
 
 # ----------------------------------------------------------------------------------------------- range check
 
+
 @dataclass(frozen=True)
 class RangeIssue:
     node: str
     op_type: str
-    kind: str      # "weight" | "output" | "input" (an FP32 value beyond +-65504) | "nonfinite" (Inf/NaN starts here)
+    kind: str  # "weight" | "output" | "input" (an FP32 value beyond +-65504) | "nonfinite" (Inf/NaN starts here)
     tensor: str
-    value: float   # max |x| for the range kinds, number of non-finite values for "nonfinite"
+    value: float  # max |x| for the range kinds, number of non-finite values for "nonfinite"
 
     def describe(self) -> str:
         if self.kind == "nonfinite":
-            return (f"{self.node} ({self.op_type}): its output {self.tensor!r} turns Inf/NaN in FP16 "
-                    f"({int(self.value)} values) although its inputs are finite")
-        return (f"{self.node} ({self.op_type}): {self.kind} {self.tensor!r} reaches |x| = {self.value:.4g} "
-                f"> {FP16_MAX:g} (FP16 max)")
+            return (
+                f"{self.node} ({self.op_type}): its output {self.tensor!r} turns Inf/NaN in FP16 "
+                f"({int(self.value)} values) although its inputs are finite"
+            )
+        return (
+            f"{self.node} ({self.op_type}): {self.kind} {self.tensor!r} reaches |x| = {self.value:.4g} "
+            f"> {FP16_MAX:g} (FP16 max)"
+        )
 
 
 @dataclass(frozen=True)
@@ -79,7 +107,8 @@ class RangeReport:
             top = max(self.max_abs.values(), default=0.0)
             return f"{self.graph}: FP16 range check clean (largest FP32 activation |x| = {top:.4g})"
         return f"{self.graph}: FP16 range check found {len(self.issues)} issue(s):\n  " + "\n  ".join(
-            i.describe() for i in self.issues)
+            i.describe() for i in self.issues
+        )
 
     def to_dict(self) -> dict:
         return {"clean": not self.issues, "issues": [i.__dict__ for i in self.issues]}
@@ -133,6 +162,7 @@ def range_check(model, inputs: Sequence[Mapping[str, np.ndarray]], graph: str = 
 
 # ----------------------------------------------------------------------------------------------- conversion
 
+
 def _cast_to(node) -> int | None:
     return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
@@ -152,8 +182,9 @@ def convert_fp16(model, keep_fp32: Iterable[str] = ()):
     if unknown:
         raise PrecisionError(f"keep_fp32: no node(s) named {unknown} in the graph")
     with quiet():
-        m16 = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, node_block_list=keep,
-                                       op_block_list=[], max_finite_val=FP16_MAX)
+        m16 = convert_float_to_float16(
+            copy.deepcopy(model), keep_io_types=True, node_block_list=keep, op_block_list=[], max_finite_val=FP16_MAX
+        )
     m16 = fuse_fp32_islands(m16)
     onnx.checker.check_model(m16)
     return m16
@@ -168,8 +199,10 @@ def fuse_fp32_islands(model):
     from onnx import TensorProto, helper
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input,
-                                                            *inferred.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    }
     g = model.graph
     consumers: dict[str, list] = defaultdict(list)
     for n in g.node:
@@ -257,9 +290,10 @@ def emulate_fp16_storage(model16):
             if types.get(out) == TensorProto.FLOAT16:
                 raw, half = out + _EMU_SUFFIX + "_fp32", out + _EMU_SUFFIX
                 n.output[k] = raw
-                nodes += [helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=n.name + _EMU_SUFFIX),
-                          helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT,
-                                           name=n.name + _EMU_SUFFIX + "_load")]
+                nodes += [
+                    helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=n.name + _EMU_SUFFIX),
+                    helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT, name=n.name + _EMU_SUFFIX + "_load"),
+                ]
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     for t in m.graph.initializer:
@@ -274,16 +308,17 @@ def emulate_fp16_storage(model16):
 
 # ----------------------------------------------------------------------------------------------- search
 
+
 @dataclass(frozen=True)
 class Fp16Result:
     """The chosen FP16 graph of one ONNX model and the evidence for it."""
 
     graph: str
-    model: object                 # onnx.ModelProto, the variant to write
+    model: object  # onnx.ModelProto, the variant to write
     kept_fp32_nodes: tuple[str, ...]
     range_report: RangeReport
     search: SearchResult
-    report_ort: ComparisonReport       # the variant as ONNX Runtime CPU runs it
+    report_ort: ComparisonReport  # the variant as ONNX Runtime CPU runs it
     report_emulated: ComparisonReport  # under FP16 storage emulation
 
     @property
@@ -291,15 +326,27 @@ class Fp16Result:
         return self.report_ort.passed and self.report_emulated.passed
 
 
-def search_fp16(model, graph: str, sets: Sequence[EvalSet], budget: Mapping[str, Tolerance], *,
-                progress: bool = True, log: Callable[[str], None] = print) -> Fp16Result:
+def search_fp16(
+    model,
+    graph: str,
+    sets: Sequence[EvalSet],
+    budget: Mapping[str, Tolerance],
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Fp16Result:
     """Range check, then find the fewest FP32-kept nodes meeting `budget` on `sets`; see the module docstring."""
     rr = range_check(model, [s.inputs for s in sets], graph)
     log(rr.text())
 
     def evaluate(keep: frozenset[str]) -> ComparisonReport:
-        return measure(graph, emulate_fp16_storage(convert_fp16(model, keep)), sets, budget,
-                       label=f"{graph} fp16 (storage emulated), {len(keep)} kept")
+        return measure(
+            graph,
+            emulate_fp16_storage(convert_fp16(model, keep)),
+            sets,
+            budget,
+            label=f"{graph} fp16 (storage emulated), {len(keep)} kept",
+        )
 
     result = search_kept_nodes(float_nodes(model), evaluate, desc=f"{graph} fp16 search", progress=progress)
     variant = convert_fp16(model, result.kept)
@@ -309,11 +356,20 @@ def search_fp16(model, graph: str, sets: Sequence[EvalSet], budget: Mapping[str,
 
 # ----------------------------------------------------------------------------------------------- bundle level
 
+
 @bundle_locked
-def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
-                      budget_rel_l2: float | None = None, samples: int = 32, seed: int = 1,
-                      calibration: Path | None = None, progress: bool = True,
-                      log: Callable[[str], None] = print) -> Fp16Result:
+def make_fp16_variant(
+    bundle: str | Path,
+    graph: str,
+    *,
+    budget_psnr: float | None = None,
+    budget_rel_l2: float | None = None,
+    samples: int = 32,
+    seed: int = 1,
+    calibration: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Fp16Result:
     """Search, verify and (only if the budget is met) write BUNDLE/<graph>.fp16.onnx and register it in vae.json.
 
     Args:
@@ -344,60 +400,105 @@ def make_fp16_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
     sets = evaluation_sets(data, graph, samples=samples, seed=seed, folder=calibration)
     model = onnx.load(str(data.graph_path(graph)))
     res = search_fp16(model, graph, sets, budget, progress=progress, log=log)
-    log(f"{graph}: kept in FP32: {list(res.kept_fp32_nodes) or 'none'} "
-        f"({plural(res.search.evaluations, 'candidate graph')} measured)")
+    log(
+        f"{graph}: kept in FP32: {list(res.kept_fp32_nodes) or 'none'} "
+        f"({plural(res.search.evaluations, 'candidate graph')} measured)"
+    )
     for line in res.search.log:
         log(f"  {line}")
     inputs = describe_sets(sets)
-    log(f"{graph} FP16 variant under FP16 storage emulation (float16 rounding and overflow where a GPU has them) "
-        f"vs FP32\n  inputs: {inputs}")
+    log(
+        f"{graph} FP16 variant under FP16 storage emulation (float16 rounding and overflow where a GPU has them) "
+        f"vs FP32\n  inputs: {inputs}"
+    )
     log(res.report_emulated.table())
-    log(f"{graph} FP16 variant as ONNX Runtime CPU runs it (weights rounded to FP16, arithmetic in FP32) vs FP32\n"
-        "  inputs: the same")
+    log(
+        f"{graph} FP16 variant as ONNX Runtime CPU runs it (weights rounded to FP16, arithmetic in FP32) vs FP32\n"
+        "  inputs: the same"
+    )
     log(res.report_ort.table())
     if not res.passed:
         failed = res.report_ort.failures() + res.report_emulated.failures()
         raise BudgetError(f"{graph}: the FP16 variant misses its budget: {'; '.join(failed)}", res.report_ort)
     name = variant_file(graph, PRECISION)
-    accuracy = {"passed": True, "measured": timestamp(),
-                "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
-                "onnxruntime_cpu": summarize(res.report_ort),
-                "fp16_storage_emulation": summarize(res.report_emulated),
-                "range_check": res.range_report.to_dict(),
-                "search": {"evaluations": res.search.evaluations, "log": list(res.search.log),
-                           "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
-                "samples": samples, "seed": seed,
-                "data": str(calibration) if calibration else "embedded shapes + prior"}
+    accuracy = {
+        "passed": True,
+        "measured": timestamp(),
+        "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
+        "onnxruntime_cpu": summarize(res.report_ort),
+        "fp16_storage_emulation": summarize(res.report_emulated),
+        "range_check": res.range_report.to_dict(),
+        "search": {
+            "evaluations": res.search.evaluations,
+            "log": list(res.search.log),
+            "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking],
+        },
+        "samples": samples,
+        "seed": seed,
+        "data": str(calibration) if calibration else "embedded shapes + prior",
+    }
     # The previous fp16 variant stays valid until vae.json names the new one (commit_variant).
-    commit_variant(bundle, graph, res.model, B.VariantSpec(precision=PRECISION, file=name, sha256="",
-                                                           kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
-                                                           budget=budget_to_dict(budget)))
+    commit_variant(
+        bundle,
+        graph,
+        res.model,
+        B.VariantSpec(
+            precision=PRECISION,
+            file=name,
+            sha256="",
+            kept_fp32_nodes=res.kept_fp32_nodes,
+            accuracy=accuracy,
+            budget=budget_to_dict(budget),
+        ),
+    )
     log(f"wrote {Path(bundle) / name}")
     return res
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog_name("export.precision.fp16"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=epilog({0: "every graph's FP16 variant met its budget and was written",
-                       1: "a graph missed its budget (nothing written for it; the others are)",
-                       2: "bad input or option (one line on stderr)"},
-                      "%(prog)s runs/bundle",
-                      "%(prog)s runs/bundle --graphs decoder --budget-psnr 45",
-                      "%(prog)s runs/bundle --calibration ~/celeba/img_align_celeba --samples 64"))
+        prog=prog_name("export.precision.fp16"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=epilog(
+            {
+                0: "every graph's FP16 variant met its budget and was written",
+                1: "a graph missed its budget (nothing written for it; the others are)",
+                2: "bad input or option (one line on stderr)",
+            },
+            "%(prog)s runs/bundle",
+            "%(prog)s runs/bundle --graphs decoder --budget-psnr 45",
+            "%(prog)s runs/bundle --calibration ~/celeba/img_align_celeba --samples 64",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     add_graphs_argument(p, what="graphs to convert")
-    p.add_argument("--budget-psnr", type=positive_float, default=None, metavar="DB",
-                   help="decoder image PSNR floor in dB (default 40)")
-    p.add_argument("--budget-rel-l2", type=positive_float, default=None, metavar="X",
-                   help="encoder mu/logvar rel L2 ceiling (default 1e-2)")
-    p.add_argument("--samples", type=int, default=32, metavar="N",
-                   help="fresh realistic inputs per graph (default 32)")
+    p.add_argument(
+        "--budget-psnr",
+        type=positive_float,
+        default=None,
+        metavar="DB",
+        help="decoder image PSNR floor in dB (default 40)",
+    )
+    p.add_argument(
+        "--budget-rel-l2",
+        type=positive_float,
+        default=None,
+        metavar="X",
+        help="encoder mu/logvar rel L2 ceiling (default 1e-2)",
+    )
+    p.add_argument("--samples", type=int, default=32, metavar="N", help="fresh realistic inputs per graph (default 32)")
     p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the fresh inputs")
-    p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
-                   help="folder of images for the realistic inputs (default: the embedded shapes dataset)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress output (a bar on a terminal, a few lines in a log)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of images for the realistic inputs (default: the embedded shapes dataset)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress output (a bar on a terminal, a few lines in a log)"
+    )
     return p
 
 
@@ -413,9 +514,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = []
     for graph in graphs:
         try:
-            make_fp16_variant(args.bundle, graph, budget_psnr=args.budget_psnr, budget_rel_l2=args.budget_rel_l2,
-                              samples=args.samples, seed=args.seed, calibration=args.calibration,
-                              progress=not args.no_progress)
+            make_fp16_variant(
+                args.bundle,
+                graph,
+                budget_psnr=args.budget_psnr,
+                budget_rel_l2=args.budget_rel_l2,
+                samples=args.samples,
+                seed=args.seed,
+                calibration=args.calibration,
+                progress=not args.no_progress,
+            )
         except BudgetError as e:
             print(f"error: {e}; {graph}.fp16.onnx not written", file=sys.stderr)
             missed.append(graph)

@@ -15,6 +15,7 @@ other inputs than the calibration's; a variant that misses it is written only wi
 false). Graph I/O is checked against vae.json first; a kill at any point leaves the previous variant valid.
 Exit codes: 0 ok, 1 a budget missed (nothing written for that graph unless --force), 2 bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,31 @@ from runtime.files import temp_prefix
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
 from ..cli import non_negative_int, positive_float
-from .common import (BudgetError, EvalSet, PrecisionError, SearchResult, budget_to_dict, bundle_locked,
-                               commit_variant, dataset_images, describe_sets, evaluation_sets, float_nodes,
-                               make_budget, measure, open_bundle, plural, precision_table, quiet, realistic_inputs,
-                               recover_variants, search_kept_nodes, summarize, timestamp, variant_file)
+from .common import (
+    BudgetError,
+    EvalSet,
+    PrecisionError,
+    SearchResult,
+    budget_to_dict,
+    bundle_locked,
+    commit_variant,
+    dataset_images,
+    describe_sets,
+    evaluation_sets,
+    float_nodes,
+    make_budget,
+    measure,
+    open_bundle,
+    plural,
+    precision_table,
+    quiet,
+    realistic_inputs,
+    recover_variants,
+    search_kept_nodes,
+    summarize,
+    timestamp,
+    variant_file,
+)
 
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
@@ -53,9 +75,9 @@ class QdqCheck:
 
     quantize_nodes: int
     dequantize_nodes: int
-    nonzero_zero_points: tuple[str, ...]     # Q/DQ nodes whose zero point is not 0
-    non_int8: tuple[str, ...]                # Q/DQ nodes whose quantized type is not int8
-    per_tensor_weights: tuple[str, ...]      # Conv/ConvTranspose/Gemm whose weight scale is not per output channel
+    nonzero_zero_points: tuple[str, ...]  # Q/DQ nodes whose zero point is not 0
+    non_int8: tuple[str, ...]  # Q/DQ nodes whose quantized type is not int8
+    per_tensor_weights: tuple[str, ...]  # Conv/ConvTranspose/Gemm whose weight scale is not per output channel
     quantized_weight_nodes: tuple[str, ...]  # nodes with an INT8 weight
 
     def __bool__(self) -> bool:
@@ -90,7 +112,9 @@ def check_qdq(model) -> QdqCheck:
                 nonzero.append(n.name)
             if zp.data_type != TensorProto.INT8:
                 non_int8.append(n.name)
-        elif n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type != TensorProto.INT8:
+        elif (
+            n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type != TensorProto.INT8
+        ):
             non_int8.append(n.name)
     per_tensor, quantized = [], []
     for node in model.graph.node:
@@ -115,6 +139,7 @@ def check_qdq(model) -> QdqCheck:
 
 # ----------------------------------------------------------------------------------------------- quantization
 
+
 def calibration_inputs(bundle, graph: str, samples: int, seed: int, folder: Path | None = None) -> np.ndarray:
     """Realistic calibration inputs for `graph`, never the golden noise: encoder: `samples` images from `folder`
     (recursively, PyTorch-VAE's centre crop) or the embedded shapes dataset, in the bundle's pixel range; decoder:
@@ -128,8 +153,16 @@ def calibration_inputs(bundle, graph: str, samples: int, seed: int, folder: Path
 class Quantizer:
     """Calibrates once (ranges cached in a temporary file), then quantizes with any set of nodes left in FP32."""
 
-    def __init__(self, fp32_path: Path, graph: str, calibration: np.ndarray, *, method: str = "minmax",
-                 batch: int = 16, workdir: Path) -> None:
+    def __init__(
+        self,
+        fp32_path: Path,
+        graph: str,
+        calibration: np.ndarray,
+        *,
+        method: str = "minmax",
+        batch: int = 16,
+        workdir: Path,
+    ) -> None:
         if method not in METHODS:
             raise PrecisionError(f"--method: expected one of {list(METHODS)}, got {method!r}")
         self.fp32_path, self.graph, self.method, self.workdir = Path(fp32_path), graph, method, Path(workdir)
@@ -144,7 +177,7 @@ class Quantizer:
 
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self._it = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
+                self._it = iter([{name: x[i : i + batch]} for i in range(0, len(x), batch)])
 
             def get_next(self):
                 return next(self._it, None)
@@ -155,24 +188,37 @@ class Quantizer:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                  "entropy": CalibrationMethod.Entropy}[self.method]
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,
+        }[self.method]
         self._count += 1
         out = self.workdir / f"{self.graph}.int8.{self._count}.onnx"
         # Symmetric (zero point 0: TensorRT rejects any other); biases stay FP32 (TensorRT's parser refuses an INT32
         # DequantizeLinear); no ORT pre-processing, which may rename nodes
         # (docs/performance.md#int8-quantization-settings).
         with quiet():
-            quantize_static(str(self.fp32_path), str(out),
-                            calibration_data_reader=None if self.cache.is_file() else self._reader(),
-                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=sorted(keep_fp32), calibrate_method=method,
-                            calibration_cache_path=str(self.cache),
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False,
-                                           # symmetric ranges straight from calibration, not widened afterwards
-                                           "CalibTensorRangeSymmetric": True})
+            quantize_static(
+                str(self.fp32_path),
+                str(out),
+                calibration_data_reader=None if self.cache.is_file() else self._reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=sorted(keep_fp32),
+                calibrate_method=method,
+                calibration_cache_path=str(self.cache),
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                    # symmetric ranges straight from calibration, not widened afterwards
+                    "CalibTensorRangeSymmetric": True,
+                },
+            )
         model = strip_output_qdq(onnx.load(str(out)))
         out.unlink()
         return model
@@ -213,6 +259,7 @@ def strip_output_qdq(model):
 
 # ----------------------------------------------------------------------------------------------- decoder forms
 
+
 def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
     """The checkpoint the bundle was exported from: `checkpoint`, else the one vae.json's source names (its
     relative_path from the bundle folder, an older export's absolute path, then its name inside the bundle folder);
@@ -227,18 +274,24 @@ def source_checkpoint(data, checkpoint: Path | None = None) -> Path:
         candidates = B.source_checkpoint_candidates(data.path, src)
         path = next((c for c in candidates if c.is_file()), None)
         if path is None and not candidates:
-            raise PrecisionError(f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
-                                 f"{manifest_path} names none (an export from a model in memory); pass "
-                                 "--checkpoint CKPT")
+            raise PrecisionError(
+                f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
+                f"{manifest_path} names none (an export from a model in memory); pass "
+                "--checkpoint CKPT"
+            )
         if path is None:
             looked = [str(c) for c in candidates]
-            raise PrecisionError(f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
-                                 f"the one {manifest_path} names is not here (looked for {looked}); pass "
-                                 "--checkpoint CKPT")
+            raise PrecisionError(
+                f"the sub-pixel decoder form is rebuilt from the source checkpoint, and "
+                f"the one {manifest_path} names is not here (looked for {looked}); pass "
+                "--checkpoint CKPT"
+            )
     why = B.source_checkpoint_mismatch(path, src)
     if why is not None:
-        raise PrecisionError(f"{path}: {why} ({manifest_path}): not the bundle's checkpoint (changed since export?); "
-                             "pass --checkpoint with the exported one")
+        raise PrecisionError(
+            f"{path}: {why} ({manifest_path}): not the bundle's checkpoint (changed since export?); "
+            "pass --checkpoint with the exported one"
+        )
     return path
 
 
@@ -254,17 +307,21 @@ def subpixel_decoder(data, ckpt: Path, out: Path, log: Callable[[str], None] = p
     from vae_model import VaeModelError, load_checkpoint
 
     from ..graph.passes import fold_batchnorm
-    from .common import ort_session, run_graph
     from ..graph.rewrites import RewriteError, rewrite_decoder
     from ..to_onnx import ExportError, export_graph
+    from .common import ort_session, run_graph
 
     try:
         model = load_checkpoint(ckpt).model.float().eval()
     except VaeModelError as e:
         raise PrecisionError(f"sub-pixel decoder form: {e}") from None
     cfg, m = model.config, data.manifest.model
-    if (cfg.latent_dim, cfg.image_size, cfg.in_channels, tuple(cfg.hidden_dims)) != \
-            (m.latent_dim, m.image_size, m.in_channels, tuple(m.hidden_dims)):
+    if (cfg.latent_dim, cfg.image_size, cfg.in_channels, tuple(cfg.hidden_dims)) != (
+        m.latent_dim,
+        m.image_size,
+        m.in_channels,
+        tuple(m.hidden_dims),
+    ):
         raise PrecisionError(f"{ckpt}: model config {cfg} does not match {data.path / B.MANIFEST_NAME}'s {m}")
     try:
         rw = rewrite_decoder(fold_batchnorm(model), **SUBPIXEL_OPTIONS)
@@ -281,8 +338,11 @@ def subpixel_decoder(data, ckpt: Path, out: Path, log: Callable[[str], None] = p
         raise PrecisionError(f"sub-pixel decoder form: {e}") from None
     # The same function as decoder.onnx? Golden and realistic z of reference.npz through both graphs.
     ref = dict(np.load(data.path / str((data.manifest.reference or {}).get("file", B.REFERENCE_NAME))))
-    zs = [ref[k].astype(np.float32) for k in (B.reference_key(B.DECODER, B.Z),
-                                              "realistic." + B.reference_key(B.DECODER, B.Z)) if k in ref]
+    zs = [
+        ref[k].astype(np.float32)
+        for k in (B.reference_key(B.DECODER, B.Z), "realistic." + B.reference_key(B.DECODER, B.Z))
+        if k in ref
+    ]
     if not zs:
         raise B.BundleError(f"{data.path / B.REFERENCE_NAME}: no decoder.z to check the sub-pixel form on")
     z = np.concatenate(zs)
@@ -290,31 +350,53 @@ def subpixel_decoder(data, ckpt: Path, out: Path, log: Callable[[str], None] = p
     got = run_graph(ort_session(out), {B.Z: z})[B.IMAGE]
     max_abs = float(np.abs(got - want).max()) if np.isfinite(got).all() else float("inf")
     if not max_abs <= FORM_CHECK_MAX_ABS:
-        raise PrecisionError(f"{ckpt}: its sub-pixel decoder differs from {fp32_path} by max abs {max_abs:.3g} on the "
-                             f"{len(z)} golden + realistic z of reference.npz (tolerance {FORM_CHECK_MAX_ABS:g}): not "
-                             "the bundle's model; refusing to quantize it")
-    log(f"decoder: quantizing the sub-pixel form ({meta['rewrites']}); against {fp32_path.name}: max abs "
-        f"{max_abs:.3g} on {len(z)} z")
-    return {"form": "subpixel", "rewrites": meta["rewrites"], "rewrite_options": dict(rw.options),
-            "checkpoint_sha256": str(data.manifest.source.get("sha256") or ""),
-            "fp32_check": {"against": fp32_path.name, "inputs": "golden + realistic z of reference.npz",
-                           "batch": int(len(z)), "max_abs": max_abs, "tolerance": FORM_CHECK_MAX_ABS}}
+        raise PrecisionError(
+            f"{ckpt}: its sub-pixel decoder differs from {fp32_path} by max abs {max_abs:.3g} on the "
+            f"{len(z)} golden + realistic z of reference.npz (tolerance {FORM_CHECK_MAX_ABS:g}): not "
+            "the bundle's model; refusing to quantize it"
+        )
+    log(
+        f"decoder: quantizing the sub-pixel form ({meta['rewrites']}); against {fp32_path.name}: max abs "
+        f"{max_abs:.3g} on {len(z)} z"
+    )
+    return {
+        "form": "subpixel",
+        "rewrites": meta["rewrites"],
+        "rewrite_options": dict(rw.options),
+        "checkpoint_sha256": str(data.manifest.source.get("sha256") or ""),
+        "fp32_check": {
+            "against": fp32_path.name,
+            "inputs": "golden + realistic z of reference.npz",
+            "batch": int(len(z)),
+            "max_abs": max_abs,
+            "tolerance": FORM_CHECK_MAX_ABS,
+        },
+    }
 
 
 @dataclass(frozen=True)
 class Int8Result:
     graph: str
-    model: object                     # onnx.ModelProto
+    model: object  # onnx.ModelProto
     kept_fp32_nodes: tuple[str, ...]
     search: SearchResult
-    report: ComparisonReport          # of `model` on ONNX Runtime CPU
+    report: ComparisonReport  # of `model` on ONNX Runtime CPU
     qdq: QdqCheck
     passed: bool
 
 
-def search_int8(quantizer: Quantizer, model_fp32, graph: str, sets: Sequence[EvalSet],
-                budget: Mapping[str, Tolerance], *, max_kept: int = 2, progress: bool = True) -> Int8Result:
+def search_int8(
+    quantizer: Quantizer,
+    model_fp32,
+    graph: str,
+    sets: Sequence[EvalSet],
+    budget: Mapping[str, Tolerance],
+    *,
+    max_kept: int = 2,
+    progress: bool = True,
+) -> Int8Result:
     """All-INT8 first; if it misses the budget, the fewest unquantized nodes (at most max_kept) that meet it."""
+
     def evaluate(keep: frozenset[str]) -> ComparisonReport:
         return measure(graph, quantizer.quantize(keep), sets, budget, label=f"{graph} int8, {len(keep)} kept")
 
@@ -327,19 +409,40 @@ def search_int8(quantizer: Quantizer, model_fp32, graph: str, sets: Sequence[Eva
     model = quantizer.quantize(kept)
     report = measure(graph, model, sets, budget, label=f"{graph} int8 on onnxruntime-cpu")
     if not passed:  # the variant --force writes: all nodes INT8
-        result = SearchResult(result.kept, result.report, result.evaluations, result.ranking,
-                              (*result.log, f"needs {len(result.kept)} unquantized node(s) {list(result.kept)}, "
-                                            f"more than --max-kept {max_kept}" if result.report.passed else
-                               "the budget is missed"))
+        result = SearchResult(
+            result.kept,
+            result.report,
+            result.evaluations,
+            result.ranking,
+            (
+                *result.log,
+                f"needs {len(result.kept)} unquantized node(s) {list(result.kept)}, more than --max-kept {max_kept}"
+                if result.report.passed
+                else "the budget is missed",
+            ),
+        )
     return Int8Result(graph, model, kept, result, report, check_qdq(model), passed and report.passed)
 
 
 @bundle_locked
-def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | None = None,
-                      budget_rel_l2: float | None = None, samples: int = 128, eval_samples: int = 32,
-                      seed: int = 1, calibration: Path | None = None, method: str = "minmax", max_kept: int = 2,
-                      force: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-                      decoder_form: str = "auto", checkpoint: Path | None = None) -> Int8Result:
+def make_int8_variant(
+    bundle: str | Path,
+    graph: str,
+    *,
+    budget_psnr: float | None = None,
+    budget_rel_l2: float | None = None,
+    samples: int = 128,
+    eval_samples: int = 32,
+    seed: int = 1,
+    calibration: Path | None = None,
+    method: str = "minmax",
+    max_kept: int = 2,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    decoder_form: str = "auto",
+    checkpoint: Path | None = None,
+) -> Int8Result:
     """Calibrate, search, verify and (if the budget is met, or forced) write and register BUNDLE/<graph>.int8.onnx.
 
     Args:
@@ -389,8 +492,17 @@ def make_int8_variant(bundle: str | Path, graph: str, *, budget_psnr: float | No
         res = search_int8(quantizer, model_fp32, graph, sets, budget, max_kept=max_kept, progress=progress)
     _log_int8_result(res, graph, method, len(calib), describe_sets(sets), log)
     _refuse_unusable(res, graph, force)
-    accuracy = _int8_accuracy(res, graph, force=force, method=method, calibrated_on=len(calib),
-                              calibration=calibration, seed=seed, eval_samples=eval_samples, max_kept=max_kept)
+    accuracy = _int8_accuracy(
+        res,
+        graph,
+        force=force,
+        method=method,
+        calibrated_on=len(calib),
+        calibration=calibration,
+        seed=seed,
+        eval_samples=eval_samples,
+        max_kept=max_kept,
+    )
     _commit_int8_variant(bundle, graph, res, accuracy, budget, source.source_form, log)
     return res
 
@@ -410,8 +522,9 @@ def _check_int8_options(samples: int, decoder_form: str) -> None:
         raise PrecisionError(f"--decoder-form: expected one of {list(DECODER_FORMS)}, got {decoder_form!r}")
 
 
-def _graph_to_quantize(data, graph: str, fp32_path: Path, decoder_form: str, checkpoint: Path | None, tmp: Path,
-                       log: Callable[[str], None]) -> _QuantizeSource:
+def _graph_to_quantize(
+    data, graph: str, fp32_path: Path, decoder_form: str, checkpoint: Path | None, tmp: Path, log: Callable[[str], None]
+) -> _QuantizeSource:
     """The bundle's FP32 graph (fp32_path), or for the decoder the sub-pixel form built into `tmp`
     (resolve_decoder_form)."""
     ckpt = resolve_decoder_form(data, decoder_form, checkpoint, log) if graph == B.DECODER else None
@@ -428,20 +541,25 @@ def _graph_to_quantize(data, graph: str, fp32_path: Path, decoder_form: str, che
     return _QuantizeSource(fp32_path, {})
 
 
-def _calibrated_quantizer(fp32_path: Path, graph: str, calib: np.ndarray, method: str, workdir: Path,
-                          progress: bool) -> Quantizer:
+def _calibrated_quantizer(
+    fp32_path: Path, graph: str, calib: np.ndarray, method: str, workdir: Path, progress: bool
+) -> Quantizer:
     quantizer = Quantizer(fp32_path, graph, calib, method=method, workdir=workdir)
-    with progress_bar(total=1, desc=f"{graph} int8 calibration ({plural(len(calib), 'input')})", enabled=progress,
-                      leave=False) as bar:
+    with progress_bar(
+        total=1, desc=f"{graph} int8 calibration ({plural(len(calib), 'input')})", enabled=progress, leave=False
+    ) as bar:
         quantizer.quantize(())  # computes and caches the calibration ranges
         bar.update(1)
     return quantizer
 
 
-def _log_int8_result(res: Int8Result, graph: str, method: str, calibrated_on: int, inputs: str,
-                     log: Callable[[str], None]) -> None:
-    log(f"{graph}: INT8 ({method} calibration on {plural(calibrated_on, 'input')}), unquantized: "
-        f"{list(res.kept_fp32_nodes) or 'none'} ({plural(res.search.evaluations, 'candidate graph')} measured)")
+def _log_int8_result(
+    res: Int8Result, graph: str, method: str, calibrated_on: int, inputs: str, log: Callable[[str], None]
+) -> None:
+    log(
+        f"{graph}: INT8 ({method} calibration on {plural(calibrated_on, 'input')}), unquantized: "
+        f"{list(res.kept_fp32_nodes) or 'none'} ({plural(res.search.evaluations, 'candidate graph')} measured)"
+    )
     for line in res.search.log:
         log(f"  {line}")
     log(f"{graph} INT8 (QDQ) variant on ONNX Runtime CPU vs FP32\n  inputs (none used for calibration): {inputs}")
@@ -451,46 +569,94 @@ def _log_int8_result(res: Int8Result, graph: str, method: str, calibrated_on: in
 def _refuse_unusable(res: Int8Result, graph: str, force: bool) -> None:
     """A graph TensorRT could not take is never written; one that misses its budget only with `force`."""
     if not res.qdq:
-        raise PrecisionError(f"{graph}: the quantized graph is not TensorRT-compatible: "
-                             f"{'; '.join(res.qdq.problems())}")
+        raise PrecisionError(
+            f"{graph}: the quantized graph is not TensorRT-compatible: {'; '.join(res.qdq.problems())}"
+        )
     if not res.passed and not force:
         why = "; ".join(res.report.failures()) or res.search.log[-1]
         raise BudgetError(f"{graph}: the INT8 variant misses its budget: {why}", res.report)
 
 
-def _commit_int8_variant(bundle: str | Path, graph: str, res: Int8Result, accuracy: dict,
-                         budget: Mapping[str, Tolerance], source_form: dict, log: Callable[[str], None]) -> None:
+def _commit_int8_variant(
+    bundle: str | Path,
+    graph: str,
+    res: Int8Result,
+    accuracy: dict,
+    budget: Mapping[str, Tolerance],
+    source_form: dict,
+    log: Callable[[str], None],
+) -> None:
     name = variant_file(graph, PRECISION)
     # The previous int8 variant stays valid until vae.json names the new one (commit_variant).
-    commit_variant(bundle, graph, res.model, B.VariantSpec(precision=PRECISION, file=name, sha256="",
-                                                           kept_fp32_nodes=res.kept_fp32_nodes, accuracy=accuracy,
-                                                           budget=budget_to_dict(budget), source_form=source_form))
+    commit_variant(
+        bundle,
+        graph,
+        res.model,
+        B.VariantSpec(
+            precision=PRECISION,
+            file=name,
+            sha256="",
+            kept_fp32_nodes=res.kept_fp32_nodes,
+            accuracy=accuracy,
+            budget=budget_to_dict(budget),
+            source_form=source_form,
+        ),
+    )
     log(f"wrote {Path(bundle) / name}" + ("" if res.passed else " (FORCED: it misses its budget)"))
 
 
-def _int8_accuracy(res: Int8Result, graph: str, *, force: bool, method: str, calibrated_on: int,
-                   calibration: Path | None, seed: int, eval_samples: int, max_kept: int) -> dict:
+def _int8_accuracy(
+    res: Int8Result,
+    graph: str,
+    *,
+    force: bool,
+    method: str,
+    calibrated_on: int,
+    calibration: Path | None,
+    seed: int,
+    eval_samples: int,
+    max_kept: int,
+) -> dict:
     """The variant's "accuracy" in vae.json: what was measured, and how it was calibrated and searched."""
-    return {"passed": res.passed, "forced": bool(force and not res.passed), "measured": timestamp(),
-            "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
-            "onnxruntime_cpu": summarize(res.report),
-            "calibration": {"method": method, "samples": int(calibrated_on), "seed": seed + 1000,
-                            "data": str(calibration) if calibration else "embedded shapes"
-                            + (" + encoder latents + prior" if graph == B.DECODER else "")},
-            "quantization": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric "
-                             "per-channel", "bias": "fp32",
-                             "quantized_weight_nodes": list(res.qdq.quantized_weight_nodes)},
-            "search": {"evaluations": res.search.evaluations, "log": list(res.search.log), "max_kept": max_kept,
-                       "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking]},
-            "samples": eval_samples, "seed": seed}
+    return {
+        "passed": res.passed,
+        "forced": bool(force and not res.passed),
+        "measured": timestamp(),
+        "reference": "golden/realistic: PyTorch FP32 (reference.npz); extra: the bundle's FP32 graph",
+        "onnxruntime_cpu": summarize(res.report),
+        "calibration": {
+            "method": method,
+            "samples": int(calibrated_on),
+            "seed": seed + 1000,
+            "data": str(calibration)
+            if calibration
+            else "embedded shapes" + (" + encoder latents + prior" if graph == B.DECODER else ""),
+        },
+        "quantization": {
+            "format": "QDQ",
+            "activations": "int8 symmetric",
+            "weights": "int8 symmetric per-channel",
+            "bias": "fp32",
+            "quantized_weight_nodes": list(res.qdq.quantized_weight_nodes),
+        },
+        "search": {
+            "evaluations": res.search.evaluations,
+            "log": list(res.search.log),
+            "max_kept": max_kept,
+            "ranking": [[n, (s if np.isfinite(s) else "inf")] for n, s in res.search.ranking],
+        },
+        "samples": eval_samples,
+        "seed": seed,
+    }
 
 
 def _log_fallback(log: Callable[[str], None], why: str) -> None:
     log(f"decoder: quantizing the bundle's {B.DECODER}.onnx, not the faster sub-pixel form: {why}")
 
 
-def resolve_decoder_form(data, decoder_form: str, checkpoint: Path | None = None,
-                         log: Callable[[str], None] = print) -> Path | None:
+def resolve_decoder_form(
+    data, decoder_form: str, checkpoint: Path | None = None, log: Callable[[str], None] = print
+) -> Path | None:
     """The checked source checkpoint to build the sub-pixel form from, or None for the bundle form (decoder_form
     already validated). "subpixel", or "auto" with `checkpoint` given: source_checkpoint's checks, an error if they
     fail. "auto" otherwise: the checkpoint vae.json names when it is found with the recorded sha256, else None,
@@ -508,41 +674,76 @@ def resolve_decoder_form(data, decoder_form: str, checkpoint: Path | None = None
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog_name("export.precision.int8"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=epilog({0: "every graph's INT8 variant met its budget and was written",
-                       1: "a graph missed its budget (nothing written for it unless --force; the others are)",
-                       2: "bad input or option, e.g. no --int8 (one line on stderr)"},
-                      "%(prog)s runs/bundle --int8",
-                      "%(prog)s runs/bundle --int8 --graphs decoder --method percentile --samples 256",
-                      "%(prog)s runs/bundle --int8 --calibration ~/celeba/img_align_celeba --budget-psnr 32"))
+        prog=prog_name("export.precision.int8"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+        epilog=epilog(
+            {
+                0: "every graph's INT8 variant met its budget and was written",
+                1: "a graph missed its budget (nothing written for it unless --force; the others are)",
+                2: "bad input or option, e.g. no --int8 (one line on stderr)",
+            },
+            "%(prog)s runs/bundle --int8",
+            "%(prog)s runs/bundle --int8 --graphs decoder --method percentile --samples 256",
+            "%(prog)s runs/bundle --int8 --calibration ~/celeba/img_align_celeba --budget-psnr 32",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--int8", action="store_true", help="make INT8 QDQ variants (the only mode so far)")
     add_graphs_argument(p, what="graphs to quantize")
-    p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
-                   help="folder of images (default: the embedded shapes dataset)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of images (default: the embedded shapes dataset)",
+    )
     p.add_argument("--samples", type=int, default=128, metavar="N", help="calibration inputs per graph (default 128)")
-    p.add_argument("--eval-samples", type=int, default=32, metavar="N",
-                   help="fresh realistic evaluation inputs (default 32)")
+    p.add_argument(
+        "--eval-samples", type=int, default=32, metavar="N", help="fresh realistic evaluation inputs (default 32)"
+    )
     p.add_argument("--method", default="minmax", choices=METHODS, help="calibration method (default minmax)")
-    p.add_argument("--budget-psnr", type=positive_float, default=None, metavar="DB",
-                   help="decoder image PSNR floor in dB (default 30)")
-    p.add_argument("--budget-rel-l2", type=positive_float, default=None, metavar="X",
-                   help="encoder mu/logvar rel L2 ceiling (default 0.1)")
-    p.add_argument("--max-kept", type=int, default=2, metavar="N",
-                   help="most nodes left unquantized to meet the budget")
-    p.add_argument("--seed", type=non_negative_int, default=1,
-                   help="seed of the evaluation inputs (calibration: +1000)")
+    p.add_argument(
+        "--budget-psnr",
+        type=positive_float,
+        default=None,
+        metavar="DB",
+        help="decoder image PSNR floor in dB (default 30)",
+    )
+    p.add_argument(
+        "--budget-rel-l2",
+        type=positive_float,
+        default=None,
+        metavar="X",
+        help="encoder mu/logvar rel L2 ceiling (default 0.1)",
+    )
+    p.add_argument(
+        "--max-kept", type=int, default=2, metavar="N", help="most nodes left unquantized to meet the budget"
+    )
+    p.add_argument(
+        "--seed", type=non_negative_int, default=1, help="seed of the evaluation inputs (calibration: +1000)"
+    )
     p.add_argument("--force", action="store_true", help="write (and register as failed) a variant that misses")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress output (a bar on a terminal, a few lines in a log)")
-    p.add_argument("--decoder-form", default="auto", choices=DECODER_FORMS,
-                   help="decoder graph to quantize: its all-layers sub-pixel form rebuilt from the source checkpoint "
-                        "(subpixel: 1.75-1.87x the FP32 decoder's throughput at batch 64 on ONNX Runtime CPU), "
-                        "the bundle's decoder.onnx (bundle: slower than FP32 there), or auto (default): subpixel "
-                        "when the checkpoint vae.json names is there and unchanged, else bundle")
-    p.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
-                   help="for the sub-pixel form (auto or subpixel): the source checkpoint, when it is not where "
-                        "vae.json says (its sha256 must match vae.json's)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress output (a bar on a terminal, a few lines in a log)"
+    )
+    p.add_argument(
+        "--decoder-form",
+        default="auto",
+        choices=DECODER_FORMS,
+        help="decoder graph to quantize: its all-layers sub-pixel form rebuilt from the source checkpoint "
+        "(subpixel: 1.75-1.87x the FP32 decoder's throughput at batch 64 on ONNX Runtime CPU), "
+        "the bundle's decoder.onnx (bundle: slower than FP32 there), or auto (default): subpixel "
+        "when the checkpoint vae.json names is there and unchanged, else bundle",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="for the sub-pixel form (auto or subpixel): the source checkpoint, when it is not where "
+        "vae.json says (its sha256 must match vae.json's)",
+    )
     return p
 
 
@@ -552,13 +753,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.int8:
             raise PrecisionError("nothing to do: pass --int8")
         if args.max_kept < 0 or args.eval_samples < 0:
-            raise PrecisionError(f"--max-kept and --eval-samples must be >= 0, got {args.max_kept}, "
-                                 f"{args.eval_samples}")
+            raise PrecisionError(
+                f"--max-kept and --eval-samples must be >= 0, got {args.max_kept}, {args.eval_samples}"
+            )
         if args.calibration is not None and not args.calibration.is_dir():
             raise PrecisionError(f"--calibration {args.calibration}: not a directory")
         data, graphs = open_bundle(args.bundle, args.graphs)
-        if B.DECODER in graphs and (args.decoder_form == "subpixel"
-                                    or (args.decoder_form == "auto" and args.checkpoint is not None)):
+        if B.DECODER in graphs and (
+            args.decoder_form == "subpixel" or (args.decoder_form == "auto" and args.checkpoint is not None)
+        ):
             source_checkpoint(data, args.checkpoint)  # a missing or changed checkpoint fails before any work
     except VaeError as e:  # PrecisionError, BundleError, ...
         print(f"error: {e}", file=sys.stderr)
@@ -566,12 +769,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = []
     for graph in graphs:
         try:
-            res = make_int8_variant(args.bundle, graph, budget_psnr=args.budget_psnr,
-                                    budget_rel_l2=args.budget_rel_l2, samples=args.samples,
-                                    eval_samples=args.eval_samples, seed=args.seed, calibration=args.calibration,
-                                    method=args.method, max_kept=args.max_kept, force=args.force,
-                                    progress=not args.no_progress, decoder_form=args.decoder_form,
-                                    checkpoint=args.checkpoint)
+            res = make_int8_variant(
+                args.bundle,
+                graph,
+                budget_psnr=args.budget_psnr,
+                budget_rel_l2=args.budget_rel_l2,
+                samples=args.samples,
+                eval_samples=args.eval_samples,
+                seed=args.seed,
+                calibration=args.calibration,
+                method=args.method,
+                max_kept=args.max_kept,
+                force=args.force,
+                progress=not args.no_progress,
+                decoder_form=args.decoder_form,
+                checkpoint=args.checkpoint,
+            )
             if not res.passed:
                 missed.append(graph)
         except BudgetError as e:

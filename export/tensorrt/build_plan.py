@@ -13,6 +13,7 @@ and every rule is unit-tested per version without a GPU:
 - TensorRT-RTX: the target compute capabilities are set and recorded in the sidecar: every one the installed builder
   offers but Turing (7.5), unless --compute-capabilities says otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from runtime import bundle as B
-from runtime.files import staged_target
-from runtime.engines import (ENGINE_SUFFIX, ENGINES_DIR, FLAVOURS, SIDECAR_SUFFIX, GpuInfo, Profile, TrtInfo,
-                             gpu_slug)
+from runtime.engines import ENGINE_SUFFIX, ENGINES_DIR, FLAVOURS, SIDECAR_SUFFIX, GpuInfo, Profile, TrtInfo, gpu_slug
 from runtime.errors import VaeError
+from runtime.files import staged_target
 
 # TensorRT-RTX 1.2 brought REQUIRE_USER_ALLOCATION and is_stream_capturable, which RTX plans and the runtime use.
 MIN_VERSION = {"trt": (10, 0), "trt_rtx": (1, 2)}
@@ -42,11 +42,11 @@ class BuildOptions:
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32
-    workspace_mib: int | None = None      # None: TensorRT's default (the device's memory)
-    timing_cache: str | None = None       # None: BUNDLE/engines/timing.<gpu>.<trt>.cache
-    dla_core: int | None = None           # Jetson DLA core, with GPU fallback for layers DLA cannot run
+    workspace_mib: int | None = None  # None: TensorRT's default (the device's memory)
+    timing_cache: str | None = None  # None: BUNDLE/engines/timing.<gpu>.<trt>.cache
+    dla_core: int | None = None  # Jetson DLA core, with GPU fallback for layers DLA cannot run
     allow_tf32: bool = False
-    compute_capabilities: tuple[str, ...] = ()   # TensorRT-RTX targets ("8.6", ...); () = every one it offers
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets ("8.6", ...); () = every one it offers
 
 
 @dataclass(frozen=True)
@@ -55,20 +55,20 @@ class BuildPlan:
     precision: str
     target: TrtInfo
     gpu: GpuInfo | None
-    onnx_file: str                        # relative to the bundle
+    onnx_file: str  # relative to the bundle
     onnx_sha256: str
     strongly_typed: bool
-    set_flags: tuple[str, ...]            # BuilderFlag names
+    set_flags: tuple[str, ...]  # BuilderFlag names
     clear_flags: tuple[str, ...]
-    layer_precisions: tuple[str, ...]     # ONNX node names forced to FP32 (TensorRT 10 fp16 only)
+    layer_precisions: tuple[str, ...]  # ONNX node names forced to FP32 (TensorRT 10 fp16 only)
     profile: Profile
-    engine_file: str                      # relative to the bundle: engines/<stem>.plan
+    engine_file: str  # relative to the bundle: engines/<stem>.plan
     sidecar_file: str
-    timing_cache: str | None              # relative to the bundle, or an absolute path
+    timing_cache: str | None  # relative to the bundle, or an absolute path
     workspace_mib: int | None
     dla_core: int | None
     notes: tuple[str, ...] = ()
-    compute_capabilities: tuple[str, ...] = ()   # TensorRT-RTX: the requested targets; () = every one it offers
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX: the requested targets; () = every one it offers
 
     @property
     def stem(self) -> str:
@@ -76,10 +76,16 @@ class BuildPlan:
 
     def build_options(self) -> dict[str, Any]:
         """What goes into the sidecar's build_options."""
-        return {"strongly_typed": self.strongly_typed, "set_flags": list(self.set_flags),
-                "clear_flags": list(self.clear_flags), "layer_precisions_fp32": list(self.layer_precisions),
-                "workspace_mib": self.workspace_mib, "dla_core": self.dla_core, "timing_cache": self.timing_cache,
-                "batch": list(self.profile.batch)}
+        return {
+            "strongly_typed": self.strongly_typed,
+            "set_flags": list(self.set_flags),
+            "clear_flags": list(self.clear_flags),
+            "layer_precisions_fp32": list(self.layer_precisions),
+            "workspace_mib": self.workspace_mib,
+            "dla_core": self.dla_core,
+            "timing_cache": self.timing_cache,
+            "batch": list(self.profile.batch),
+        }
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -114,10 +120,14 @@ def dla_supported(target: TrtInfo) -> bool:
 def check_supported(target: TrtInfo) -> None:
     lowest = MIN_VERSION[target.flavour]
     if target.version_tuple[: len(lowest)] < lowest:
-        hint = (" (JetPack 6.0 brings TensorRT 8.6; use JetPack 6.1 or newer, which brings TensorRT 10.3)"
-                if target.flavour == "trt" else "")
-        raise PlanError(f"{target.label}: this toolkit builds with {target.flavour} >= "
-                        f"{'.'.join(map(str, lowest))}{hint}")
+        hint = (
+            " (JetPack 6.0 brings TensorRT 8.6; use JetPack 6.1 or newer, which brings TensorRT 10.3)"
+            if target.flavour == "trt"
+            else ""
+        )
+        raise PlanError(
+            f"{target.label}: this toolkit builds with {target.flavour} >= {'.'.join(map(str, lowest))}{hint}"
+        )
 
 
 def batch_shapes(spec: B.TensorSpec, batch: int) -> tuple[int, ...]:
@@ -138,8 +148,14 @@ def default_timing_cache(gpu: GpuInfo | None, target: TrtInfo) -> str:
     return f"{ENGINES_DIR}/timing.{machine_slug(gpu, target)}.{target.tag}.cache"
 
 
-def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest, options: BuildOptions = BuildOptions(),
-               gpu: GpuInfo | None = None) -> BuildPlan:
+def plan_build(
+    target: TrtInfo,
+    graph: str,
+    precision: str,
+    manifest: B.Manifest,
+    options: BuildOptions = BuildOptions(),
+    gpu: GpuInfo | None = None,
+) -> BuildPlan:
     """The build plan for one graph at one precision; raises PlanError naming what is wrong."""
     spec = _checked_request(target, graph, precision, manifest, options)
     o = options
@@ -155,19 +171,32 @@ def plan_build(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest
     ccs = _compute_capabilities(target, o)
     dla_part = "" if o.dla_core is None else f".dla{o.dla_core}"
     stem = f"{graph}.{precision}.{machine_slug(gpu, target)}{dla_part}.{target.tag}"
-    return BuildPlan(graph=graph, precision=precision, target=target, gpu=gpu, onnx_file=source.onnx_file,
-                     onnx_sha256=source.onnx_sha256, strongly_typed=strong,
-                     set_flags=source.set_flags + dla.set_flags + flavour.set_flags,
-                     clear_flags=() if o.allow_tf32 else ("TF32",), layer_precisions=source.layer_precisions,
-                     profile=profile, engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
-                     sidecar_file=f"{ENGINES_DIR}/{stem}{SIDECAR_SUFFIX}", timing_cache=timing_cache,
-                     workspace_mib=o.workspace_mib, dla_core=o.dla_core,
-                     notes=source.notes + dla.notes + flavour.notes, compute_capabilities=ccs)
+    return BuildPlan(
+        graph=graph,
+        precision=precision,
+        target=target,
+        gpu=gpu,
+        onnx_file=source.onnx_file,
+        onnx_sha256=source.onnx_sha256,
+        strongly_typed=strong,
+        set_flags=source.set_flags + dla.set_flags + flavour.set_flags,
+        clear_flags=() if o.allow_tf32 else ("TF32",),
+        layer_precisions=source.layer_precisions,
+        profile=profile,
+        engine_file=f"{ENGINES_DIR}/{stem}{ENGINE_SUFFIX}",
+        sidecar_file=f"{ENGINES_DIR}/{stem}{SIDECAR_SUFFIX}",
+        timing_cache=timing_cache,
+        workspace_mib=o.workspace_mib,
+        dla_core=o.dla_core,
+        notes=source.notes + dla.notes + flavour.notes,
+        compute_capabilities=ccs,
+    )
 
 
 @dataclass(frozen=True)
 class _Additions:
     """Builder flags to set and notes to print that one planning step adds."""
+
     set_flags: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -175,6 +204,7 @@ class _Additions:
 @dataclass(frozen=True)
 class _OnnxSource:
     """The ONNX file an engine is built from, and the flags and FP32 layers that precision needs on it."""
+
     onnx_file: str
     onnx_sha256: str
     set_flags: tuple[str, ...] = ()
@@ -182,8 +212,7 @@ class _OnnxSource:
     notes: tuple[str, ...] = ()
 
 
-def _checked_request(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest,
-                     o: BuildOptions) -> B.GraphSpec:
+def _checked_request(target: TrtInfo, graph: str, precision: str, manifest: B.Manifest, o: BuildOptions) -> B.GraphSpec:
     """The graph's spec, once the version, graph, precision, batch profile and workspace are known to be usable."""
     check_supported(target)
     spec = manifest.graph(graph) if graph in manifest.graphs else None
@@ -205,26 +234,39 @@ def _onnx_source(target: TrtInfo, graph: str, spec: B.GraphSpec, precision: str,
         return _OnnxSource(spec.file, spec.sha256)
     if strong:
         if variant is None:
-            raise PlanError(f"{target.label} builds strongly typed networks only: a {precision} engine of "
-                            f"{graph!r} is built from the bundle's {precision} ONNX variant, and vae.json lists "
-                            f"none (it has {['fp32', *sorted(spec.variants)]}); create it first with "
-                            + ("`python -m export.precision.fp16 BUNDLE`" if precision == "fp16"
-                               else "`python -m export.precision.int8 BUNDLE --int8`"))
+            raise PlanError(
+                f"{target.label} builds strongly typed networks only: a {precision} engine of "
+                f"{graph!r} is built from the bundle's {precision} ONNX variant, and vae.json lists "
+                f"none (it has {['fp32', *sorted(spec.variants)]}); create it first with "
+                + (
+                    "`python -m export.precision.fp16 BUNDLE`"
+                    if precision == "fp16"
+                    else "`python -m export.precision.int8 BUNDLE --int8`"
+                )
+            )
         return _OnnxSource(variant.file, variant.sha256)
     if precision == "fp16":
         # TensorRT 10: FP32 graph + FP16 flag; the measured kept-FP32 nodes become layer precision constraints.
         if variant is None:
-            return _OnnxSource(spec.file, spec.sha256, ("FP16",), notes=(
-                f"vae.json has no fp16 variant of {graph!r}, so no kept-FP32 node list: every layer may run "
-                "in FP16; the parity check after the build decides (run `python -m export.precision.fp16` first "
-                "to apply measured choices)",))
+            return _OnnxSource(
+                spec.file,
+                spec.sha256,
+                ("FP16",),
+                notes=(
+                    f"vae.json has no fp16 variant of {graph!r}, so no kept-FP32 node list: every layer may run "
+                    "in FP16; the parity check after the build decides (run `python -m export.precision.fp16` first "
+                    "to apply measured choices)",
+                ),
+            )
         kept = tuple(variant.kept_fp32_nodes)
         flags = ("FP16", "OBEY_PRECISION_CONSTRAINTS") if kept else ("FP16",)
         return _OnnxSource(spec.file, spec.sha256, flags, layer_precisions=kept)
     # int8 on TensorRT 10: explicit quantization from the Q/DQ variant
     if variant is None:
-        raise PlanError(f"an int8 engine of {graph!r} is built from the bundle's Q/DQ int8 variant, and vae.json "
-                        "lists none; create it with `python -m export.precision.int8 BUNDLE --int8`")
+        raise PlanError(
+            f"an int8 engine of {graph!r} is built from the bundle's Q/DQ int8 variant, and vae.json "
+            "lists none; create it with `python -m export.precision.int8 BUNDLE --int8`"
+        )
     # FP16 too: without it every layer outside a Q/DQ pair (Tanh, the ConvTranspose bias adds...) runs in FP32.
     return _OnnxSource(variant.file, variant.sha256, ("INT8", "FP16"))
 
@@ -233,9 +275,11 @@ def _refuse_half_committed(onnx_file: str) -> None:
     if staged_target(onnx_file) is not None:
         # A variant still under its staged name: a to_fp16 / quantize run was killed mid-commit. An engine built
         # from it would record that name and be refused once the commit is finished.
-        raise PlanError(f"vae.json names {onnx_file}, a variant a killed export.precision.fp16 / "
-                        "export.precision.int8 run left half-committed; run that command on the bundle again (it "
-                        "finishes the commit first)")
+        raise PlanError(
+            f"vae.json names {onnx_file}, a variant a killed export.precision.fp16 / "
+            "export.precision.int8 run left half-committed; run that command on the bundle again (it "
+            "finishes the commit first)"
+        )
 
 
 def _dla_additions(target: TrtInfo, precision: str, o: BuildOptions) -> _Additions:
@@ -246,44 +290,65 @@ def _dla_additions(target: TrtInfo, precision: str, o: BuildOptions) -> _Additio
     if dla < 0:
         raise PlanError(f"--dla-core: expected a core index >= 0, got {dla}")
     if not dla_supported(target):
-        raise PlanError(f"--dla-core: {target.label} has no DLA; DLA engines are built with TensorRT 10.0-10.7 "
-                        "(JetPack 6: 10.3) or TensorRT 11.4.1+ (AGX Orin, JetPack 7.2.2+)")
+        raise PlanError(
+            f"--dla-core: {target.label} has no DLA; DLA engines are built with TensorRT 10.0-10.7 "
+            "(JetPack 6: 10.3) or TensorRT 11.4.1+ (AGX Orin, JetPack 7.2.2+)"
+        )
     if precision == "fp32":
         raise PlanError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 (or int8)")
     if not o.min_batch == o.opt_batch == o.max_batch:
         # TensorRT's DLA restrictions: a DLA engine has one fixed input shape (min = opt = max).
-        raise PlanError(f"--dla-core: DLA engines need a fixed batch (min = opt = max), got --min-batch "
-                        f"{o.min_batch} --opt-batch {o.opt_batch} --max-batch {o.max_batch}; e.g. pass "
-                        f"--min-batch 4 --opt-batch 4 --max-batch 4 (the golden reference's batches are "
-                        f"multiples of 4, so parity can run on it)")
-    return _Additions(("GPU_FALLBACK",), ("DLA: layers DLA cannot run fall back to the GPU (TensorRT logs each one "
-                                          "while building); every switch between DLA and GPU costs a transfer",))
+        raise PlanError(
+            f"--dla-core: DLA engines need a fixed batch (min = opt = max), got --min-batch "
+            f"{o.min_batch} --opt-batch {o.opt_batch} --max-batch {o.max_batch}; e.g. pass "
+            f"--min-batch 4 --opt-batch 4 --max-batch 4 (the golden reference's batches are "
+            f"multiples of 4, so parity can run on it)"
+        )
+    return _Additions(
+        ("GPU_FALLBACK",),
+        (
+            "DLA: layers DLA cannot run fall back to the GPU (TensorRT logs each one "
+            "while building); every switch between DLA and GPU costs a transfer",
+        ),
+    )
 
 
 def _flavour_additions(target: TrtInfo, gpu: GpuInfo | None, o: BuildOptions) -> _Additions:
     if target.flavour == "trt_rtx":
         # Engines that can run on caller-provided memory, which TensorRT-RTX needs for stream capture (the
         # runtime's cuda_graph option).
-        return _Additions(("REQUIRE_USER_ALLOCATION",), (
-            "TensorRT-RTX ignores timing caches (it compiles kernels when the engine is loaded); "
-            "--timing-cache is not used",) if o.timing_cache else ())
+        return _Additions(
+            ("REQUIRE_USER_ALLOCATION",),
+            (
+                "TensorRT-RTX ignores timing caches (it compiles kernels when the engine is loaded); "
+                "--timing-cache is not used",
+            )
+            if o.timing_cache
+            else (),
+        )
     if target.flavour == "trt" and gpu is None:
-        return _Additions(notes=("no GPU visible here: the engine name carries no GPU; build on the target for the "
-                                 "runtime to find it",))
+        return _Additions(
+            notes=(
+                "no GPU visible here: the engine name carries no GPU; build on the target for the runtime to find it",
+            )
+        )
     return _Additions()
 
 
 def _batch_profile(inp: B.TensorSpec, o: BuildOptions) -> Profile:
-    return Profile(inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch),
-                   batch_shapes(inp, o.max_batch))
+    return Profile(
+        inp.name, batch_shapes(inp, o.min_batch), batch_shapes(inp, o.opt_batch), batch_shapes(inp, o.max_batch)
+    )
 
 
 def _compute_capabilities(target: TrtInfo, o: BuildOptions) -> tuple[str, ...]:
     if not o.compute_capabilities:
         return ()
     if target.flavour != "trt_rtx":
-        raise PlanError(f"--compute-capabilities: only TensorRT-RTX builds for a list of GPUs; {target.label} "
-                        "builds for the GPU it runs on")
+        raise PlanError(
+            f"--compute-capabilities: only TensorRT-RTX builds for a list of GPUs; {target.label} "
+            "builds for the GPU it runs on"
+        )
     bad = [c for c in o.compute_capabilities if not re.fullmatch(r"\d+\.\d+", c)]
     if bad:
         raise PlanError(f"--compute-capabilities: expected values like 8.6,8.9, got {bad}")
@@ -292,6 +357,7 @@ def _compute_capabilities(target: TrtInfo, o: BuildOptions) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------------------------- trtexec
 
+
 @dataclass(frozen=True)
 class ConstrainedLayer:
     """A TensorRT network layer forced to FP32: its name and how many outputs it has (all of them float)."""
@@ -299,12 +365,14 @@ class ConstrainedLayer:
     name: str
     float_outputs: int
 
+
 def _shape_arg(name: str, shape: Sequence[int]) -> str:
     return f"{name}:{'x'.join(str(d) for d in shape)}"
 
 
-def trtexec_args(plan: BuildPlan, bundle: str | Path,
-                 constrained: Sequence["ConstrainedLayer"] | None = None) -> list[str]:
+def trtexec_args(
+    plan: BuildPlan, bundle: str | Path, constrained: Sequence["ConstrainedLayer"] | None = None
+) -> list[str]:
     """The trtexec (TensorRT) / tensorrt_rtx (TensorRT-RTX) arguments equivalent to the plan.
 
     trtexec's --layerPrecisions / --layerOutputTypes take TensorRT *layer* names (the parser names a node's extra
@@ -313,23 +381,32 @@ def trtexec_args(plan: BuildPlan, bundle: str | Path,
     are printed, which matches only single-layer nodes; to_tensorrt says so in a note."""
     bundle = Path(bundle)
     p = plan.profile
-    args = [CLI[plan.target.flavour], f"--onnx={bundle / plan.onnx_file}", f"--saveEngine={bundle / plan.engine_file}",
-            f"--minShapes={_shape_arg(p.input, p.min)}", f"--optShapes={_shape_arg(p.input, p.opt)}",
-            f"--maxShapes={_shape_arg(p.input, p.max)}"]
+    args = [
+        CLI[plan.target.flavour],
+        f"--onnx={bundle / plan.onnx_file}",
+        f"--saveEngine={bundle / plan.engine_file}",
+        f"--minShapes={_shape_arg(p.input, p.min)}",
+        f"--optShapes={_shape_arg(p.input, p.opt)}",
+        f"--maxShapes={_shape_arg(p.input, p.max)}",
+    ]
     if not plan.strongly_typed:
         if "FP16" in plan.set_flags:
             args.append("--fp16")
         if "INT8" in plan.set_flags:
             args.append("--int8")
         if plan.layer_precisions:
-            layers = list(constrained) if constrained is not None else [
-                ConstrainedLayer(n, 1) for n in plan.layer_precisions]
+            layers = (
+                list(constrained)
+                if constrained is not None
+                else [ConstrainedLayer(n, 1) for n in plan.layer_precisions]
+            )
             args.append("--precisionConstraints=obey")
             args.append("--layerPrecisions=" + ",".join(f"{c.name}:fp32" for c in layers))
             typed = [c for c in layers if c.float_outputs]
             if typed:
-                args.append("--layerOutputTypes=" + ",".join(
-                    f"{c.name}:" + "+".join(["fp32"] * c.float_outputs) for c in typed))
+                args.append(
+                    "--layerOutputTypes=" + ",".join(f"{c.name}:" + "+".join(["fp32"] * c.float_outputs) for c in typed)
+                )
     elif plan.target.flavour == "trt" and plan.target.version_tuple[0] < 11:
         args.append("--stronglyTyped")  # only reachable for a 10.x plan built strongly typed; 11.x: always on
     if plan.target.flavour == "trt_rtx":
@@ -381,8 +458,9 @@ def onnx_nodes_of_layer(name: str, metadata: str, node_names: Iterable[str]) -> 
         base = stripped
 
 
-def layers_to_constrain(layers: Iterable[tuple[str, str]], kept: Iterable[str],
-                        node_names: Iterable[str]) -> tuple[list[str], list[str]]:
+def layers_to_constrain(
+    layers: Iterable[tuple[str, str]], kept: Iterable[str], node_names: Iterable[str]
+) -> tuple[list[str], list[str]]:
     """(network layer names to force to FP32, kept nodes that matched no layer) for (name, metadata) pairs."""
     kept_set, node_names = set(kept), list(node_names)
     chosen, matched = [], set()

@@ -9,6 +9,7 @@ An engine that fails parity is deleted and the call raises EngineParityError. Wi
 ahead of time on a CPU) nothing can be verified: the build is refused unless verify=False, and then the sidecar says
 `"parity": {"verified": false}`.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,6 @@ from runtime.errors import VaeError
 from runtime.files import atomic_path, sha256_file
 from runtime.verify.metrics import ComparisonReport
 from runtime.verify.parity import ParityReport
-
 
 MIN_ENGINE_BYTES = 4096
 TURING = "7.5"
@@ -49,8 +49,8 @@ class BuildResult:
     sidecar: Path
     seconds: float
     verified: bool
-    report: ParityReport | None      # the runtime parity tool's report on the golden reference
-    fp32_layers: tuple[str, ...]     # heavy layers that ran in FP32 although reduced precision was asked for
+    report: ParityReport | None  # the runtime parity tool's report on the golden reference
+    fp32_layers: tuple[str, ...]  # heavy layers that ran in FP32 although reduced precision was asked for
 
 
 def parse_onnx(trt: Any, path: str | os.PathLike, *, strongly_typed: bool = False) -> tuple[Any, Any, Any, Any]:
@@ -70,8 +70,10 @@ def parse_onnx(trt: Any, path: str | os.PathLike, *, strongly_typed: bool = Fals
     ok = parser.parse_from_file(str(path))
     if not ok or parser.num_errors:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise TrtBuildError(f"{path}: the TensorRT ONNX parser reported {len(errors)} error(s):\n  "
-                            + "\n  ".join(errors or ["(no message)"]))
+        raise TrtBuildError(
+            f"{path}: the TensorRT ONNX parser reported {len(errors)} error(s):\n  "
+            + "\n  ".join(errors or ["(no message)"])
+        )
     return logger, builder, network, parser
 
 
@@ -85,19 +87,22 @@ def _is_float_layer(trt: Any, layer: Any) -> bool:
     return bool(outs) and all(t.dtype in floats for t in outs) and (data is None or data.dtype in floats)
 
 
-def constrained_layers(trt: Any, network: Any, kept: tuple[str, ...],
-                       node_names: list[str]) -> list[ConstrainedLayer]:
+def constrained_layers(trt: Any, network: Any, kept: tuple[str, ...], node_names: list[str]) -> list[ConstrainedLayer]:
     """The float layers of a parsed network that the kept-FP32 ONNX nodes became; PlanError for a kept node that
     matches no layer. Both the Python build and the printed trtexec command take their layer names from here."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    chosen, unmatched = layers_to_constrain(((lay.name, getattr(lay, "metadata", "") or "") for lay in layers),
-                                            kept, node_names)
+    chosen, unmatched = layers_to_constrain(
+        ((lay.name, getattr(lay, "metadata", "") or "") for lay in layers), kept, node_names
+    )
     if unmatched:
-        raise PlanError(f"kept-FP32 nodes {unmatched} from vae.json match no layer of the parsed network; "
-                        "the FP16 variant was made from a different graph: re-run python -m export.precision.fp16")
+        raise PlanError(
+            f"kept-FP32 nodes {unmatched} from vae.json match no layer of the parsed network; "
+            "the FP16 variant was made from a different graph: re-run python -m export.precision.fp16"
+        )
     names = set(chosen)
-    return [ConstrainedLayer(lay.name, lay.num_outputs) for lay in layers
-            if lay.name in names and _is_float_layer(trt, lay)]
+    return [
+        ConstrainedLayer(lay.name, lay.num_outputs) for lay in layers if lay.name in names and _is_float_layer(trt, lay)
+    ]
 
 
 def apply_layer_precisions(trt: Any, network: Any, kept: tuple[str, ...], node_names: list[str]) -> list[str]:
@@ -116,8 +121,9 @@ def apply_layer_precisions(trt: Any, network: Any, kept: tuple[str, ...], node_n
 def _compute_capabilities(trt: Any, config: Any, plan: BuildPlan) -> tuple[str, ...]:
     """TensorRT-RTX: set the target compute capabilities explicitly (the plan's, else every SM<major><minor> the
     installed builder offers) and return them as "8.6"-style strings, for the sidecar."""
-    offered = {f"{m[2:-1]}.{m[-1]}": v for m, v in trt.ComputeCapability.__members__.items()
-               if re.fullmatch(r"SM\d+", m)}
+    offered = {
+        f"{m[2:-1]}.{m[-1]}": v for m, v in trt.ComputeCapability.__members__.items() if re.fullmatch(r"SM\d+", m)
+    }
     # Turing (7.5) only when asked for, as in TensorRT-RTX's own default: its compiler refuses FP32 GEMMs there
     # ("Cannot compile operation 'node_linear' for Turing (SM75): FP32 GEMM is not supported", seen on our decoder).
     default = [c for c in offered if c != TURING]
@@ -149,13 +155,16 @@ def _timing_cache(config: Any, cache_path: Path) -> Any:
     except (TypeError, RuntimeError, ValueError) as e:
         accepted, why = False, f"{type(e).__name__}: {e}"
     if not accepted:
-        raise TrtBuildError(f"{cache_path}: timing cache rejected ({why}; {len(data)} bytes: corrupt, or made on "
-                            "another GPU or TensorRT version?); delete it or pass another --timing-cache")
+        raise TrtBuildError(
+            f"{cache_path}: timing cache rejected ({why}; {len(data)} bytes: corrupt, or made on "
+            "another GPU or TensorRT version?); delete it or pass another --timing-cache"
+        )
     return cache
 
 
-def _config(trt: Any, builder: Any, network: Any, plan: BuildPlan,
-            cache_path: Path | None) -> tuple[Any, Any, tuple[str, ...]]:
+def _config(
+    trt: Any, builder: Any, network: Any, plan: BuildPlan, cache_path: Path | None
+) -> tuple[Any, Any, tuple[str, ...]]:
     """(builder config, timing cache or None, TensorRT-RTX target compute capabilities or ())."""
     config = builder.create_builder_config()
     for flag in plan.set_flags:
@@ -179,8 +188,15 @@ def _config(trt: Any, builder: Any, network: Any, plan: BuildPlan,
     return config, cache, ccs
 
 
-def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify: bool = True,
-                 device_index: int = 0, log: Callable[[str], None] = print) -> BuildResult:
+def build_engine(
+    bundle: str | os.PathLike,
+    plan: BuildPlan,
+    *,
+    trt: Any,
+    verify: bool = True,
+    device_index: int = 0,
+    log: Callable[[str], None] = print,
+) -> BuildResult:
     """Build, verify and write one engine per the plan (steps: the module docstring).
 
     Args:
@@ -212,12 +228,16 @@ def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify
     if plan.target.flavour == "trt" and not gpu_seen:
         # Full TensorRT's builder needs a GPU (creating one without crashes the process); only TensorRT-RTX
         # builds ahead of time on a CPU.
-        raise TrtBuildError(f"no CUDA GPU visible: {plan.target.label} builds engines on the GPU that will run "
-                            "them (--no-verify does not change that); build on the target, or use TensorRT-RTX "
-                            "(--flavour trt_rtx) for an ahead-of-time portable engine")
+        raise TrtBuildError(
+            f"no CUDA GPU visible: {plan.target.label} builds engines on the GPU that will run "
+            "them (--no-verify does not change that); build on the target, or use TensorRT-RTX "
+            "(--flavour trt_rtx) for an ahead-of-time portable engine"
+        )
     if verify and not gpu_seen:
-        raise TrtBuildError("no CUDA GPU visible: the built engine cannot be checked against the golden reference; "
-                            "pass --no-verify to keep an unverified engine (its sidecar will say so)")
+        raise TrtBuildError(
+            "no CUDA GPU visible: the built engine cannot be checked against the golden reference; "
+            "pass --no-verify to keep an unverified engine (its sidecar will say so)"
+        )
     t0 = time.perf_counter()
     _logger, builder, network, _parser = parse_onnx(trt, onnx_path, strongly_typed=plan.strongly_typed)
     constrained: list[str] = []
@@ -239,14 +259,32 @@ def build_engine(bundle: str | os.PathLike, plan: BuildPlan, *, trt: Any, verify
         with atomic_path(cache_path) as tmp:
             tmp.write_bytes(data)
 
-    return finish_engine(bundle, plan, bytes(serialized), trt=trt, verify=verify, device_index=device_index,
-                         build_seconds=build_seconds, constrained=constrained, log=log, t0=t0,
-                         compute_capabilities=ccs)
+    return finish_engine(
+        bundle,
+        plan,
+        bytes(serialized),
+        trt=trt,
+        verify=verify,
+        device_index=device_index,
+        build_seconds=build_seconds,
+        constrained=constrained,
+        log=log,
+        t0=t0,
+        compute_capabilities=ccs,
+    )
 
 
-def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | os.PathLike, *, trt: Any,
-                 verify: bool = True, device_index: int = 0, log: Callable[[str], None] = print,
-                 force: bool = False) -> BuildResult:
+def adopt_engine(
+    bundle: str | os.PathLike,
+    plan: BuildPlan,
+    engine_file: str | os.PathLike,
+    *,
+    trt: Any,
+    verify: bool = True,
+    device_index: int = 0,
+    log: Callable[[str], None] = print,
+    force: bool = False,
+) -> BuildResult:
     """Verify an engine built elsewhere from the same plan (e.g. by the printed trtexec command) and give it its
     place and sidecar in BUNDLE/engines; an engine that fails parity is not adopted (the given file is left alone).
 
@@ -261,8 +299,10 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
     # Without a GPU nothing can deserialize it; at least refuse what cannot be an engine of this model (the smallest
     # engine of the tiny test model is ~100 KB; a real decoder's is MBs).
     if len(data) < MIN_ENGINE_BYTES:
-        raise TrtBuildError(f"--adopt {path}: {len(data)} bytes, too small to be a TensorRT engine "
-                            f"(expected at least {MIN_ENGINE_BYTES}); was the trtexec build interrupted?")
+        raise TrtBuildError(
+            f"--adopt {path}: {len(data)} bytes, too small to be a TensorRT engine "
+            f"(expected at least {MIN_ENGINE_BYTES}); was the trtexec build interrupted?"
+        )
     existing = Path(bundle) / plan.engine_file
     if not verify and not force and existing.is_file():
         from runtime.engines import EngineError, read_sidecar, sidecar_path
@@ -272,9 +312,11 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
         except (EngineError, OSError, ValueError):
             parity = {}  # no readable sidecar: the engine in place is unusable anyway
         if parity.get("verified") and parity.get("passed"):
-            raise TrtBuildError(f"--adopt {path}: {existing} is already there and passed its parity check "
-                                f"(on {parity.get('device') or 'a GPU'}); refusing to replace it with an unverified "
-                                "engine (--no-verify): adopt it on a GPU without --no-verify, or pass --force")
+            raise TrtBuildError(
+                f"--adopt {path}: {existing} is already there and passed its parity check "
+                f"(on {parity.get('device') or 'a GPU'}); refusing to replace it with an unverified "
+                "engine (--no-verify): adopt it on a GPU without --no-verify, or pass --force"
+            )
     ccs: tuple[str, ...] = ()
     if plan.target.flavour == "trt_rtx":
         # The targets of an engine built elsewhere are known only when the plan named them; otherwise the one
@@ -284,18 +326,42 @@ def adopt_engine(bundle: str | os.PathLike, plan: BuildPlan, engine_file: str | 
         gpu = cuda_gpu_info(device_index)
         ccs = plan.compute_capabilities or ((gpu.cc,) if verify and gpu is not None else ())
         if not ccs:
-            raise TrtBuildError(f"--adopt {path}: a TensorRT-RTX engine adopted without verification records no "
-                                "target GPUs, so the runtime would refuse it; pass --compute-capabilities (the "
-                                "targets it was built for) or adopt it on a GPU without --no-verify")
-    return finish_engine(bundle, plan, data, trt=trt, verify=verify, device_index=device_index,
-                         build_seconds=0.0, constrained=[], log=log, t0=time.perf_counter(),
-                         extra={"adopted_from": str(path.resolve())}, compute_capabilities=ccs)
+            raise TrtBuildError(
+                f"--adopt {path}: a TensorRT-RTX engine adopted without verification records no "
+                "target GPUs, so the runtime would refuse it; pass --compute-capabilities (the "
+                "targets it was built for) or adopt it on a GPU without --no-verify"
+            )
+    return finish_engine(
+        bundle,
+        plan,
+        data,
+        trt=trt,
+        verify=verify,
+        device_index=device_index,
+        build_seconds=0.0,
+        constrained=[],
+        log=log,
+        t0=time.perf_counter(),
+        extra={"adopted_from": str(path.resolve())},
+        compute_capabilities=ccs,
+    )
 
 
-def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, trt: Any, verify: bool,
-                  device_index: int, build_seconds: float, constrained: list[str], log: Callable[[str], None],
-                  t0: float, extra: Mapping[str, Any] | None = None,
-                  compute_capabilities: tuple[str, ...] = ()) -> BuildResult:
+def finish_engine(
+    bundle: str | os.PathLike,
+    plan: BuildPlan,
+    data: bytes,
+    *,
+    trt: Any,
+    verify: bool,
+    device_index: int,
+    build_seconds: float,
+    constrained: list[str],
+    log: Callable[[str], None],
+    t0: float,
+    extra: Mapping[str, Any] | None = None,
+    compute_capabilities: tuple[str, ...] = (),
+) -> BuildResult:
     """Verify serialized engine bytes (inspector + parity, on a GPU), then write engine and sidecar atomically."""
     from runtime.backends.tensorrt import cuda_gpu_info
     from runtime.verify.parity import check_parity
@@ -303,8 +369,10 @@ def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, tr
     bundle = Path(bundle)
     gpu = cuda_gpu_info(device_index)
     if verify and gpu is None:
-        raise TrtBuildError("no CUDA GPU visible: the engine cannot be checked against the golden reference; "
-                            "pass --no-verify to keep an unverified engine (its sidecar will say so)")
+        raise TrtBuildError(
+            "no CUDA GPU visible: the engine cannot be checked against the golden reference; "
+            "pass --no-verify to keep an unverified engine (its sidecar will say so)"
+        )
     engine_path = bundle / plan.engine_file
     sidecar_file = bundle / plan.sidecar_file
     report, fp32_layers = None, ()
@@ -315,29 +383,68 @@ def finish_engine(bundle: str | os.PathLike, plan: BuildPlan, data: bytes, *, tr
             if plan.precision != "fp32":
                 fp32_layers = tuple(inspect_fp32_layers(trt, data, plan))
                 if fp32_layers:
-                    log(f"WARNING: {plan.graph} {plan.precision}: {len(fp32_layers)} compute layer(s) ran in FP32 "
+                    log(
+                        f"WARNING: {plan.graph} {plan.precision}: {len(fp32_layers)} compute layer(s) ran in FP32 "
                         f"although {plan.precision} was asked for: {', '.join(fp32_layers[:8])}"
-                        + (" ..." if len(fp32_layers) > 8 else ""))
+                        + (" ..." if len(fp32_layers) > 8 else "")
+                    )
             # The runtime's own parity tool, on the runtime's own TensorRT backend, loading the unkept engine.
-            report = check_parity(bundle, backend="tensorrt", device=f"cuda:{device_index}", precision=plan.precision,
-                                  graphs=(plan.graph,), locate=False,
-                                  backend_options={"engines": {plan.graph: str(tmp)}, "check_sidecar": False,
-                                                   "flavour": plan.target.flavour, "dla_core": plan.dla_core})
+            report = check_parity(
+                bundle,
+                backend="tensorrt",
+                device=f"cuda:{device_index}",
+                precision=plan.precision,
+                graphs=(plan.graph,),
+                locate=False,
+                backend_options={
+                    "engines": {plan.graph: str(tmp)},
+                    "check_sidecar": False,
+                    "flavour": plan.target.flavour,
+                    "dla_core": plan.dla_core,
+                },
+            )
             log(report.table())
             if not report:
                 # Raising inside atomic_path removes the temporary engine: a failing engine is never kept.
-                raise EngineParityError(f"{plan.graph} {plan.precision} engine misses its budget; not kept:\n  "
-                                        + "\n  ".join(report.failures()), report.comparison)
+                raise EngineParityError(
+                    f"{plan.graph} {plan.precision} engine misses its budget; not kept:\n  "
+                    + "\n  ".join(report.failures()),
+                    report.comparison,
+                )
         sidecar = EngineSidecar(
-            graph=plan.graph, precision=plan.precision, engine_file=engine_path.name, engine_sha256=engine_sha,
-            source_file=plan.onnx_file, source_sha256=plan.onnx_sha256, trt=plan.target, gpu=plan.gpu,
-            platform=host_platform(), profile=plan.profile, compute_capabilities=compute_capabilities,
-            build_options={**plan.build_options(), "constrained_layers": constrained,
-                           "fp32_compute_layers": list(fp32_layers), **(extra or {})},
-            build_seconds=round(build_seconds, 3), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            parity=({"verified": True, "passed": report.passed, "device": gpu.name if gpu else None,
-                     "outputs": {o.name: {"max_abs": o.max_abs, "rel_l2": o.rel_l2, "psnr": o.psnr}
-                                 for o in report.comparison.outputs}} if report is not None else {"verified": False}))
+            graph=plan.graph,
+            precision=plan.precision,
+            engine_file=engine_path.name,
+            engine_sha256=engine_sha,
+            source_file=plan.onnx_file,
+            source_sha256=plan.onnx_sha256,
+            trt=plan.target,
+            gpu=plan.gpu,
+            platform=host_platform(),
+            profile=plan.profile,
+            compute_capabilities=compute_capabilities,
+            build_options={
+                **plan.build_options(),
+                "constrained_layers": constrained,
+                "fp32_compute_layers": list(fp32_layers),
+                **(extra or {}),
+            },
+            build_seconds=round(build_seconds, 3),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            parity=(
+                {
+                    "verified": True,
+                    "passed": report.passed,
+                    "device": gpu.name if gpu else None,
+                    "outputs": {
+                        o.name: {"max_abs": o.max_abs, "rel_l2": o.rel_l2, "psnr": o.psnr}
+                        for o in report.comparison.outputs
+                    },
+                }
+                if report is not None
+                else {"verified": False}
+            ),
+        )
         # The sidecar first, then the engine: an engine never appears without its provenance.
         write_sidecar(sidecar_file, sidecar)
     return BuildResult(engine_path, sidecar_file, time.perf_counter() - t0, report is not None, report, fp32_layers)
@@ -357,4 +464,3 @@ def inspect_fp32_layers(trt: Any, data: bytes, plan: BuildPlan) -> list[str]:
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     del inspector, engine, runtime  # inspector -> engine -> runtime
     return fp32_compute_layers(info, plan.layer_precisions)
-

@@ -23,6 +23,7 @@ batch 64, batch 1 changed from run to run. Where another choice is clearly faste
 another precision, so it is asked for by name. docs/performance.md#precision-and-backend-on-the-cpu has the measurements and the open
 question of a machine-specific choice. describe()["chosen"] says which backend "auto" took and what it skipped.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -65,9 +66,13 @@ def backend_class(name: str) -> type[Backend]:
         mod = importlib.import_module(module)
     except ImportError as e:
         if plugin:  # another package's backend: whatever keeps it from importing, it is unavailable here
-            raise BackendUnavailableError(f"backend {name!r}: its module {module} cannot be imported here: {e}") from None
+            raise BackendUnavailableError(
+                f"backend {name!r}: its module {module} cannot be imported here: {e}"
+            ) from None
         if isinstance(e, ModuleNotFoundError) and e.name == module:
-            raise BackendUnavailableError(f"backend {name!r}: module {module} is not part of this installation") from None
+            raise BackendUnavailableError(
+                f"backend {name!r}: module {module} is not part of this installation"
+            ) from None
         raise
     return getattr(mod, cls)
 
@@ -83,8 +88,11 @@ def resolve(name: str, bundle: Path, manifest: Manifest, device: Device, precisi
         except BackendUnavailableError as e:
             reasons.append(str(e))
             continue
-        why = (f"does not run precision {precision!r}" if precision not in cls.precisions
-               else cls.unavailable_reason(bundle, manifest, device, precision))
+        why = (
+            f"does not run precision {precision!r}"
+            if precision not in cls.precisions
+            else cls.unavailable_reason(bundle, manifest, device, precision)
+        )
         if why is None:
             skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
             return cls, f"auto: first usable of {list(AUTO_ORDER[device.kind])} on {device}{skipped}"

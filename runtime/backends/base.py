@@ -14,6 +14,7 @@ here, so every backend behaves the same:
 `Backend.open(bundle, manifest, ...)`, one per module, imports its engine lazily (never at module import) and accepts
 only the names in `options`; a chosen backend whose engine is missing raises BackendUnavailableError.
 """
+
 from __future__ import annotations
 
 import abc
@@ -53,7 +54,9 @@ def import_engine(backend: str, module: str, install: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except (ImportError, OSError) as e:
-        raise BackendUnavailableError(f"backend {backend!r}: {module} is not importable here ({e}); {install}") from None
+        raise BackendUnavailableError(
+            f"backend {backend!r}: {module} is not importable here ({e}); {install}"
+        ) from None
 
 
 def check_max_chunk(value: Any) -> int | None:
@@ -98,8 +101,9 @@ class Backend(abc.ABC):
     #: False: the base serialises _run with a lock (e.g. one TensorRT execution context shared by all threads).
     thread_safe: ClassVar[bool] = True
 
-    def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: Iterable[str],
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self, manifest: Manifest, *, device: Device, precision: str, graphs: Iterable[str], check_finite: bool = True
+    ) -> None:
         self.manifest = manifest
         self.device = device
         self.precision = precision
@@ -107,8 +111,8 @@ class Backend(abc.ABC):
         self.check_finite = check_finite
         #: The engine's exception types, turned into BackendError at the boundary (set by open()).
         self.engine_errors: tuple[type[BaseException], ...] = ()
-        self._lock = threading.Lock()            # serialises _run when not thread_safe
-        self._state = threading.Condition()      # guards _closed and _in_flight
+        self._lock = threading.Lock()  # serialises _run when not thread_safe
+        self._state = threading.Condition()  # guards _closed and _in_flight
         self._in_flight = 0
         self._closed = False
         self._max_chunk: int | None = DEFAULT_MAX_CHUNK
@@ -125,8 +129,17 @@ class Backend(abc.ABC):
     # ------------------------------------------------------------------ to implement
     @classmethod
     @abc.abstractmethod
-    def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-             check_finite: bool = True, **options: Any) -> "Backend":
+    def open(
+        cls,
+        bundle: Path,
+        manifest: Manifest,
+        *,
+        device: Device,
+        precision: str,
+        graphs: tuple[str, ...],
+        check_finite: bool = True,
+        **options: Any,
+    ) -> "Backend":
         """Build a ready backend for `graphs` of the bundle at `bundle` (a folder holding vae.json)."""
 
     @classmethod
@@ -138,7 +151,7 @@ class Backend(abc.ABC):
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Run one validated chunk: C-contiguous float32 inputs, batch <= max_batch(graph). Returns every output."""
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - an optional hook: a backend with nothing to release keeps it
         """Release the engine (sessions, contexts, buffers). Called once."""
 
     def max_batch(self, graph: str) -> int | None:
@@ -152,9 +165,14 @@ class Backend(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """Provenance for reports: engine versions, providers, files. Subclasses extend it."""
-        return {"backend": self.name, "device": str(self.device), "precision": self.precision,
-                "graphs": list(self.graphs), "max_batch": {g: self.max_batch(g) for g in self.graphs},
-                "max_chunk": self._max_chunk}
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "precision": self.precision,
+            "graphs": list(self.graphs),
+            "max_batch": {g: self.max_batch(g) for g in self.graphs},
+            "max_chunk": self._max_chunk,
+        }
 
     # ------------------------------------------------------------------ the protocol
     @property
@@ -163,8 +181,10 @@ class Backend(abc.ABC):
 
     def spec(self, graph: str) -> GraphSpec:
         if graph not in self.graphs:
-            raise BackendError(f"graph {graph!r} is not loaded by this {self.name} backend "
-                               f"(loaded: {list(self.graphs)}; the bundle has {sorted(self.manifest.graphs)})")
+            raise BackendError(
+                f"graph {graph!r} is not loaded by this {self.name} backend "
+                f"(loaded: {list(self.graphs)}; the bundle has {sorted(self.manifest.graphs)})"
+            )
         return self.manifest.graphs[graph]
 
     def run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -187,22 +207,25 @@ class Backend(abc.ABC):
         finally:
             self._leave()
 
-    def _chunked_run(self, graph: str, spec: GraphSpec, arrays: dict[str, np.ndarray], n: int,
-                     limit: int) -> dict[str, np.ndarray]:
+    def _chunked_run(
+        self, graph: str, spec: GraphSpec, arrays: dict[str, np.ndarray], n: int, limit: int
+    ) -> dict[str, np.ndarray]:
         """Run `limit` rows at a time (views of the inputs, no copies), each chunk's outputs written straight into
         outputs allocated once for all n rows: no list of parts and no concatenation, which would double the output."""
         outs: dict[str, np.ndarray] = {}
         for i in range(0, n, limit):
             m = min(limit, n - i)
-            part = self._checked_run(graph, spec, {k: v[i:i + m] for k, v in arrays.items()}, m)
+            part = self._checked_run(graph, spec, {k: v[i : i + m] for k, v in arrays.items()}, m)
             for k, a in part.items():
                 if k not in outs:
                     outs[k] = np.empty((n, *a.shape[1:]), np.float32)
                 elif a.shape[1:] != outs[k].shape[1:]:
-                    raise BackendError(f"{self.name} backend: output {k!r} of graph {graph!r} has shape "
-                                       f"{tuple(a.shape)} for rows {i}..{i + m - 1}, but {tuple(outs[k].shape)} "
-                                       f"for the rows before")
-                outs[k][i:i + m] = a
+                    raise BackendError(
+                        f"{self.name} backend: output {k!r} of graph {graph!r} has shape "
+                        f"{tuple(a.shape)} for rows {i}..{i + m - 1}, but {tuple(outs[k].shape)} "
+                        f"for the rows before"
+                    )
+                outs[k][i : i + m] = a
             del part  # this chunk's outputs go before the next chunk runs
         return outs
 
@@ -215,18 +238,24 @@ class Backend(abc.ABC):
                     raw = self._run(graph, feeds)
         except self.engine_errors as e:
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            raise BackendError(f"{self.name} backend failed on graph {graph!r} (batch {n}): "
-                               f"{type(e).__name__}: {first}") from None
+            raise BackendError(
+                f"{self.name} backend failed on graph {graph!r} (batch {n}): {type(e).__name__}: {first}"
+            ) from None
         out: dict[str, np.ndarray] = {}
         for t in spec.outputs:
             if t.name not in raw:
                 raise BackendError(f"{self.name} backend: graph {graph!r} returned {sorted(raw)}, missing {t.name!r}")
             arr = np.asarray(raw[t.name])
-            ok = arr.ndim == len(t.shape) and arr.shape[0] == n and all(
-                not isinstance(w, int) or g == w for g, w in zip(arr.shape[1:], t.shape[1:]))
+            ok = (
+                arr.ndim == len(t.shape)
+                and arr.shape[0] == n
+                and all(not isinstance(w, int) or g == w for g, w in zip(arr.shape[1:], t.shape[1:]))
+            )
             if not ok:
-                raise BackendError(f"{self.name} backend: output {t.name!r} of graph {graph!r} has shape "
-                                   f"{tuple(arr.shape)}, expected {shape_str(t.shape)} with N={n}")
+                raise BackendError(
+                    f"{self.name} backend: output {t.name!r} of graph {graph!r} has shape "
+                    f"{tuple(arr.shape)}, expected {shape_str(t.shape)} with N={n}"
+                )
             out[t.name] = arr if arr.dtype == np.float32 else arr.astype(np.float32)
         return out
 
@@ -260,8 +289,12 @@ class Backend(abc.ABC):
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
 
-def check_graph_io(source: str | Path, spec: GraphSpec, inputs: Iterable[tuple[str, tuple[Any, ...], str | None]],
-                   outputs: Iterable[tuple[str, tuple[Any, ...], str | None]]) -> None:
+def check_graph_io(
+    source: str | Path,
+    spec: GraphSpec,
+    inputs: Iterable[tuple[str, tuple[Any, ...], str | None]],
+    outputs: Iterable[tuple[str, tuple[Any, ...], str | None]],
+) -> None:
     """A loaded graph's own inputs/outputs, as (name, shape, dtype) with symbolic axes as str or None and dtype as a
     NumPy name (None: not known), against vae.json's: the same names in order, the same rank, the same static dims,
     a floating dtype. Every backend calls it when it loads a graph, so a graph file swapped for another model (its
@@ -274,10 +307,14 @@ def check_graph_io(source: str | Path, spec: GraphSpec, inputs: Iterable[tuple[s
             raise BundleError(f"{source}: graph {kind} are {got}, vae.json says {want}")
         for (name, shape, dtype), t in zip(actual, declared):
             shape = tuple(shape)
-            static = [i for i, (d, w) in enumerate(zip(shape, t.shape))
-                      if isinstance(w, int) and d != w and not (isinstance(d, str) or d is None)]
+            static = [
+                i
+                for i, (d, w) in enumerate(zip(shape, t.shape))
+                if isinstance(w, int) and d != w and not (isinstance(d, str) or d is None)
+            ]
             if len(shape) != len(t.shape) or static:
-                raise BundleError(f"{source}: {kind[:-1]} {name!r} has shape {list(shape)}, "
-                                  f"vae.json says {list(t.shape)}")
+                raise BundleError(
+                    f"{source}: {kind[:-1]} {name!r} has shape {list(shape)}, vae.json says {list(t.shape)}"
+                )
             if dtype is not None and dtype not in FLOAT_DTYPES:
                 raise BundleError(f"{source}: {kind[:-1]} {name!r} has dtype {dtype}, vae.json says {t.dtype}")

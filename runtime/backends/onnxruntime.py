@@ -14,6 +14,7 @@ A build that lacks the provider, or a session that silently fell back to the CPU
 BackendUnavailableError. Options: OrtOptions' docstring.
 `onnxruntime` is imported in open(), never at module import.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,16 +36,17 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
 
 
 def _import_ort():
-    return import_engine("onnxruntime", "onnxruntime",
-                         "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT providers)")
+    return import_engine(
+        "onnxruntime", "onnxruntime", "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA / TensorRT providers)"
+    )
 
 
 class OrtSession(NamedTuple):
     """One InferenceSession and what a call needs from it; built once per graph (and per batch_split worker)."""
 
-    session: Any                  # onnxruntime.InferenceSession
-    input_types: dict[str, Any]   # input name -> the numpy dtype it takes (float16 inputs: feeds are cast to it)
-    output_names: list[str]       # in the session's order
+    session: Any  # onnxruntime.InferenceSession
+    input_types: dict[str, Any]  # input name -> the numpy dtype it takes (float16 inputs: feeds are cast to it)
+    output_names: list[str]  # in the session's order
 
 
 @dataclass(frozen=True)
@@ -94,21 +96,30 @@ class OrtOptions:
             if value is not None and not isinstance(value, bool):
                 raise BackendError(f"option {opt}: expected True or False, got {value!r}")
         split = self.batch_split
-        if split is not None and split is not False and (
-                not isinstance(split, int) or isinstance(split, bool) or split < 2):
+        if (
+            split is not None
+            and split is not False
+            and (not isinstance(split, int) or isinstance(split, bool) or split < 2)
+        ):
             raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {split!r}")
         if not isinstance(self.graph_optimization_level, str) or self.graph_optimization_level not in OPT_LEVELS:
-            raise BackendError(f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
-                               f"got {self.graph_optimization_level!r}")
+            raise BackendError(
+                f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "
+                f"got {self.graph_optimization_level!r}"
+            )
         ep = self.execution_provider
         if ep is not None and (not isinstance(ep, str) or ep not in PROVIDERS):
             raise BackendError(f"option execution_provider: expected one of {sorted(PROVIDERS)}, got {ep!r}")
         po = self.provider_options
         if po is not None:
             if not isinstance(po, Mapping) or not all(isinstance(k, str) for k in po):
-                raise BackendError(f"option provider_options: expected a mapping of provider option names to "
-                                   f"values, got {type(po).__name__} {po!r}")
-            object.__setattr__(self, "provider_options", dict(po))  # a copy: later changes to the caller's do not leak in
+                raise BackendError(
+                    f"option provider_options: expected a mapping of provider option names to "
+                    f"values, got {type(po).__name__} {po!r}"
+                )
+            object.__setattr__(
+                self, "provider_options", dict(po)
+            )  # a copy: later changes to the caller's do not leak in
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -151,9 +162,19 @@ class OnnxRuntimeBackend(Backend):
     DEFAULT_BATCH_SPLIT = {"decoder": 32}
     thread_safe = True  # InferenceSession.run is safe to call concurrently; bindings are per call
 
-    def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-                 check_finite: bool, options: OrtOptions, ort_module: Any, files: Mapping[str, Path],
-                 hashes: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        device: Device,
+        precision: str,
+        graphs: tuple[str, ...],
+        check_finite: bool,
+        options: OrtOptions,
+        ort_module: Any,
+        files: Mapping[str, Path],
+        hashes: Mapping[str, str] | None = None,
+    ) -> None:
         """open() is the way in: it checks the provider is in this onnxruntime build and the graph files are there."""
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
         self.ort_options = options
@@ -180,8 +201,11 @@ class OnnxRuntimeBackend(Backend):
         self._create_lock = threading.Lock()
         self._pool: _ChunkThreads | None = None  # created with the first worker sessions
         state = ort_module.capi.onnxruntime_pybind11_state
-        self.engine_errors = tuple(v for v in vars(state).values()
-                                   if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__)
+        self.engine_errors = tuple(
+            v
+            for v in vars(state).values()
+            if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == state.__name__
+        )
 
     @classmethod
     def unavailable_reason(cls, bundle: Path, manifest: Manifest, device: Device, precision: str) -> str | None:
@@ -190,8 +214,17 @@ class OnnxRuntimeBackend(Backend):
         return None
 
     @classmethod
-    def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-             check_finite: bool = True, **options: Any) -> "OnnxRuntimeBackend":
+    def open(
+        cls,
+        bundle: Path,
+        manifest: Manifest,
+        *,
+        device: Device,
+        precision: str,
+        graphs: tuple[str, ...],
+        check_finite: bool = True,
+        **options: Any,
+    ) -> "OnnxRuntimeBackend":
         """options: OrtOptions' fields by name. Every graph file must be present now; its sha256 is checked, and its
         session built, on first use (preload=True: here)."""
         opts = OrtOptions.from_mapping(options)
@@ -201,14 +234,24 @@ class OnnxRuntimeBackend(Backend):
         if PROVIDERS[ep] not in available:
             raise BackendUnavailableError(
                 f"backend 'onnxruntime' on {device}: {PROVIDERS[ep]} is not in this onnxruntime build "
-                f"(available: {available}); install onnxruntime-gpu for CUDA / TensorRT")
+                f"(available: {available}); install onnxruntime-gpu for CUDA / TensorRT"
+            )
         files: dict[str, Path] = {}
         hashes: dict[str, str] = {}
         for graph in graphs:
             name, hashes[graph] = manifest.graph_file(graph, precision)
             files[graph] = resolve_file(bundle, name)
-        backend = cls(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite,
-                      options=opts, ort_module=ort, files=files, hashes=hashes)
+        backend = cls(
+            manifest,
+            device=device,
+            precision=precision,
+            graphs=graphs,
+            check_finite=check_finite,
+            options=opts,
+            ort_module=ort,
+            files=files,
+            hashes=hashes,
+        )
         if opts.preload:
             for graph in graphs:
                 backend._session(graph)
@@ -234,8 +277,10 @@ class OnnxRuntimeBackend(Backend):
             with self._create_lock:
                 entry = self._workers.get(graph)
                 if entry is None:  # the file's sha256 once, each session's inputs/outputs in _create_session
-                    entry = [self._create_session(graph, self._worker_so, check_hash=i == 0)
-                             for i in range(self.split_workers)]
+                    entry = [
+                        self._create_session(graph, self._worker_so, check_hash=i == 0)
+                        for i in range(self.split_workers)
+                    ]
                     if self._pool is None:
                         import weakref
 
@@ -252,18 +297,31 @@ class OnnxRuntimeBackend(Backend):
         state = ort.capi.onnxruntime_pybind11_state
         try:
             sess = ort.InferenceSession(str(path), options or self._so, providers=self._provider_chain)
-        except (state.Fail, state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile, state.NotImplemented,
-                state.InvalidArgument, state.RuntimeException, state.EPFail) as e:
-            raise BundleError(f"{path}: ONNX Runtime cannot load it: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:300]}") from None
+        except (
+            state.Fail,
+            state.InvalidProtobuf,
+            state.InvalidGraph,
+            state.NoSuchFile,
+            state.NotImplemented,
+            state.InvalidArgument,
+            state.RuntimeException,
+            state.EPFail,
+        ) as e:
+            raise BundleError(
+                f"{path}: ONNX Runtime cannot load it: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            ) from None
         got = sess.get_providers()
         if got[0] != self.providers[0]:
             raise BackendUnavailableError(
                 f"backend 'onnxruntime' on {self.device}: asked for {self.providers[0]} but the session for "
-                f"{path.name} runs on {got} (CUDA/TensorRT libraries missing or no GPU?)")
+                f"{path.name} runs on {got} (CUDA/TensorRT libraries missing or no GPU?)"
+            )
         _check_io(path, sess, self.manifest.graphs[graph])
-        return OrtSession(sess, {i.name: _NP_TYPES.get(i.type, np.float32) for i in sess.get_inputs()},
-                          [o.name for o in sess.get_outputs()])
+        return OrtSession(
+            sess,
+            {i.name: _NP_TYPES.get(i.type, np.float32) for i in sess.get_inputs()},
+            [o.name for o in sess.get_outputs()],
+        )
 
     def max_batch(self, graph: str) -> int | None:
         return self._max_batch
@@ -292,7 +350,7 @@ class OnnxRuntimeBackend(Backend):
         workers = self._worker_sessions(graph)
         k = min(len(workers), n)
         bounds = [n * i // k for i in range(k + 1)]
-        chunks = [{name: v[bounds[i]:bounds[i + 1]] for name, v in feeds.items()} for i in range(k)]
+        chunks = [{name: v[bounds[i] : bounds[i + 1]] for name, v in feeds.items()} for i in range(k)]
         futures = [self._pool.submit(i, self._run_one, workers[i], chunks[i]) for i in range(k - 1)]
         try:
             last = self._run_one(workers[k - 1], chunks[k - 1])
@@ -309,13 +367,24 @@ class OnnxRuntimeBackend(Backend):
         self._sessions.clear()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "onnxruntime": self._ort.__version__, "providers": self.providers,
-                "io_binding": self.io_binding, "spinning": self.spinning,
-                "files": {g: p.name for g, p in self._files.items()},
-                "sessions_created": sorted(self._sessions),
-                "batch_split": ({"min_batch": dict(self.split_min_batch), "workers": self.split_workers,
-                                 "sessions_created": sorted(self._workers)}
-                                if self.split_min_batch else None)}
+        return {
+            **super().describe(),
+            "onnxruntime": self._ort.__version__,
+            "providers": self.providers,
+            "io_binding": self.io_binding,
+            "spinning": self.spinning,
+            "files": {g: p.name for g, p in self._files.items()},
+            "sessions_created": sorted(self._sessions),
+            "batch_split": (
+                {
+                    "min_batch": dict(self.split_min_batch),
+                    "workers": self.split_workers,
+                    "sessions_created": sorted(self._workers),
+                }
+                if self.split_min_batch
+                else None
+            ),
+        }
 
 
 class _ChunkThreads:
@@ -382,8 +451,9 @@ def _provider_chain(ep: str, device: Device, provider_options: Mapping[str, Any]
     return providers
 
 
-def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads: int | None,
-                     spinning: bool | None) -> Any:
+def _session_options(
+    ort: Any, level: str, threads: int | None, inter_op_threads: int | None, spinning: bool | None
+) -> Any:
     so = ort.SessionOptions()
     so.log_severity_level = 3  # warnings go to stderr unasked; our own checks below report what matters
     if threads is not None:
@@ -396,7 +466,8 @@ def _session_options(ort: Any, level: str, threads: int | None, inter_op_threads
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     return so
 
 
@@ -425,8 +496,10 @@ def physical_cores() -> int:
 
 def _check_io(path: Path, sess: Any, spec) -> None:
     """The session's inputs/outputs must be the manifest's (names, ranks, static dims, a float dtype): base's check."""
+
     def io(args: Any) -> list[tuple[str, tuple[Any, ...], str]]:
-        return [(a.name, tuple(a.shape), _ORT_DTYPES.get(a.type, a.type.removeprefix("tensor(").rstrip(")")))
-                for a in args]
+        return [
+            (a.name, tuple(a.shape), _ORT_DTYPES.get(a.type, a.type.removeprefix("tensor(").rstrip(")"))) for a in args
+        ]
 
     check_graph_io(path, spec, io(sess.get_inputs()), io(sess.get_outputs()))

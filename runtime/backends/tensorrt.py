@@ -12,6 +12,7 @@ bundle's current ONNX file, else EngineMismatchError lists the mismatches and th
 BackendUnavailableError naming what to install. open() checks for a GPU first: a TensorRT runtime created without one
 crashes the process.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,15 +27,27 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..bundle import Manifest
-from ..engines import (ENGINES_DIR, GpuInfo, MachineInfo, TrtInfo, candidate_engines, host_platform, locate_engine,
-                       read_sidecar, require_usable, sidecar_path)
+from ..engines import (
+    ENGINES_DIR,
+    GpuInfo,
+    MachineInfo,
+    TrtInfo,
+    candidate_engines,
+    host_platform,
+    locate_engine,
+    read_sidecar,
+    require_usable,
+    sidecar_path,
+)
 from ..errors import BackendError, BackendUnavailableError, VaeError
 from .base import Backend, Device
 
 MODULES = {"trt": "tensorrt", "trt_rtx": "tensorrt_rtx"}
-INSTALL_TENSORRT = ("install TensorRT's Python bindings: on a Jetson they come with JetPack 6.1+ "
-                    "(`sudo apt install python3-libnvinfer`); on x86_64 `pip install tensorrt-cu12` from NVIDIA's "
-                    "package index; for TensorRT for RTX `pip install tensorrt-rtx-cu12`")
+INSTALL_TENSORRT = (
+    "install TensorRT's Python bindings: on a Jetson they come with JetPack 6.1+ "
+    "(`sudo apt install python3-libnvinfer`); on x86_64 `pip install tensorrt-cu12` from NVIDIA's "
+    "package index; for TensorRT for RTX `pip install tensorrt-rtx-cu12`"
+)
 INSTALL_CUDA = "install cuda-python matching the CUDA major version (e.g. `pip install 'cuda-python>=12,<13'`)"
 
 
@@ -43,6 +56,7 @@ class CudaError(VaeError, RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- imports
+
 
 def _version(text: str) -> str:
     m = re.match(r"\d+(\.\d+)*", str(text))
@@ -56,7 +70,7 @@ def import_tensorrt(flavour: str | None = None) -> tuple[Any, TrtInfo]:
     if flavour is not None and flavour not in MODULES:
         raise BackendError(f"flavour: expected one of {sorted(MODULES)}, got {flavour!r}")
     errors = []
-    for f in ([flavour] if flavour else list(MODULES)):
+    for f in [flavour] if flavour else list(MODULES):
         try:
             mod = importlib.import_module(MODULES[f])
         except ImportError as e:  # also OSError-like failures of the shared libraries surface as ImportError
@@ -81,6 +95,7 @@ def import_cudart() -> Any:
     """cuda-python's runtime API module (cuda.bindings.runtime in cuda-python >= 12.6, cuda.cudart before)."""
     try:
         from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+
         return cudart
     except ImportError:
         pass
@@ -88,6 +103,7 @@ def import_cudart() -> Any:
         raise BackendUnavailableError(f"cuda-python cannot load here ({e}); {INSTALL_CUDA}") from None
     try:
         from cuda import cudart  # type: ignore[import-not-found,attr-defined]
+
         return cudart
     except (ImportError, OSError, RuntimeError) as e:
         raise BackendUnavailableError(f"cuda-python is not importable here ({e}); {INSTALL_CUDA}") from None
@@ -128,8 +144,11 @@ def cuda_gpu_info(index: int = 0) -> GpuInfo | None:
     except CudaError:
         return None
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return GpuInfo(name=name.split("\x00", 1)[0].strip(), compute_capability=(int(props.major), int(props.minor)),
-                   sm_count=int(props.multiProcessorCount))
+    return GpuInfo(
+        name=name.split("\x00", 1)[0].strip(),
+        compute_capability=(int(props.major), int(props.minor)),
+        sm_count=int(props.multiProcessorCount),
+    )
 
 
 def dla_core_count(trt_object: Any) -> int:
@@ -139,6 +158,7 @@ def dla_core_count(trt_object: Any) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- one engine
+
 
 class _Pinned:
     """A page-locked host buffer seen as a flat numpy array (pinned memory makes async copies truly async)."""
@@ -161,9 +181,21 @@ class EngineRunner:
     the model's rows are independent (eval-mode BatchNorm), so padding changes no number of the real rows.
     """
 
-    def __init__(self, trt: Any, cudart: Any, runtime: Any, plan: bytes, *, graph: str, inputs: tuple[str, ...],
-                 outputs: tuple[str, ...], device_index: int, cuda_graph: bool, source: str,
-                 user_memory: bool = False) -> None:
+    def __init__(
+        self,
+        trt: Any,
+        cudart: Any,
+        runtime: Any,
+        plan: bytes,
+        *,
+        graph: str,
+        inputs: tuple[str, ...],
+        outputs: tuple[str, ...],
+        device_index: int,
+        cuda_graph: bool,
+        source: str,
+        user_memory: bool = False,
+    ) -> None:
         self.trt, self.cudart, self.graph, self.source = trt, cudart, graph, source
         self.device_index = device_index
         self.use_cuda_graph = cuda_graph
@@ -178,8 +210,10 @@ class EngineRunner:
         self.context = None
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise BackendError(f"{source}: TensorRT could not deserialize this engine (built by another TensorRT "
-                               "version or for another GPU?); rebuild it with python -m export.tensorrt.build")
+            raise BackendError(
+                f"{source}: TensorRT could not deserialize this engine (built by another TensorRT "
+                "version or for another GPU?); rebuild it with python -m export.tensorrt.build"
+            )
         try:
             self._setup(inputs, outputs)
         except BaseException:
@@ -192,8 +226,10 @@ class EngineRunner:
         ins = tuple(n for n in names if eng.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         outs = tuple(n for n in names if n not in ins)
         if set(ins) != set(inputs) or set(outs) != set(outputs):
-            raise BackendError(f"{self.source}: engine has inputs {list(ins)} and outputs {list(outs)}, "
-                               f"expected {list(inputs)} and {list(outputs)} for graph {self.graph!r}")
+            raise BackendError(
+                f"{self.source}: engine has inputs {list(ins)} and outputs {list(outs)}, "
+                f"expected {list(inputs)} and {list(outputs)} for graph {self.graph!r}"
+            )
         self.inputs, self.outputs = inputs, outputs
         if eng.num_optimization_profiles < 1:
             raise BackendError(f"{self.source}: engine has no optimization profile")
@@ -207,8 +243,7 @@ class EngineRunner:
             config = eng.create_runtime_config()
             config.set_execution_context_allocation_strategy(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             config.cuda_graph_strategy = trt.CudaGraphStrategy.DISABLED
-            config.dynamic_shapes_kernel_specialization_strategy = \
-                trt.DynamicShapesKernelSpecializationStrategy.EAGER
+            config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.EAGER
             self.context = eng.create_execution_context(config)
         else:
             self.context = eng.create_execution_context()
@@ -255,19 +290,35 @@ class EngineRunner:
             host[...] = x.reshape(-1)  # casts to the engine's input dtype (FP16 I/O engines)
             if not ctx.set_input_shape(name, x.shape):
                 raise BackendError(f"{self.source}: input {name!r} shape {x.shape} is outside the engine's profile")
-            _call(cudart, "cudaMemcpyAsync", self._device[name], self._host[name].ptr,
-                  count * self.dtypes[name].itemsize, h2d, self.stream)
+            _call(
+                cudart,
+                "cudaMemcpyAsync",
+                self._device[name],
+                self._host[name].ptr,
+                count * self.dtypes[name].itemsize,
+                h2d,
+                self.stream,
+            )
         self._execute(n)
         shapes = {}
         for name in self.outputs:
             shape = tuple(ctx.get_tensor_shape(name))
             shapes[name] = shape
-            _call(cudart, "cudaMemcpyAsync", self._host[name].ptr, self._device[name],
-                  int(np.prod(shape)) * self.dtypes[name].itemsize, d2h, self.stream)
+            _call(
+                cudart,
+                "cudaMemcpyAsync",
+                self._host[name].ptr,
+                self._device[name],
+                int(np.prod(shape)) * self.dtypes[name].itemsize,
+                d2h,
+                self.stream,
+            )
         _call(cudart, "cudaStreamSynchronize", self.stream)
         # Copy out of the pinned buffers: they are overwritten by the next call.
-        return {name: self._host[name].array[: int(np.prod(s))].reshape(s).astype(np.float32, copy=True)
-                for name, s in shapes.items()}
+        return {
+            name: self._host[name].array[: int(np.prod(s))].reshape(s).astype(np.float32, copy=True)
+            for name, s in shapes.items()
+        }
 
     def _enqueue(self, n: int) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
@@ -291,8 +342,12 @@ class EngineRunner:
                 self._graphs[n] = self._capture(n)
             except Exception as e:  # noqa: BLE001 - any capture failure: this call's result is already computed
                 self.graph_failures[n] = f"{type(e).__name__}: {e}"
-                warnings.warn(f"{self.source}: CUDA graph capture failed at batch {n} ({e}); this batch size runs "
-                              "without a CUDA graph from now on", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{self.source}: CUDA graph capture failed at batch {n} ({e}); this batch size runs "
+                    "without a CUDA graph from now on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         self._last_run = n
 
     def _capture(self, n: int) -> Any:
@@ -354,14 +409,16 @@ def _built_for_user_memory(info: TrtInfo, sidecar: Mapping[str, Any] | None) -> 
 
 # ----------------------------------------------------------------------------------------------- the backend
 
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
     options = ("engines", "cuda_graph", "flavour", "dla_core", "check_sidecar")
     device_kinds = ("cuda",)
     thread_safe = False  # one context and one set of buffers per graph; the base class's lock serialises calls
 
-    def __init__(self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...], check_finite: bool = True
+    ) -> None:
         super().__init__(manifest, device=device, precision=precision, graphs=graphs, check_finite=check_finite)
         self.runners: dict[str, EngineRunner] = {}
         self.engine_files: dict[str, str] = {}
@@ -380,13 +437,24 @@ class TensorRTBackend(Backend):
             return "cuda-python is not installed"
         missing = [g for g in manifest.graphs if not candidate_engines(bundle, g, precision)]
         if missing:
-            return (f"no {precision} engine for {missing} in {Path(bundle) / ENGINES_DIR} "
-                    f"(build with python -m export.tensorrt.build {bundle} --precision {precision})")
+            return (
+                f"no {precision} engine for {missing} in {Path(bundle) / ENGINES_DIR} "
+                f"(build with python -m export.tensorrt.build {bundle} --precision {precision})"
+            )
         return None
 
     @classmethod
-    def open(cls, bundle: Path, manifest: Manifest, *, device: Device, precision: str, graphs: tuple[str, ...],
-             check_finite: bool = True, **options: Any) -> "TensorRTBackend":
+    def open(
+        cls,
+        bundle: Path,
+        manifest: Manifest,
+        *,
+        device: Device,
+        precision: str,
+        graphs: tuple[str, ...],
+        check_finite: bool = True,
+        **options: Any,
+    ) -> "TensorRTBackend":
         """Find each graph's engine for this machine (or options['engines'][graph]), check its sidecar, load it.
 
         options: engines {graph: plan file} (default: BUNDLE/engines/<name for this machine>); cuda_graph (bool);
@@ -406,8 +474,9 @@ class TensorRTBackend(Backend):
         cudart = import_cudart()
         gpu = cuda_gpu_info(device.index)
         if gpu is None:
-            raise BackendUnavailableError(f"tensorrt backend: no CUDA GPU {device} visible "
-                                          f"(cuda-python sees {gpu_count()} device(s))")
+            raise BackendUnavailableError(
+                f"tensorrt backend: no CUDA GPU {device} visible (cuda-python sees {gpu_count()} device(s))"
+            )
         try:
             _call(cudart, "cudaSetDevice", device.index)
         except CudaError as e:
@@ -415,29 +484,56 @@ class TensorRTBackend(Backend):
         runtime = trt.Runtime(trt_logger(trt))  # only ever created after a GPU was seen
         dla_cores = dla_core_count(runtime)
         if dla_core is not None and dla_core >= dla_cores:
-            raise BackendUnavailableError(f"tensorrt backend: dla_core {dla_core} asked for, this device has "
-                                          f"{dla_cores} DLA core(s)")
+            raise BackendUnavailableError(
+                f"tensorrt backend: dla_core {dla_core} asked for, this device has {dla_cores} DLA core(s)"
+            )
         machine = MachineInfo(trt=info, gpu=dataclasses.replace(gpu, dla_cores=dla_cores), platform=host_platform())
         given = dict(options.get("engines") or {})
         check = bool(options.get("check_sidecar", True))
         files, sidecars = {}, {}
         for g in graphs:
-            path = Path(given[g]) if g in given else locate_engine(bundle, machine=machine, graph=g,
-                                                                  precision=precision, dla_core=dla_core)
+            path = (
+                Path(given[g])
+                if g in given
+                else locate_engine(bundle, machine=machine, graph=g, precision=precision, dla_core=dla_core)
+            )
             if check:
-                sidecars[g] = require_usable(bundle, path, machine=machine, manifest=manifest, graph=g,
-                                             precision=precision, dla_core=dla_core).to_dict()
+                sidecars[g] = require_usable(
+                    bundle, path, machine=machine, manifest=manifest, graph=g, precision=precision, dla_core=dla_core
+                ).to_dict()
             else:
                 sidecars[g] = read_sidecar(sidecar_path(path)).to_dict() if sidecar_path(path).is_file() else {}
             files[g] = path
-        return cls._load(trt, info, runtime, manifest, files, sidecars, device=device, precision=precision,
-                         check_finite=check_finite, cuda_graph=bool(options.get("cuda_graph", False)),
-                         dla_core=dla_core)
+        return cls._load(
+            trt,
+            info,
+            runtime,
+            manifest,
+            files,
+            sidecars,
+            device=device,
+            precision=precision,
+            check_finite=check_finite,
+            cuda_graph=bool(options.get("cuda_graph", False)),
+            dla_core=dla_core,
+        )
 
     @classmethod
-    def _load(cls, trt: Any, info: TrtInfo, runtime: Any, manifest: Manifest, files: Mapping[str, Path],
-              sidecars: Mapping[str, dict], *, device: Device, precision: str, check_finite: bool,
-              cuda_graph: bool, dla_core: int | None) -> "TensorRTBackend":
+    def _load(
+        cls,
+        trt: Any,
+        info: TrtInfo,
+        runtime: Any,
+        manifest: Manifest,
+        files: Mapping[str, Path],
+        sidecars: Mapping[str, dict],
+        *,
+        device: Device,
+        precision: str,
+        check_finite: bool,
+        cuda_graph: bool,
+        dla_core: int | None,
+    ) -> "TensorRTBackend":
         cudart = import_cudart()
         self = cls(manifest, device=device, precision=precision, graphs=tuple(files), check_finite=check_finite)
         self.engine_errors = (CudaError, RuntimeError)
@@ -450,11 +546,19 @@ class TensorRTBackend(Backend):
                 self._runtime.DLA_core = int(dla_core)
             for g, path in files.items():
                 spec = manifest.graph(g)
-                self.runners[g] = EngineRunner(trt, cudart, self._runtime, Path(path).read_bytes(), graph=g,
-                                               inputs=tuple(t.name for t in spec.inputs),
-                                               outputs=tuple(t.name for t in spec.outputs),
-                                               device_index=device.index, cuda_graph=cuda_graph, source=str(path),
-                                               user_memory=cuda_graph and _built_for_user_memory(info, sidecars.get(g)))
+                self.runners[g] = EngineRunner(
+                    trt,
+                    cudart,
+                    self._runtime,
+                    Path(path).read_bytes(),
+                    graph=g,
+                    inputs=tuple(t.name for t in spec.inputs),
+                    outputs=tuple(t.name for t in spec.outputs),
+                    device_index=device.index,
+                    cuda_graph=cuda_graph,
+                    source=str(path),
+                    user_memory=cuda_graph and _built_for_user_memory(info, sidecars.get(g)),
+                )
                 self.engine_files[g] = str(path)
         except (CudaError, OSError) as e:
             self._close()
@@ -478,9 +582,13 @@ class TensorRTBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"tensorrt": None if self.trt_info is None else self.trt_info.to_dict(), "cuda_graph": self.cuda_graph,
-                  "cuda_graph_failures": {g: dict(r.graph_failures) for g, r in self.runners.items()
-                                          if r.graph_failures},
-                  "engines": dict(self.engine_files),
-                  "engine_parity": {g: s.get("parity", {}) for g, s in self.sidecars.items()}})
+        d.update(
+            {
+                "tensorrt": None if self.trt_info is None else self.trt_info.to_dict(),
+                "cuda_graph": self.cuda_graph,
+                "cuda_graph_failures": {g: dict(r.graph_failures) for g, r in self.runners.items() if r.graph_failures},
+                "engines": dict(self.engine_files),
+                "engine_parity": {g: s.get("parity", {}) for g, s in self.sidecars.items()},
+            }
+        )
         return d

@@ -14,6 +14,7 @@ Limits: a connection silent for `client_timeout` s is closed; at most `max_concu
 503 "busy"); responses are streamed through in blocks. A request is resent only when a kept-alive connection to
 Triton had gone stale before the request got through (see _exchange).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -34,16 +35,39 @@ log = logging.getLogger("runtime.serving.serve")
 
 DEFAULT_MAX_REQUEST_BYTES = 128 << 20
 # Triton data type -> bytes per element (BYTES: variable, sized by Triton from the data itself)
-DTYPE_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
-               "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "FP16": 2,
+    "BF16": 2,
+    "UINT32": 4,
+    "INT32": 4,
+    "FP32": 4,
+    "UINT64": 8,
+    "INT64": 8,
+    "FP64": 8,
+}
 HEADER_LENGTH = "Inference-Header-Content-Length"
-DEFAULT_MAX_CONCURRENT = 32      # requests in flight through the front; more get 503 "busy"
-DEFAULT_CLIENT_TIMEOUT = 30.0    # seconds a client connection may stay silent (idle keep-alive, half a request)
-_BLOCK = 1 << 16                 # bytes relayed at a time from Triton's response
+DEFAULT_MAX_CONCURRENT = 32  # requests in flight through the front; more get 503 "busy"
+DEFAULT_CLIENT_TIMEOUT = 30.0  # seconds a client connection may stay silent (idle keep-alive, half a request)
+_BLOCK = 1 << 16  # bytes relayed at a time from Triton's response
 _INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer/?$")  # on the path, query removed
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones this proxy rewrites
-_NOT_FORWARDED = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-                  "content-length", "host", "expect"}
+_NOT_FORWARDED = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+    "expect",
+}
 
 
 class RequestRefused(VaeError, ValueError):
@@ -83,8 +107,9 @@ def check_infer_header(header: Any, body_bytes: int) -> None:
             continue
         name = tensor.get("name", f"#{i}")
         shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise RequestRefused(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
         if any(d >= 1 << 63 for d in shape):  # Triton reads dims as int64: a larger one would mean something else
             raise RequestRefused(f"input {name!r}: shape {shape} has a dimension over 2^63 - 1")
@@ -97,20 +122,26 @@ def check_infer_header(header: Any, body_bytes: int) -> None:
         if "binary_data_size" in params:
             claimed = params["binary_data_size"]
             if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed < 0:
-                raise RequestRefused(f"input {name!r}: binary_data_size must be a non-negative integer, "
-                                     f"got {claimed!r}")
+                raise RequestRefused(
+                    f"input {name!r}: binary_data_size must be a non-negative integer, got {claimed!r}"
+                )
             binary_total += claimed
             if size is not None and elements * size != claimed:
-                raise RequestRefused(f"input {name!r}: shape {shape} of {datatype} needs {elements * size} bytes, "
-                                     f"binary_data_size is {claimed}")
+                raise RequestRefused(
+                    f"input {name!r}: shape {shape} of {datatype} needs {elements * size} bytes, "
+                    f"binary_data_size is {claimed}"
+                )
         elif "data" in tensor:
             values = _count_values(tensor["data"])
             if values != elements:
-                raise RequestRefused(f"input {name!r}: shape {shape} has {elements} element(s), 'data' holds "
-                                     f"{values} value(s)")
+                raise RequestRefused(
+                    f"input {name!r}: shape {shape} has {elements} element(s), 'data' holds {values} value(s)"
+                )
     if binary_total > body_bytes:
-        raise RequestRefused(f"binary_data_size of the inputs adds up to {binary_total} bytes, the request carries "
-                             f"{body_bytes} after its JSON header")
+        raise RequestRefused(
+            f"binary_data_size of the inputs adds up to {binary_total} bytes, the request carries "
+            f"{body_bytes} after its JSON header"
+        )
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -276,11 +307,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            return self._answer(400, f"Content-Length: not an integer: {self.headers.get('Content-Length')!r}",
-                                close=True)
+            return self._answer(
+                400, f"Content-Length: not an integer: {self.headers.get('Content-Length')!r}", close=True
+            )
         if length < 0 or length > front.max_request_bytes:
-            return self._answer(413, f"the request body has {length} bytes; this server accepts at most "
-                                     f"{front.max_request_bytes} (runtime.serving.serve --max-request-bytes)", close=True)
+            return self._answer(
+                413,
+                f"the request body has {length} bytes; this server accepts at most "
+                f"{front.max_request_bytes} (runtime.serving.serve --max-request-bytes)",
+                close=True,
+            )
         body = self.rfile.read(length) if length else b""
         if len(body) < length:
             return self._answer(400, f"the request body ended after {len(body)} of {length} bytes", close=True)
@@ -289,8 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestRefused as e:
             front.refused += 1
             return self._answer(e.status, str(e))
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_FORWARDED
-                   and not (inflated and k.lower() == "content-encoding")}
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in _NOT_FORWARDED and not (inflated and k.lower() == "content-encoding")
+        }
         headers["Content-Length"] = str(len(body))
         reply = self._exchange(body, headers)
         if reply is not None:
@@ -302,7 +341,6 @@ class _Handler(BaseHTTPRequestHandler):
         connection that Triton had closed (a restart) fails while sending, or is closed before any response.
         Never after a timeout or a reset once the request was sent: inference is not idempotent, and a request that
         crashed Triton would crash the restarted one too."""
-        front = self.server
         for attempt in (0, 1):
             conn, reused = self._upstream()
             try:
@@ -377,9 +415,17 @@ class HttpFront(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, upstream: Upstream, *,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, upstream_timeout: float = 600.0,
-                 max_concurrent: int = DEFAULT_MAX_CONCURRENT, client_timeout: float = DEFAULT_CLIENT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        upstream: Upstream,
+        *,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        upstream_timeout: float = 600.0,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+    ) -> None:
         super().__init__((host, port), _Handler)
         self.upstream, self.max_request_bytes, self.upstream_timeout = upstream, max_request_bytes, upstream_timeout
         self.max_concurrent, self.client_timeout = max_concurrent, client_timeout

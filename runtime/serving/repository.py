@@ -17,6 +17,7 @@ and of max_batch_size, so the first client request does not pay for lazy initial
 onnxruntime / tensorrt, which Triton counts in its metrics like client requests; for python the parameter
 warmup_batches, run by model.py inside initialize(), before Triton serves or counts anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,15 @@ ENGINE_SIDECAR = "engine.json"
 PY_BUNDLE_DIR = "bundle"
 PY_RUNTIME_DIR = "runtime"
 # numpy dtype name -> Triton data type
-TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
-                 "int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int8": "TYPE_INT8",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
+}
 MAX_BATCH_LIMIT = 1 << 16
 
 
@@ -60,20 +68,20 @@ class RepoOptions:
     """How to serve a bundle on Triton. See python -m runtime.serving.to_triton --help for each field."""
 
     platform: str = "onnxruntime"
-    kind: str = "gpu"                      # instance_group kind (runtime.serving.to_triton: cpu for --platform python)
+    kind: str = "gpu"  # instance_group kind (runtime.serving.to_triton: cpu for --platform python)
     precision: str = "fp32"
     max_batch: int = 64
     instances: int = 1
     dynamic_batching: bool = True
     preferred_batch: tuple[int, ...] = ()
     queue_delay_us: int = 100
-    accelerator: str = "none"              # onnxruntime on GPU: Triton's TensorRT execution accelerator (FP32/FP16)
-    threads: int | None = None             # onnxruntime intra-op threads per instance (onnxruntime, python)
+    accelerator: str = "none"  # onnxruntime on GPU: Triton's TensorRT execution accelerator (FP32/FP16)
+    threads: int | None = None  # onnxruntime intra-op threads per instance (onnxruntime, python)
     warmup: bool = True
-    graphs: tuple[str, ...] = ()           # () = every graph in the bundle
+    graphs: tuple[str, ...] = ()  # () = every graph in the bundle
     prefix: str = MODEL_PREFIX
-    engine_filter: str = ""                # tensorrt: substring of the engine file name to pick among several
-    backend: str = "onnxruntime"           # python platform: the runtime backend model.py loads
+    engine_filter: str = ""  # tensorrt: substring of the engine file name to pick among several
+    backend: str = "onnxruntime"  # python platform: the runtime backend model.py loads
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -84,6 +92,7 @@ class RepoOptions:
 
 def check_options(o: RepoOptions) -> None:
     """Raise RepositoryError for the first inconsistent option (pure: no files read)."""
+
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise RepositoryError(msg)
@@ -91,26 +100,47 @@ def check_options(o: RepoOptions) -> None:
     need(o.platform in PLATFORMS, f"--platform: expected one of {list(PLATFORMS)}, got {o.platform!r}")
     need(o.kind in KINDS, f"--kind: expected one of {list(KINDS)}, got {o.kind!r}")
     need(o.precision in ("fp32", "fp16", "int8"), f"--precision: expected fp32, fp16 or int8, got {o.precision!r}")
-    need(isinstance(o.max_batch, int) and 1 <= o.max_batch <= MAX_BATCH_LIMIT,
-         f"--max-batch: expected an integer from 1 to {MAX_BATCH_LIMIT}, got {o.max_batch!r}")
+    need(
+        isinstance(o.max_batch, int) and 1 <= o.max_batch <= MAX_BATCH_LIMIT,
+        f"--max-batch: expected an integer from 1 to {MAX_BATCH_LIMIT}, got {o.max_batch!r}",
+    )
     need(isinstance(o.instances, int) and o.instances >= 1, f"--instances: expected >= 1, got {o.instances!r}")
-    need(isinstance(o.queue_delay_us, int) and o.queue_delay_us >= 0,
-         f"--queue-delay-us: expected >= 0, got {o.queue_delay_us!r}")
+    need(
+        isinstance(o.queue_delay_us, int) and o.queue_delay_us >= 0,
+        f"--queue-delay-us: expected >= 0, got {o.queue_delay_us!r}",
+    )
     bad = [b for b in o.preferred_batch if not 1 <= b <= o.max_batch]
     need(not bad, f"--preferred-batch: {bad} outside 1..max_batch ({o.max_batch})")
-    need(len(set(o.preferred_batch)) == len(o.preferred_batch), f"--preferred-batch: repeated values {list(o.preferred_batch)}")
-    need(o.dynamic_batching or not o.preferred_batch, "--preferred-batch needs dynamic batching (drop --no-dynamic-batching)")
+    need(
+        len(set(o.preferred_batch)) == len(o.preferred_batch),
+        f"--preferred-batch: repeated values {list(o.preferred_batch)}",
+    )
+    need(
+        o.dynamic_batching or not o.preferred_batch,
+        "--preferred-batch needs dynamic batching (drop --no-dynamic-batching)",
+    )
     need(o.accelerator in ACCELERATORS, f"--accelerator: expected one of {list(ACCELERATORS)}, got {o.accelerator!r}")
-    need(o.accelerator == "none" or (o.platform == "onnxruntime" and o.kind == "gpu"),
-         f"--accelerator {o.accelerator}: only for --platform onnxruntime with --kind gpu "
-         f"(got --platform {o.platform} --kind {o.kind})")
+    need(
+        o.accelerator == "none" or (o.platform == "onnxruntime" and o.kind == "gpu"),
+        f"--accelerator {o.accelerator}: only for --platform onnxruntime with --kind gpu "
+        f"(got --platform {o.platform} --kind {o.kind})",
+    )
     need(o.platform != "tensorrt" or o.kind == "gpu", "--platform tensorrt runs on GPU instances only (--kind gpu)")
-    need(o.threads is None or (isinstance(o.threads, int) and o.threads >= 1), f"--threads: expected >= 1, got {o.threads!r}")
+    need(
+        o.threads is None or (isinstance(o.threads, int) and o.threads >= 1),
+        f"--threads: expected >= 1, got {o.threads!r}",
+    )
     need(o.threads is None or o.platform != "tensorrt", "--threads: not used by --platform tensorrt")
-    need(bool(re.fullmatch(r"[A-Za-z0-9_.-]*", o.prefix)), f"--prefix: letters, digits, '_', '.', '-' only, got {o.prefix!r}")
+    need(
+        bool(re.fullmatch(r"[A-Za-z0-9_.-]*", o.prefix)),
+        f"--prefix: letters, digits, '_', '.', '-' only, got {o.prefix!r}",
+    )
     unknown = [g for g in o.graphs if g not in GRAPHS]
     need(not unknown, f"--graphs: expected some of {list(GRAPHS)}, got {list(o.graphs)}")
-    need(o.backend in ("onnxruntime", "tensorrt", "auto"), f"backend: expected onnxruntime, tensorrt or auto, got {o.backend!r}")
+    need(
+        o.backend in ("onnxruntime", "tensorrt", "auto"),
+        f"backend: expected onnxruntime, tensorrt or auto, got {o.backend!r}",
+    )
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -126,6 +156,7 @@ def model_name(graph: str, prefix: str = MODEL_PREFIX) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- pbtxt text
+
 
 class Enum(str):
     """A protobuf enum value, written bare (TYPE_FP32), not quoted."""
@@ -171,8 +202,10 @@ def to_pbtxt(message: Mapping[str, Any], indent: int = 0) -> str:
 def _dims(graph: GraphSpec, tensor_shape: Sequence[Any], tensor: str) -> list[int]:
     dims = list(tensor_shape[1:])
     if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
-        raise RepositoryError(f"graph {graph.name!r} tensor {tensor!r}: shape {list(tensor_shape)}; Triton needs a "
-                              "batch axis followed by fixed sizes")
+        raise RepositoryError(
+            f"graph {graph.name!r} tensor {tensor!r}: shape {list(tensor_shape)}; Triton needs a "
+            "batch axis followed by fixed sizes"
+        )
     return dims
 
 
@@ -181,6 +214,7 @@ def _io(graph: GraphSpec) -> tuple[list[dict], list[dict]]:
         if t.dtype not in TRITON_DTYPES:
             raise RepositoryError(f"graph {graph.name!r} tensor {t.name!r}: dtype {t.dtype} has no Triton type")
         return {"name": t.name, "data_type": Enum(TRITON_DTYPES[t.dtype]), "dims": _dims(graph, t.shape, t.name)}
+
     return [entry(t) for t in graph.inputs], [entry(t) for t in graph.outputs]
 
 
@@ -200,8 +234,10 @@ def config_dict(graph: GraphSpec, o: RepoOptions, *, max_batch: int | None = Non
     cfg["output"] = outputs
     cfg["instance_group"] = [{"count": o.instances, "kind": Enum("KIND_GPU" if o.kind == "gpu" else "KIND_CPU")}]
     if o.dynamic_batching:
-        cfg["dynamic_batching"] = {"preferred_batch_size": sorted(o.preferred_batch),
-                                   "max_queue_delay_microseconds": o.queue_delay_us}
+        cfg["dynamic_batching"] = {
+            "preferred_batch_size": sorted(o.preferred_batch),
+            "max_queue_delay_microseconds": o.queue_delay_us,
+        }
     params: dict[str, str] = {}
     if o.platform == "python":
         params = {"graph": graph.name, "backend": o.backend, "precision": o.precision}
@@ -214,22 +250,35 @@ def config_dict(graph: GraphSpec, o: RepoOptions, *, max_batch: int | None = Non
     if params:
         cfg["parameters"] = [{"key": k, "value": {"string_value": v}} for k, v in params.items()]
     if o.accelerator != "none":
-        trt = {"name": "tensorrt", "parameters": [
-            {"key": "precision_mode", "value": "FP16" if o.accelerator == "tensorrt-fp16" else "FP32"},
-            {"key": "max_workspace_size_bytes", "value": str(1 << 30)}]}
+        trt = {
+            "name": "tensorrt",
+            "parameters": [
+                {"key": "precision_mode", "value": "FP16" if o.accelerator == "tensorrt-fp16" else "FP32"},
+                {"key": "max_workspace_size_bytes", "value": str(1 << 30)},
+            ],
+        }
         cfg["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [trt]}}
     if o.warmup and o.platform != "python":
         cfg["model_warmup"] = [
-            {"name": f"zeros_batch_{b}", "batch_size": b,
-             "inputs": [{"key": i["name"], "value": {"data_type": i["data_type"], "dims": i["dims"], "zero_data": True}}
-                        for i in inputs]}
-            for b in sorted({1, mb})]
+            {
+                "name": f"zeros_batch_{b}",
+                "batch_size": b,
+                "inputs": [
+                    {"key": i["name"], "value": {"data_type": i["data_type"], "dims": i["dims"], "zero_data": True}}
+                    for i in inputs
+                ],
+            }
+            for b in sorted({1, mb})
+        ]
     return cfg
 
 
 def config_text(graph: GraphSpec, o: RepoOptions, *, max_batch: int | None = None) -> str:
-    return (f"# Written by vae-deploy (runtime/serving/repository.py) for the bundle's {graph.name} graph.\n"
-            + to_pbtxt(config_dict(graph, o, max_batch=max_batch)) + "\n")
+    return (
+        f"# Written by vae-deploy (runtime/serving/repository.py) for the bundle's {graph.name} graph.\n"
+        + to_pbtxt(config_dict(graph, o, max_batch=max_batch))
+        + "\n"
+    )
 
 
 def validate_config(text: str, source: str = "config.pbtxt") -> Any:
@@ -239,8 +288,10 @@ def validate_config(text: str, source: str = "config.pbtxt") -> Any:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError as e:
-        raise RepositoryError(f"cannot validate {source}: tritonclient is not installed ({e}); "
-                              "pip install -c constraints.txt -e '.[serve]'") from None
+        raise RepositoryError(
+            f"cannot validate {source}: tritonclient is not installed ({e}); "
+            "pip install -c constraints.txt -e '.[serve]'"
+        ) from None
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as e:
@@ -257,6 +308,7 @@ def schema_available() -> bool:
 
 # ----------------------------------------------------------------------------------------------- model files
 
+
 def _pick_engine(bundle: Path, manifest: Manifest, graph: str, o: RepoOptions):
     """The engine (path, sidecar) for graph/precision: a TensorRT (not TensorRT-RTX) plan, unchanged since its build
     and built from the bundle's current ONNX file; exactly one after --engine-filter."""
@@ -265,12 +317,16 @@ def _pick_engine(bundle: Path, manifest: Manifest, graph: str, o: RepoOptions):
     found = [p for p in E.candidate_engines(bundle, graph, o.precision) if o.engine_filter in p.name]
     build = E.rebuild_command(bundle, graph, o.precision, (1, max(1, o.max_batch // 2), o.max_batch))
     if not found:
-        raise RepositoryError(f"{bundle / E.ENGINES_DIR}: no {o.precision} {graph} engine"
-                              + (f" matching {o.engine_filter!r}" if o.engine_filter else "")
-                              + f"; build one inside the Triton image you will serve with (same TensorRT version):\n  {build}")
+        raise RepositoryError(
+            f"{bundle / E.ENGINES_DIR}: no {o.precision} {graph} engine"
+            + (f" matching {o.engine_filter!r}" if o.engine_filter else "")
+            + f"; build one inside the Triton image you will serve with (same TensorRT version):\n  {build}"
+        )
     if len(found) > 1:
-        raise RepositoryError(f"several {o.precision} {graph} engines: {[p.name for p in found]}; pick one with "
-                              "--engine-filter (e.g. the GPU slug and TensorRT tag of the Triton machine)")
+        raise RepositoryError(
+            f"several {o.precision} {graph} engines: {[p.name for p in found]}; pick one with "
+            "--engine-filter (e.g. the GPU slug and TensorRT tag of the Triton machine)"
+        )
     engine = found[0]
     sidecar = E.read_sidecar(E.sidecar_path(engine))
     problems = []
@@ -280,16 +336,19 @@ def _pick_engine(bundle: Path, manifest: Manifest, graph: str, o: RepoOptions):
         problems.append("the plan's sha256 differs from its sidecar (replaced or damaged after the build)")
     current = E.manifest_source_sha256(manifest, graph, sidecar.source_file)
     if current != sidecar.source_sha256:
-        problems.append(f"built from {sidecar.source_file} sha256 {sidecar.source_sha256[:12]}..., which is not the "
-                        "bundle's current file (re-export happened after the build)")
+        problems.append(
+            f"built from {sidecar.source_file} sha256 {sidecar.source_sha256[:12]}..., which is not the "
+            "bundle's current file (re-export happened after the build)"
+        )
     lo, _, hi = sidecar.profile.batch
     if lo != 1:
         problems.append(f"its optimization profile starts at batch {lo}; Triton sends batches from 1")
     if o.max_batch > hi:
         problems.append(f"--max-batch {o.max_batch} exceeds the profile's max batch {hi}")
     if problems:
-        raise RepositoryError(f"{engine}: cannot serve this engine:\n  - " + "\n  - ".join(problems)
-                              + f"\nrebuild it with:\n  {build}")
+        raise RepositoryError(
+            f"{engine}: cannot serve this engine:\n  - " + "\n  - ".join(problems) + f"\nrebuild it with:\n  {build}"
+        )
     return engine, sidecar
 
 
@@ -314,8 +373,12 @@ def _write_model(tmp: Path, bundle: Path, manifest: Manifest, graph: str, o: Rep
         engine, sidecar = _pick_engine(bundle, manifest, graph, o)
         shutil.copyfile(engine, version / MODEL_FILES["tensorrt"])
         (version / ENGINE_SIDECAR).write_text(json.dumps(sidecar.to_dict(), indent=2) + "\n")
-        info["source"] = {"file": f"engines/{engine.name}", "sha256": sidecar.engine_sha256,
-                          "tensorrt": sidecar.trt.version, "gpu": None if sidecar.gpu is None else sidecar.gpu.name}
+        info["source"] = {
+            "file": f"engines/{engine.name}",
+            "sha256": sidecar.engine_sha256,
+            "tensorrt": sidecar.trt.version,
+            "gpu": None if sidecar.gpu is None else sidecar.gpu.name,
+        }
     else:
         from ..bundle import MANIFEST_NAME
 
@@ -349,13 +412,18 @@ def repository_files(folder: Path) -> dict[str, str | None]:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    if not isinstance(marker, dict) or marker.get("schema") != MARKER_SCHEMA or not isinstance(marker.get("files"), dict):
+    if (
+        not isinstance(marker, dict)
+        or marker.get("schema") != MARKER_SCHEMA
+        or not isinstance(marker.get("files"), dict)
+    ):
         return {}
     return {MARKER: None, **{str(k): str(v) for k, v in marker["files"].items()}}
 
 
-def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, options: RepoOptions, *,
-                     validate: bool | None = None) -> Repository:
+def write_repository(
+    bundle: str | os.PathLike, out: str | os.PathLike, options: RepoOptions, *, validate: bool | None = None
+) -> Repository:
     """Write a model repository for `bundle` at `out`, atomically: built in a temporary folder next to `out`, each
     config.pbtxt parsed against Triton's schema (validate=None: when tritonclient is installed; True: required),
     then swapped into place. An existing repository is replaced only by a complete new one, and only when its
@@ -373,8 +441,10 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, options:
     if out.exists() and not out.is_dir():
         raise RepositoryError(f"--out {out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise RepositoryError(f"--out {out}: exists, is not empty and is not a repository written by this tool "
-                              f"(no {MARKER}); refusing to replace it")
+        raise RepositoryError(
+            f"--out {out}: exists, is not empty and is not a repository written by this tool "
+            f"(no {MARKER}); refusing to replace it"
+        )
     check = schema_available() if validate is None else validate
     try:  # before any work: only a repository whose marker lists every file (with its sha256) is replaced
         tmp = begin_output_dir(out, repository_files, what="--out", manifest=MARKER)
@@ -386,10 +456,17 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, options:
             for m in models:
                 path = tmp / m["model"] / "config.pbtxt"
                 validate_config(path.read_text(), str(out / m["model"] / "config.pbtxt"))
-        marker = {"schema": MARKER_SCHEMA, "schema_version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "bundle": str(root.resolve()), "source_sha256": manifest.source.get("sha256", ""),
-                  "options": options.to_dict(), "models": models, "validated": bool(check),
-                  "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}}
+        marker = {
+            "schema": MARKER_SCHEMA,
+            "schema_version": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "bundle": str(root.resolve()),
+            "source_sha256": manifest.source.get("sha256", ""),
+            "options": options.to_dict(),
+            "models": models,
+            "validated": bool(check),
+            "files": {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_dir_public(tmp)
         try:

@@ -17,6 +17,7 @@ Triton serves and counts. tritonserver is found in $VENV/triton
 it is not pip-installed), $VAE_TRITONSERVER (a folder with bin/tritonserver and backends/) or an installed pytriton.
 Exit codes: 0 stopped on request, 1 the server failed (its log tail is printed), 2 bad input or no server here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,13 +69,14 @@ class ServerError(VaeError, RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- the distribution
 
+
 @dataclass(frozen=True)
 class TritonDist:
     """A Triton server installation: home/bin/tritonserver, home/backends (python/ with a stub), extra library dir."""
 
     home: Path
     libs: Path | None = None
-    stubs: Path | None = None   # pytriton layout: stubs per Python version, copied into backends/python at start
+    stubs: Path | None = None  # pytriton layout: stubs per Python version, copied into backends/python at start
 
     @property
     def binary(self) -> Path:
@@ -124,34 +126,40 @@ def find_server(explicit: str | os.PathLike | None = None) -> TritonDist:
             tried.append(f"{label}: {dist.binary} not found")
             continue
         if dist.stub is None:
-            tried.append(f"{label}: {dist.home} has no Python backend stub for Python "
-                         f"{sys.version_info[0]}.{sys.version_info[1]}")
+            tried.append(
+                f"{label}: {dist.home} has no Python backend stub for Python "
+                f"{sys.version_info[0]}.{sys.version_info[1]}"
+            )
             continue
         return dist
     raise ServerUnavailableError(
         "no usable tritonserver: " + "; ".join(tried) + ". Install it with `make venv` (or: pip download --no-deps "
         "-c constraints.txt -d WHEELS nvidia-pytriton && python -m runtime.serving.serve --install-server WHEELS), "
-        f"or point ${ENV_VAR} at a Triton installation")
+        f"or point ${ENV_VAR} at a Triton installation"
+    )
 
 
-def install_server(wheel: str | os.PathLike, dest: str | os.PathLike | None = None, *,
-                   sha256: str | None = PYTRITON_WHEEL_SHA256) -> TritonDist:
+def install_server(
+    wheel: str | os.PathLike, dest: str | os.PathLike | None = None, *, sha256: str | None = PYTRITON_WHEEL_SHA256
+) -> TritonDist:
     """Unpack the Triton server (not the PyTriton library) of an nvidia-pytriton wheel into dest (default
     $VENV/triton), checking the wheel's sha256 first; the stub for this Python goes into backends/python."""
     wheel = Path(wheel)
     if wheel.is_dir():  # a download folder: the pinned version's wheel in it
         found = sorted(wheel.glob(f"nvidia_pytriton-{PYTRITON_VERSION}-*.whl"))
         if len(found) != 1:
-            raise ServerUnavailableError(f"{wheel}: expected one nvidia_pytriton-{PYTRITON_VERSION}-*.whl, found "
-                                         f"{[p.name for p in found]}")
+            raise ServerUnavailableError(
+                f"{wheel}: expected one nvidia_pytriton-{PYTRITON_VERSION}-*.whl, found {[p.name for p in found]}"
+            )
         wheel = found[0]
     if not wheel.is_file():
         raise ServerUnavailableError(f"{wheel}: no such wheel")
     if sha256:
         actual = sha256_file(wheel)
         if actual != sha256:
-            raise ServerUnavailableError(f"{wheel}: sha256 {actual}, expected {sha256} "
-                                         f"(nvidia-pytriton {PYTRITON_VERSION} from PyPI)")
+            raise ServerUnavailableError(
+                f"{wheel}: sha256 {actual}, expected {sha256} (nvidia-pytriton {PYTRITON_VERSION} from PyPI)"
+            )
     dest = Path(dest) if dest else Path(sys.prefix) / INSTALL_DIR
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
@@ -170,8 +178,9 @@ def install_server(wheel: str | os.PathLike, dest: str | os.PathLike | None = No
         dist = _pytriton_layout(tmp / "pytriton" / "tritonserver")
         stub = dist.stub
         if stub is None:
-            raise ServerUnavailableError(f"{wheel}: no Python backend stub for Python "
-                                         f"{sys.version_info[0]}.{sys.version_info[1]}")
+            raise ServerUnavailableError(
+                f"{wheel}: no Python backend stub for Python {sys.version_info[0]}.{sys.version_info[1]}"
+            )
         placed = dist.home / "backends" / "python" / STUB
         shutil.copy2(stub, placed)
         os.chmod(placed, 0o755)
@@ -201,6 +210,7 @@ def server_env(dist: TritonDist) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- the server
+
 
 @dataclass(frozen=True)
 class RestartPolicy:
@@ -244,6 +254,7 @@ def _die_with_parent() -> Callable[[], None] | None:
             os._exit(126)
         if os.getppid() != parent:  # the parent died before the request took effect: nobody would stop us
             os.kill(os.getpid(), signal.SIGKILL)
+
     return preexec
 
 
@@ -258,12 +269,21 @@ class TritonServer:
     long as the service. stop() ends it gracefully (SIGINT, then SIGKILL to its whole process group after `timeout`),
     leaving no process behind. A context manager."""
 
-    def __init__(self, repository: str | os.PathLike, *, dist: TritonDist | None = None, host: str = "127.0.0.1",
-                 http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
-                 log_file: str | os.PathLike | None = None, cleanup: Sequence[Path] = (),
-                 restart: RestartPolicy | None = RestartPolicy(),
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        *,
+        dist: TritonDist | None = None,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int | None = None,
+        log_file: str | os.PathLike | None = None,
+        cleanup: Sequence[Path] = (),
+        restart: RestartPolicy | None = RestartPolicy(),
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    ) -> None:
         self.repository = Path(repository)
         self.dist = dist or find_server()
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
@@ -280,12 +300,12 @@ class TritonServer:
         self.restarts = 0
         self.internal_http_port: int | None = None
         self._front: HttpFront | None = None
-        self._lock = threading.Lock()           # spawning vs stopping
+        self._lock = threading.Lock()  # spawning vs stopping
         self._stopping = threading.Event()
-        self._started = threading.Event()       # the first start finished (ready, or failed: _start_error)
+        self._started = threading.Event()  # the first start finished (ready, or failed: _start_error)
         self._start_error: BaseException | None = None
         self._supervisor: threading.Thread | None = None
-        self._down: str | None = None           # why tritonserver is not serving right now (None: it is)
+        self._down: str | None = None  # why tritonserver is not serving right now (None: it is)
         # Python-backend shared memory regions of this server: /dev/shm/<prefix>*, unique per server
         self.shm_prefix = f"vae{os.getpid()}_{secrets.token_hex(3)}_"
 
@@ -322,14 +342,24 @@ class TritonServer:
     def command(self, backends: Path) -> list[str]:
         shm_prefix = self.shm_prefix
         http_port = self.internal_http_port or self.http_port
-        cmd = [str(self.dist.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
-               # Triton's HTTP endpoint is private: clients reach it through the front, which refuses requests that
-               # would make it allocate by a claimed shape (runtime/serving/guard.py)
-               "--http-address=127.0.0.1", f"--http-port={http_port}",
-               f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-               "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true",
-               "--exit-timeout-secs=10", "--model-control-mode=none", "--allow-gpu-metrics=false",
-               f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
+        cmd = [
+            str(self.dist.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            # Triton's HTTP endpoint is private: clients reach it through the front, which refuses requests that
+            # would make it allocate by a claimed shape (runtime/serving/guard.py)
+            "--http-address=127.0.0.1",
+            f"--http-port={http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--exit-timeout-secs=10",
+            "--model-control-mode=none",
+            "--allow-gpu-metrics=false",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        ]
         if (self.dist.home / "caches").is_dir():
             cmd.append(f"--cache-directory={self.dist.home / 'caches'}")
         if self.metrics_port is None:
@@ -350,15 +380,17 @@ class TritonServer:
         self._backends = self._backends_dir()
         try:
             self.internal_http_port = _free_port()
-            self._front = HttpFront(self.host, self.http_port, Upstream("127.0.0.1", self.internal_http_port,
-                                                                       lambda: self._down),
-                                    max_request_bytes=self.max_request_bytes,
-                                    max_concurrent=self.max_concurrent).start()
+            self._front = HttpFront(
+                self.host,
+                self.http_port,
+                Upstream("127.0.0.1", self.internal_http_port, lambda: self._down),
+                max_request_bytes=self.max_request_bytes,
+                max_concurrent=self.max_concurrent,
+            ).start()
         except OSError as e:
             self.stop()
             raise ServerError(f"HTTP port {self.host}:{self.http_port}: cannot listen ({e.strerror or e})") from None
-        self._supervisor = threading.Thread(target=self._run, args=(timeout,), name="vae-serve-supervisor",
-                                            daemon=True)
+        self._supervisor = threading.Thread(target=self._run, args=(timeout,), name="vae-serve-supervisor", daemon=True)
         self._supervisor.start()
         try:
             self._started.wait()
@@ -377,9 +409,15 @@ class TritonServer:
             with open(self.log_file, "ab") as out:
                 # Own session: a Ctrl-C in the terminal reaches us, not the server, and stop() can end the whole
                 # group (the server and its Python-backend stubs) by the group id of the process it started.
-                self.proc = subprocess.Popen(self.command(self._backends), stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=server_env(self.dist),
-                                             start_new_session=True, preexec_fn=_die_with_parent())
+                self.proc = subprocess.Popen(
+                    self.command(self._backends),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=server_env(self.dist),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),
+                )
             self.returncode = None
             return self.proc
 
@@ -407,8 +445,7 @@ class TritonServer:
         if self._stopping.is_set():
             return
         self._down = f"tritonserver {describe_exit(code)}; not restarted (restart=None)"
-        self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)}; not restarted "
-                                   "(restart=None)")
+        self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)}; not restarted (restart=None)")
         self._reap(proc)
 
     def _supervise(self, policy: RestartPolicy) -> None:
@@ -430,12 +467,17 @@ class TritonServer:
                 reaped = proc
             if failed >= policy.max_failed_starts:
                 self._down = f"tritonserver {describe_exit(code)}; gave up after {failed} failed restarts"
-                self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)}; {failed} restarts "
-                                           "in a row never became ready: giving up. Its log ends:\n"
-                                           + self.log_tail(15))
+                self._event(
+                    logging.ERROR,
+                    f"tritonserver (pid {proc.pid}) {describe_exit(code)}; {failed} restarts "
+                    "in a row never became ready: giving up. Its log ends:\n" + self.log_tail(15),
+                )
                 return
-            self._event(logging.ERROR, f"tritonserver (pid {proc.pid}) {describe_exit(code)} after serving "
-                                       f"{ran:.1f} s; restarting in {delay:.1f} s (restart {self.restarts + 1})")
+            self._event(
+                logging.ERROR,
+                f"tritonserver (pid {proc.pid}) {describe_exit(code)} after serving "
+                f"{ran:.1f} s; restarting in {delay:.1f} s (restart {self.restarts + 1})",
+            )
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, policy.max_delay)
@@ -455,8 +497,11 @@ class TritonServer:
                         os.killpg(self.proc.pid, signal.SIGKILL)
                 continue
             failed = 0
-            self._event(logging.WARNING, f"tritonserver restarted (pid {new.pid}, restart {self.restarts}): "
-                                         f"serving again {time.monotonic() - down_since:.1f} s after the exit")
+            self._event(
+                logging.WARNING,
+                f"tritonserver restarted (pid {new.pid}, restart {self.restarts}): "
+                f"serving again {time.monotonic() - down_since:.1f} s after the exit",
+            )
             self._down = None
 
     @property
@@ -487,13 +532,16 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise ServerError(f"tritonserver exited with code {code} while starting; its log "
-                                  f"({self.log_file}) ends:\n" + self.log_tail())
+                raise ServerError(
+                    f"tritonserver exited with code {code} while starting; its log "
+                    f"({self.log_file}) ends:\n" + self.log_tail()
+                )
             if self.ready():
                 return
             time.sleep(0.2)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s; its log ({self.log_file}) ends:\n"
-                          + self.log_tail())
+        raise ServerError(
+            f"tritonserver not ready after {timeout:.0f} s; its log ({self.log_file}) ends:\n" + self.log_tail()
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -576,23 +624,44 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-          metrics_port: int | None = None, max_batch: int = 64, queue_delay_us: int = 100,
-          dynamic_batching: bool = True, preferred_batch: Sequence[int] = (), instances: int = 1,
-          threads: int | None = None, precision: str = "fp32", tritonserver: str | os.PathLike | None = None,
-          log_file: str | os.PathLike | None = None, timeout: float = DEFAULT_STARTUP_TIMEOUT,
-          restart: RestartPolicy | None = RestartPolicy(),
-          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-          max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> TritonServer:
+def serve(
+    bundle: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int | None = None,
+    max_batch: int = 64,
+    queue_delay_us: int = 100,
+    dynamic_batching: bool = True,
+    preferred_batch: Sequence[int] = (),
+    instances: int = 1,
+    threads: int | None = None,
+    precision: str = "fp32",
+    tritonserver: str | os.PathLike | None = None,
+    log_file: str | os.PathLike | None = None,
+    timeout: float = DEFAULT_STARTUP_TIMEOUT,
+    restart: RestartPolicy | None = RestartPolicy(),
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+) -> TritonServer:
     """Write a python-platform repository for `bundle` into a temporary work folder and start Triton on it (ready on
     return), supervised (`restart`; None: not restarted) behind the HTTP front (requests over `max_request_bytes`
     refused; at most `max_concurrent` HTTP requests in flight, more get 503). Call .stop() (or use it as a context
     manager): the repository is removed with the server; the server log (`log_file`, default tritonserver.log in the
     work folder: .log_file) is kept."""
     dist = find_server(tritonserver)
-    options = RepoOptions(platform="python", kind="cpu", precision=precision, max_batch=max_batch,
-                          instances=instances, dynamic_batching=dynamic_batching,
-                          preferred_batch=tuple(preferred_batch), queue_delay_us=queue_delay_us, threads=threads)
+    options = RepoOptions(
+        platform="python",
+        kind="cpu",
+        precision=precision,
+        max_batch=max_batch,
+        instances=instances,
+        dynamic_batching=dynamic_batching,
+        preferred_batch=tuple(preferred_batch),
+        queue_delay_us=queue_delay_us,
+        threads=threads,
+    )
     work = Path(tempfile.mkdtemp(prefix="vae-triton."))
     try:
         repo = write_repository(bundle, work / "models", options, validate=False)
@@ -601,14 +670,24 @@ def serve(bundle: str | os.PathLike, *, host: str = "127.0.0.1", http_port: int 
         raise
     # The repository goes with the server (stop() removes work/models); the log stays in `work` for the user, who is
     # told where (the CLI prints it at start and at stop).
-    server = TritonServer(repo.path, dist=dist, host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_file=log_file or work / "tritonserver.log",
-                          cleanup=[work] if log_file else [repo.path],
-                          restart=restart, max_request_bytes=max_request_bytes, max_concurrent=max_concurrent)
+    server = TritonServer(
+        repo.path,
+        dist=dist,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log_file=log_file or work / "tritonserver.log",
+        cleanup=[work] if log_file else [repo.path],
+        restart=restart,
+        max_request_bytes=max_request_bytes,
+        max_concurrent=max_concurrent,
+    )
     return server.start(timeout)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+
 
 def _port(text: str) -> int:
     value = int(text)
@@ -638,43 +717,86 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog_name("runtime.serving.serve"), formatter_class=HelpFormatter,
+        prog=prog_name("runtime.serving.serve"),
+        formatter_class=HelpFormatter,
         description="Serve a bundle's encoder and decoder (models vae_encoder, vae_decoder) through a local Triton\n"
-                    "Inference Server on the CPU, with dynamic batching, over HTTP and gRPC.",
-        epilog=epilog({0: "stopped on request (Ctrl-C, SIGTERM), or --install-server done",
-                       1: "the server failed and could not be brought back",
-                       2: "bad input or option, or no tritonserver here (one line on stderr)"},
-                      "%(prog)s runs/bundle --port 8000 --grpc-port 8001",
-                      "%(prog)s runs/bundle --precision int8 --instances 2 --preferred-batch 8,16",
-                      "%(prog)s --install-server ~/Downloads   # the folder holding the nvidia-pytriton wheel"))
+        "Inference Server on the CPU, with dynamic batching, over HTTP and gRPC.",
+        epilog=epilog(
+            {
+                0: "stopped on request (Ctrl-C, SIGTERM), or --install-server done",
+                1: "the server failed and could not be brought back",
+                2: "bad input or option, or no tritonserver here (one line on stderr)",
+            },
+            "%(prog)s runs/bundle --port 8000 --grpc-port 8001",
+            "%(prog)s runs/bundle --precision int8 --instances 2 --preferred-batch 8,16",
+            "%(prog)s --install-server ~/Downloads   # the folder holding the nvidia-pytriton wheel",
+        ),
+    )
     p.add_argument("bundle", nargs="?", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, metavar="PORT", help="HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=_port, default=8001, metavar="PORT", help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=_port, default=8002, metavar="PORT",
-                   help="Prometheus metrics port (default 8002)")
+    p.add_argument(
+        "--metrics-port", type=_port, default=8002, metavar="PORT", help="Prometheus metrics port (default 8002)"
+    )
     p.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="max_batch_size of each model (default 64)")
-    p.add_argument("--queue-delay-us", type=int, default=100, metavar="US",
-                   help="dynamic batching: longest wait for more requests to join a batch (default 100)")
-    p.add_argument("--preferred-batch", type=parse_batches, default=(), metavar="LIST",
-                   help="dynamic batching: preferred batch sizes, e.g. 8,16 (default: none)")
+    p.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=100,
+        metavar="US",
+        help="dynamic batching: longest wait for more requests to join a batch (default 100)",
+    )
+    p.add_argument(
+        "--preferred-batch",
+        type=parse_batches,
+        default=(),
+        metavar="LIST",
+        help="dynamic batching: preferred batch sizes, e.g. 8,16 (default: none)",
+    )
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request on its own")
     p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances per model (default 1)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads per instance (default: ONNX Runtime's choice)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
-                   help="bundle variant to serve (default fp32)")
-    p.add_argument("--tritonserver", type=Path, default=None, metavar="DIR",
-                   help=f"Triton installation (bin/tritonserver, backends/); default ${ENV_VAR}, then $VENV/{INSTALL_DIR}")
-    p.add_argument("--log", type=Path, default=None, metavar="FILE",
-                   help="server log file (default: tritonserver.log in the temporary work folder); kept after the "
-                        "server stops, its path printed at start and at stop")
-    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
-                   help=f"largest HTTP request body accepted (default {DEFAULT_MAX_REQUEST_BYTES >> 20} MiB)")
-    p.add_argument("--install-server", type=Path, default=None, metavar="WHEEL",
-                   help=f"unpack tritonserver from an nvidia-pytriton {PYTRITON_VERSION} wheel (or the folder holding it) "
-                        f"into $VENV/{INSTALL_DIR} and exit")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ONNX Runtime intra-op threads per instance (default: ONNX Runtime's choice)",
+    )
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="bundle variant to serve (default fp32)"
+    )
+    p.add_argument(
+        "--tritonserver",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"Triton installation (bin/tritonserver, backends/); default ${ENV_VAR}, then $VENV/{INSTALL_DIR}",
+    )
+    p.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="server log file (default: tritonserver.log in the temporary work folder); kept after the "
+        "server stops, its path printed at start and at stop",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        metavar="N",
+        help=f"largest HTTP request body accepted (default {DEFAULT_MAX_REQUEST_BYTES >> 20} MiB)",
+    )
+    p.add_argument(
+        "--install-server",
+        type=Path,
+        default=None,
+        metavar="WHEEL",
+        help=f"unpack tritonserver from an nvidia-pytriton {PYTRITON_VERSION} wheel (or the folder holding it) "
+        f"into $VENV/{INSTALL_DIR} and exit",
+    )
     return p
 
 
@@ -714,19 +836,35 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C / SIGTERM (0) or until the supervisor gives up (1); 1 or 2 when it cannot start."""
     server = None
     try:
-        server = serve(args.bundle, host=args.host, http_port=args.port, grpc_port=args.grpc_port,
-                       metrics_port=None if args.no_metrics else args.metrics_port, max_batch=args.max_batch,
-                       queue_delay_us=args.queue_delay_us, dynamic_batching=not args.no_dynamic_batching,
-                       preferred_batch=args.preferred_batch, instances=args.instances, threads=args.threads,
-                       precision=args.precision, tritonserver=args.tritonserver, log_file=args.log,
-                       max_request_bytes=args.max_request_bytes)
-        print(f"serving {args.bundle} as vae_encoder, vae_decoder: HTTP {server.http_url}, gRPC {server.grpc_url}"
-              + (f", metrics {server.metrics_url}" if server.metrics_url else "")
-              + f"\nserver log: {server.log_file}\ntritonserver pid {server.proc.pid} (restarted if it exits)"
-              + "\nCtrl-C stops it", flush=True)
+        server = serve(
+            args.bundle,
+            host=args.host,
+            http_port=args.port,
+            grpc_port=args.grpc_port,
+            metrics_port=None if args.no_metrics else args.metrics_port,
+            max_batch=args.max_batch,
+            queue_delay_us=args.queue_delay_us,
+            dynamic_batching=not args.no_dynamic_batching,
+            preferred_batch=args.preferred_batch,
+            instances=args.instances,
+            threads=args.threads,
+            precision=args.precision,
+            tritonserver=args.tritonserver,
+            log_file=args.log,
+            max_request_bytes=args.max_request_bytes,
+        )
+        print(
+            f"serving {args.bundle} as vae_encoder, vae_decoder: HTTP {server.http_url}, gRPC {server.grpc_url}"
+            + (f", metrics {server.metrics_url}" if server.metrics_url else "")
+            + f"\nserver log: {server.log_file}\ntritonserver pid {server.proc.pid} (restarted if it exits)"
+            + "\nCtrl-C stops it",
+            flush=True,
+        )
         server.wait()  # returns only when the supervisor gives up (it has logged why)
-        print(f"error: tritonserver could not be brought back; its log ({server.log_file}) ends:\n"
-              f"{server.log_tail()}", file=sys.stderr)
+        print(
+            f"error: tritonserver could not be brought back; its log ({server.log_file}) ends:\n{server.log_tail()}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         if server is not None:

@@ -16,6 +16,7 @@ required). The repository is written next to --out and swapped in whole; an exis
 holds nothing but what its marker (vae-triton.json) lists with a matching sha256, else it is refused before any work.
 Exit codes: 0 written, 2 bad input (bundle, option, engine; one line on stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,54 +26,111 @@ from typing import Sequence
 
 from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from runtime.errors import VaeError
-from runtime.serving.repository import (ACCELERATORS, KINDS, PLATFORMS, RepoOptions, parse_batches, schema_available,
-                                        write_repository)
+from runtime.serving.repository import (
+    ACCELERATORS,
+    KINDS,
+    PLATFORMS,
+    RepoOptions,
+    parse_batches,
+    schema_available,
+    write_repository,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog_name("runtime.serving.to_triton"), formatter_class=HelpFormatter,
+        prog=prog_name("runtime.serving.to_triton"),
+        formatter_class=HelpFormatter,
         description="Write a Triton Inference Server model repository (vae_encoder, vae_decoder) for a bundle.",
-        epilog=epilog({0: "repository written", 2: "bad input or option (bundle, option, engine; one line on stderr)"},
-                      "%(prog)s runs/bundle --out runs/triton --max-batch 64 --preferred-batch 16,32",
-                      "%(prog)s runs/bundle --out runs/trt --platform tensorrt --precision fp16 --graphs decoder",
-                      "docker run --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/runs/triton:/models \\\n"
-                      "      nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"))
+        epilog=epilog(
+            {0: "repository written", 2: "bad input or option (bundle, option, engine; one line on stderr)"},
+            "%(prog)s runs/bundle --out runs/triton --max-batch 64 --preferred-batch 16,32",
+            "%(prog)s runs/bundle --out runs/trt --platform tensorrt --precision fp16 --graphs decoder",
+            "docker run --gpus all -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/runs/triton:/models \\\n"
+            "      nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
+        ),
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_REPOSITORY",
-                   help="repository folder to write; an existing one is replaced only if every file in it is one this "
-                        "tool wrote (listed in its vae-triton.json with a matching sha256), else refused (exit 2)")
-    p.add_argument("--platform", choices=PLATFORMS, default="onnxruntime",
-                   help="onnxruntime_onnx (default), tensorrt_plan (engines from export.tensorrt.build) or python "
-                        "(this runtime inside Triton's Python backend). Only python can be tried on this machine: the "
-                        "local server (runtime.serving.serve) has Triton's Python backend alone; onnxruntime_onnx and "
-                        "tensorrt_plan need a full Triton image (docs/serving.md)")
-    p.add_argument("--kind", choices=KINDS, default=None,
-                   help="instance kind (default: gpu; cpu for --platform python)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="bundle variant (onnxruntime, python) or engine precision (tensorrt); default fp32")
-    p.add_argument("--max-batch", type=int, default=None, metavar="N",
-                   help="max_batch_size (default 64; tensorrt: the engine's profile max)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="MODEL_REPOSITORY",
+        help="repository folder to write; an existing one is replaced only if every file in it is one this "
+        "tool wrote (listed in its vae-triton.json with a matching sha256), else refused (exit 2)",
+    )
+    p.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default="onnxruntime",
+        help="onnxruntime_onnx (default), tensorrt_plan (engines from export.tensorrt.build) or python "
+        "(this runtime inside Triton's Python backend). Only python can be tried on this machine: the "
+        "local server (runtime.serving.serve) has Triton's Python backend alone; onnxruntime_onnx and "
+        "tensorrt_plan need a full Triton image (docs/serving.md)",
+    )
+    p.add_argument(
+        "--kind", choices=KINDS, default=None, help="instance kind (default: gpu; cpu for --platform python)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="bundle variant (onnxruntime, python) or engine precision (tensorrt); default fp32",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="max_batch_size (default 64; tensorrt: the engine's profile max)",
+    )
     p.add_argument("--instances", type=int, default=1, metavar="N", help="instances per model (per GPU on gpu)")
-    p.add_argument("--preferred-batch", type=parse_batches, default=(), metavar="LIST",
-                   help="dynamic batching preferred sizes, e.g. 16,32 (default: none, Triton forms the largest batch)")
-    p.add_argument("--queue-delay-us", type=int, default=100, metavar="US",
-                   help="dynamic batching max_queue_delay_microseconds (default 100)")
+    p.add_argument(
+        "--preferred-batch",
+        type=parse_batches,
+        default=(),
+        metavar="LIST",
+        help="dynamic batching preferred sizes, e.g. 16,32 (default: none, Triton forms the largest batch)",
+    )
+    p.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=100,
+        metavar="US",
+        help="dynamic batching max_queue_delay_microseconds (default 100)",
+    )
     p.add_argument("--no-dynamic-batching", action="store_true", help="no dynamic_batching block")
-    p.add_argument("--accelerator", choices=ACCELERATORS, default="none",
-                   help="onnxruntime on gpu: Triton's TensorRT execution accelerator, FP32 or FP16 (default none)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads per instance (onnxruntime, python)")
+    p.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default="none",
+        help="onnxruntime on gpu: Triton's TensorRT execution accelerator, FP32 or FP16 (default none)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ONNX Runtime intra-op threads per instance (onnxruntime, python)",
+    )
     add_graphs_argument(p, what="graphs to include")
     p.add_argument("--prefix", default="vae_", help="model name prefix (default vae_: vae_encoder, vae_decoder)")
-    p.add_argument("--engine-filter", default="", metavar="TEXT",
-                   help="tensorrt: pick the engine whose file name contains TEXT (GPU slug, TensorRT tag; default: "
-                        "the one engine there is)")
-    p.add_argument("--no-warmup", action="store_true",
-                   help="no warm-up: no model_warmup block (onnxruntime, tensorrt: Triton counts those requests in its "
-                        "metrics), no warmup_batches parameter (python: run in model.py's initialize, not counted)")
-    p.add_argument("--validate", action="store_true",
-                   help="require the schema check (fails when tritonclient is not installed)")
+    p.add_argument(
+        "--engine-filter",
+        default="",
+        metavar="TEXT",
+        help="tensorrt: pick the engine whose file name contains TEXT (GPU slug, TensorRT tag; default: "
+        "the one engine there is)",
+    )
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="no warm-up: no model_warmup block (onnxruntime, tensorrt: Triton counts those requests in its "
+        "metrics), no warmup_batches parameter (python: run in model.py's initialize, not counted)",
+    )
+    p.add_argument(
+        "--validate", action="store_true", help="require the schema check (fails when tritonclient is not installed)"
+    )
     return p
 
 
@@ -82,21 +140,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = args.kind or ("cpu" if args.platform == "python" else "gpu")
     try:
         max_batch = args.max_batch if args.max_batch is not None else _default_max_batch(args)
-        options = RepoOptions(platform=args.platform, kind=kind, precision=args.precision, max_batch=max_batch,
-                              instances=args.instances, dynamic_batching=not args.no_dynamic_batching,
-                              preferred_batch=args.preferred_batch, queue_delay_us=args.queue_delay_us,
-                              accelerator=args.accelerator, threads=args.threads, warmup=not args.no_warmup,
-                              graphs=args.graphs or (), prefix=args.prefix, engine_filter=args.engine_filter)
+        options = RepoOptions(
+            platform=args.platform,
+            kind=kind,
+            precision=args.precision,
+            max_batch=max_batch,
+            instances=args.instances,
+            dynamic_batching=not args.no_dynamic_batching,
+            preferred_batch=args.preferred_batch,
+            queue_delay_us=args.queue_delay_us,
+            accelerator=args.accelerator,
+            threads=args.threads,
+            warmup=not args.no_warmup,
+            graphs=args.graphs or (),
+            prefix=args.prefix,
+            engine_filter=args.engine_filter,
+        )
         if not args.validate and not schema_available():
-            print("warning: tritonclient is not installed: config.pbtxt files are not checked against Triton's "
-                  "schema (pip install -c constraints.txt -e '.[serve]')", file=sys.stderr)
+            print(
+                "warning: tritonclient is not installed: config.pbtxt files are not checked against Triton's "
+                "schema (pip install -c constraints.txt -e '.[serve]')",
+                file=sys.stderr,
+            )
         repo = write_repository(args.bundle, args.out, options, validate=True if args.validate else None)
     except VaeError as e:  # BundleError, EngineError, RepositoryError, OutputError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model repository written to {repo.path}: {', '.join(repo.models)} "
-          f"(platform {options.platform}, {kind} x{options.instances}, max_batch_size {options.max_batch}"
-          f"{', schema-checked' if repo.validated else ''})")
+    print(
+        f"model repository written to {repo.path}: {', '.join(repo.models)} "
+        f"(platform {options.platform}, {kind} x{options.instances}, max_batch_size {options.max_batch}"
+        f"{', schema-checked' if repo.validated else ''})"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ through runtime.load(...), and the outputs are split back. Tensors cross the stu
 stub's NumPy conversions: stubs built against NumPy 1.x (nvidia-pytriton 0.7.0, Triton 2.51) misread NumPy 2's dtype
 descriptor (inputs arrive as copies of their first element, outputs are refused); DLPack is right under both.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -67,21 +68,31 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self.graph = params.get("graph", "")
         if self.graph not in (ENCODER, DECODER):
-            raise ValueError(f"{config.get('name')}: parameter 'graph' must be {ENCODER!r} or {DECODER!r}, "
-                             f"got {self.graph!r}")
+            raise ValueError(
+                f"{config.get('name')}: parameter 'graph' must be {ENCODER!r} or {DECODER!r}, got {self.graph!r}"
+            )
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', '0')}"
         options = {"threads": int(params["threads"])} if params.get("threads") else {}
-        self.vae = runtime.load(HERE / "bundle", backend=params.get("backend", "onnxruntime"), device=device,
-                                precision=params.get("precision", "fp32"), graphs=(self.graph,), **options)
+        self.vae = runtime.load(
+            HERE / "bundle",
+            backend=params.get("backend", "onnxruntime"),
+            device=device,
+            precision=params.get("precision", "fp32"),
+            graphs=(self.graph,),
+            **options,
+        )
         self.spec = self.vae.manifest.graph(self.graph).inputs[0]
         self.outputs = GRAPH_IO[self.graph][1]
         name = args.get("model_instance_name", config.get("name"))
         # provenance in the server log: which runtime copy, engine and bundle this instance runs
-        print(f"[vae-deploy] {name}: runtime "
-              f"{Path(runtime.__file__).parent}, {self.vae.backend_name} {self.vae.precision} on {device}, "
-              f"bundle {HERE / 'bundle'}", flush=True)
+        print(
+            f"[vae-deploy] {name}: runtime "
+            f"{Path(runtime.__file__).parent}, {self.vae.backend_name} {self.vae.precision} on {device}, "
+            f"bundle {HERE / 'bundle'}",
+            flush=True,
+        )
         self._warm_up(name, [int(b) for b in params.get("warmup_batches", "").split(",") if b.strip()])
 
     def _warm_up(self, name: str, batches: list[int]) -> None:
@@ -93,8 +104,11 @@ class TritonPythonModel:
         t0 = time.perf_counter()
         for b in batches:
             self._run(np.zeros((b, *item), dtype=self.spec.dtype))
-        print(f"[vae-deploy] {name}: warmed up with zero batches of {batches} in {time.perf_counter() - t0:.2f} s "
-              "(in initialize: not in Triton's metrics)", flush=True)
+        print(
+            f"[vae-deploy] {name}: warmed up with zero batches of {batches} in {time.perf_counter() - t0:.2f} s "
+            "(in initialize: not in Triton's metrics)",
+            flush=True,
+        )
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.graph == ENCODER:
@@ -125,7 +139,8 @@ class TritonPythonModel:
                 for i, x in zip(good, arrays):
                     n = x.shape[0]
                     responses[i] = pb_utils.InferenceResponse(
-                        output_tensors=[_to_triton(name, out[name][start:start + n]) for name in self.outputs])
+                        output_tensors=[_to_triton(name, out[name][start : start + n]) for name in self.outputs]
+                    )
                     start += n
         return responses
 

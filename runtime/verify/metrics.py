@@ -13,6 +13,7 @@ after the last dot, "image"); a single Tolerance applies to every output. `Outpu
 comparison against another tolerance without recomputing, and `smallest_passing()` is the tightest Tolerance that
 would still pass.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-
 
 # Failures that no tolerance can excuse (see OutputComparison.passes).
 _SHAPE = "shape"
@@ -34,7 +34,7 @@ class Tolerance:
 
     max_abs: float | None = None
     rel_l2: float | None = None
-    min_psnr: float | None = None    # dB, images only
+    min_psnr: float | None = None  # dB, images only
     min_cosine: float | None = None
 
     def describe(self) -> str:
@@ -78,8 +78,10 @@ def default_tolerance(precision: str, tensor: str) -> Tolerance:
     try:
         return DEFAULT_TOLERANCES[precision][tensor.rsplit(".", 1)[-1]]
     except KeyError:
-        raise ValueError(f"no default tolerance for precision {precision!r}, tensor {tensor!r}; "
-                         f"known precisions {sorted(DEFAULT_TOLERANCES)}") from None
+        raise ValueError(
+            f"no default tolerance for precision {precision!r}, tensor {tensor!r}; "
+            f"known precisions {sorted(DEFAULT_TOLERANCES)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -131,15 +133,32 @@ class OutputComparison:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def compare_arrays(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance,
-                   pixel_range: tuple[float, float] | None = None) -> OutputComparison:
+def compare_arrays(
+    name: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    tolerance: Tolerance,
+    pixel_range: tuple[float, float] | None = None,
+) -> OutputComparison:
     """Compare one output. `pixel_range` marks an image output (enables PSNR over that range's span)."""
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     if a.shape != e.shape:
         nan = float("nan")
-        return OutputComparison(name, tuple(a.shape), nan, nan, nan, nan, nan, None, 0, 0, tolerance,
-                                (f"{_SHAPE} {tuple(a.shape)} != expected {tuple(e.shape)}",))
+        return OutputComparison(
+            name,
+            tuple(a.shape),
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            None,
+            0,
+            0,
+            tolerance,
+            (f"{_SHAPE} {tuple(a.shape)} != expected {tuple(e.shape)}",),
+        )
     nan_count, inf_count = int(np.isnan(a).sum()), int(np.isinf(a).sum())
     diff = np.abs(a - e)
     finite = np.isfinite(diff)
@@ -151,20 +170,38 @@ def compare_arrays(name: str, actual: np.ndarray, expected: np.ndarray, toleranc
     err_norm = float(np.linalg.norm(np.where(finite, a - e, 0.0)))
     rel_l2 = err_norm / ref_norm if ref_norm > 0 else (0.0 if err_norm == 0 else float("inf"))
     na = float(np.linalg.norm(np.where(finite, a, 0.0)))
-    cosine = float(np.sum(np.where(finite, a, 0.0) * e) / (na * ref_norm)) if na > 0 and ref_norm > 0 else (
-        1.0 if na == ref_norm == 0 else 0.0)
+    cosine = (
+        float(np.sum(np.where(finite, a, 0.0) * e) / (na * ref_norm))
+        if na > 0 and ref_norm > 0
+        else (1.0 if na == ref_norm == 0 else 0.0)
+    )
     psnr = None
     if pixel_range is not None:
         span = float(pixel_range[1]) - float(pixel_range[0])
         if not span > 0:
             raise ValueError(f"{name}: pixel range {tuple(pixel_range)} is empty; expected (low, high) with low < high")
         mse = float(np.mean(np.where(finite, a - e, np.inf) ** 2))  # any NaN/Inf makes the MSE infinite
-        psnr = float("inf") if mse == 0 else (float("-inf") if not math.isfinite(mse)
-                                               else 10.0 * math.log10(span * span / mse))
+        psnr = (
+            float("inf")
+            if mse == 0
+            else (float("-inf") if not math.isfinite(mse) else 10.0 * math.log10(span * span / mse))
+        )
     failures = [f"{nan_count} NaN and {inf_count} Inf values"] if nan_count or inf_count else []
     failures += tolerance.violations(max_abs, rel_l2, psnr, cosine)
-    return OutputComparison(name, tuple(a.shape), max_abs, mean_abs, p99, rel_l2, cosine, psnr, nan_count,
-                            inf_count, tolerance, tuple(failures))
+    return OutputComparison(
+        name,
+        tuple(a.shape),
+        max_abs,
+        mean_abs,
+        p99,
+        rel_l2,
+        cosine,
+        psnr,
+        nan_count,
+        inf_count,
+        tolerance,
+        tuple(failures),
+    )
 
 
 @dataclass(frozen=True)
@@ -190,19 +227,27 @@ class ComparisonReport:
         return [f"{o.name}: {'; '.join(o.failures)}" for o in self.outputs if o.failures]
 
     def table(self) -> str:
-        head = (f"{'output':<28} {'max_abs':>10} {'mean_abs':>10} {'p99_abs':>10} {'rel_l2':>10} {'cosine':>10} "
-                f"{'psnr_dB':>8} {'nan/inf':>8}  {'tolerance':<22} result")
+        head = (
+            f"{'output':<28} {'max_abs':>10} {'mean_abs':>10} {'p99_abs':>10} {'rel_l2':>10} {'cosine':>10} "
+            f"{'psnr_dB':>8} {'nan/inf':>8}  {'tolerance':<22} result"
+        )
         lines = [head, "-" * len(head)]
         for o in self.outputs:
             psnr = "-" if o.psnr is None else ("inf" if math.isinf(o.psnr) else f"{o.psnr:.2f}")
-            lines.append(f"{o.name:<28} {o.max_abs:>10.3g} {o.mean_abs:>10.3g} {o.p99_abs:>10.3g} {o.rel_l2:>10.3g} "
-                         f"{o.cosine:>10.7f} {psnr:>8} {o.nan_count:>3}/{o.inf_count:<4}  "
-                         f"{o.tolerance.describe():<22} {'PASS' if o.passed else 'FAIL: ' + '; '.join(o.failures)}")
+            lines.append(
+                f"{o.name:<28} {o.max_abs:>10.3g} {o.mean_abs:>10.3g} {o.p99_abs:>10.3g} {o.rel_l2:>10.3g} "
+                f"{o.cosine:>10.7f} {psnr:>8} {o.nan_count:>3}/{o.inf_count:<4}  "
+                f"{o.tolerance.describe():<22} {'PASS' if o.passed else 'FAIL: ' + '; '.join(o.failures)}"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "passed": self.passed, "meta": self.meta,
-                "outputs": [o.to_dict() for o in self.outputs]}
+        return {
+            "label": self.label,
+            "passed": self.passed,
+            "meta": self.meta,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
 
 
 def tolerance_for(name: str, tolerances: Tolerance | Mapping[str, Tolerance]) -> Tolerance:
@@ -212,14 +257,21 @@ def tolerance_for(name: str, tolerances: Tolerance | Mapping[str, Tolerance]) ->
     for key in (name, name.rsplit(".", 1)[-1]):
         if key in tolerances:
             return tolerances[key]
-    raise ValueError(f"no tolerance for output {name!r}: tolerances are given for {sorted(tolerances)} "
-                     "(keys are full output names or tensor names such as 'image')")
+    raise ValueError(
+        f"no tolerance for output {name!r}: tolerances are given for {sorted(tolerances)} "
+        "(keys are full output names or tensor names such as 'image')"
+    )
 
 
-def compare_outputs(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
-                    tolerances: Tolerance | Mapping[str, Tolerance], *,
-                    image_outputs: Mapping[str, tuple[float, float]] = {}, label: str = "",
-                    meta: Mapping[str, Any] | None = None) -> ComparisonReport:
+def compare_outputs(
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    tolerances: Tolerance | Mapping[str, Tolerance],
+    *,
+    image_outputs: Mapping[str, tuple[float, float]] = {},
+    label: str = "",
+    meta: Mapping[str, Any] | None = None,
+) -> ComparisonReport:
     """Compare every expected output; a missing actual output fails, extra actual outputs are ignored.
 
     tolerances: see tolerance_for. image_outputs: {output name: pixel range} of the outputs that are images (their
@@ -230,8 +282,9 @@ def compare_outputs(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.
         tol = tolerance_for(name, tolerances)
         if name not in actual:
             nan = float("nan")
-            outs.append(OutputComparison(name, tuple(np.shape(exp)), nan, nan, nan, nan, nan, None, 0, 0, tol,
-                                         (_MISSING,)))
+            outs.append(
+                OutputComparison(name, tuple(np.shape(exp)), nan, nan, nan, nan, nan, None, 0, 0, tol, (_MISSING,))
+            )
             continue
         outs.append(compare_arrays(name, actual[name], exp, tol, image_outputs.get(name)))
     return ComparisonReport(tuple(outs), label=label, meta=dict(meta or {}))

@@ -10,6 +10,7 @@ IterationResult per input). Each input set of reference.npz (golden, realistic) 
 Polygraphy's own (arrays as base64 of np.save, tagged with "polygraphy_class"), written here with the standard
 library and numpy so the runtime does not need Polygraphy installed; a test reads the files with `polygraphy run`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,9 +40,13 @@ def _write(path: Path, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
 
 
-def write_polygraphy_files(bundle: str | os.PathLike, out_dir: str | os.PathLike, *,
-                           graphs: Sequence[str] | None = None,
-                           expected: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[Path, Path]]:
+def write_polygraphy_files(
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    graphs: Sequence[str] | None = None,
+    expected: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, tuple[Path, Path]]:
     """Write DIR/<graph>.inputs.json and DIR/<graph>.outputs.json; returns {graph: (inputs path, outputs path)}.
 
     expected: reference outputs keyed like reference.npz (default: the golden outputs stored in reference.npz).
@@ -57,17 +62,44 @@ def write_polygraphy_files(bundle: str | os.PathLike, out_dir: str | os.PathLike
         (in_name,), outs = GRAPH_IO[graph]
         sets = [(key, prefix) for key, (prefix, g) in reference_inputs(reference, (graph,)).items()]
         feeds = [{in_name: _array(reference[key])} for key, _ in sets]
-        iterations = [{"outputs": {name: {"values": _array(expected[f"{prefix}{graph}.{name}"]), _TYPE: "LazyArray"}
-                                   for name in outs},
-                       "runtime": 0.0, "runner_name": RUNNER_NAME, _TYPE: "IterationResult"} for _, prefix in sets]
+        iterations = [
+            {
+                "outputs": {
+                    name: {"values": _array(expected[f"{prefix}{graph}.{name}"]), _TYPE: "LazyArray"} for name in outs
+                },
+                "runtime": 0.0,
+                "runner_name": RUNNER_NAME,
+                _TYPE: "IterationResult",
+            }
+            for _, prefix in sets
+        ]
         results = {"lst": [[RUNNER_NAME, iterations]], _TYPE: "RunResults"}
         written[graph] = (_write(out / f"{graph}.inputs.json", feeds), _write(out / f"{graph}.outputs.json", results))
     return written
 
 
-def polygraphy_command(bundle: str | os.PathLike, graph: str, inputs: Path, outputs: Path,
-                       atol: float = 1e-4, rtol: float = 1e-4, runner: str = "--onnxrt") -> list[str]:
+def polygraphy_command(
+    bundle: str | os.PathLike,
+    graph: str,
+    inputs: Path,
+    outputs: Path,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    runner: str = "--onnxrt",
+) -> list[str]:
     """The `polygraphy run` command that checks `graph` against the written files."""
     manifest = read_manifest(bundle)
-    return ["polygraphy", "run", str(Path(bundle) / manifest.graphs[graph].file), runner,
-            "--load-inputs", str(inputs), "--load-outputs", str(outputs), "--atol", f"{atol:g}", "--rtol", f"{rtol:g}"]
+    return [
+        "polygraphy",
+        "run",
+        str(Path(bundle) / manifest.graphs[graph].file),
+        runner,
+        "--load-inputs",
+        str(inputs),
+        "--load-outputs",
+        str(outputs),
+        "--atol",
+        f"{atol:g}",
+        "--rtol",
+        f"{rtol:g}",
+    ]

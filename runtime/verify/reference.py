@@ -2,6 +2,7 @@
 
 Shared by the parity tool, its Polygraphy files and the development tools that compare against it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,9 @@ def reference_inputs(reference: Mapping[str, np.ndarray], graphs: Sequence[str])
     return out
 
 
-def run_reference_set(rt, reference: Mapping[str, np.ndarray], inputs: Mapping[str, tuple[str, str]]) -> dict[str, np.ndarray]:
+def run_reference_set(
+    rt, reference: Mapping[str, np.ndarray], inputs: Mapping[str, tuple[str, str]]
+) -> dict[str, np.ndarray]:
     """Run every reference input through a runtime's backend; outputs keyed like reference.npz."""
     out = {}
     for key, (prefix, graph) in inputs.items():

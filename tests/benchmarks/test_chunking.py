@@ -1,4 +1,5 @@
 """benchmarks.chunking (how max_chunk's default was chosen) runs end to end on a tiny bundle and checks its options."""
+
 from __future__ import annotations
 
 import pytest

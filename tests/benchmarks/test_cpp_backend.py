@@ -1,4 +1,5 @@
 """The C++ runtime as a benchmark backend: its C ABI driven in-process through ctypes (benchmarks/cpp_runtime.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,9 +48,33 @@ def test_harness_measures_the_cpp_backend_and_its_cold_start(cpp_build, bundle, 
     from benchmarks.latency import main
 
     out = tmp_path / "bench"
-    assert main([str(bundle), "--backends", "onnxruntime,cpp", "--graphs", "decoder,encoder", "--batch", "2",
-                 "--iterations", "6", "--warmup", "0", "--rounds", "2", "--cold-start-runs", "1",
-                 "--cpp-lib", str(cpp_build.library), "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "onnxruntime,cpp",
+                "--graphs",
+                "decoder,encoder",
+                "--batch",
+                "2",
+                "--iterations",
+                "6",
+                "--warmup",
+                "0",
+                "--rounds",
+                "2",
+                "--cold-start-runs",
+                "1",
+                "--cpp-lib",
+                str(cpp_build.library),
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "latency.json").read_text())
     rows = {(r["backend"], r["graph"]): r for r in report["results"]}
     for graph in ("decoder", "encoder"):
@@ -66,7 +91,26 @@ def test_harness_skips_cpp_with_the_reason_when_the_library_is_missing(bundle, t
     from benchmarks.latency import main
 
     out = tmp_path / "bench"
-    assert main([str(bundle), "--backends", "cpp", "--graphs", "decoder", "--batch", "1", "--iterations", "2",
-                 "--cpp-lib", str(tmp_path / "nope.so"), "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "cpp",
+                "--graphs",
+                "decoder",
+                "--batch",
+                "1",
+                "--iterations",
+                "2",
+                "--cpp-lib",
+                str(tmp_path / "nope.so"),
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "latency.json").read_text())
     assert report["results"][0]["status"] == "skipped" and "make cpp" in report["results"][0]["reason"]

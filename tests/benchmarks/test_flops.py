@@ -1,4 +1,5 @@
 """The analytic FLOP count equals what torch.utils.flop_counter counts on the real model, for several configs."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,14 @@ def torch_flops(cfg: VAEConfig, graph: str, batch: int) -> int:
     return int(counter.get_total_flops())
 
 
-@pytest.mark.parametrize("cfg", [
-    VAEConfig(),  # the original: 64x64 RGB, latent 128, hidden 32..512
-    VAEConfig(image_size=32, latent_dim=8, hidden_dims=(8, 16)),
-    VAEConfig(image_size=128, in_channels=1, out_channels=3, latent_dim=16, hidden_dims=(4, 8, 16)),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        VAEConfig(),  # the original: 64x64 RGB, latent 128, hidden 32..512
+        VAEConfig(image_size=32, latent_dim=8, hidden_dims=(8, 16)),
+        VAEConfig(image_size=128, in_channels=1, out_channels=3, latent_dim=16, hidden_dims=(4, 8, 16)),
+    ],
+)
 @pytest.mark.parametrize("graph", ["encoder", "decoder"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_analytic_count_equals_torch_flop_counter(cfg, graph, batch):

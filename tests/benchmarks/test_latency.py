@@ -1,4 +1,5 @@
 """A short real benchmark run on a tiny bundle: every field, the JSON/CSV/PNG outputs, and --compare."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,22 @@ import pytest
 from benchmarks.latency import SCHEMA, compare_reports, main
 from export.to_onnx import export_bundle
 
-STAT_FIELDS = {"n", "batch", "mean_ms", "stdev_ms", "cv", "min_ms", "p1_ms", "p5_ms", "p50_ms", "p90_ms", "p95_ms",
-               "p99_ms", "max_ms", "throughput"}
+STAT_FIELDS = {
+    "n",
+    "batch",
+    "mean_ms",
+    "stdev_ms",
+    "cv",
+    "min_ms",
+    "p1_ms",
+    "p5_ms",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "max_ms",
+    "throughput",
+}
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +34,32 @@ def bench_run(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     bundle = export_bundle(tiny_checkpoint, root / "bundle", log=lambda *a: None)
     out = root / "out"
-    rc = main([str(bundle), "--backends", "torch,onnxruntime", "--batch", "1,4", "--iterations", "6", "--rounds", "2",
-               "--warmup", "0.05", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-progress",
-               "--cold-start-runs", "2", "--spinning", "off", "--batch-split", "4"])
+    rc = main(
+        [
+            str(bundle),
+            "--backends",
+            "torch,onnxruntime",
+            "--batch",
+            "1,4",
+            "--iterations",
+            "6",
+            "--rounds",
+            "2",
+            "--warmup",
+            "0.05",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--cold-start-runs",
+            "2",
+            "--spinning",
+            "off",
+            "--batch-split",
+            "4",
+        ]
+    )
     assert rc == 0
     return bundle, out, json.loads((out / "latency.json").read_text())
 
@@ -35,7 +73,8 @@ def test_report_has_every_field(bench_run):
     assert len(ceiling["samples"]) == 2 and ceiling["best"] == max(ceiling["samples"]) > 0
     rows = report["results"]
     assert {(r["backend"], r["graph"], r["batch"]) for r in rows} == {
-        (b, g, n) for b in ("torch", "onnxruntime") for g in ("encoder", "decoder") for n in (1, 4)}
+        (b, g, n) for b in ("torch", "onnxruntime") for g in ("encoder", "decoder") for n in (1, 4)
+    }
     for r in rows:
         assert r["status"] == "ok", r
         assert set(r["stats"]) == STAT_FIELDS
@@ -86,19 +125,43 @@ def test_compare_flags_an_injected_regression(bench_run, tmp_path, capsys):
 
 def test_missing_variant_is_skipped_with_a_reason(bench_run, capsys):
     bundle, _, _ = bench_run
-    assert main([str(bundle), "--backends", "onnxruntime", "--graphs", "decoder", "--precision", "int8",
-                 "--batch", "1", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-cold-start",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "onnxruntime",
+                "--graphs",
+                "decoder",
+                "--precision",
+                "int8",
+                "--batch",
+                "1",
+                "--iterations",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--no-cold-start",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "skipped" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--backends", "jax"], "--backends: unknown ['jax']"),
-    (["--graphs", "middle"], "--graphs: unknown ['middle']"),
-    (["--precision", "fp8"], "--precision: unknown ['fp8']"),
-    (["--threads", "-1"], "--threads must be >= 1"),
-    (["--duration", "0"], "--duration > 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backends", "jax"], "--backends: unknown ['jax']"),
+        (["--graphs", "middle"], "--graphs: unknown ['middle']"),
+        (["--precision", "fp8"], "--precision: unknown ['fp8']"),
+        (["--threads", "-1"], "--threads must be >= 1"),
+        (["--duration", "0"], "--duration > 0"),
+    ],
+)
 def test_bad_options_exit_2(bench_run, capsys, args, message):
     bundle, _, _ = bench_run
     assert main([str(bundle), *args]) == 2
@@ -130,8 +193,10 @@ def test_batch_beyond_memory_exits_2_before_allocating(bench_run, monkeypatch, c
     # tiny model: encoder 3x32x32 in, 2 x 8 out; decoder 8 in, 3x32x32 out, float32 -> 12352 and 12320 bytes per item
     monkeypatch.setattr(latency, "physical_memory", lambda: 2 * 12352 * 1000)
     assert main([str(bundle), "--batch", "1001", "--graphs", "encoder"]) == 2
-    assert ("the encoder's inputs and outputs alone need 11.8 MiB (12352 bytes per item), more than 50% of this "
-            "machine's memory (23.6 MiB); the largest encoder batch allowed here is 1000") in capsys.readouterr().err
+    assert (
+        "the encoder's inputs and outputs alone need 11.8 MiB (12352 bytes per item), more than 50% of this "
+        "machine's memory (23.6 MiB); the largest encoder batch allowed here is 1000"
+    ) in capsys.readouterr().err
     monkeypatch.setattr(latency, "run", lambda plan: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # 1000 passes the check and reaches the benchmark
         main([str(bundle), "--batch", "1000", "--graphs", "encoder"])
@@ -203,16 +268,58 @@ def test_only_the_requested_graphs_are_loaded(bench_run, tmp_path, capsys):
     bundle, _, _ = bench_run
     partial = _copy_without_encoder_file(bundle, tmp_path / "partial")
     out = tmp_path / "out"
-    assert main([str(partial), "--backends", "onnxruntime", "--graphs", "decoder", "--batch", "1", "--iterations",
-                 "2", "--rounds", "1", "--warmup", "0", "--no-progress", "--cold-start-runs", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(partial),
+                "--backends",
+                "onnxruntime",
+                "--graphs",
+                "decoder",
+                "--batch",
+                "1",
+                "--iterations",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--no-progress",
+                "--cold-start-runs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "latency.json").read_text())
     assert [(r["graph"], r["status"]) for r in report["results"]] == [("decoder", "ok")]
     assert [(c["path"], c["status"]) for c in report["cold_start"]] == [("onnxruntime/fp32", "ok")]
     # Asking for the encoder too reaches the missing file, and the rows say so instead of crashing.
     capsys.readouterr()
-    assert main([str(partial), "--backends", "onnxruntime", "--graphs", "encoder,decoder", "--batch", "1",
-                 "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-progress", "--no-cold-start"]) == 0
+    assert (
+        main(
+            [
+                str(partial),
+                "--backends",
+                "onnxruntime",
+                "--graphs",
+                "encoder,decoder",
+                "--batch",
+                "1",
+                "--iterations",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--no-progress",
+                "--no-cold-start",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "skipped: BundleError" in text and "encoder.onnx" in text
 
@@ -225,9 +332,35 @@ def test_device_is_passed_to_every_backend_and_recorded(bench_run, tiny_checkpoi
         pytest.skip("this test checks the rows of a machine without CUDA")
     bundle, _, _ = bench_run
     out = tmp_path / "out"
-    assert main([str(bundle), "--backends", "torch,onnxruntime,tensorrt", "--graphs", "decoder", "--device", "cuda",
-                 "--batch", "1", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-progress",
-                 "--checkpoint", str(tiny_checkpoint), "--cold-start-runs", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "torch,onnxruntime,tensorrt",
+                "--graphs",
+                "decoder",
+                "--device",
+                "cuda",
+                "--batch",
+                "1",
+                "--iterations",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--no-progress",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--cold-start-runs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "latency.json").read_text())
     assert report["plan"]["device"] == report["environment"]["device"] == "cuda:0"
     reasons = {r["backend"]: r["reason"] for r in report["results"]}
@@ -260,8 +393,26 @@ def test_ctrl_c_during_the_cold_starts_keeps_the_latencies(bench_run, tmp_path, 
     monkeypatch.setattr(coldstart, "cold_start_runtime", interrupted)
     bundle, _, _ = bench_run
     out = tmp_path / "out"
-    main([str(bundle), "--backends", "onnxruntime", "--graphs", "decoder", "--batch", "1", "--iterations", "3",
-          "--warmup", "0", "--rounds", "1", "--no-progress", "--out", str(out)])
+    main(
+        [
+            str(bundle),
+            "--backends",
+            "onnxruntime",
+            "--graphs",
+            "decoder",
+            "--batch",
+            "1",
+            "--iterations",
+            "3",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads((out / "latency.json").read_text())
     assert report["interrupted"] is True and report["results"][0]["status"] == "ok"
     assert report["matmul_ceiling_gflops"]["threads"] >= 1
@@ -284,8 +435,15 @@ def test_tensorrt_options_reach_the_backend_and_the_cold_start(bench_run, monkey
     from benchmarks.latency import Plan, _load, _tensorrt_options
 
     bundle, _, _ = bench_run
-    plan = Plan(bundle=bundle, backends=["tensorrt"], graphs=["decoder"], precisions=["fp16"], batches=[1],
-                dla_core=1, cuda_graph=True)
+    plan = Plan(
+        bundle=bundle,
+        backends=["tensorrt"],
+        graphs=["decoder"],
+        precisions=["fp16"],
+        batches=[1],
+        dla_core=1,
+        cuda_graph=True,
+    )
     assert _tensorrt_options(plan, "tensorrt") == {"dla_core": 1, "cuda_graph": True}
     assert _tensorrt_options(plan, "onnxruntime") == {}
     seen = {}
@@ -299,9 +457,31 @@ def test_tensorrt_options_reach_the_backend_and_the_cold_start(bench_run, monkey
 def test_skipped_rows_are_summarised_under_the_table(bench_run, tiny_checkpoint, capsys):
     """A combination that does not exist is listed once, under the table, with the reason - not as a row each."""
     bundle, _, _ = bench_run
-    assert main([str(bundle), "--backends", "torch,onnxruntime", "--precision", "fp32,fp16", "--batch", "1,2",
-                 "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-cold-start", "--no-progress",
-                 "--no-accuracy", "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "torch,onnxruntime",
+                "--precision",
+                "fp32,fp16",
+                "--batch",
+                "1,2",
+                "--iterations",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--no-cold-start",
+                "--no-progress",
+                "--no-accuracy",
+                "--checkpoint",
+                str(tiny_checkpoint),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     table, _, below = text.partition("not measured:")
     assert "skipped" not in table and "fp16" not in table
@@ -309,8 +489,9 @@ def test_skipped_rows_are_summarised_under_the_table(bench_run, tiny_checkpoint,
     flat = " ".join(below.split())
     assert "torch fp16 (every graph and batch): skipped: BackendError: backend 'torch' runs precisions" in flat
     for graph in ("encoder", "decoder"):  # each graph with its own reason
-        assert (f"onnxruntime fp16 ({graph} every batch): skipped: BundleError: graph '{graph}' has no 'fp16' "
-                "variant") in flat
+        assert (
+            f"onnxruntime fp16 ({graph} every batch): skipped: BundleError: graph '{graph}' has no 'fp16' variant"
+        ) in flat
 
 
 def test_a_graph_that_cannot_load_does_not_skip_the_other(bench_run, monkeypatch, tmp_path):
@@ -329,8 +510,28 @@ def test_a_graph_that_cannot_load_does_not_skip_the_other(bench_run, monkeypatch
 
     monkeypatch.setattr(latency, "_load", no_decoder)
     out = tmp_path / "out"
-    assert main([str(bundle), "--backends", "onnxruntime", "--batch", "1", "--iterations", "2", "--rounds", "1",
-                 "--warmup", "0", "--no-cold-start", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "onnxruntime",
+                "--batch",
+                "1",
+                "--iterations",
+                "2",
+                "--rounds",
+                "1",
+                "--warmup",
+                "0",
+                "--no-cold-start",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {r["graph"]: r for r in json.loads((out / "latency.json").read_text())["results"]}
     assert rows["encoder"]["status"] == "ok" and rows["encoder"]["accuracy"]["passed"]
     assert rows["decoder"]["status"] == "skipped"
@@ -343,9 +544,31 @@ def peer_run(bench_run, tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("openvino")
     bundle, _, _ = bench_run
     out = tmp_path_factory.mktemp("peer") / "out"
-    assert main([str(bundle), "--backends", "onnxruntime,openvino", "--batch", "1,4", "--iterations", "4",
-                 "--rounds", "2", "--warmup", "0", "--no-cold-start", "--no-progress", "--checkpoint",
-                 str(tiny_checkpoint), "--peer", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--backends",
+                "onnxruntime,openvino",
+                "--batch",
+                "1,4",
+                "--iterations",
+                "4",
+                "--rounds",
+                "2",
+                "--warmup",
+                "0",
+                "--no-cold-start",
+                "--no-progress",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--peer",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out, json.loads((out / "latency.json").read_text())
 
 

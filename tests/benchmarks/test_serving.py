@@ -1,5 +1,6 @@
 """A short, bounded run of the serving load test on a tiny bundle: every field of serving.json, rows counted by the
 server equal to rows sent, the table, and bad options."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,28 @@ def bundle(tiny_checkpoint, tmp_path_factory):
 
 def test_bounded_run_writes_every_field(bundle, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main([str(bundle), "--requests", "12", "--concurrency", "3", "--batch-per-request", "2", "--modes", "on",
-                 "--warmup", "2", "--protocol", "http", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--requests",
+                "12",
+                "--concurrency",
+                "3",
+                "--batch-per-request",
+                "2",
+                "--modes",
+                "on",
+                "--warmup",
+                "2",
+                "--protocol",
+                "http",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "serving.json").read_text())
     assert report["schema"] == SCHEMA and report["concurrency"] == 3 and report["batch_per_request"] == 2
     assert "onnxruntime" in report["environment"]["versions"]
@@ -37,11 +58,14 @@ def test_bounded_run_writes_every_field(bundle, tmp_path, capsys):
     assert "dynamic batching" in table and "p99 ms" in table and f"wrote {out / 'serving.json'}" in table
 
 
-@pytest.mark.parametrize("argv, expect", [
-    (["--modes", "sometimes"], "--modes: expected on and/or off"),
-    (["--concurrency", "0"], "--concurrency must be >= 1"),
-    (["--batch-per-request", "65"], "--batch-per-request 65 exceeds --max-batch 64"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["--modes", "sometimes"], "--modes: expected on and/or off"),
+        (["--concurrency", "0"], "--concurrency must be >= 1"),
+        (["--batch-per-request", "65"], "--batch-per-request 65 exceeds --max-batch 64"),
+    ],
+)
 def test_bad_options_exit_2(bundle, tmp_path, capsys, argv, expect):
     assert main([str(bundle), "--out", str(tmp_path), *argv]) == 2
     assert expect in capsys.readouterr().err

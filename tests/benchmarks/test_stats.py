@@ -1,4 +1,5 @@
 """Latency statistics and comparisons on synthetic timings, where the right answer is known."""
+
 from __future__ import annotations
 
 import numpy as np

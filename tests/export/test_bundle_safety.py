@@ -10,6 +10,7 @@
 The crash tests run the real CLIs in a subprocess and SIGKILL them at the dangerous point (a hook installed by the
 subprocess script, never by the code under test).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.to_onnx import export_bundle, export_model
-from export.to_onnx import main as to_onnx_main
+from export.to_onnx import export_bundle, export_model, main as to_onnx_main
 from runtime import bundle as B
 from runtime.files import replace_dir, sha256_file
 from tests.conftest import TINY, make_model
@@ -70,13 +70,15 @@ def dead_pid() -> int:
 
 def run_killed(script: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `script` in a fresh interpreter at the repository root; it is expected to SIGKILL itself."""
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     return r
 
 
 # ----------------------------------------------------------------------------------------------- class 2: user files
+
 
 def test_reexport_refuses_a_bundle_holding_user_files_and_keeps_them(bundle, tiny_checkpoint, capsys):
     (bundle / "notes.txt").write_text("mine")
@@ -85,8 +87,10 @@ def test_reexport_refuses_a_bundle_holding_user_files_and_keeps_them(bundle, tin
     before = snapshot(bundle)
     assert to_onnx_main([str(tiny_checkpoint), "--out", str(bundle)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --out {bundle}: refusing to replace it: 2 file(s) there were not written by this "
-                          "tool (not listed in vae.json with a matching sha256): data/x.bin, notes.txt")
+    assert err.startswith(
+        f"error: --out {bundle}: refusing to replace it: 2 file(s) there were not written by this "
+        "tool (not listed in vae.json with a matching sha256): data/x.bin, notes.txt"
+    )
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert snapshot(bundle) == before
     assert sorted(p.name for p in bundle.parent.iterdir()) == ["bundle"]  # no temporary folder left
@@ -147,6 +151,7 @@ def test_reexport_replaces_a_bundle_with_variants_it_wrote(bundle, tiny_checkpoi
 
 # ----------------------------------------------------------------------------------------------- to_triton
 
+
 def _triton_main(*argv) -> int:
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient (the `serve` extra)")
     from runtime.serving.to_triton import main
@@ -165,8 +170,10 @@ def test_triton_rewrite_refuses_user_files_in_the_repository(base_bundle, tmp_pa
     capsys.readouterr()
     assert _triton_main(base_bundle, "--out", out, "--max-batch", 8) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --out {out}: refusing to replace it: 2 file(s) there were not written by this tool "
-                          "(not listed in vae-triton.json with a matching sha256): README, vae_encoder/notes.txt")
+    assert err.startswith(
+        f"error: --out {out}: refusing to replace it: 2 file(s) there were not written by this tool "
+        "(not listed in vae-triton.json with a matching sha256): README, vae_encoder/notes.txt"
+    )
     assert snapshot(out) == before
     (out / "vae_encoder" / "notes.txt").unlink()
     (out / "README").unlink()
@@ -219,6 +226,7 @@ def _writable(folder: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- class 3: crashes
+
 
 def test_swap_cut_between_two_renames_is_recovered_by_the_next_run(bundle, tiny_checkpoint, capsys):
     """Where no atomic exchange exists, replace_dir renames twice; a kill in between leaves --out missing and the old
@@ -325,8 +333,21 @@ def _bundle_with_variant(tmp_path: Path, precision: str) -> Path:
 def _tool_argv(precision: str, bundle: Path) -> list[str]:
     if precision == "fp16":
         return ["export.precision.fp16", str(bundle), "--graphs", "decoder", "--samples", "4", "--no-progress"]
-    return ["export.precision.int8", str(bundle), "--int8", "--graphs", "decoder", "--samples", "8", "--eval-samples", "4",
-            "--decoder-form", "bundle", "--force", "--no-progress"]
+    return [
+        "export.precision.int8",
+        str(bundle),
+        "--int8",
+        "--graphs",
+        "decoder",
+        "--samples",
+        "8",
+        "--eval-samples",
+        "4",
+        "--decoder-form",
+        "bundle",
+        "--force",
+        "--no-progress",
+    ]
 
 
 def _run_tool(precision: str, bundle: Path, *extra: str) -> None:
@@ -346,7 +367,8 @@ def test_a_killed_variant_run_keeps_the_previous_variant_valid(tmp_path, precisi
     name = f"decoder.{precision}.onnx"
     for n, when in KILL_POINTS if precision == "fp16" else KILL_POINTS[:1]:
         old = B.read_manifest(bundle).graph("decoder").variants[precision]
-        run_killed(f"""
+        run_killed(
+            f"""
             import os, signal, sys
             import runtime.bundle as B
             real, calls = B.write_manifest, []
@@ -364,7 +386,9 @@ def test_a_killed_variant_run_keeps_the_previous_variant_valid(tmp_path, precisi
             sys.argv.insert(0, "x")
             sys.argv += ["--seed", "{n + 7}"]
             runpy.run_module({_tool_argv(precision, bundle)[0]!r}, run_name="__main__")
-        """, timeout=600)
+        """,
+            timeout=600,
+        )
         files = listed_files_match(bundle)  # every listed file is intact, whatever the kill point
         v = B.read_manifest(bundle).graph("decoder").variants[precision]
         if when == "before" and n == 1:
@@ -409,6 +433,7 @@ def test_stale_quantize_folders_and_temp_files_inside_a_bundle_are_removed_by_th
 
 # ----------------------------------------------------------------------------------------------- unclear errors
 
+
 def test_to_fp16_on_a_graph_swapped_for_another_model_is_a_clear_error(bundle, capsys):
     """decoder.onnx replaced by the encoder, its sha256 updated in vae.json: refused before any work, one line."""
     import dataclasses
@@ -421,13 +446,16 @@ def test_to_fp16_on_a_graph_swapped_for_another_model_is_a_clear_error(bundle, c
     B.write_manifest(bundle, dataclasses.replace(m, graphs={**m.graphs, "decoder": dec}))
     assert main([str(bundle), "--graphs", "decoder", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {bundle / 'decoder.onnx'}: graph 'decoder' does not match the manifest: inputs "
-                          "image float32 [dynamic, 3, 32, 32]")
+    assert err.startswith(
+        f"error: {bundle / 'decoder.onnx'}: graph 'decoder' does not match the manifest: inputs "
+        "image float32 [dynamic, 3, 32, 32]"
+    )
     assert "lists z float32 [dynamic, 8]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (bundle / "decoder.fp16.onnx").exists()
 
 
 # ----------------------------------------------------------------------------------------------- review follow-ups
+
 
 def test_a_second_variant_writer_on_the_same_bundle_is_refused(bundle):
     """Two to_fp16 / quantize runs on one bundle would race on vae.json and on each other's staged files: the
@@ -440,7 +468,9 @@ def test_a_second_variant_writer_on_the_same_bundle_is_refused(bundle):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running to_fp16 does
         before = snapshot(bundle)
-        with pytest.raises(B.BundleError, match="another export.precision.fp16 / export.precision.int8 run is writing this bundle"):
+        with pytest.raises(
+            B.BundleError, match="another export.precision.fp16 / export.precision.int8 run is writing this bundle"
+        ):
             make_fp16_variant(bundle, "decoder", samples=2, progress=False, log=lambda *a: None)
         assert snapshot(bundle) == before
     finally:
@@ -456,8 +486,11 @@ def test_user_files_shaped_like_old_temporary_names_are_never_ours(tmp_path):
         os.utime(tmp_path / name, (0, 0))  # older than any staleness age
     assert is_temp_name(".decoder.onnx.ab12cd34.tmp") and is_temp_name(".quantize.ab12cd_x")
     assert clean_stale_inside(tmp_path) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".backup.abcdefgh.old", ".diary.12345678.tmp",
-                                                           ".notes.20240101.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".backup.abcdefgh.old",
+        ".diary.12345678.tmp",
+        ".notes.20240101.tmp",
+    ]
 
 
 def test_a_cut_swap_restores_the_old_folder_with_a_manifest_not_an_empty_one(tmp_path):

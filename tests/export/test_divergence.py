@@ -1,17 +1,16 @@
 """export.divergence on rewritten and plain decoders: each anchor named by the original PyTorch layer it computes."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from runtime.bundle import BundleError, read_manifest, sha256_file, write_manifest
 from export.divergence import locate_divergence, main
-from tests.conftest import make_model
-from vae_model import VAEConfig, save_checkpoint
-
+from runtime.bundle import BundleError, read_manifest, sha256_file, write_manifest
 from runtime.verify.parity import check_parity
-from tests.conftest import copy_bundle, perturb_initializer
+from tests.conftest import copy_bundle, make_model, perturb_initializer
+from vae_model import VAEConfig, save_checkpoint
 
 # Three upsampling layers: the first is folded into the stem, the last becomes a sub-pixel block, the middle one
 # stays a ConvTranspose in the rewritten graph - the case where the finder can still name a single layer.
@@ -26,8 +25,10 @@ def bundles(tmp_path_factory):
     ckpt = root / "three.pt"
     save_checkpoint(ckpt, make_model(THREE, seed=4), training={"epoch": 0, "step": 0, "seed": 0})
     quiet = {"log": lambda *a: None}
-    return {"rewritten": export_bundle(ckpt, root / "rw", **quiet),
-            "plain": export_bundle(ckpt, root / "plain", rewrite=False, **quiet)}
+    return {
+        "rewritten": export_bundle(ckpt, root / "rw", **quiet),
+        "plain": export_bundle(ckpt, root / "plain", rewrite=False, **quiet),
+    }
 
 
 @pytest.fixture
@@ -39,8 +40,12 @@ def test_unchanged_rewritten_decoder_matches_everywhere(bundles):
     div = locate_divergence(bundles["rewritten"], "decoder")
     assert div.first is None and "all 4 mapped intermediate tensors match" in div.describe()
     names = [a.torch_module for a in div.anchors]
-    assert names == ["decoder_input + decoder.0.0", "decoder.1.0", "decoder.1.2",
-                     "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4"]
+    assert names == [
+        "decoder_input + decoder.0.0",
+        "decoder.1.0",
+        "decoder.1.2",
+        "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4",
+    ]
     assert [a.onnx_op for a in div.anchors] == ["Gemm", "ConvTranspose", "LeakyRelu", "DepthToSpace"]
     assert [a.fused for a in div.anchors] == [True, False, False, True]
     assert all(a.rel_l2 < 1e-5 for a in div.anchors)
@@ -52,13 +57,18 @@ def test_int8_variant_in_the_nhwc_form_is_matched_block_by_block(copy_of, capsys
     from export.precision import int8
 
     b = copy_of("rewritten")
-    assert int8.main([str(b), "--int8", "--graphs", "decoder", "--samples", "16", "--eval-samples", "4",
-                          "--no-progress"]) == 0
+    assert (
+        int8.main([str(b), "--int8", "--graphs", "decoder", "--samples", "16", "--eval-samples", "4", "--no-progress"])
+        == 0
+    )
     assert "subpixel[nhwc]" in read_manifest(b).graph("decoder").variants["int8"].source_form["rewrites"]
     div = locate_divergence(b, "decoder", precision="int8")
     assert div.first is None, div.describe()
-    assert [a.torch_module for a in div.anchors] == ["decoder_input + decoder.0.0", "decoder.1.0 + decoder.1.2",
-                                                     "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4"]
+    assert [a.torch_module for a in div.anchors] == [
+        "decoder_input + decoder.0.0",
+        "decoder.1.0 + decoder.1.2",
+        "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4",
+    ]
     assert [a.onnx_op for a in div.anchors] == ["Gemm", "Transpose", "DepthToSpace"]
     assert all(a.fused for a in div.anchors) and all(a.rel_l2 < 0.1 for a in div.anchors)
 

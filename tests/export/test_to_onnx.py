@@ -1,4 +1,5 @@
 """ONNX export: graph hygiene, the BatchNorm fold (ConvTranspose axis included), parity gate, atomicity, bad input."""
+
 from __future__ import annotations
 
 import collections
@@ -53,14 +54,23 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory):
 
 
 def test_bundle_layout_and_manifest(tiny_bundle, tiny_checkpoint):
-    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["decoder.onnx", "encoder.onnx", "reference.npz", "vae.json"]
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == [
+        "decoder.onnx",
+        "encoder.onnx",
+        "reference.npz",
+        "vae.json",
+    ]
     m = B.read_manifest(tiny_bundle)
     assert m.model.latent_dim == TINY.latent_dim and m.model.image_size == TINY.image_size
     assert m.model.hidden_dims == TINY.hidden_dims and m.pixel_range == (-1.0, 1.0)
     assert m.source["sha256"] == load_checkpoint(tiny_checkpoint).sha256 and m.source["kind"] == "vae-deploy"
     # the checkpoint lies outside the bundle's parent folder: its name, size and sha256 only, no path at all
-    assert m.source == {"checkpoint": "tiny.pt", "sha256": m.source["sha256"], "size": tiny_checkpoint.stat().st_size,
-                        "kind": "vae-deploy"}
+    assert m.source == {
+        "checkpoint": "tiny.pt",
+        "sha256": m.source["sha256"],
+        "size": tiny_checkpoint.stat().st_size,
+        "kind": "vae-deploy",
+    }
     assert str(tiny_checkpoint.parent) not in (tiny_bundle / "vae.json").read_text()
     assert m.parity["verified"] and m.parity["passed"]
     assert {"torch", "onnx", "onnxruntime"} <= set(m.versions)
@@ -107,8 +117,9 @@ def test_fold_scales_the_convtranspose_output_axis(cout_equals_cin):
     """ConvTranspose weights are (C_in, C_out, k, k): BN must scale axis 1. With C_in == C_out a wrong axis still
     has the right shape, so only the numbers can catch it."""
     cout = 6 if cout_equals_cin else 4
-    seq = torch.nn.Sequential(torch.nn.ConvTranspose2d(6, cout, 3, stride=2, padding=1, output_padding=1),
-                              torch.nn.BatchNorm2d(cout))
+    seq = torch.nn.Sequential(
+        torch.nn.ConvTranspose2d(6, cout, 3, stride=2, padding=1, output_padding=1), torch.nn.BatchNorm2d(cout)
+    )
     with torch.no_grad():
         seq[1].running_mean.uniform_(-1, 1)
         seq[1].running_var.uniform_(0.2, 3)
@@ -171,8 +182,13 @@ def test_source_records_a_relative_path_under_the_bundles_parent_only(tmp_path):
     ckpt = tmp_path / "runs" / "train" / "best.pt"
     ckpt.write_bytes(b"12345")
     rec = lambda out: source_record(ckpt, out, sha256="ab" * 32, kind="vae-deploy")  # noqa: E731
-    assert rec(tmp_path / "runs" / "bundle") == {"checkpoint": "best.pt", "sha256": "ab" * 32, "size": 5,
-                                                 "kind": "vae-deploy", "relative_path": "../train/best.pt"}
+    assert rec(tmp_path / "runs" / "bundle") == {
+        "checkpoint": "best.pt",
+        "sha256": "ab" * 32,
+        "size": 5,
+        "kind": "vae-deploy",
+        "relative_path": "../train/best.pt",
+    }
     assert rec(tmp_path / "runs" / "train" / "bundle")["relative_path"] == "../best.pt"
     assert rec(tmp_path / "runs" / "demo" / "bundle").get("relative_path") is None  # runs/demo/ does not hold it
     assert rec(tmp_path / "elsewhere" / "bundle").get("relative_path") is None
@@ -200,8 +216,11 @@ def test_a_bundle_moved_with_its_checkpoint_finds_it_and_old_absolute_paths_stil
     from vae_model import save_checkpoint
 
     save_checkpoint(moved / "train" / "best.pt", make_model(TINY, seed=5))  # changed in place since export
-    with pytest.raises(B.BundleError, match=r"best.pt: (sha256 .*|\d+ bytes), but the bundle was exported from "
-                                            r"best.pt"):
+    with pytest.raises(
+        B.BundleError,
+        match=r"best.pt: (sha256 .*|\d+ bytes), but the bundle was exported from "
+        r"best.pt",
+    ):
         runtime.load(moved / "bundle", backend="torch")
     # an older export: an absolute path and no relative_path (nor size) - still found and checked by its sha256
     old = {k: v for k, v in raw["source"].items() if k not in ("relative_path", "size")}
@@ -231,14 +250,23 @@ def test_failed_export_keeps_the_previous_bundle(tiny_checkpoint, tmp_path):
 
 def _lightning(model) -> dict:
     sd = collections.OrderedDict(("model." + k, v) for k, v in model.state_dict().items())
-    return {"epoch": 9, "global_step": 99, "pytorch-lightning_version": "1.5.6", "state_dict": sd,
-            "optimizer_states": [], "lr_schedulers": []}
+    return {
+        "epoch": 9,
+        "global_step": 99,
+        "pytorch-lightning_version": "1.5.6",
+        "state_dict": sd,
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
 
 
-@pytest.mark.parametrize("kind, build, pixel_range", [
-    ("lightning", _lightning, (0.0, 1.0)),             # PyTorch-VAE trained on [0, 1] images
-    ("state_dict", lambda m: m.state_dict(), (-1.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    "kind, build, pixel_range",
+    [
+        ("lightning", _lightning, (0.0, 1.0)),  # PyTorch-VAE trained on [0, 1] images
+        ("state_dict", lambda m: m.state_dict(), (-1.0, 1.0)),
+    ],
+)
 def test_foreign_checkpoint_saved_on_cuda1_exports_on_cpu(tmp_path, monkeypatch, kind, build, pixel_range):
     path = tmp_path / f"{kind}.ckpt"
     _save_on_cuda1(build(make_model(TINY)), path, monkeypatch)
@@ -278,21 +306,27 @@ def test_cli_no_verify_warns(tiny_checkpoint, tmp_path, capsys):
 def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_checkpoint, tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.txt").write_text("mine")
-    with pytest.raises(ExportError, match=r"docs: refusing to replace it: 1 file\(s\) there were not written by this "
-                                          r"tool \(not listed in vae.json with a matching sha256\): notes.txt"):
+    with pytest.raises(
+        ExportError,
+        match=r"docs: refusing to replace it: 1 file\(s\) there were not written by this "
+        r"tool \(not listed in vae.json with a matching sha256\): notes.txt",
+    ):
         export_bundle(tiny_checkpoint, tmp_path / "docs", **QUIET)
     assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
 
 
-def test_decoder_rewrite_is_default_recorded_and_no_rewrite_opts_out(tiny_bundle, tiny_checkpoint, tmp_path,
-                                                                       capsys):
+def test_decoder_rewrite_is_default_recorded_and_no_rewrite_opts_out(tiny_bundle, tiny_checkpoint, tmp_path, capsys):
     model = load_checkpoint(tiny_checkpoint).model
     n_convt = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in model.modules())
     # Default: the rewritten decoder, recorded in its metadata (text and the options to rebuild it), exact.
     meta = {p.key: p.value for p in onnx.load(str(tiny_bundle / "decoder.onnx")).metadata_props}
     assert meta["rewrites"].startswith("fold_stem") and "subpixel" in meta["rewrites"]
-    assert json.loads(meta["rewrite_options"]) == {"layers": "last", "form": "phases", "absorb_head": True,
-                                                   "fold_stem": True}
+    assert json.loads(meta["rewrite_options"]) == {
+        "layers": "last",
+        "form": "phases",
+        "absorb_head": True,
+        "fold_stem": True,
+    }
     assert "rewrites" not in {p.key for p in onnx.load(str(tiny_bundle / "encoder.onnx")).metadata_props}
     ops = _ops(tiny_bundle / "decoder.onnx")
     assert ops["DepthToSpace"] == 1 and ops["ConvTranspose"] < n_convt and "BatchNormalization" not in ops
@@ -348,13 +382,16 @@ def test_cli_parity_failure_exits_1_with_the_numbers_and_no_bundle(tiny_checkpoi
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--opset", "29"], "--opset 29: unsupported; expected 18 to"),
-    (["--opset", "17"], "--opset 17: unsupported"),
-    (["--max-abs", "-1"], "--max-abs must be >= 0"),
-    (["--reference-batch", "0"], "--reference-batch must be >= 1"),
-    (["--graphs", ""], "--graphs: expected some of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--opset", "29"], "--opset 29: unsupported; expected 18 to"),
+        (["--opset", "17"], "--opset 17: unsupported"),
+        (["--max-abs", "-1"], "--max-abs must be >= 0"),
+        (["--reference-batch", "0"], "--reference-batch must be >= 1"),
+        (["--graphs", ""], "--graphs: expected some of"),
+    ],
+)
 def test_cli_bad_options_exit_2(tiny_checkpoint, tmp_path, capsys, args, message):
     assert main([str(tiny_checkpoint), "--out", str(tmp_path / "b"), *args]) == 2
     err = capsys.readouterr().err

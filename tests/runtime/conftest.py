@@ -5,26 +5,25 @@ prebuilt from VAE_TEST_BUNDLES (tests/make_bundles.py), and exactly the tests li
 its reason: they need torch, the onnx package or the C++ toolchain, or assume numpy 2. Everything else in tests/runtime
 runs there.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 
 _TORCH_REF = "the PyTorch reference backend needs torch (a development-machine tool, not the deployed runtime)"
 _ONNX_EDIT = "edits an ONNX graph with the onnx package, which the deployed runtime does not need"
 # "file" (a glob) skips a whole module without importing it, "file::test" one test with all its parameters.
 JETPACK_SKIPS = {
     "test_cpp*.py": "the C++ library (runtime/cpp: CMake builds, cross builds; parity on a bundle exported with torch) "
-                    "is tested by `make test`",
+    "is tested by `make test`",
     "test_serve.py": "Triton serving (the serve extra: tritonclient, tritonserver) is not part of the JetPack runtime",
     "test_precision.py::test_fp16_variant_loads_by_precision": "makes its FP16 variant with onnx and "
-                                                              "onnxconverter-common (make test-jetpack checks "
-                                                              "export's own FP16/INT8 variants with runtime.verify.parity)",
+    "onnxconverter-common (make test-jetpack checks "
+    "export's own FP16/INT8 variants with runtime.verify.parity)",
     "test_vae.py::test_torch_reference_backend_matches_onnxruntime": _TORCH_REF,
     "test_vae.py::test_torch_backend_finds_the_source_checkpoint_from_the_manifest": _TORCH_REF,
     "test_vae.py::test_torch_backend_refuses_a_different_checkpoint": _TORCH_REF,
@@ -35,8 +34,8 @@ JETPACK_SKIPS = {
     "test_load.py::test_engine_failure_becomes_a_backend_error": _ONNX_EDIT,
     "test_bundle_contract.py::test_swapped_graph_with_another_input_dtype_is_refused_at_load": _ONNX_EDIT,
     "test_images.py::test_prepare_equals_the_training_loader": "compares with vae_model's training loader, which "
-                                                               "needs torch (the NumPy resize is checked against "
-                                                               "Pillow itself there too)",
+    "needs torch (the NumPy resize is checked against "
+    "Pillow itself there too)",
 }
 NO_TORCH = importlib.util.find_spec("torch") is None
 

@@ -6,6 +6,7 @@ section is bounded and agrees with the graphs' tensor shapes; shapes are lists. 
 export's tools, serve) reads through runtime.bundle, so these tests drive the contract through the public entry points
 (read_manifest, resolve_file, runtime.load, the runtime.verify.parity CLI) on real bundles copied into tmp_path.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,18 +42,24 @@ def _outside_copy(bundle: Path, graph: str = "decoder") -> Path:
 
 # ----------------------------------------------------------------------------------------------- class 1: files escape
 
-@pytest.mark.parametrize("name", [
-    "../outside/decoder.onnx",
-    "sub/../../outside/decoder.onnx",
-    "ABSOLUTE",                        # replaced by the outside file's absolute path
-    "",
-    "..\\outside\\decoder.onnx",
-])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../outside/decoder.onnx",
+        "sub/../../outside/decoder.onnx",
+        "ABSOLUTE",  # replaced by the outside file's absolute path
+        "",
+        "..\\outside\\decoder.onnx",
+    ],
+)
 def test_graph_file_outside_the_bundle_is_refused_when_read(bundle_copy, name):
     outside = _outside_copy(bundle_copy)
     name = str(outside) if name == "ABSOLUTE" else name
     _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(file=name, sha256=sha256_file(outside)))
-    pattern = rf"vae\.json: graphs\.decoder\.file: expected a relative path inside the bundle, got {re.escape(repr(name))}"
+    pattern = (
+        rf"vae\.json: graphs\.decoder\.file: expected a relative path inside the bundle, got {re.escape(repr(name))}"
+    )
     with pytest.raises(B.BundleError, match=pattern):
         B.read_manifest(bundle_copy)
     with pytest.raises(B.BundleError, match=r"graphs.decoder.file: expected a relative path inside the bundle"):
@@ -63,16 +70,22 @@ def test_variant_file_outside_the_bundle_is_refused(bundle_copy):
     outside = _outside_copy(bundle_copy)
     variant = {"precision": "fp16", "file": str(outside), "sha256": sha256_file(outside)}
     _edit(bundle_copy, lambda d: d["graphs"]["decoder"].setdefault("variants", {}).update(fp16=variant))
-    with pytest.raises(B.BundleError, match=rf"graphs.decoder.variants.fp16.file: expected a relative path inside "
-                                            rf"the bundle, got '{outside}'"):
+    with pytest.raises(
+        B.BundleError,
+        match=rf"graphs.decoder.variants.fp16.file: expected a relative path inside "
+        rf"the bundle, got '{outside}'",
+    ):
         runtime.load(bundle_copy, backend="onnxruntime", precision="fp16", graphs=("decoder",))
 
 
 def test_reference_outside_the_bundle_is_refused(bundle_copy):
     (bundle_copy.parent / "ref.npz").write_bytes((bundle_copy / "reference.npz").read_bytes())
     _edit(bundle_copy, lambda d: d["reference"].update(file="../ref.npz"))
-    with pytest.raises(B.BundleError, match=r"reference.file: expected a relative path inside the bundle, "
-                                            r"got '\.\./ref\.npz'"):
+    with pytest.raises(
+        B.BundleError,
+        match=r"reference.file: expected a relative path inside the bundle, "
+        r"got '\.\./ref\.npz'",
+    ):
         B.read_manifest(bundle_copy)
 
 
@@ -133,50 +146,91 @@ def test_graph_and_variant_sha256_are_required(bundle_copy, where, value):
 
 
 def test_resolve_file_refuses_an_empty_sha256(bundle):
-    with pytest.raises(B.BundleError, match=r"decoder\.onnx: expected the file's sha256 \(64 hex digits\), got string ''$"):
+    with pytest.raises(
+        B.BundleError, match=r"decoder\.onnx: expected the file's sha256 \(64 hex digits\), got string ''$"
+    ):
         B.resolve_file(bundle, "decoder.onnx", "")
 
 
 def test_parity_cli_refuses_a_graph_outside_the_bundle(bundle_copy):
     outside = _outside_copy(bundle_copy)
-    _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(file="../outside/decoder.onnx",
-                                                               sha256=sha256_file(outside)))
-    proc = subprocess.run([sys.executable, "-m", "runtime.verify.parity", str(bundle_copy), "--backend", "onnxruntime"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    _edit(
+        bundle_copy,
+        lambda d: d["graphs"]["decoder"].update(file="../outside/decoder.onnx", sha256=sha256_file(outside)),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.verify.parity", str(bundle_copy), "--backend", "onnxruntime"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "graphs.decoder.file: expected a relative path inside the bundle, got '../outside/decoder.onnx'" \
-        in proc.stderr
+    assert (
+        "graphs.decoder.file: expected a relative path inside the bundle, got '../outside/decoder.onnx'" in proc.stderr
+    )
 
 
 # ----------------------------------------------------------------------------------------------- engines (sidecars)
 
+
 def _sidecar_bundle(tmp_path):
-    from runtime.engines import (EngineSidecar, GpuInfo, MachineInfo, PlatformInfo, Profile, TrtInfo, engine_path,
-                                 sidecar_path, write_sidecar)
+    from runtime.engines import (
+        EngineSidecar,
+        GpuInfo,
+        MachineInfo,
+        PlatformInfo,
+        Profile,
+        TrtInfo,
+        engine_path,
+        sidecar_path,
+        write_sidecar,
+    )
 
     onnx_file = tmp_path / "decoder.onnx"
     onnx_file.write_bytes(b"decoder graph")
-    spec = B.GraphSpec(B.DECODER, "decoder.onnx", sha256_file(onnx_file), 18, (B.TensorSpec(B.Z, ("batch", 8)),),
-                       (B.TensorSpec(B.IMAGE, ("batch", 3, 32, 32)),))
+    spec = B.GraphSpec(
+        B.DECODER,
+        "decoder.onnx",
+        sha256_file(onnx_file),
+        18,
+        (B.TensorSpec(B.Z, ("batch", 8)),),
+        (B.TensorSpec(B.IMAGE, ("batch", 3, 32, 32)),),
+    )
     manifest = B.Manifest(model=B.ModelSpec(3, 3, 32, 8, (8, 16)), pixel_range=(-1.0, 1.0), graphs={B.DECODER: spec})
     B.write_manifest(tmp_path, manifest)
     gpu, trt = GpuInfo("Orin", (8, 7), 16, 2), TrtInfo("trt", "10.3.0")
     engine = engine_path(tmp_path, "decoder", "fp16", gpu, trt)
     engine.parent.mkdir()
     engine.write_bytes(b"serialized engine")
-    sidecar = EngineSidecar(graph="decoder", precision="fp16", engine_file=engine.name,
-                            engine_sha256=sha256_file(engine), source_file="decoder.onnx", source_sha256=spec.sha256,
-                            trt=trt, gpu=gpu, platform=PlatformInfo("aarch64", "36.4.3", "6.2"),
-                            profile=Profile("z", (1, 8), (8, 8), (32, 8)), build_options={"dla_core": None})
+    sidecar = EngineSidecar(
+        graph="decoder",
+        precision="fp16",
+        engine_file=engine.name,
+        engine_sha256=sha256_file(engine),
+        source_file="decoder.onnx",
+        source_sha256=spec.sha256,
+        trt=trt,
+        gpu=gpu,
+        platform=PlatformInfo("aarch64", "36.4.3", "6.2"),
+        profile=Profile("z", (1, 8), (8, 8), (32, 8)),
+        build_options={"dla_core": None},
+    )
     write_sidecar(sidecar_path(engine), sidecar)
     return engine, MachineInfo(trt, gpu, PlatformInfo("aarch64", "36.4.3", "6.2"))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("engine", "../../outside.plan"), ("engine", "/tmp/x.plan"), ("engine", "sub/x.plan"),
-    ("source", "../decoder.onnx"), ("source", "/etc/passwd"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("engine", "../../outside.plan"),
+        ("engine", "/tmp/x.plan"),
+        ("engine", "sub/x.plan"),
+        ("source", "../decoder.onnx"),
+        ("source", "/etc/passwd"),
+    ],
+)
 def test_sidecar_file_names_stay_inside(tmp_path, field, value):
     from runtime.engines import EngineError, read_sidecar, sidecar_path
 
@@ -205,6 +259,7 @@ def test_engine_symlinked_out_of_the_bundle_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- class 4: bounds
 
+
 def _set_latent(d, n):
     d["model"]["latent_dim"] = n
     d["graphs"]["encoder"]["outputs"][0]["shape"][1] = n
@@ -212,16 +267,20 @@ def _set_latent(d, n):
     d["graphs"]["decoder"]["inputs"][0]["shape"][1] = n
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("latent_dim", 10**9, r"\[1, 65536\]"),
-    ("latent_dim", -8, r"\[1, 65536\]"),
-    ("latent_dim", 0, r"\[1, 65536\]"),
-    ("image_size", 10**6, r"\[1, 8192\]"),
-    ("in_channels", 1000, r"\[1, 64\]"),
-    ("out_channels", -3, r"\[1, 64\]"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("latent_dim", 10**9, r"\[1, 65536\]"),
+        ("latent_dim", -8, r"\[1, 65536\]"),
+        ("latent_dim", 0, r"\[1, 65536\]"),
+        ("image_size", 10**6, r"\[1, 8192\]"),
+        ("in_channels", 1000, r"\[1, 64\]"),
+        ("out_channels", -3, r"\[1, 64\]"),
+    ],
+)
 def test_model_dims_out_of_bounds_are_refused_when_read(bundle_copy, key, value, expected):
     """The vae.json of the issue claims latent_dim 10**9 (and its shapes agree): refused before anything allocates."""
+
     def edit(d):
         if key == "latent_dim":
             _set_latent(d, value)
@@ -229,23 +288,32 @@ def test_model_dims_out_of_bounds_are_refused_when_read(bundle_copy, key, value,
             d["model"][key] = value
 
     _edit(bundle_copy, edit)
-    with pytest.raises(B.BundleError, match=rf"vae\.json: model\.{key}: expected an integer in {expected}, "
-                                            rf"got {value}"):
+    with pytest.raises(
+        B.BundleError,
+        match=rf"vae\.json: model\.{key}: expected an integer in {expected}, "
+        rf"got {value}",
+    ):
         runtime.load(bundle_copy, backend="onnxruntime")
 
 
 def test_image_elements_are_bounded(bundle_copy):
     _edit(bundle_copy, lambda d: d["model"].update(in_channels=64, image_size=8192))
-    with pytest.raises(B.BundleError, match=r"model: in_channels x image_size\^2 = 4294967296 values per image, "
-                                            r"expected at most 268435456"):
+    with pytest.raises(
+        B.BundleError,
+        match=r"model: in_channels x image_size\^2 = 4294967296 values per image, "
+        r"expected at most 268435456",
+    ):
         B.read_manifest(bundle_copy)
 
 
-@pytest.mark.parametrize("value, kind", [(8.5, "number 8.5"), ("8", "string '8'"), (True, "boolean true"),
-                                         (None, "null"), ([8], "list")])
+@pytest.mark.parametrize(
+    "value, kind", [(8.5, "number 8.5"), ("8", "string '8'"), (True, "boolean true"), (None, "null"), ([8], "list")]
+)
 def test_model_dims_must_be_integers(bundle_copy, value, kind):
     _edit(bundle_copy, lambda d: d["model"].update(latent_dim=value))
-    with pytest.raises(B.BundleError, match=rf"model\.latent_dim: expected an integer in \[1, 65536\], got {re.escape(kind)}$"):
+    with pytest.raises(
+        B.BundleError, match=rf"model\.latent_dim: expected an integer in \[1, 65536\], got {re.escape(kind)}$"
+    ):
         B.read_manifest(bundle_copy)
 
 
@@ -255,66 +323,111 @@ def test_hidden_dims_are_checked(bundle_copy):
         B.read_manifest(bundle_copy)
 
 
-@pytest.mark.parametrize("edit, field, shape, implied", [
-    (lambda d: d["model"].update(latent_dim=16), "graphs.encoder.outputs 'mu'", "(N, 8)", "(N, 16)"),
-    (lambda d: d["graphs"]["decoder"]["inputs"][0].update(shape=["batch", 16]), "graphs.decoder.inputs 'z'",
-     "(N, 16)", "(N, 8)"),
-    (lambda d: d["graphs"]["decoder"]["outputs"][0].update(shape=["batch", 3, 32, "width"]),
-     "graphs.decoder.outputs 'image'", "(N, 3, 32, N)", "(N, 3, 32, 32)"),
-    (lambda d: d["graphs"]["decoder"]["outputs"][0].update(shape=["batch", 3, 32, 64]),
-     "graphs.decoder.outputs 'image'", "(N, 3, 32, 64)", "(N, 3, 32, 32)"),
-    (lambda d: d["graphs"]["encoder"]["inputs"][0].update(shape=["batch", 3, 32]),
-     "graphs.encoder.inputs 'image'", "(N, 3, 32)", "(N, 3, 32, 32)"),
-    (lambda d: d["model"].update(out_channels=1), "graphs.decoder.outputs 'image'", "(N, 3, 32, 32)",
-     "(N, 1, 32, 32)"),
-])
+@pytest.mark.parametrize(
+    "edit, field, shape, implied",
+    [
+        (lambda d: d["model"].update(latent_dim=16), "graphs.encoder.outputs 'mu'", "(N, 8)", "(N, 16)"),
+        (
+            lambda d: d["graphs"]["decoder"]["inputs"][0].update(shape=["batch", 16]),
+            "graphs.decoder.inputs 'z'",
+            "(N, 16)",
+            "(N, 8)",
+        ),
+        (
+            lambda d: d["graphs"]["decoder"]["outputs"][0].update(shape=["batch", 3, 32, "width"]),
+            "graphs.decoder.outputs 'image'",
+            "(N, 3, 32, N)",
+            "(N, 3, 32, 32)",
+        ),
+        (
+            lambda d: d["graphs"]["decoder"]["outputs"][0].update(shape=["batch", 3, 32, 64]),
+            "graphs.decoder.outputs 'image'",
+            "(N, 3, 32, 64)",
+            "(N, 3, 32, 32)",
+        ),
+        (
+            lambda d: d["graphs"]["encoder"]["inputs"][0].update(shape=["batch", 3, 32]),
+            "graphs.encoder.inputs 'image'",
+            "(N, 3, 32)",
+            "(N, 3, 32, 32)",
+        ),
+        (
+            lambda d: d["model"].update(out_channels=1),
+            "graphs.decoder.outputs 'image'",
+            "(N, 3, 32, 32)",
+            "(N, 1, 32, 32)",
+        ),
+    ],
+)
 def test_model_section_must_agree_with_the_graph_shapes(bundle_copy, edit, field, shape, implied):
     _edit(bundle_copy, edit)
-    with pytest.raises(B.BundleError, match=rf"vae\.json: {field}: shape {re.escape(shape)}, "
-                                            rf"the model config implies {re.escape(implied)}"):
+    with pytest.raises(
+        B.BundleError,
+        match=rf"vae\.json: {field}: shape {re.escape(shape)}, "
+        rf"the model config implies {re.escape(implied)}",
+    ):
         runtime.load(bundle_copy, backend="onnxruntime")
 
 
 # ----------------------------------------------------------------------------------------------- class 3: clear errors
 
-@pytest.mark.parametrize("shape, got", [
-    ("batch,128", "string 'batch,128'"),
-    ({"0": "batch"}, "object"),
-    (["batch", -8], "axis 1: -8"),
-    (["batch", 8.0], "axis 1: number 8.0"),
-    (["batch", True], "axis 1: boolean true"),
-    (["", 8], "axis 0: string ''"),
-    (["batch", None], "axis 1: null"),
-])
+
+@pytest.mark.parametrize(
+    "shape, got",
+    [
+        ("batch,128", "string 'batch,128'"),
+        ({"0": "batch"}, "object"),
+        (["batch", -8], "axis 1: -8"),
+        (["batch", 8.0], "axis 1: number 8.0"),
+        (["batch", True], "axis 1: boolean true"),
+        (["", 8], "axis 0: string ''"),
+        (["batch", None], "axis 1: null"),
+    ],
+)
 def test_shapes_must_be_lists_of_axes(bundle_copy, shape, got):
     _edit(bundle_copy, lambda d: d["graphs"]["decoder"]["inputs"][0].update(shape=shape))
-    with pytest.raises(B.BundleError, match=rf"vae\.json: graphs\.decoder\.inputs\[0\]\.shape: expected a list of "
-                                            rf"axes \(positive integers or axis names\), got {re.escape(got)}"):
+    with pytest.raises(
+        B.BundleError,
+        match=rf"vae\.json: graphs\.decoder\.inputs\[0\]\.shape: expected a list of "
+        rf"axes \(positive integers or axis names\), got {re.escape(got)}",
+    ):
         B.read_manifest(bundle_copy)
 
 
 def test_dtype_is_checked(bundle_copy):
     _edit(bundle_copy, lambda d: d["graphs"]["decoder"]["inputs"][0].update(dtype="int64"))
-    with pytest.raises(B.BundleError, match=r"graphs\.decoder\.inputs\[0\]\.dtype: expected one of "
-                                            r"\['float32', 'float16'\], got string 'int64'"):
+    with pytest.raises(
+        B.BundleError,
+        match=r"graphs\.decoder\.inputs\[0\]\.dtype: expected one of "
+        r"\['float32', 'float16'\], got string 'int64'",
+    ):
         B.read_manifest(bundle_copy)
 
 
-@pytest.mark.parametrize("graphs, loaded", [
-    ("decoder", ("decoder",)), ("encoder", ("encoder",)), ("encoder,decoder", ("encoder", "decoder")),
-    (" decoder , encoder ", ("decoder", "encoder")), (["decoder"], ("decoder",)),
-])
+@pytest.mark.parametrize(
+    "graphs, loaded",
+    [
+        ("decoder", ("decoder",)),
+        ("encoder", ("encoder",)),
+        ("encoder,decoder", ("encoder", "decoder")),
+        (" decoder , encoder ", ("decoder", "encoder")),
+        (["decoder"], ("decoder",)),
+    ],
+)
 def test_graphs_accepts_one_name_or_a_comma_separated_string(bundle, graphs, loaded):
     with runtime.load(bundle, backend="onnxruntime", graphs=graphs) as rt:
         assert rt.graphs == loaded
 
 
-@pytest.mark.parametrize("graphs, message", [
-    ("decoderr", r"graphs: asked for \['decoderr'\], the bundle .* has \['decoder', 'encoder'\]"),
-    ("", r"graphs: asked for \[\], the bundle"),
-    (3, r"graphs: expected a graph name, a comma-separated string or a list of names, got int 3"),
-    (["decoder", 3], r"graphs: expected graph names \(strings\), got int 3"),
-])
+@pytest.mark.parametrize(
+    "graphs, message",
+    [
+        ("decoderr", r"graphs: asked for \['decoderr'\], the bundle .* has \['decoder', 'encoder'\]"),
+        ("", r"graphs: asked for \[\], the bundle"),
+        (3, r"graphs: expected a graph name, a comma-separated string or a list of names, got int 3"),
+        (["decoder", 3], r"graphs: expected graph names \(strings\), got int 3"),
+    ],
+)
 def test_bad_graphs_are_named(bundle, graphs, message):
     with pytest.raises(runtime.BackendError, match=message):
         runtime.load(bundle, backend="onnxruntime", graphs=graphs)
@@ -340,10 +453,16 @@ def test_swapped_graph_with_another_input_dtype_is_refused_at_load(bundle_copy):
     w = numpy_helper.from_array(np.zeros((d, c * s * s), np.float32), "w")
     shape = numpy_helper.from_array(np.array([-1, c, s, s], np.int64), "shape")
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["z"], ["zf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["zf", "w"], ["y"]),
-         helper.make_node("Reshape", ["y", "shape"], ["image"])], "swapped",
+        [
+            helper.make_node("Cast", ["z"], ["zf"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["zf", "w"], ["y"]),
+            helper.make_node("Reshape", ["y", "shape"], ["image"]),
+        ],
+        "swapped",
         [helper.make_tensor_value_info("z", TensorProto.INT64, ["batch", d])],
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", c, s, s])], [w, shape])
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", c, s, s])],
+        [w, shape],
+    )
     path = bundle_copy / "decoder.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
     _edit(bundle_copy, lambda data: data["graphs"]["decoder"].update(sha256=sha256_file(path)))
@@ -353,43 +472,70 @@ def test_swapped_graph_with_another_input_dtype_is_refused_at_load(bundle_copy):
 
 # ----------------------------------------------------------------------------------------------- engine precisions
 
+
 def _bf16_record(spec: dict) -> dict:
     """graphs.<g>.engine_precisions.bf16 as export.precision.bf16 writes it (the numbers left out)."""
-    return {"precision": "bf16", "engine": "openvino", "file": spec["file"], "sha256": spec["sha256"], "device": "CPU",
-            "properties": {"INFERENCE_PRECISION_HINT": "bf16"}, "versions": {"openvino": "2026.4.1"},
-            "accuracy": {"passed": True}, "budget": {"image": {"min_psnr": 40.0}}}
+    return {
+        "precision": "bf16",
+        "engine": "openvino",
+        "file": spec["file"],
+        "sha256": spec["sha256"],
+        "device": "CPU",
+        "properties": {"INFERENCE_PRECISION_HINT": "bf16"},
+        "versions": {"openvino": "2026.4.1"},
+        "accuracy": {"passed": True},
+        "budget": {"image": {"min_psnr": 40.0}},
+    }
 
 
 def test_engine_precisions_are_optional_and_round_trip(bundle_copy):
     data = json.loads((bundle_copy / B.MANIFEST_NAME).read_text())
     assert all("engine_precisions" not in g for g in data["graphs"].values())  # bundles made before issue 19
     assert B.read_manifest(bundle_copy).to_dict()["graphs"] == data["graphs"]  # ... are written back unchanged
-    _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(
-        engine_precisions={"bf16": _bf16_record(d["graphs"]["decoder"])}))
+    _edit(
+        bundle_copy,
+        lambda d: d["graphs"]["decoder"].update(engine_precisions={"bf16": _bf16_record(d["graphs"]["decoder"])}),
+    )
     m = B.read_manifest(bundle_copy)
     rec = m.graphs["decoder"].engine_precisions["bf16"]
     assert (rec.engine, rec.file, rec.versions) == ("openvino", "decoder.onnx", {"openvino": "2026.4.1"})
     assert m.graphs["decoder"].precisions() == ["fp32", "bf16"]
     assert m.to_dict()["graphs"]["decoder"]["engine_precisions"]["bf16"] == _bf16_record(
-        json.loads((bundle_copy / B.MANIFEST_NAME).read_text())["graphs"]["decoder"])
+        json.loads((bundle_copy / B.MANIFEST_NAME).read_text())["graphs"]["decoder"]
+    )
     with runtime.load(bundle_copy, backend="onnxruntime") as rt:  # other backends load such a bundle as before
         rt.decode(np.zeros((1, rt.latent_dim), np.float32))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda r: {"fp8": r},
-     r"graphs.decoder.engine_precisions.fp8: unknown engine precision; expected one of \['bf16'\]"),
-    (lambda r: {"bf16": {**r, "precision": "fp16"}}, r"engine_precisions.bf16.precision: expected 'bf16', got string"),
-    (lambda r: {"bf16": {**r, "file": "decoder.fp16.onnx"}},
-     r"engine_precisions.bf16.file: expected the graph's own file 'decoder.onnx'"),
-    (lambda r: {"bf16": {**r, "file": "../decoder.onnx"}}, r"engine_precisions.bf16.file: expected a relative path"),
-    (lambda r: {"bf16": {k: v for k, v in r.items() if k != "sha256"}}, r"engine_precisions.bf16.sha256: expected"),
-    (lambda r: {"bf16": {**r, "engine": ""}}, r"engine_precisions.bf16.engine: expected a backend name"),
-    (lambda r: {"bf16": {**r, "accuracy": []}}, r"engine_precisions.bf16.accuracy: expected an object, got list"),
-    (lambda r: [r], r"graphs.decoder.engine_precisions: expected an object, got list"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda r: {"fp8": r},
+            r"graphs.decoder.engine_precisions.fp8: unknown engine precision; expected one of \['bf16'\]",
+        ),
+        (
+            lambda r: {"bf16": {**r, "precision": "fp16"}},
+            r"engine_precisions.bf16.precision: expected 'bf16', got string",
+        ),
+        (
+            lambda r: {"bf16": {**r, "file": "decoder.fp16.onnx"}},
+            r"engine_precisions.bf16.file: expected the graph's own file 'decoder.onnx'",
+        ),
+        (
+            lambda r: {"bf16": {**r, "file": "../decoder.onnx"}},
+            r"engine_precisions.bf16.file: expected a relative path",
+        ),
+        (lambda r: {"bf16": {k: v for k, v in r.items() if k != "sha256"}}, r"engine_precisions.bf16.sha256: expected"),
+        (lambda r: {"bf16": {**r, "engine": ""}}, r"engine_precisions.bf16.engine: expected a backend name"),
+        (lambda r: {"bf16": {**r, "accuracy": []}}, r"engine_precisions.bf16.accuracy: expected an object, got list"),
+        (lambda r: [r], r"graphs.decoder.engine_precisions: expected an object, got list"),
+    ],
+)
 def test_engine_precisions_are_checked_when_read(bundle_copy, edit, message):
-    _edit(bundle_copy, lambda d: d["graphs"]["decoder"].update(
-        engine_precisions=edit(_bf16_record(d["graphs"]["decoder"]))))
+    _edit(
+        bundle_copy,
+        lambda d: d["graphs"]["decoder"].update(engine_precisions=edit(_bf16_record(d["graphs"]["decoder"]))),
+    )
     with pytest.raises(B.BundleError, match=message):
         B.read_manifest(bundle_copy)

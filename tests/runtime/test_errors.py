@@ -5,6 +5,7 @@ vae_model.errors.VaeModelError for vae_model/ (which cannot import the runtime).
 Modules that need a third-party package this machine lacks (torch and onnx under JetPack, Triton's
 triton_python_backend_utils everywhere but inside Triton) are skipped, not failed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,12 +40,19 @@ def _error_classes(package: str) -> tuple[list[type], list[str]]:
         root = _import(package, skipped)
         if root is None:
             return [], skipped
-        modules = [root] + [m for info in pkgutil.walk_packages(root.__path__, package + ".", onerror=lambda _: None)
-                            if (m := _import(info.name, skipped)) is not None]
+        modules = [root] + [
+            m
+            for info in pkgutil.walk_packages(root.__path__, package + ".", onerror=lambda _: None)
+            if (m := _import(info.name, skipped)) is not None
+        ]
     finally:
         sys.path[:] = path
-    found = {obj for module in modules for obj in vars(module).values()
-             if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__}
+    found = {
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__
+    }
     return sorted(found, key=lambda c: (c.__module__, c.__qualname__)), skipped
 
 
@@ -52,8 +60,11 @@ def _check_root(package: str, root: type) -> list[type]:
     classes, skipped = _error_classes(package)
     if not classes:
         pytest.skip(f"no module of {package} imports here: {skipped}")
-    stray = [f"{c.__module__}.{c.__qualname__} (bases {[b.__name__ for b in c.__mro__[1:]]})"
-             for c in classes if not issubclass(c, root)]
+    stray = [
+        f"{c.__module__}.{c.__qualname__} (bases {[b.__name__ for b in c.__mro__[1:]]})"
+        for c in classes
+        if not issubclass(c, root)
+    ]
     assert not stray, f"error classes not under {root.__module__}.{root.__qualname__}: {stray}"
     return classes
 
@@ -63,7 +74,8 @@ def test_every_error_of_runtime_export_and_benchmarks_is_a_vae_error(package):
     classes = _check_root(package, VaeError)
     if package == "runtime":
         assert {"BundleError", "InputError", "BackendError", "EngineError", "ClosedError"} <= {
-            c.__name__ for c in classes}
+            c.__name__ for c in classes
+        }
 
 
 def test_every_error_of_vae_model_is_a_vae_model_error():
@@ -80,8 +92,13 @@ def test_compatible_builtin_bases_are_kept():
     """Code written before the roots existed catches ValueError (bad input) or RuntimeError (closed, failed)."""
     import runtime
 
-    for cls in (runtime.InputError, runtime.ShapeError, runtime.BundleError, runtime.BackendError,
-                runtime.BackendUnavailableError):
+    for cls in (
+        runtime.InputError,
+        runtime.ShapeError,
+        runtime.BundleError,
+        runtime.BackendError,
+        runtime.BackendUnavailableError,
+    ):
         assert issubclass(cls, VaeError) and issubclass(cls, ValueError)
     assert issubclass(runtime.ClosedError, VaeError) and issubclass(runtime.ClosedError, RuntimeError)
     assert runtime.VaeError is VaeError
@@ -96,9 +113,14 @@ def test_one_bench_error():
     assert issubclass(errors.BenchError, VaeError)
 
 
-@pytest.mark.parametrize("error", [ValueError("operands could not be broadcast together"),
-                                   FloatingPointError("overflow encountered in multiply"),
-                                   TypeError("unsupported operand")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("operands could not be broadcast together"),
+        FloatingPointError("overflow encountered in multiply"),
+        TypeError("unsupported operand"),
+    ],
+)
 def test_parity_cli_lets_a_bug_through(monkeypatch, tmp_path, capsys, error):
     """Not an error of ours: the traceback shows; parity does not exit 2 claiming bad input."""
     from runtime.verify import parity

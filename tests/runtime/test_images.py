@@ -1,5 +1,6 @@
 """Image helpers: uint8 <-> pixel range (exact round trips in every layout); images of any size -> the model's input
 exactly as the training loader prepares them (Pillow's resize reproduced bit for bit in NumPy); the README example."""
+
 from __future__ import annotations
 
 import subprocess
@@ -36,8 +37,12 @@ def test_round_trip_is_exact_in_every_layout(pixel_range):
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (2, 3, 5, 7), dtype=np.uint8)  # NCHW
     lo, hi = pixel_range
-    for layout, pixels in (("NCHW", batch), ("NHWC", batch.transpose(0, 2, 3, 1)),
-                           ("CHW", batch[0]), ("HWC", batch[0].transpose(1, 2, 0))):
+    for layout, pixels in (
+        ("NCHW", batch),
+        ("NHWC", batch.transpose(0, 2, 3, 1)),
+        ("CHW", batch[0]),
+        ("HWC", batch[0].transpose(1, 2, 0)),
+    ):
         x = from_uint8(pixels, pixel_range, layout)
         assert x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 4 and x.shape[1:] == (3, 5, 7)
         assert x.min() >= lo and x.max() <= hi
@@ -54,8 +59,9 @@ def test_to_uint8_clips_and_handles_nan():
 def test_helper_errors():
     with pytest.raises(runtime.DTypeError, match="pixels: expected dtype uint8"):
         from_uint8(np.zeros((4, 4, 3), np.float32), (-1, 1))
-    with pytest.raises(runtime.ShapeError,
-                       match=r"layout 'HWC' expects rank 3, got shape \(4, 4\).*pixels\[..., None\]"):
+    with pytest.raises(
+        runtime.ShapeError, match=r"layout 'HWC' expects rank 3, got shape \(4, 4\).*pixels\[..., None\]"
+    ):
         from_uint8(np.zeros((4, 4), np.uint8), (-1, 1))
     with pytest.raises(ValueError, match=r"layout: expected one of"):
         from_uint8(np.zeros((4, 4, 3), np.uint8), (-1, 1), "WHC")
@@ -85,6 +91,7 @@ def test_png_of_any_size_to_latents_and_back(rt, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- any size
+
 
 def _pil_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Image = pytest.importorskip("PIL.Image")
@@ -131,9 +138,9 @@ def test_convert_channels_is_pillows_convert():
 
 
 def test_center_crop_box_is_the_training_loaders():
-    assert center_crop_box(178, 218) == (15, 35, 163, 183)   # CelebA: 148 x 148 from the middle
-    assert center_crop_box(128, 128) == (0, 0, 128, 128)     # smaller than the crop: the largest centred square
-    assert center_crop_box(97, 61) == (18, 0, 79, 61)        # odd margins round down on the left/top, as in training
+    assert center_crop_box(178, 218) == (15, 35, 163, 183)  # CelebA: 148 x 148 from the middle
+    assert center_crop_box(128, 128) == (0, 0, 128, 128)  # smaller than the crop: the largest centred square
+    assert center_crop_box(97, 61) == (18, 0, 79, 61)  # odd margins round down on the left/top, as in training
     assert center_crop_box(300, 200, crop=64) == (118, 68, 182, 132)
 
 
@@ -165,13 +172,14 @@ def test_prepare_equals_the_training_loader(tmp_path, channels):
     vae_model.data.to_model_range's within a float32 rounding."""
     data = pytest.importorskip("vae_model.data", reason="vae_model's training loader needs torch")
     files = _write_images(tmp_path)
-    train = data.ImageFolderDataset(tmp_path, image_size=64, center_crop=TRAIN_CENTER_CROP, channels=channels,
-                                    files=files)
+    train = data.ImageFolderDataset(
+        tmp_path, image_size=64, center_crop=TRAIN_CENTER_CROP, channels=channels, files=files
+    )
     worst = 0.0
     for i, path in enumerate(files):
-        want_u8 = train[i].numpy()                                                   # uint8 CHW
+        want_u8 = train[i].numpy()  # uint8 CHW
         pixels = read_image(path, channels)
-        got = prepare(pixels, 64, (-1.0, 1.0), channels=channels)                    # float32 (1, C, 64, 64)
+        got = prepare(pixels, 64, (-1.0, 1.0), channels=channels)  # float32 (1, C, 64, 64)
         np.testing.assert_array_equal(to_uint8(got, (-1.0, 1.0), "NCHW")[0], want_u8, err_msg=path.name)
         want = data.to_model_range(want_u8[None], (-1.0, 1.0)).numpy()
         worst = max(worst, float(np.abs(got - want).max()))
@@ -191,8 +199,9 @@ def test_prepare_takes_one_a_batch_or_a_list_of_sizes():
     np.testing.assert_array_equal(both[1], prepare(b, 64, (0.0, 1.0))[0])
     np.testing.assert_array_equal(prepare(a.transpose(2, 0, 1), 64, (0.0, 1.0), layout="CHW"), one)
     np.testing.assert_array_equal(prepare(np.stack([a, a]), 64, (0.0, 1.0), layout="NHWC")[1], one[0])
-    np.testing.assert_array_equal(prepare(np.stack([a, a]).transpose(0, 3, 1, 2), 64, (0.0, 1.0), layout="NCHW")[0],
-                                  one[0])
+    np.testing.assert_array_equal(
+        prepare(np.stack([a, a]).transpose(0, 3, 1, 2), 64, (0.0, 1.0), layout="NCHW")[0], one[0]
+    )
     grey = prepare(a, 64, (0.0, 1.0), channels=1)
     assert grey.shape == (1, 1, 64, 64)
     # An image of the model's size is only mapped: prepare == from_uint8 there.
@@ -230,7 +239,7 @@ def test_file_helpers(tmp_path):
     pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     x = from_uint8(pixels, (-1.0, 1.0))
     path = save_image(x, tmp_path / "a.png", (-1.0, 1.0))
-    np.testing.assert_array_equal(read_image(path), pixels)                  # uint8 -> float -> PNG -> uint8: exact
+    np.testing.assert_array_equal(read_image(path), pixels)  # uint8 -> float -> PNG -> uint8: exact
     assert to_pil(x[0], (-1.0, 1.0)).size == (64, 64) and to_pil(x[:, :1], (-1.0, 1.0)).mode == "L"
     np.testing.assert_array_equal(load_image(Image.fromarray(pixels), 64, (-1.0, 1.0)), x)  # a PIL image as source
     with pytest.raises(runtime.ShapeError, match=r"got shape \(2, 3, 64, 64\); index the batch: images\[i\]"):

@@ -1,4 +1,5 @@
 """`import runtime` pulls numpy only; an ONNX Runtime bundle loads and runs with torch made unimportable."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ print(json.dumps({"after_import": after_import, "heavy": heavy, "backend": backe
 
 
 def test_runtime_runs_without_torch(bundle):
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(bundle)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(bundle)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["after_import"] == []  # not even onnxruntime / openvino: backends import their engine when chosen
@@ -68,7 +70,8 @@ print(json.dumps(sorted(m for m in ("tempfile", "shutil", "bz2", "lzma", "random
 def test_loading_and_decoding_import_no_writer_modules(bundle):
     # A cold start pays for every import: tempfile and shutil (~4 ms here, with bz2 / lzma / random behind them)
     # are only needed to write files, which runtime.files imports when it writes (docs/performance.md#cold-start).
-    proc = subprocess.run([sys.executable, "-c", DECODE_ONLY, str(bundle)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", DECODE_ONLY, str(bundle)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

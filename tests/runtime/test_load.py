@@ -1,4 +1,5 @@
 """runtime.load: backend / device / precision / option choice, bundle integrity, each failure typed and named."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,10 @@ def test_auto_on_cpu_is_onnxruntime(bundle):
         assert r.backend_name == "onnxruntime"
         assert r.chosen.startswith("auto:")
         info = r.describe()
-        assert info["providers"] == ["CPUExecutionProvider"] and info["files"] == {"encoder": "encoder.onnx",
-                                                                                     "decoder": "decoder.onnx"}
+        assert info["providers"] == ["CPUExecutionProvider"] and info["files"] == {
+            "encoder": "encoder.onnx",
+            "decoder": "decoder.onnx",
+        }
 
 
 def test_manifest_path_is_accepted(bundle, reference):
@@ -30,8 +33,9 @@ def test_unknown_backend_device_precision_option(bundle):
         runtime.load(bundle, device="gpu")
     with pytest.raises(runtime.BackendError, match=r"device: .* got 'cpu:1'"):
         runtime.load(bundle, device="cpu:1")
-    with pytest.raises(runtime.BackendError,
-                       match=r"precision: expected one of \['fp32', 'fp16', 'int8', 'bf16'\], got 'fp8'"):
+    with pytest.raises(
+        runtime.BackendError, match=r"precision: expected one of \['fp32', 'fp16', 'int8', 'bf16'\], got 'fp8'"
+    ):
         runtime.load(bundle, precision="fp8")
     with pytest.raises(runtime.BackendError, match=r"unknown option\(s\) \['thread'\]; it accepts \['threads'"):
         runtime.load(bundle, backend="onnxruntime", thread=2)
@@ -55,7 +59,9 @@ def test_cuda_without_a_gpu_build_is_refused(bundle):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime build has the CUDA provider; the refusal is for CPU-only builds")
-    with pytest.raises(runtime.BackendUnavailableError, match=r"CUDAExecutionProvider is not in this onnxruntime build"):
+    with pytest.raises(
+        runtime.BackendUnavailableError, match=r"CUDAExecutionProvider is not in this onnxruntime build"
+    ):
         runtime.load(bundle, backend="onnxruntime", device="cuda:0")
     with pytest.raises(runtime.BackendError, match=r"execution_provider='tensorrt' does not run on device 'cpu'"):
         runtime.load(bundle, backend="onnxruntime", execution_provider="tensorrt")
@@ -67,7 +73,9 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(bundle):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     # Either missing piece is named with its install command (cuda-python is checked first when both are absent).
-    with pytest.raises(runtime.BackendUnavailableError, match=r"(tensorrt|cuda-python).* install|install.*(tensorrt|cuda-python)"):
+    with pytest.raises(
+        runtime.BackendUnavailableError, match=r"(tensorrt|cuda-python).* install|install.*(tensorrt|cuda-python)"
+    ):
         runtime.load(bundle, backend="tensorrt", device="cuda")
 
 
@@ -90,8 +98,9 @@ def test_missing_graph_file(bundle_copy):
 
 
 def test_corrupt_graph_file_names_the_file(bundle_copy):
-    from runtime.bundle import read_manifest, sha256_file, write_manifest
     import dataclasses
+
+    from runtime.bundle import read_manifest, sha256_file, write_manifest
 
     path = bundle_copy / "decoder.onnx"
     path.write_bytes(b"this is not an onnx model")
@@ -114,7 +123,9 @@ def test_manifest_that_disagrees_with_the_graph(bundle_copy):
     for t in (*data["graphs"]["encoder"]["outputs"], *data["graphs"]["decoder"]["inputs"]):
         t["shape"] = ["batch", 16]
     (bundle_copy / "vae.json").write_text(json.dumps(data))
-    with pytest.raises(runtime.BundleError, match=r"decoder.onnx: input 'z' has shape \['batch', 8\], vae.json says \['batch', 16\]"):
+    with pytest.raises(
+        runtime.BundleError, match=r"decoder.onnx: input 'z' has shape \['batch', 8\], vae.json says \['batch', 16\]"
+    ):
         runtime.load(bundle_copy, backend="onnxruntime", graphs="decoder", preload=True)
 
 
@@ -145,11 +156,14 @@ def test_source_checkpoint_is_looked_for_relative_to_the_bundle_then_inside_it(t
 
     b = tmp_path / "b"
     assert source_checkpoint_candidates(b, {"checkpoint": "best.pt", "relative_path": "../train/best.pt"}) == [
-        b / "../train/best.pt", b / "best.pt"]
+        b / "../train/best.pt",
+        b / "best.pt",
+    ]
     old = {"checkpoint": "best.pt", "path": "/old/machine/runs/train/best.pt"}  # bundles exported before
     assert source_checkpoint_candidates(b, old) == [Path("/old/machine/runs/train/best.pt"), b / "best.pt"]
-    assert source_checkpoint_candidates(b, {"checkpoint": "../x/best.pt", "relative_path": "/abs/best.pt",
-                                            "path": "relative/best.pt"}) == [b / "best.pt"]
+    assert source_checkpoint_candidates(
+        b, {"checkpoint": "../x/best.pt", "relative_path": "/abs/best.pt", "path": "relative/best.pt"}
+    ) == [b / "best.pt"]
     assert source_checkpoint_candidates(b, {}) == []
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"weights")
@@ -178,8 +192,12 @@ def test_engine_failure_becomes_a_backend_error(bundle_copy):
     shape_init.CopyFrom(numpy_helper.from_array(target, shape_init.name))
     onnx.save(model, str(path))
     m = read_manifest(bundle_copy)
-    write_manifest(bundle_copy, dataclasses.replace(
-        m, graphs={**m.graphs, "decoder": dataclasses.replace(m.graphs["decoder"], sha256=sha256_file(path))}))
+    write_manifest(
+        bundle_copy,
+        dataclasses.replace(
+            m, graphs={**m.graphs, "decoder": dataclasses.replace(m.graphs["decoder"], sha256=sha256_file(path))}
+        ),
+    )
     with runtime.load(bundle_copy, backend="onnxruntime", graph_optimization_level="disable") as r:
         with pytest.raises(runtime.BackendError, match=r"onnxruntime backend failed on graph 'decoder' \(batch 2\)"):
             r.decode(np.zeros((2, r.latent_dim), np.float32))
@@ -233,7 +251,7 @@ def test_spinning_option_reaches_the_session(bundle, spinning, entry):
 
 @pytest.mark.parametrize("option", [{"spinning": 1}, {"preload": "yes"}])
 def test_boolean_options_are_checked(bundle, option):
-    (name, value), = option.items()
+    ((name, value),) = option.items()
     with pytest.raises(runtime.BackendError, match=f"option {name}: expected True or False, got {value!r}"):
         runtime.load(bundle, backend="onnxruntime", **option)
 
@@ -241,8 +259,10 @@ def test_boolean_options_are_checked(bundle, option):
 @pytest.mark.parametrize("threads", [2, 3])
 def test_batch_split_cuts_large_batches_across_single_threaded_sessions(bundle, threads):
     rng = np.random.default_rng(1)
-    with runtime.load(bundle, backend="onnxruntime", batch_split=False) as whole, \
-            runtime.load(bundle, backend="onnxruntime", threads=threads, batch_split=4) as split:
+    with (
+        runtime.load(bundle, backend="onnxruntime", batch_split=False) as whole,
+        runtime.load(bundle, backend="onnxruntime", threads=threads, batch_split=4) as split,
+    ):
         assert whole.describe()["batch_split"] is None
         info = split.describe()["batch_split"]
         assert info == {"min_batch": {"encoder": 4, "decoder": 4}, "workers": threads, "sessions_created": []}
@@ -277,8 +297,9 @@ def test_batch_split_cuts_large_batches_across_single_threaded_sessions(bundle, 
         split.backend._workers["decoder"] = [(Recorder(s, i), t, o) for i, (s, t, o) in enumerate(workers)]
         z = rng.standard_normal((10, split.latent_dim), dtype=np.float32)
         np.testing.assert_allclose(split.decode(z), whole.decode(z), rtol=0, atol=1e-6)
-        assert sorted(c[:2] for c in calls) == [(i, 10 * (i + 1) // threads - 10 * i // threads)
-                                                for i in range(threads)]
+        assert sorted(c[:2] for c in calls) == [
+            (i, 10 * (i + 1) // threads - 10 * i // threads) for i in range(threads)
+        ]
         assert len({c[2] for c in calls}) == threads
     assert not any(t.is_alive() for t in split.backend._pool._threads)  # close() stopped the helper threads
 
@@ -336,8 +357,11 @@ def test_split_batches_recheck_the_file(bundle_copy):
 
 @pytest.mark.parametrize("value", [1, 0, -3, 2.5, "32", True])
 def test_batch_split_option_is_checked(bundle, value):
-    with pytest.raises(runtime.BackendError, match=rf"option batch_split: expected False or a batch size >= 2, "
-                                                   rf"got {value!r}"):
+    with pytest.raises(
+        runtime.BackendError,
+        match=rf"option batch_split: expected False or a batch size >= 2, "
+        rf"got {value!r}",
+    ):
         runtime.load(bundle, backend="onnxruntime", batch_split=value)
 
 

@@ -8,6 +8,7 @@ engine call for the whole batch, as before the fix) must exceed the same bound, 
 defect on this machine: 10,000 tiny latents in one call peaked ~530 MiB above their 117 MiB output, chunked (the
 default) ~34 MiB; the encoder ~289 MiB before, ~15 MiB now.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ import pytest
 import runtime
 from runtime.backends.base import DEFAULT_MAX_CHUNK
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(),
-                                reason="peak RSS is read from /proc/self/status (VmRSS, VmHWM: Linux)")
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/status").is_file(), reason="peak RSS is read from /proc/self/status (VmRSS, VmHWM: Linux)"
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 10_000
@@ -69,12 +71,17 @@ with rt:
 def peak_memory(bundle: Path, graph: str, chunk: str = "default", library: Path | None = None) -> dict:
     """Run N items of `graph` in a fresh process (the Python runtime, or the C++ library at `library`); its RSS
     before the call, its peak during it, and extra_mib: the peak above that RSS and the call's outputs, in MiB."""
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), graph, str(N), chunk, str(library or "")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(bundle), graph, str(N), chunk, str(library or "")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     # Beyond the RSS before the call (which already holds the input): the output, and what the engine call adds.
-    r["extra_mib"] = ((r["peak_kib"] - r["before_kib"]) * 1024 - r["output_bytes"]) / 2 ** 20
+    r["extra_mib"] = ((r["peak_kib"] - r["before_kib"]) * 1024 - r["output_bytes"]) / 2**20
     return r
 
 
@@ -84,7 +91,8 @@ def test_large_batch_peak_memory_is_outputs_plus_one_chunk(bundle, graph):
     assert r["shape"][0] == N
     assert r["extra_mib"] < BOUND_MIB, (
         f"{graph} of {N}: peak RSS {r['extra_mib']:.0f} MiB above input + output "
-        f"({r['output_bytes'] / 2 ** 20:.0f} MiB), bound {BOUND_MIB} MiB: {r}")
+        f"({r['output_bytes'] / 2**20:.0f} MiB), bound {BOUND_MIB} MiB: {r}"
+    )
 
 
 def test_unchunked_control_exceeds_the_bound(bundle):
@@ -107,8 +115,9 @@ def _recording(bundle, **options):
             return super()._run(graph, feeds)
 
     m = runtime.read_manifest(bundle)
-    be = Recording.open(bundle, m, device=Device.parse("cpu"), precision="fp32", graphs=("encoder", "decoder"),
-                        **options)
+    be = Recording.open(
+        bundle, m, device=Device.parse("cpu"), precision="fp32", graphs=("encoder", "decoder"), **options
+    )
     return runtime.VAERuntime(be, m, bundle), seen
 
 
@@ -149,8 +158,10 @@ def test_max_chunk_through_load_with_batch_split(bundle):
     (below the split threshold of 4) runs on the main session; outputs equal one unchunked, unsplit call."""
     rng = np.random.default_rng(4)
     z = rng.standard_normal((15, 8), dtype=np.float32)
-    with runtime.load(bundle, backend="onnxruntime", batch_split=False, max_chunk=None) as whole, \
-            runtime.load(bundle, backend="onnxruntime", threads=2, batch_split=4, max_chunk=6) as rt:
+    with (
+        runtime.load(bundle, backend="onnxruntime", batch_split=False, max_chunk=None) as whole,
+        runtime.load(bundle, backend="onnxruntime", threads=2, batch_split=4, max_chunk=6) as rt,
+    ):
         calls = []
         workers = rt.backend._worker_sessions("decoder")
 

@@ -1,6 +1,7 @@
 """The OpenVINO backend on the tiny bundle, with real OpenVINO: FP32 parity, FP32 really run in f32, bf16 only where
 vae.json records it (export.precision.bf16) and only on a CPU that has it, variants, chunking, threads, close, errors.
 Skipped where openvino is not installed (the JetPack runtime has none)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from runtime.files import sha256_file  # noqa: E402
 from runtime.verify.parity import check_parity  # noqa: E402
 
 NATIVE_BF16 = ovb.cpu_bf16_support().native
-needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU cannot run bf16 natively: "
-                                + ovb.cpu_bf16_support().refusal())
+needs_bf16 = pytest.mark.skipif(
+    not NATIVE_BF16, reason="this CPU cannot run bf16 natively: " + ovb.cpu_bf16_support().refusal()
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,11 @@ def _kernel_precisions(rt) -> set[str]:
 
 # ----------------------------------------------------------------------------------------------- fp32
 
+
 def test_fp32_matches_the_golden_reference(bundle, reference):
     with runtime.load(bundle, backend="openvino") as rt:
         np.testing.assert_allclose(rt.decode(reference["decoder.z"]), reference["decoder.image"], rtol=0, atol=1e-4)
-        np.testing.assert_allclose(rt.encode(reference["encoder.image"]).mu, reference["encoder.mu"], rtol=0,
-                                   atol=1e-4)
+        np.testing.assert_allclose(rt.encode(reference["encoder.image"]).mu, reference["encoder.mu"], rtol=0, atol=1e-4)
     report = check_parity(bundle, backend="openvino", precision="fp32")
     assert report, report.table()
     assert all(o.tolerance.max_abs == 1e-4 for o in report.comparison.outputs)  # the FP32 tolerance
@@ -70,15 +72,21 @@ def test_fp32_really_runs_f32(bundle, reference):
 
 # ----------------------------------------------------------------------------------------------- bf16
 
+
 def test_bf16_is_refused_without_a_record(bundle):
     for backend in ("openvino", "auto"):  # auto picks openvino for bf16: the only backend that runs it
-        with pytest.raises(runtime.BackendError,
-                           match=r"precision 'bf16': vae.json does not record it for graph 'encoder' on backend "
-                                 r"'openvino' \(the graph offers \['fp32'\]\); measure it first with "
-                                 r"`python -m export.precision.bf16"):
+        with pytest.raises(
+            runtime.BackendError,
+            match=r"precision 'bf16': vae.json does not record it for graph 'encoder' on backend "
+            r"'openvino' \(the graph offers \['fp32'\]\); measure it first with "
+            r"`python -m export.precision.bf16",
+        ):
             runtime.load(bundle, backend=backend, precision="bf16")
-    with pytest.raises(runtime.BackendError, match=r"backend 'onnxruntime' runs precisions \['fp32', 'fp16', "
-                                                   r"'int8'\], got 'bf16' \(bf16 is an engine setting"):
+    with pytest.raises(
+        runtime.BackendError,
+        match=r"backend 'onnxruntime' runs precisions \['fp32', 'fp16', "
+        r"'int8'\], got 'bf16' \(bf16 is an engine setting",
+    ):
         runtime.load(bundle, backend="onnxruntime", precision="bf16")
 
 
@@ -106,8 +114,11 @@ def test_bf16_record_of_another_graph_file_is_refused(bf16_bundle, tmp_path):
     data = json.loads((copy / B.MANIFEST_NAME).read_text())
     data["graphs"]["decoder"]["engine_precisions"]["bf16"]["sha256"] = "0" * 64  # measured on an older decoder.onnx
     (copy / B.MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(B.BundleError, match=r"graphs.decoder.engine_precisions.bf16: measured on decoder.onnx with "
-                                            r"sha256 000000000000\.\.\., the graph is now .* measure it again"):
+    with pytest.raises(
+        B.BundleError,
+        match=r"graphs.decoder.engine_precisions.bf16: measured on decoder.onnx with "
+        r"sha256 000000000000\.\.\., the graph is now .* measure it again",
+    ):
         runtime.load(copy, backend="openvino", precision="bf16")
     with runtime.load(copy, backend="openvino", precision="bf16", graphs="encoder") as rt:  # the encoder's is fine
         assert rt.encode(np.zeros((1, *rt.image_shape), np.float32)).mu.shape == (1, rt.latent_dim)
@@ -116,17 +127,27 @@ def test_bf16_record_of_another_graph_file_is_refused(bf16_bundle, tmp_path):
 def test_bf16_is_refused_on_a_cpu_without_it(bundle_copy, monkeypatch):
     data = json.loads((bundle_copy / B.MANIFEST_NAME).read_text())
     for spec in data["graphs"].values():  # a record as export.precision.bf16 writes it, made on another machine
-        spec["engine_precisions"] = {"bf16": {"precision": "bf16", "engine": "openvino", "file": spec["file"],
-                                              "sha256": spec["sha256"], "accuracy": {"passed": True}}}
+        spec["engine_precisions"] = {
+            "bf16": {
+                "precision": "bf16",
+                "engine": "openvino",
+                "file": spec["file"],
+                "sha256": spec["sha256"],
+                "accuracy": {"passed": True},
+            }
+        }
     (bundle_copy / B.MANIFEST_NAME).write_text(json.dumps(data))
     monkeypatch.setattr(ovb, "cpu_bf16_support", lambda core=None: ovb.Bf16Support((), ("FP32", "INT8"), "2026.x"))
-    with pytest.raises(runtime.BackendUnavailableError,
-                       match=r"precision 'bf16': this CPU cannot run bf16 natively: /proc/cpuinfo flags: none of "
-                             r"avx512_bf16, amx_bf16 .* OPTIMIZATION_CAPABILITIES: FP32, INT8 \(needed: BF16\)"):
+    with pytest.raises(
+        runtime.BackendUnavailableError,
+        match=r"precision 'bf16': this CPU cannot run bf16 natively: /proc/cpuinfo flags: none of "
+        r"avx512_bf16, amx_bf16 .* OPTIMIZATION_CAPABILITIES: FP32, INT8 \(needed: BF16\)",
+    ):
         runtime.load(bundle_copy, backend="openvino", precision="bf16")
 
 
 # ----------------------------------------------------------------------------------------------- variants
+
 
 @pytest.mark.parametrize("keep_io_types", [True, False], ids=["fp32-io", "fp16-io"])
 def test_fp16_variant_runs_with_f32_arithmetic(bundle_copy, reference, keep_io_types):
@@ -138,8 +159,10 @@ def test_fp16_variant_runs_with_f32_arithmetic(bundle_copy, reference, keep_io_t
     graphs = {}
     for name, spec in m.graphs.items():
         path = bundle_copy / f"{name}.fp16.onnx"
-        onnx.save(float16.convert_float_to_float16(onnx.load(str(bundle_copy / spec.file)),
-                                                   keep_io_types=keep_io_types), str(path))
+        onnx.save(
+            float16.convert_float_to_float16(onnx.load(str(bundle_copy / spec.file)), keep_io_types=keep_io_types),
+            str(path),
+        )
         variant = B.VariantSpec(precision="fp16", file=path.name, sha256=sha256_file(path))
         graphs[name] = dataclasses.replace(spec, variants={"fp16": variant})
     B.write_manifest(bundle_copy, dataclasses.replace(m, graphs=graphs))
@@ -154,6 +177,7 @@ def test_fp16_variant_runs_with_f32_arithmetic(bundle_copy, reference, keep_io_t
 
 
 # ----------------------------------------------------------------------------------------------- the protocol
+
 
 def test_chunks_equal_one_call(bundle):
     z = np.random.default_rng(0).standard_normal((10, 8), dtype=np.float32)
@@ -172,8 +196,9 @@ def test_threads_and_hint_reach_the_compiled_model(bundle):
     with runtime.load(bundle, backend="openvino", threads=1, preload=True, graphs="decoder") as rt:
         compiled = rt.describe()["compiled"]["decoder"]
         assert compiled["threads"] == 1 and compiled["performance_hint"] == "LATENCY" and compiled["streams"] == 1
-    with runtime.load(bundle, backend="openvino", performance_hint="throughput", cpu_pinning=False, preload=True,
-                      graphs="decoder") as rt:
+    with runtime.load(
+        bundle, backend="openvino", performance_hint="throughput", cpu_pinning=False, preload=True, graphs="decoder"
+    ) as rt:
         compiled = rt.describe()["compiled"]["decoder"]
         assert compiled["performance_hint"] == "THROUGHPUT" and compiled["cpu_pinning"] is False
 
@@ -192,6 +217,82 @@ def test_concurrent_calls_equal_serial(bundle):
 
         with ThreadPoolExecutor(threads) as pool:
             results = [r for part in pool.map(worker, range(threads)) for r in part]
+    assert len(results) == threads * calls
+    for i, out in results:
+        np.testing.assert_array_equal(out, serial[i], err_msg=f"call {i}")
+
+
+def test_requests_are_pooled(bundle):
+    # a sequential caller reuses one inference request; concurrent callers each take their own
+    with runtime.load(bundle, backend="openvino", threads=1, graphs="decoder") as rt:
+        z = np.random.default_rng(1).standard_normal((2, rt.latent_dim), dtype=np.float32)
+        first = rt.decode(z)
+        for _ in range(5):
+            again = rt.decode(z)
+            np.testing.assert_array_equal(again, first)
+            assert again is not first and not np.shares_memory(again, first)  # fresh outputs, never the request's
+        assert len(rt.backend._compiled["decoder"].idle) == 1
+        ro = z.copy()
+        ro.flags.writeable = False  # OpenVINO cannot share read-only memory: copied
+        np.testing.assert_array_equal(rt.decode(ro), first)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batch_split_equals_unsplit(bundle, threads):
+    rng = np.random.default_rng(2)
+    with runtime.load(bundle, backend="openvino", threads=threads, batch_split=False) as rt:
+        assert rt.describe()["batch_split"] is None
+        z = rng.standard_normal((10, rt.latent_dim), dtype=np.float32)
+        x = rng.standard_normal((7, *rt.image_shape), dtype=np.float32)
+        whole, post = rt.decode(z), rt.encode(x)
+    with runtime.load(bundle, backend="openvino", threads=threads, batch_split=4) as rt:
+        assert rt.describe()["batch_split"] == {"min_batch": {"encoder": 4, "decoder": 4}, "requests": threads}
+        calls = []
+        split = rt.backend._run_split
+        rt.backend._run_split = lambda g, feeds, n: calls.append(n) or split(g, feeds, n)
+        np.testing.assert_array_equal(rt.decode(z), whole)  # rows are independent: the same numbers
+        got = rt.encode(x)
+        np.testing.assert_array_equal(got.mu, post.mu)
+        np.testing.assert_array_equal(got.logvar, post.logvar)
+        np.testing.assert_array_equal(rt.decode(z[:3]), whole[:3])  # below min_batch: one request
+        assert calls == [10, 7]
+        assert len(rt.backend._compiled["decoder"].idle) == threads  # one request per chunk, back in the pool
+
+
+def test_default_batch_split(bundle):
+    assert ovb.OpenVinoBackend.DEFAULT_BATCH_SPLIT == {}  # measured: no gain on quiet cores (the module docstring)
+    with runtime.load(bundle, backend="openvino", threads=2) as rt:
+        assert rt.describe()["batch_split"] is None
+    with runtime.load(bundle, backend="openvino", threads=2, batch_split=32) as rt:
+        assert rt.describe()["batch_split"] == {"min_batch": {"encoder": 32, "decoder": 32}, "requests": 2}
+    with runtime.load(bundle, backend="openvino", threads=1) as rt:  # one core: nothing to split across
+        assert rt.describe()["batch_split"] is None
+
+
+@needs_bf16
+def test_batch_split_equals_unsplit_bf16(bf16_bundle):
+    z = np.random.default_rng(3).standard_normal((64, 8), dtype=np.float32)
+    with runtime.load(bf16_bundle, backend="openvino", precision="bf16", threads=2, batch_split=False) as rt:
+        whole = rt.decode(z)
+    with runtime.load(bf16_bundle, backend="openvino", precision="bf16", threads=2, batch_split=2) as rt:
+        np.testing.assert_allclose(rt.decode(z), whole, rtol=0, atol=1e-6)
+
+
+def test_concurrent_split_calls_equal_serial(bundle):
+    threads, calls = 4, 15
+    with runtime.load(bundle, backend="openvino", threads=2, batch_split=3) as rt:
+        rng = np.random.default_rng(4)
+        zs = [rng.standard_normal((1 + i % 6, rt.latent_dim), dtype=np.float32) for i in range(threads * calls)]
+        serial = [rt.decode(z) for z in zs]
+        start = threading.Barrier(threads)
+
+        def worker(t):
+            start.wait()
+            return [(i, rt.decode(zs[i])) for i in range(t, threads * calls, threads)]
+
+        with ThreadPoolExecutor(threads) as pool:
+            results = [r for part in pool.map(worker, range(threads)) for r in part]
+        assert len(rt.backend._compiled["decoder"].idle) <= 2 * threads
     assert len(results) == threads * calls
     for i, out in results:
         np.testing.assert_array_equal(out, serial[i], err_msg=f"call {i}")
@@ -219,11 +320,17 @@ def test_bad_inputs_and_options(bundle):
             rt.decode(np.zeros((0, rt.latent_dim), np.float32))
     with pytest.raises(runtime.BackendError, match=r"option threads: expected a positive integer, got 0"):
         runtime.load(bundle, backend="openvino", threads=0)
-    with pytest.raises(runtime.BackendError, match=r"option performance_hint: expected one of \['latency', "
-                                                   r"'throughput'\], got 'fast'"):
+    with pytest.raises(
+        runtime.BackendError,
+        match=r"option performance_hint: expected one of \['latency', "
+        r"'throughput'\], got 'fast'",
+    ):
         runtime.load(bundle, backend="openvino", performance_hint="fast")
     with pytest.raises(runtime.BackendError, match=r"option cpu_pinning: expected True or False, got 'no'"):
         runtime.load(bundle, backend="openvino", cpu_pinning="no")
+    for bad in (1, True, 2.5, "yes"):
+        with pytest.raises(runtime.BackendError, match=r"option batch_split: expected False or a batch size >= 2"):
+            runtime.load(bundle, backend="openvino", batch_split=bad)
     with pytest.raises(runtime.BackendError, match=r"unknown option\(s\) \['spinning'\]"):
         runtime.load(bundle, backend="openvino", spinning=False)
     with pytest.raises(runtime.BackendError, match=r"backend 'openvino' runs on \['cpu'\], got device 'cuda:0'"):

@@ -1,5 +1,6 @@
 """precision= loads a reduced-precision variant listed in vae.json (made here with onnxconverter-common's FP16
 conversion, standing in for export.precision.fp16's output): FP32-IO variants and pure-FP16-IO graphs both run."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """The native TensorRT backend: clear errors where TensorRT, cuda-python or a GPU is missing (run everywhere), and
 on a GPU machine the whole path - build, verify, load, run, chunk, CUDA graphs, threads, refusal, close."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,9 +22,11 @@ from runtime.errors import BackendError, BackendUnavailableError, ClosedError
 
 
 def test_importing_the_backend_imports_no_engine():
-    code = ("import sys, runtime.backends.tensorrt as t; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('tensorrt', 'tensorrt_rtx', 'cuda', 'torch', 'onnxruntime', 'onnx')))")
+    code = (
+        "import sys, runtime.backends.tensorrt as t; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorrt', 'tensorrt_rtx', 'cuda', 'torch', 'onnxruntime', 'onnx')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert backend_class("tensorrt").__name__ == "TensorRTBackend"
@@ -79,22 +82,24 @@ def test_without_gpu_loading_fails_cleanly(bundle):
 
 # ----------------------------------------------------------------------------------------------- GPU only
 
+
 @pytest.fixture(scope="module")
 def gpu_bundle(bundle, tmp_path_factory):
     """A bundle copy with verified fp32 engines built here (profile max batch 4, so chunking is exercised)."""
     reason = _gpu_skip_reason()
     if reason:
         pytest.skip(reason)
-    from export.tensorrt.engine import build_engine
     from export.tensorrt.build_plan import BuildOptions, plan_build
+    from export.tensorrt.engine import build_engine
     from runtime.backends.tensorrt import cuda_gpu_info, import_tensorrt
 
     root = shutil.copytree(bundle, tmp_path_factory.mktemp("gpu") / "bundle")
     trt, info = import_tensorrt()
     manifest = B.read_manifest(root)
     for graph in B.GRAPHS:
-        plan = plan_build(info, graph, "fp32", manifest, BuildOptions(min_batch=1, opt_batch=2, max_batch=4),
-                          cuda_gpu_info(0))
+        plan = plan_build(
+            info, graph, "fp32", manifest, BuildOptions(min_batch=1, opt_batch=2, max_batch=4), cuda_gpu_info(0)
+        )
         res = build_engine(root, plan, trt=trt, verify=True, log=print)
         assert res.verified and res.report.passed
     return root
@@ -118,8 +123,8 @@ def test_engines_match_reference_and_chunk(gpu_bundle, reference):
 def test_cuda_graph_and_threads_match_serial(gpu_bundle, reference):
     z = reference["decoder.z"]
     with runtime.load(gpu_bundle, backend="tensorrt", device="cuda", cuda_graph=True) as rt:
-        first = [rt.backend.run("decoder", {"z": z[i:i + 1 + i % 3]})["image"] for i in range(3)]
-        again = [rt.backend.run("decoder", {"z": z[i:i + 1 + i % 3]})["image"] for i in range(3)]  # graph replays
+        first = [rt.backend.run("decoder", {"z": z[i : i + 1 + i % 3]})["image"] for i in range(3)]
+        again = [rt.backend.run("decoder", {"z": z[i : i + 1 + i % 3]})["image"] for i in range(3)]  # graph replays
         for a, b in zip(first, again):
             np.testing.assert_array_equal(a, b)
         serial = rt.backend.run("decoder", {"z": z})["image"]

@@ -5,6 +5,7 @@ fixed-shape (DLA) engine's min batch padded and trimmed.
 No TensorRT or GPU exists here, so a small in-process stand-in plays the engine (image = 2 * z + 1) and cuda-python
 (host-memory "device" buffers, a stream whose captured launches are recorded and replayed). It checks the order of
 calls and the numbers; the names and signatures of the real APIs are checked by test_tensorrt_api_conformance.py."""
+
 from __future__ import annotations
 
 import ctypes
@@ -152,8 +153,18 @@ def runner(cuda_graph: bool, profile=(1, 8, 16), capture_error=False) -> tuple[E
     cudart = FakeCudart(capture_error)
     trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="in"), nptype=lambda d: d)
     rt = types.SimpleNamespace(deserialize_cuda_engine=lambda plan: FakeEngine(cudart, profile))
-    r = EngineRunner(trt, cudart, rt, b"plan", graph="decoder", inputs=("z",), outputs=("image",), device_index=0,
-                     cuda_graph=cuda_graph, source="fake.plan")
+    r = EngineRunner(
+        trt,
+        cudart,
+        rt,
+        b"plan",
+        graph="decoder",
+        inputs=("z",),
+        outputs=("image",),
+        device_index=0,
+        cuda_graph=cuda_graph,
+        source="fake.plan",
+    )
     return r, cudart
 
 

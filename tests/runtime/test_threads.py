@@ -1,4 +1,5 @@
 """One runtime shared by 8 threads x 200 calls gives exactly the serial results."""
+
 from __future__ import annotations
 
 import threading
@@ -12,8 +13,11 @@ import runtime
 THREADS, CALLS = 8, 200
 
 
-@pytest.mark.parametrize("options", [{}, {"io_binding": True}, {"max_batch": 2}, {"threads": 3, "batch_split": 2}],
-                         ids=["run", "io_binding", "chunked", "batch_split"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"io_binding": True}, {"max_batch": 2}, {"threads": 3, "batch_split": 2}],
+    ids=["run", "io_binding", "chunked", "batch_split"],
+)
 def test_threads_equal_serial(bundle, options):
     # batch_split: batches of 2 and 3 are cut across 2-3 single-threaded sessions while 8 threads call at once
     with runtime.load(bundle, backend="onnxruntime", **{"threads": 1, **options}) as rt:

@@ -1,4 +1,5 @@
 """The runtime on real ONNX Runtime sessions: results match the golden PyTorch outputs; every method; lifetime."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,7 +61,7 @@ def _reference_stream(seed: int, n: int) -> np.ndarray:
 
     out = []
     for k in range((n + 1) // 2):
-        u1, u2 = ((x(2 * k + 1) >> 11) + 1) * 2.0 ** -53, (x(2 * k + 2) >> 11) * 2.0 ** -53
+        u1, u2 = ((x(2 * k + 1) >> 11) + 1) * 2.0**-53, (x(2 * k + 2) >> 11) * 2.0**-53
         r, t = math.sqrt(-2.0 * math.log(u1)), 6.283185307179586 * u2
         out += [r * math.cos(t), r * math.sin(t)]
     return np.array(out[:n]).astype(np.float32)
@@ -125,13 +126,13 @@ def test_torch_backend_finds_the_source_checkpoint_from_the_manifest(bundle, ref
 
 
 def test_torch_backend_refuses_a_different_checkpoint(bundle, tmp_path):
+    from tests.conftest import TINY, make_model
     from vae_model import save_checkpoint
 
-    from tests.conftest import TINY, make_model
-
     other = save_checkpoint(tmp_path / "other.pt", make_model(TINY, seed=1))
-    with pytest.raises(runtime.BundleError,
-                       match=r"other.pt: (sha256 .*|\d+ bytes), but the bundle was exported from tiny.pt"):
+    with pytest.raises(
+        runtime.BundleError, match=r"other.pt: (sha256 .*|\d+ bytes), but the bundle was exported from tiny.pt"
+    ):
         runtime.load(bundle, backend="torch", checkpoint=other)
 
 
@@ -139,8 +140,14 @@ def test_onnxruntime_options_give_the_same_numbers(bundle, reference):
     z = reference["realistic.decoder.z"]
     with runtime.load(bundle, backend="onnxruntime") as base:
         expected = base.decode(z)
-    variants = [dict(threads=1), dict(threads=2, inter_op_threads=1), dict(graph_optimization_level="disable"),
-                dict(graph_optimization_level="basic"), dict(io_binding=True), dict(execution_provider="cpu")]
+    variants = [
+        dict(threads=1),
+        dict(threads=2, inter_op_threads=1),
+        dict(graph_optimization_level="disable"),
+        dict(graph_optimization_level="basic"),
+        dict(io_binding=True),
+        dict(execution_provider="cpu"),
+    ]
     for opts in variants:
         with runtime.load(bundle, backend="onnxruntime", **opts) as r:
             np.testing.assert_allclose(r.decode(z), expected, atol=1e-5, err_msg=str(opts))
@@ -161,8 +168,9 @@ def test_large_batches_are_chunked_transparently(bundle, reference):
     m = read_manifest(bundle)
     from runtime.backends import Device
 
-    be = Recording.open(bundle, m, device=Device.parse("cpu"), precision="fp32", graphs=("encoder", "decoder"),
-                        max_batch=3)
+    be = Recording.open(
+        bundle, m, device=Device.parse("cpu"), precision="fp32", graphs=("encoder", "decoder"), max_batch=3
+    )
     vae = runtime.VAERuntime(be, m, bundle)
     z = np.random.default_rng(0).standard_normal((8, vae.latent_dim), dtype=np.float32)
     out = vae.decode(z)

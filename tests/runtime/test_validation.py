@@ -1,4 +1,5 @@
 """Boundary validation: every bad input gives a typed error naming the tensor, the expected and the actual value."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,10 @@ def _images(rt, n=2, seed=0):
 
 
 def test_wrong_rank_single_image(rt):
-    with pytest.raises(runtime.ShapeError,
-                       match=r"tensor 'image': expected rank 4 \(N, 3, 32, 32\), got rank 3 \(3, 32, 32\).*x\[None\]"):
+    with pytest.raises(
+        runtime.ShapeError,
+        match=r"tensor 'image': expected rank 4 \(N, 3, 32, 32\), got rank 3 \(3, 32, 32\).*x\[None\]",
+    ):
         rt.encode(_images(rt)[0])
 
 
@@ -24,7 +27,9 @@ def test_wrong_channels(rt):
 
 
 def test_wrong_image_size(rt):
-    with pytest.raises(runtime.ShapeError, match=r"got \(2, 3, 16, 16\) \(height 16, expected 32; width 16, expected 32\)"):
+    with pytest.raises(
+        runtime.ShapeError, match=r"got \(2, 3, 16, 16\) \(height 16, expected 32; width 16, expected 32\)"
+    ):
         rt.encode(np.zeros((2, 3, 16, 16), np.float32))
 
 
@@ -34,7 +39,9 @@ def test_channels_last_gets_a_hint(rt):
 
 
 def test_wrong_latent_size_and_rank(rt):
-    with pytest.raises(runtime.ShapeError, match=r"tensor 'z': expected shape \(N, 8\), got \(4, 16\) \(latent size 16, expected 8\)"):
+    with pytest.raises(
+        runtime.ShapeError, match=r"tensor 'z': expected shape \(N, 8\), got \(4, 16\) \(latent size 16, expected 8\)"
+    ):
         rt.decode(np.zeros((4, 16), np.float32))
     with pytest.raises(runtime.ShapeError, match=r"tensor 'z': expected rank 2 \(N, 8\), got rank 1 \(8,\)"):
         rt.decode(np.zeros(8, np.float32))
@@ -42,7 +49,10 @@ def test_wrong_latent_size_and_rank(rt):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.bool_])
 def test_non_float_dtypes_are_refused(rt, dtype):
-    with pytest.raises(runtime.DTypeError, match=rf"tensor 'z': expected a floating-point array \(float32\), got dtype {np.dtype(dtype)}"):
+    with pytest.raises(
+        runtime.DTypeError,
+        match=rf"tensor 'z': expected a floating-point array \(float32\), got dtype {np.dtype(dtype)}",
+    ):
         rt.decode(np.zeros((1, rt.latent_dim), dtype))
 
 
@@ -72,7 +82,9 @@ def test_non_contiguous_and_byteswapped_inputs_are_copied(rt):
     np.testing.assert_array_equal(view, before)  # the caller's array is never modified
 
 
-@pytest.mark.parametrize("bad,word", [(np.nan, "1 NaN and 0 Inf"), (np.inf, "0 NaN and 1 Inf"), (-np.inf, "0 NaN and 1 Inf")])
+@pytest.mark.parametrize(
+    "bad,word", [(np.nan, "1 NaN and 0 Inf"), (np.inf, "0 NaN and 1 Inf"), (-np.inf, "0 NaN and 1 Inf")]
+)
 def test_non_finite_inputs_are_refused(rt, bad, word):
     z = np.zeros((3, rt.latent_dim), np.float32)
     z[1, 4] = bad
@@ -110,6 +122,14 @@ def test_backend_run_checks_input_names(rt):
 
 
 def test_errors_are_value_errors():
-    for cls in (runtime.InputError, runtime.ShapeError, runtime.DTypeError, runtime.NonFiniteError,
-                runtime.EmptyBatchError, runtime.BackendError, runtime.BackendUnavailableError, runtime.BundleError):
+    for cls in (
+        runtime.InputError,
+        runtime.ShapeError,
+        runtime.DTypeError,
+        runtime.NonFiniteError,
+        runtime.EmptyBatchError,
+        runtime.BackendError,
+        runtime.BackendUnavailableError,
+        runtime.BundleError,
+    ):
         assert issubclass(cls, ValueError)

@@ -1,4 +1,5 @@
 """Checkpoints: our format round trip, PyTorch-VAE Lightning and bare layouts, and every bad input's error."""
+
 from __future__ import annotations
 
 import collections
@@ -9,8 +10,17 @@ import pytest
 import torch
 
 from tests.conftest import TINY, make_model
-from vae_model import (CheckpointNotFoundError, CorruptCheckpointError, ForeignModelError, NotACheckpointError,
-                       ShapeMismatchError, VAEConfig, VanillaVAE, load_checkpoint, save_checkpoint)
+from vae_model import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ForeignModelError,
+    NotACheckpointError,
+    ShapeMismatchError,
+    VAEConfig,
+    VanillaVAE,
+    load_checkpoint,
+    save_checkpoint,
+)
 from vae_model.checkpoint import UnsafeCheckpointError, infer_config
 
 
@@ -31,17 +41,30 @@ def lightning_checkpoint(model: VanillaVAE) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=0.005)
     model(torch.rand(2, *model.config.image_shape)).recons.mean().backward()
     opt.step()
-    return {"epoch": 99, "global_step": 12345, "pytorch-lightning_version": "1.5.6", "state_dict": sd,
-            "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(0.01),
-                                                                     "best_model_path": "logs/x.ckpt"}},
-            "optimizer_states": [opt.state_dict()],
-            "lr_schedulers": [{"gamma": 0.95, "base_lrs": [0.005], "last_epoch": 99}]}
+    return {
+        "epoch": 99,
+        "global_step": 12345,
+        "pytorch-lightning_version": "1.5.6",
+        "state_dict": sd,
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss'}": {
+                "best_model_score": torch.tensor(0.01),
+                "best_model_path": "logs/x.ckpt",
+            }
+        },
+        "optimizer_states": [opt.state_dict()],
+        "lr_schedulers": [{"gamma": 0.95, "base_lrs": [0.005], "last_epoch": 99}],
+    }
 
 
 def test_round_trip_keeps_config_weights_range_and_metadata(tmp_path):
     model = make_model(TINY)
-    path = save_checkpoint(tmp_path / "a.pt", model, pixel_range=(0.0, 1.0),
-                           training={"epoch": 3, "step": 30, "seed": 7, "metrics": {"val_loss": 0.5}})
+    path = save_checkpoint(
+        tmp_path / "a.pt",
+        model,
+        pixel_range=(0.0, 1.0),
+        training={"epoch": 3, "step": 30, "seed": 7, "metrics": {"val_loss": 0.5}},
+    )
     ck = load_checkpoint(path)
     assert ck.kind == "vae-deploy" and ck.config == TINY and ck.pixel_range == (0.0, 1.0)
     assert ck.training["epoch"] == 3 and ck.training["metrics"]["val_loss"] == 0.5
@@ -92,12 +115,19 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("save", [
-    pytest.param(lambda obj, p: torch.save({"state_dict": obj}, p), id="torch-zip"),
-    pytest.param(lambda obj, p: torch.save(obj, p, _use_new_zipfile_serialization=False), id="torch-legacy"),
-    *[pytest.param(lambda obj, p, k=k: p.write_bytes(pickle.dumps({"state_dict": obj}, protocol=k)), id=f"pickle-{k}")
-      for k in (0, 2, 4, 5)],
-])
+@pytest.mark.parametrize(
+    "save",
+    [
+        pytest.param(lambda obj, p: torch.save({"state_dict": obj}, p), id="torch-zip"),
+        pytest.param(lambda obj, p: torch.save(obj, p, _use_new_zipfile_serialization=False), id="torch-legacy"),
+        *[
+            pytest.param(
+                lambda obj, p, k=k: p.write_bytes(pickle.dumps({"state_dict": obj}, protocol=k)), id=f"pickle-{k}"
+            )
+            for k in (0, 2, 4, 5)
+        ],
+    ],
+)
 def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path, save):
     marker, path = tmp_path / "PWNED", tmp_path / "model.pt"
     save(Payload(marker), path)
@@ -111,20 +141,44 @@ def test_a_pickle_that_would_run_code_is_refused_plainly(tmp_path, save):
     assert isinstance(info.value, NotACheckpointError)
 
 
-@pytest.mark.parametrize("name, write, error, match", [
-    ("missing.pt", None, CheckpointNotFoundError, "missing.pt: no such checkpoint file"),
-    ("empty.pt", lambda p: p.write_bytes(b""), CorruptCheckpointError, "empty.pt: the file is empty"),
-    ("text.pt", lambda p: p.write_text("hello, not a checkpoint\n" * 10), CorruptCheckpointError,
-     r"text.pt: not a torch checkpoint \(240 bytes; neither a torch zip archive nor a pickle"),
-    ("evil.pt", lambda p: torch.save({"state_dict": Evil()}, p), NotACheckpointError,
-     r"evil.pt: refused: loading this file would run code it carries \(it calls .*print\)"),
-    ("pickle.pt", lambda p: p.write_bytes(pickle.dumps({"a": 1})), CorruptCheckpointError, r"pickle.pt: not a torch checkpoint \(\d+ bytes; unpickling failed: Unsupported operand"),
-    ("list.pt", lambda p: torch.save([1, 2, 3], p), NotACheckpointError, "list.pt: not a VAE checkpoint"),
-    ("nostate.pt", lambda p: torch.save({"epoch": 1, "optimizer_states": []}, p), NotACheckpointError,
-     r"nostate.pt: not a VAE checkpoint.*\['epoch', 'optimizer_states'\]"),
-    ("resnet.pt", lambda p: torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, p),
-     ForeignModelError, r"resnet.pt: not a VanillaVAE state_dict: missing \['encoder.0.0.weight'"),
-])
+@pytest.mark.parametrize(
+    "name, write, error, match",
+    [
+        ("missing.pt", None, CheckpointNotFoundError, "missing.pt: no such checkpoint file"),
+        ("empty.pt", lambda p: p.write_bytes(b""), CorruptCheckpointError, "empty.pt: the file is empty"),
+        (
+            "text.pt",
+            lambda p: p.write_text("hello, not a checkpoint\n" * 10),
+            CorruptCheckpointError,
+            r"text.pt: not a torch checkpoint \(240 bytes; neither a torch zip archive nor a pickle",
+        ),
+        (
+            "evil.pt",
+            lambda p: torch.save({"state_dict": Evil()}, p),
+            NotACheckpointError,
+            r"evil.pt: refused: loading this file would run code it carries \(it calls .*print\)",
+        ),
+        (
+            "pickle.pt",
+            lambda p: p.write_bytes(pickle.dumps({"a": 1})),
+            CorruptCheckpointError,
+            r"pickle.pt: not a torch checkpoint \(\d+ bytes; unpickling failed: Unsupported operand",
+        ),
+        ("list.pt", lambda p: torch.save([1, 2, 3], p), NotACheckpointError, "list.pt: not a VAE checkpoint"),
+        (
+            "nostate.pt",
+            lambda p: torch.save({"epoch": 1, "optimizer_states": []}, p),
+            NotACheckpointError,
+            r"nostate.pt: not a VAE checkpoint.*\['epoch', 'optimizer_states'\]",
+        ),
+        (
+            "resnet.pt",
+            lambda p: torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, p),
+            ForeignModelError,
+            r"resnet.pt: not a VanillaVAE state_dict: missing \['encoder.0.0.weight'",
+        ),
+    ],
+)
 def test_bad_files_get_a_clear_error_naming_the_file(tmp_path, name, write, error, match):
     path = tmp_path / name
     if write is not None:
@@ -137,7 +191,9 @@ def test_truncated_checkpoint(tmp_path):
     good = save_checkpoint(tmp_path / "good.pt", make_model(TINY))
     data = good.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorruptCheckpointError, match=r"cut.pt: cannot be read as a torch checkpoint \(\d+ bytes; truncated"):
+    with pytest.raises(
+        CorruptCheckpointError, match=r"cut.pt: cannot be read as a torch checkpoint \(\d+ bytes; truncated"
+    ):
         load_checkpoint(tmp_path / "cut.pt")
 
 
@@ -152,7 +208,9 @@ def test_shape_mismatch_names_the_key_expected_and_actual(tmp_path):
     obj = torch.load(path, weights_only=True)
     obj["state_dict"]["fc_mu.weight"] = torch.zeros(8, 99)
     torch.save(obj, tmp_path / "bad.pt")
-    with pytest.raises(ShapeMismatchError, match=r"bad.pt: tensor 'fc_mu.weight' has shape \(8, 99\), expected \(8, 1024\)"):
+    with pytest.raises(
+        ShapeMismatchError, match=r"bad.pt: tensor 'fc_mu.weight' has shape \(8, 99\), expected \(8, 1024\)"
+    ):
         load_checkpoint(tmp_path / "bad.pt")
 
 

@@ -1,10 +1,12 @@
 """VanillaVAE and VAEConfig: shapes for several configs, the original's parameter layout, loss signs, determinism."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from vae_model import ConfigError, LossTerms, Posterior, VAEConfig, VanillaVAE, vae_loss
+
 
 # PyTorch-VAE's VanillaVAE(in_channels=3, latent_dim=128) state_dict, key for key with shapes (from models/vanilla_vae.py).
 def original_layout() -> dict[str, tuple[int, ...]]:
@@ -15,8 +17,14 @@ def original_layout() -> dict[str, tuple[int, ...]]:
         out |= {f"encoder.{i}.0.weight": (h, cin, 3, 3), f"encoder.{i}.0.bias": (h,)}
         out |= _bn(f"encoder.{i}.1", h)
         cin = h
-    out |= {"fc_mu.weight": (128, 2048), "fc_mu.bias": (128,), "fc_var.weight": (128, 2048), "fc_var.bias": (128,),
-            "decoder_input.weight": (2048, 128), "decoder_input.bias": (2048,)}
+    out |= {
+        "fc_mu.weight": (128, 2048),
+        "fc_mu.bias": (128,),
+        "fc_var.weight": (128, 2048),
+        "fc_var.bias": (128,),
+        "decoder_input.weight": (2048, 128),
+        "decoder_input.bias": (2048,),
+    }
     rev = dims[::-1]
     for i in range(4):
         out |= {f"decoder.{i}.0.weight": (rev[i], rev[i + 1], 3, 3), f"decoder.{i}.0.bias": (rev[i + 1],)}
@@ -28,8 +36,13 @@ def original_layout() -> dict[str, tuple[int, ...]]:
 
 
 def _bn(prefix: str, n: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (n,), f"{prefix}.bias": (n,), f"{prefix}.running_mean": (n,),
-            f"{prefix}.running_var": (n,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (n,),
+        f"{prefix}.bias": (n,),
+        f"{prefix}.running_mean": (n,),
+        f"{prefix}.running_var": (n,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def test_default_config_reproduces_the_original_exactly():
@@ -40,12 +53,15 @@ def test_default_config_reproduces_the_original_exactly():
     assert list(got) == list(original_layout())  # same order too: strict loading and diffing stay trivial
 
 
-@pytest.mark.parametrize("cfg", [
-    VAEConfig(),
-    VAEConfig(in_channels=1, out_channels=1, image_size=32, latent_dim=16, hidden_dims=(8, 16, 32)),
-    VAEConfig(image_size=128, latent_dim=64, hidden_dims=(8, 16, 32, 64, 64)),
-    VAEConfig(in_channels=3, out_channels=1, image_size=32, latent_dim=4, hidden_dims=(8, 8, 8, 8, 8)),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        VAEConfig(),
+        VAEConfig(in_channels=1, out_channels=1, image_size=32, latent_dim=16, hidden_dims=(8, 16, 32)),
+        VAEConfig(image_size=128, latent_dim=64, hidden_dims=(8, 16, 32, 64, 64)),
+        VAEConfig(in_channels=3, out_channels=1, image_size=32, latent_dim=4, hidden_dims=(8, 8, 8, 8, 8)),
+    ],
+)
 def test_shapes_for_several_configs(cfg):
     model = VanillaVAE(cfg).eval()
     x = torch.rand(2, *cfg.image_shape) * 2 - 1
@@ -69,13 +85,16 @@ def test_config_never_aliases_the_callers_list():
     assert cfg.hidden_dims == (8, 16, 32)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"image_size": 48}, "image_size: expected a power of two >= 32, got 48"),
-    ({"image_size": 16}, "image_size: expected a power of two >= 32, got 16"),
-    ({"latent_dim": 0}, "latent_dim: expected a positive integer, got 0"),
-    ({"hidden_dims": (8,)}, "hidden_dims: expected at least 2 entries"),
-    ({"image_size": 32, "hidden_dims": (4, 4, 4, 4, 4, 4)}, "too small for 6 stride-2 encoder blocks"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 48}, "image_size: expected a power of two >= 32, got 48"),
+        ({"image_size": 16}, "image_size: expected a power of two >= 32, got 16"),
+        ({"latent_dim": 0}, "latent_dim: expected a positive integer, got 0"),
+        ({"hidden_dims": (8,)}, "hidden_dims: expected at least 2 entries"),
+        ({"image_size": 32, "hidden_dims": (4, 4, 4, 4, 4, 4)}, "too small for 6 stride-2 encoder blocks"),
+    ],
+)
 def test_bad_config_values_are_named(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         VAEConfig(**kwargs)

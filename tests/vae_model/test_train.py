@@ -1,4 +1,5 @@
 """Training: a short real run lowers the loss on the embedded data, is reproducible, resumes exactly, writes PNGs."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,19 @@ from vae_model.train import TrainError, TrainOptions, main, train
 
 
 def opts(out, **kw) -> TrainOptions:
-    base = TrainOptions(out=out, epochs=3, batch_size=32, train_size=256, val_size=64, model=TINY, seed=3,
-                        progress=False, verbose=False, num_samples=16, lr=0.005)
+    base = TrainOptions(
+        out=out,
+        epochs=3,
+        batch_size=32,
+        train_size=256,
+        val_size=64,
+        model=TINY,
+        seed=3,
+        progress=False,
+        verbose=False,
+        num_samples=16,
+        lr=0.005,
+    )
     return replace(base, **kw)
 
 
@@ -31,8 +43,16 @@ def test_loss_goes_down_and_outputs_exist(run3):
     assert len(h) == 3
     assert h[-1].train_loss < h[0].train_loss
     assert h[-1].val_recon < h[0].val_recon
-    for name in ["last.pt", "best.pt", "metrics.csv", "steps.csv", "loss_curve.png",
-                 "samples_e001.png", "samples_e003.png", "recons_e003.png"]:
+    for name in [
+        "last.pt",
+        "best.pt",
+        "metrics.csv",
+        "steps.csv",
+        "loss_curve.png",
+        "samples_e001.png",
+        "samples_e003.png",
+        "recons_e003.png",
+    ]:
         assert (out / name).is_file(), name
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(out / "metrics.csv")))
@@ -99,14 +119,17 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "x.pt: no such checkpoint file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
-    (["--gamma", "0"], "--gamma must be a finite number in (0, 1]"),
-    (["--kld-weight", "nan"], "--kld-weight must be a finite number >= 0, got nan"),
-    (["--weight-decay", "-0.1"], "--weight-decay must be a finite number >= 0"),
-    (["--seed", "-1"], "--seed must be >= 0"),
-    (["--center-crop", "0"], "--center-crop must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+        (["--gamma", "0"], "--gamma must be a finite number in (0, 1]"),
+        (["--kld-weight", "nan"], "--kld-weight must be a finite number >= 0, got nan"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be a finite number >= 0"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--center-crop", "0"], "--center-crop must be >= 1"),
+    ],
+)
 def test_bad_hyper_parameters_exit_2_before_training(tmp_path, capsys, args, message):
     assert main(["--out", str(tmp_path / "out"), *args, "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -116,7 +139,28 @@ def test_bad_hyper_parameters_exit_2_before_training(tmp_path, capsys, args, mes
 
 def test_out_that_is_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert main(["--out", str(tmp_path / "file"), "--epochs", "1", "--train-size", "8", "--val-size", "8",
-                 "--batch-size", "8", "--image-size", "32", "--hidden-dims", "8,16", "--latent-dim", "8",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "file"),
+                "--epochs",
+                "1",
+                "--train-size",
+                "8",
+                "--val-size",
+                "8",
+                "--batch-size",
+                "8",
+                "--image-size",
+                "32",
+                "--hidden-dims",
+                "8,16",
+                "--latent-dim",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "cannot create the output folder" in capsys.readouterr().err

@@ -43,6 +43,7 @@ library only (runs under any python3 with pip; npm must be on PATH for the ONNX 
 Exit codes: 0 ok, 1 a download or check failed: one line on stderr naming the package, its version, the registry
 client's command and exit code and the end of its output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,16 @@ from typing import Callable
 ORT_VERSION = "1.32.0"
 ORT_WHEEL_PYTHON = "311"  # any CPython tag carries the same C library; one is pinned
 ORT_WHEELS = {  # machine -> (wheel platform, wheel file, sha256)
-    "x86_64": ("manylinux_2_28_x86_64", f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl",
-               "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d"),
-    "aarch64": ("manylinux_2_28_aarch64", f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_aarch64.whl",
-                "2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c"),
+    "x86_64": (
+        "manylinux_2_28_x86_64",
+        f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
+    ),
+    "aarch64": (
+        "manylinux_2_28_aarch64",
+        f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_aarch64.whl",
+        "2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c",
+    ),
 }
 ORT_WHEEL_LIB = f"onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"
 ORT_WHEEL_NOTICES = ("onnxruntime/LICENSE", "onnxruntime/ThirdPartyNotices.txt")
@@ -88,10 +95,18 @@ NLOHMANN_PREFIX = "nlohmann_json/include/nlohmann/"
 CUDA_VERSION = "12.6.68"
 CUDA_PLATFORM = "manylinux2014_x86_64"
 CUDA_WHEELS = (  # (PyPI name, wheel file, sha256, the include/ folder inside the wheel)
-    ("nvidia-cuda-runtime-cu12", f"nvidia_cuda_runtime_cu12-{CUDA_VERSION}-py3-none-{CUDA_PLATFORM}.whl",
-     "846987485889786d257f6d7bdcf7544a36452936514e20dd710527b896c0fe12", "nvidia/cuda_runtime/include/"),
-    ("nvidia-cuda-nvcc-cu12", f"nvidia_cuda_nvcc_cu12-{CUDA_VERSION}-py3-none-{CUDA_PLATFORM}.whl",
-     "3999aa4a42ac8723c09a8aafd06bc4a6ec1a0b05c53bc96c8d6cf195e84f6935", "nvidia/cuda_nvcc/include/"),
+    (
+        "nvidia-cuda-runtime-cu12",
+        f"nvidia_cuda_runtime_cu12-{CUDA_VERSION}-py3-none-{CUDA_PLATFORM}.whl",
+        "846987485889786d257f6d7bdcf7544a36452936514e20dd710527b896c0fe12",
+        "nvidia/cuda_runtime/include/",
+    ),
+    (
+        "nvidia-cuda-nvcc-cu12",
+        f"nvidia_cuda_nvcc_cu12-{CUDA_VERSION}-py3-none-{CUDA_PLATFORM}.whl",
+        "3999aa4a42ac8723c09a8aafd06bc4a6ec1a0b05c53bc96c8d6cf195e84f6935",
+        "nvidia/cuda_nvcc/include/",
+    ),
 )
 CUDA_REQUIRED_HEADERS = ("cuda_runtime_api.h", "crt/host_defines.h")
 
@@ -121,8 +136,9 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
         lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
         # The client's error lines (npm: code, syscall, the failed request; pip: what it could not find), without
         # stack frames; else the end of what it printed.
-        errors = [line for line in lines if "error" in line.lower() and not line.split("error", 1)[-1].startswith(
-            "     at ")]
+        errors = [
+            line for line in lines if "error" in line.lower() and not line.split("error", 1)[-1].startswith("     at ")
+        ]
         said = " | ".join(errors[:4] if errors else lines[-4:]) or "(it printed nothing)"
         raise FetchError(f"{what}: `{' '.join(cmd)}` failed with exit code {proc.returncode}: {said}")
 
@@ -137,8 +153,24 @@ def _pip_wheels(wheels: list[tuple[str, str, str]], work: Path, *extra: str) -> 
     """`pip download --no-deps` each (requirement, wheel file, sha256) into `work`; the wheel paths, sha256-checked."""
     reqs = [req for req, _, _ in wheels]
     what = f"downloading {', '.join(reqs)} ({' '.join(extra) or 'any platform'}) from PyPI (pip's configured index)"
-    _run([sys.executable, "-m", "pip", "download", *reqs, "--no-deps", "--only-binary=:all:", *extra,
-          "--disable-pip-version-check", "-q", "-d", str(work)], cwd=work, what=what)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            *reqs,
+            "--no-deps",
+            "--only-binary=:all:",
+            *extra,
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(work),
+        ],
+        cwd=work,
+        what=what,
+    )
     out = []
     for req, name, sha in wheels:
         wheel = work / name
@@ -155,7 +187,7 @@ def _extract_tree(wheel: Path, prefix: str, dest: Path, keep: Callable[[str], bo
     with zipfile.ZipFile(wheel) as z:
         for member in z.namelist():
             if member.startswith(prefix) and keep(member):
-                target = dest / member[len(prefix):]
+                target = dest / member[len(prefix) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(z.read(member))
 
@@ -180,9 +212,13 @@ def fetch_nlohmann(dest: Path) -> Path:
         _extract_tree(wheel, NLOHMANN_PREFIX, out / "include" / "nlohmann", lambda m: m.endswith(".hpp"))
         if not (out / "include" / "nlohmann" / "json.hpp").is_file():
             raise FetchError(f"{NLOHMANN_WHEEL}: no nlohmann/json.hpp inside (layout changed?)")
-        (out / "SOURCE.json").write_text(json.dumps(
-            {"package": f"nlohmann-json=={NLOHMANN_VERSION}", "registry": "pypi", "sha256": NLOHMANN_SHA256},
-            indent=2) + "\n")
+        (out / "SOURCE.json").write_text(
+            json.dumps(
+                {"package": f"nlohmann-json=={NLOHMANN_VERSION}", "registry": "pypi", "sha256": NLOHMANN_SHA256},
+                indent=2,
+            )
+            + "\n"
+        )
         return _install(out, final)
 
 
@@ -194,20 +230,31 @@ def fetch_cuda_headers(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-cuda-") as work:
         work = Path(work)
-        wheels = _pip_wheels([(f"{name}=={CUDA_VERSION}", w, sha) for name, w, sha, _ in CUDA_WHEELS], work,
-                             "--platform", CUDA_PLATFORM)
+        wheels = _pip_wheels(
+            [(f"{name}=={CUDA_VERSION}", w, sha) for name, w, sha, _ in CUDA_WHEELS], work, "--platform", CUDA_PLATFORM
+        )
         out = work / "root"
         (out / "include").mkdir(parents=True)
         for wheel, (*_, prefix) in zip(wheels, CUDA_WHEELS, strict=True):
             _extract_tree(wheel, prefix, out / "include", lambda m: not m.endswith(("/", ".py")))
         missing = [h for h in CUDA_REQUIRED_HEADERS if not (out / "include" / h).is_file()]
         if missing:
-            raise FetchError(f"the CUDA {CUDA_VERSION} wheels lack include/{', include/'.join(missing)} "
-                             "(layout changed?)")
-        (out / "SOURCE.json").write_text(json.dumps(
-            {"packages": [f"{name}=={CUDA_VERSION}" for name, *_ in CUDA_WHEELS], "registry": "pypi",
-             "platform": CUDA_PLATFORM, "sha256": {w: sha for _, w, sha, _ in CUDA_WHEELS},
-             "contents": "headers only (the wheels' include/ trees)"}, indent=2) + "\n")
+            raise FetchError(
+                f"the CUDA {CUDA_VERSION} wheels lack include/{', include/'.join(missing)} (layout changed?)"
+            )
+        (out / "SOURCE.json").write_text(
+            json.dumps(
+                {
+                    "packages": [f"{name}=={CUDA_VERSION}" for name, *_ in CUDA_WHEELS],
+                    "registry": "pypi",
+                    "platform": CUDA_PLATFORM,
+                    "sha256": {w: sha for _, w, sha, _ in CUDA_WHEELS},
+                    "contents": "headers only (the wheels' include/ trees)",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return _install(out, final)
 
 
@@ -227,8 +274,13 @@ def _npm_pack(spec: str, sha256: str, work: Path, what: str) -> Path:
 
 def _npm_registry() -> str:
     try:
-        proc = subprocess.run(["npm", "config", "get", "registry"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            ["npm", "config", "get", "registry"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+        )
         return proc.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown (npm config get registry failed)"
@@ -241,7 +293,7 @@ def _ort_headers(work: Path, include: Path) -> list[str]:
     with tarfile.open(_npm_pack(ORT_HEADERS_NPM, ORT_HEADERS_NPM_SHA256, work, what), "r:gz") as tar:
         for m in tar:
             if m.isfile() and m.name.startswith(ORT_HEADER_DIR) and m.name.endswith(".h"):
-                name = m.name[len(ORT_HEADER_DIR):]
+                name = m.name[len(ORT_HEADER_DIR) :]
                 src = tar.extractfile(m)
                 assert src is not None
                 (include / name).write_bytes(src.read())
@@ -275,8 +327,14 @@ def _fetch_onnxruntime_for(machine: str, dest: Path) -> Path:
         headers = _ort_headers(work / "npm", out / "include")
         api = _header_api_version(out / "include")
         (work / "pypi").mkdir()
-        [wheel] = _pip_wheels([(f"onnxruntime=={ORT_VERSION}", wheel_name, wheel_sha)], work / "pypi",
-                              "--platform", platform_tag, "--python-version", ORT_WHEEL_PYTHON)
+        [wheel] = _pip_wheels(
+            [(f"onnxruntime=={ORT_VERSION}", wheel_name, wheel_sha)],
+            work / "pypi",
+            "--platform",
+            platform_tag,
+            "--python-version",
+            ORT_WHEEL_PYTHON,
+        )
         lib = out / "lib" / f"libonnxruntime.so.{ORT_VERSION}"
         with zipfile.ZipFile(wheel) as z:
             try:
@@ -289,23 +347,44 @@ def _fetch_onnxruntime_for(machine: str, dest: Path) -> Path:
         elf = int.from_bytes(data[18:20], "little") if data[:4] == b"\x7fELF" else None
         versioned = f"VERS_{ORT_VERSION}".encode() in data
         if elf != _ELF_MACHINES[machine] or not versioned:
-            raise FetchError(f"{wheel_name}: {ORT_WHEEL_LIB} is not a {machine} ONNX Runtime {ORT_VERSION} library "
-                             f"(ELF machine {elf}, expected {_ELF_MACHINES[machine]}; symbol version "
-                             f"VERS_{ORT_VERSION} {'present' if versioned else 'absent'})")
+            raise FetchError(
+                f"{wheel_name}: {ORT_WHEEL_LIB} is not a {machine} ONNX Runtime {ORT_VERSION} library "
+                f"(ELF machine {elf}, expected {_ELF_MACHINES[machine]}; symbol version "
+                f"VERS_{ORT_VERSION} {'present' if versioned else 'absent'})"
+            )
         lib.chmod(0o755)
         os.symlink(lib.name, out / "lib" / "libonnxruntime.so.1")
         os.symlink("libonnxruntime.so.1", out / "lib" / "libonnxruntime.so")
         (out / "VERSION_NUMBER").write_text(ORT_VERSION + "\n")
-        (out / "SOURCE.json").write_text(json.dumps(
-            {"onnxruntime": ORT_VERSION, "platform": f"linux-{machine}",
-             "library": {"package": f"onnxruntime=={ORT_VERSION}", "registry": "pypi", "wheel": wheel_name,
-                         "sha256": wheel_sha, "file": ORT_WHEEL_LIB, "license": "MIT"},
-             "headers": {"package": ORT_HEADERS_NPM, "registry": "npm", "sha256": ORT_HEADERS_NPM_SHA256,
-                         "onnxruntime": ORT_HEADERS_VERSION, "c_api_version": api, "files": headers},
-             "abi": f"headers of C API {api} with the {ORT_VERSION} library: ONNX Runtime's C API is append-only; "
+        (out / "SOURCE.json").write_text(
+            json.dumps(
+                {
+                    "onnxruntime": ORT_VERSION,
+                    "platform": f"linux-{machine}",
+                    "library": {
+                        "package": f"onnxruntime=={ORT_VERSION}",
+                        "registry": "pypi",
+                        "wheel": wheel_name,
+                        "sha256": wheel_sha,
+                        "file": ORT_WHEEL_LIB,
+                        "license": "MIT",
+                    },
+                    "headers": {
+                        "package": ORT_HEADERS_NPM,
+                        "registry": "npm",
+                        "sha256": ORT_HEADERS_NPM_SHA256,
+                        "onnxruntime": ORT_HEADERS_VERSION,
+                        "c_api_version": api,
+                        "files": headers,
+                    },
+                    "abi": f"headers of C API {api} with the {ORT_VERSION} library: ONNX Runtime's C API is append-only; "
                     "CMake's probe checks that the library serves API version "
-                    f"{api} (cmake/ort_version_probe.cpp)"},
-            indent=2) + "\n")
+                    f"{api} (cmake/ort_version_probe.cpp)",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return _install(out, final)
 
 
@@ -313,8 +392,10 @@ def fetch_onnxruntime(dest: Path) -> Path:
     """ONNX Runtime for this machine (x86_64, or aarch64 when building natively on a Jetson)."""
     machine = platform.machine()
     if machine not in ORT_WHEELS:
-        raise FetchError(f"no ONNX Runtime {ORT_VERSION} wheel is pinned for {machine} (only "
-                         f"{', '.join(sorted(ORT_WHEELS))}); pass -DONNXRUNTIME_ROOT=<folder with include/ and lib/>")
+        raise FetchError(
+            f"no ONNX Runtime {ORT_VERSION} wheel is pinned for {machine} (only "
+            f"{', '.join(sorted(ORT_WHEELS))}); pass -DONNXRUNTIME_ROOT=<folder with include/ and lib/>"
+        )
     return _fetch_onnxruntime_for(machine, dest)
 
 

@@ -1,4 +1,5 @@
 """Speed rewrites (export/graph/rewrites.py): each is exact against the layers it replaces, on randomized weights."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,14 +10,21 @@ import torch
 from torch import nn
 
 from export.graph.passes import fold_batchnorm
-from export.graph.rewrites import (RewriteError, SubPixelUpsample, compose_linear_upsample, phase_space_kernels,
-                             rewrite_decoder, subpixel_upsampling, subpixel_kernels)
+from export.graph.rewrites import (
+    RewriteError,
+    SubPixelUpsample,
+    compose_linear_upsample,
+    phase_space_kernels,
+    rewrite_decoder,
+    subpixel_kernels,
+    subpixel_upsampling,
+)
 from export.to_onnx import export_graph
 from tests.conftest import TINY, make_model
 from vae_model import VAEConfig
 
-TOL = 1e-4     # the FP32 parity gate of the export, for whole models
-EXACT = 1e-9   # layer tests run in float64 with N(0, 1) weights: a wrong tap shows up as O(1), rounding as ~1e-14
+TOL = 1e-4  # the FP32 parity gate of the export, for whole models
+EXACT = 1e-9  # layer tests run in float64 with N(0, 1) weights: a wrong tap shows up as O(1), rounding as ~1e-14
 
 
 def _convt(c_in: int, c_out: int, seed: int, bias: bool = True) -> nn.ConvTranspose2d:
@@ -100,11 +108,15 @@ def test_pass_swaps_only_the_selected_layers():
 
 
 def test_pass_swaps_candidates_only_and_leaves_the_model_alone():
-    model = nn.Sequential(
-        nn.Sequential(_convt(4, 8, 0), nn.Identity(), nn.LeakyReLU()),
-        nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1),              # k4: not the k3/s2/p1/op1 layer
-        nn.Sequential(_convt(8, 8, 1), nn.LeakyReLU(), nn.Conv2d(8, 3, 3, padding=1), nn.Tanh()),
-    ).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Sequential(_convt(4, 8, 0), nn.Identity(), nn.LeakyReLU()),
+            nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1),  # k4: not the k3/s2/p1/op1 layer
+            nn.Sequential(_convt(8, 8, 1), nn.LeakyReLU(), nn.Conv2d(8, 3, 3, padding=1), nn.Tanh()),
+        )
+        .double()
+        .eval()
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     for absorb in (False, True):
@@ -118,11 +130,14 @@ def test_pass_swaps_candidates_only_and_leaves_the_model_alone():
     assert isinstance(model[0][0], nn.ConvTranspose2d) and isinstance(model[2][3], nn.Tanh)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1), "output_padding 1"),
-    (nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2), "groups 1"),
-    (nn.Conv2d(4, 4, 3), "ConvTranspose2d"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1), "output_padding 1"),
+        (nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2), "groups 1"),
+        (nn.Conv2d(4, 4, 3), "ConvTranspose2d"),
+    ],
+)
 def test_unsupported_layer_is_refused(bad, match):
     with pytest.raises(RewriteError, match=match):
         SubPixelUpsample(bad)
@@ -161,11 +176,20 @@ GREY = VAEConfig(in_channels=1, out_channels=1, image_size=32, latent_dim=4, hid
 
 
 @pytest.mark.parametrize("config", [TINY, GREY], ids=["tiny", "grey-cin-eq-cout"])
-@pytest.mark.parametrize("kw", [{}, {"form": "dense"}, {"layers": "all"}, {"layers": "all", "form": "dense"},
-                                {"form": "nhwc"}, {"layers": "all", "form": "nhwc"},
-                                {"layers": "all", "form": "nhwc", "absorb_head": False},
-                                {"layers": "none", "fold_stem": False},
-                                {"layers": "all", "absorb_head": False, "fold_stem": False}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"form": "dense"},
+        {"layers": "all"},
+        {"layers": "all", "form": "dense"},
+        {"form": "nhwc"},
+        {"layers": "all", "form": "nhwc"},
+        {"layers": "all", "form": "nhwc", "absorb_head": False},
+        {"layers": "none", "fold_stem": False},
+        {"layers": "all", "absorb_head": False, "fold_stem": False},
+    ],
+)
 def test_rewrite_decoder_matches_the_original_model(config, kw):
     model = make_model(config, seed=5)
     res = rewrite_decoder(fold_batchnorm(model), **kw)
@@ -185,8 +209,10 @@ def test_rewrite_decoder_matches_the_original_model(config, kw):
 def test_rewrite_decoder_default_model():
     model = make_model(VAEConfig(), seed=1)
     res = rewrite_decoder(fold_batchnorm(model))
-    assert res.applied == ("fold_stem: decoder_input + decoder.0.0 -> Linear(128, 4096) (4.98 -> 0.52 M MAC/image)",
-                           "subpixel[phases]: 1.0 (+2+3+4)")
+    assert res.applied == (
+        "fold_stem: decoder_input + decoder.0.0 -> Linear(128, 4096) (4.98 -> 0.52 M MAC/image)",
+        "subpixel[phases]: 1.0 (+2+3+4)",
+    )
     z = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert _max_err(res.module(z), model.decode(z)) <= TOL
@@ -204,14 +230,18 @@ def test_rewrite_decoder_needs_folded_batchnorm():
 PLAIN = {"Gemm", "Reshape", "LeakyRelu", "Conv", "Add", "DepthToSpace", "Tanh"}
 
 
-@pytest.mark.parametrize("config,kw,allowed", [
-    (TINY, {}, PLAIN),
-    (GREY, {}, PLAIN | {"ConvTranspose"}),                      # the middle layer stays a ConvTranspose
-    (GREY, {"layers": "all"}, PLAIN | {"Unsqueeze", "Concat"}),  # a phases block without a head stacks its phases
-    (GREY, {"layers": "all", "form": "dense"}, PLAIN),
-    # channels-last pixel shuffles and the cropped head: one DepthToSpace, at the end
-    (GREY, {"layers": "all", "form": "nhwc"}, PLAIN | {"Transpose", "Slice", "Concat"}),
-], ids=["tiny-default", "grey-default", "grey-all-phases", "grey-all-dense", "grey-all-nhwc"])
+@pytest.mark.parametrize(
+    "config,kw,allowed",
+    [
+        (TINY, {}, PLAIN),
+        (GREY, {}, PLAIN | {"ConvTranspose"}),  # the middle layer stays a ConvTranspose
+        (GREY, {"layers": "all"}, PLAIN | {"Unsqueeze", "Concat"}),  # a phases block without a head stacks its phases
+        (GREY, {"layers": "all", "form": "dense"}, PLAIN),
+        # channels-last pixel shuffles and the cropped head: one DepthToSpace, at the end
+        (GREY, {"layers": "all", "form": "nhwc"}, PLAIN | {"Transpose", "Slice", "Concat"}),
+    ],
+    ids=["tiny-default", "grey-default", "grey-all-phases", "grey-all-dense", "grey-all-nhwc"],
+)
 def test_exported_graph_is_plain_ops_and_matches_on_onnxruntime(tmp_path, config, kw, allowed):
     model = make_model(config, seed=2)
     res = rewrite_decoder(fold_batchnorm(model), **kw)
@@ -224,8 +254,12 @@ def test_exported_graph_is_plain_ops_and_matches_on_onnxruntime(tmp_path, config
     assert ("ConvTranspose" in ops) == ("ConvTranspose" in allowed)
     assert ("DepthToSpace" in ops) == ("DepthToSpace" in allowed)
     assert all(
-        onnx.helper.get_attribute_value(a) == b"CRD" for n in graph.node if n.op_type == "DepthToSpace"
-        for a in n.attribute if a.name == "mode")
+        onnx.helper.get_attribute_value(a) == b"CRD"
+        for n in graph.node
+        if n.op_type == "DepthToSpace"
+        for a in n.attribute
+        if a.name == "mode"
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):  # the batch axis stayed dynamic
         z = np.random.default_rng(batch).standard_normal((batch, config.latent_dim), dtype=np.float32) * 3
@@ -242,11 +276,16 @@ def test_rewrite_decoder_records_options_and_original_names():
     assert res.sources["stem"] == "decoder_input + decoder.0.0"
     assert res.sources["body.0.1.0"] == "decoder.1.0" and res.sources["body.0.1.2"] == "decoder.1.2"
     assert res.blocks == ("body.1.0",)
-    assert res.fused == {"stem": "decoder_input + decoder.0.0",
-                         "body.1.0": "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4"}
+    assert res.fused == {
+        "stem": "decoder_input + decoder.0.0",
+        "body.1.0": "final_layer.0 + final_layer.2 + final_layer.3 + final_layer.4",
+    }
     # every parameter belongs to a named module; names inside a block are not offered
     assert not any(k.startswith("body.1.0.") for k in res.sources)
     assert {n.rsplit(".", 1)[0] for n, _ in res.module.named_parameters()} <= set(res.sources)
     everything = rewrite_decoder(fold_batchnorm(make_model(GREY, seed=3)), layers="all", fold_stem=False)
     assert everything.blocks == ("body.0.0.0", "body.0.1.0", "body.1.0")
-    assert everything.sources["body.0.0.0"] == "decoder.0.0 + decoder.0.2" and everything.sources["stem"] == "decoder_input"
+    assert (
+        everything.sources["body.0.0.0"] == "decoder.0.0 + decoder.0.2"
+        and everything.sources["stem"] == "decoder_input"
+    )

@@ -1,5 +1,6 @@
 """FP16 and INT8 variants of the default-size VanillaVAE (64x64 RGB, latent 128, 3.9 M parameters), trained briefly
 so its activations are those of a real model, through both CLIs: budgets met, variants registered and loadable."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,18 @@ def default_bundle(tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("default-precision")
     torch.manual_seed(0)
-    result = train(TrainOptions(out=work / "run", epochs=1, batch_size=BATCH, train_size=STEPS * BATCH, val_size=64,
-                                progress=False, verbose=False, num_samples=4))
+    result = train(
+        TrainOptions(
+            out=work / "run",
+            epochs=1,
+            batch_size=BATCH,
+            train_size=STEPS * BATCH,
+            val_size=64,
+            progress=False,
+            verbose=False,
+            num_samples=4,
+        )
+    )
     assert result.history[-1].step == STEPS
     return export_bundle(result.last, work / "bundle", log=lambda *a: None)
 
@@ -59,8 +70,11 @@ def test_fp16_meets_budget_on_default_model(default_bundle, variants):
         assert max(_worst(enc.accuracy[key], "rel_l2")) <= 1e-2
         assert all(o["nan"] == 0 and o["inf"] == 0 for o in dec.accuracy[key]["outputs"].values())
     # the realistic inputs were part of the measurement, not just the golden noise
-    assert {k.split(".")[0] for k in dec.accuracy["fp16_storage_emulation"]["outputs"]} == {"golden", "realistic",
-                                                                                            "extra"}
+    assert {k.split(".")[0] for k in dec.accuracy["fp16_storage_emulation"]["outputs"]} == {
+        "golden",
+        "realistic",
+        "extra",
+    }
 
 
 def test_int8_meets_budget_on_default_model(default_bundle, variants):

@@ -1,4 +1,5 @@
 """export.precision.fp16: FP16 range check, measured choice of FP32-kept nodes, the written and registered variant, CLI."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,15 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, numpy_helper  # noqa: E402
 
 from export.precision import fp16  # noqa: E402
-from export.precision.common import (evaluation_sets, expose_intermediates, make_budget, open_bundle,  # noqa: E402
-                                     ort_session, precision_table, run_graph)
+from export.precision.common import (
+    evaluation_sets,
+    expose_intermediates,
+    make_budget,
+    open_bundle,  # noqa: E402
+    ort_session,
+    precision_table,
+    run_graph,
+)
 from export.to_onnx import export_model  # noqa: E402
 from runtime import bundle as B  # noqa: E402
 from runtime.files import sha256_file  # noqa: E402
@@ -70,8 +78,9 @@ def overflowing_decoder(bundle_dir, sets, peak=1e6):
 
 def test_benign_graph_keeps_no_node(tiny_bundle, decoder_sets):
     model = onnx.load(str(tiny_bundle / "decoder.onnx"))
-    res = fp16.search_fp16(model, B.DECODER, decoder_sets, make_budget("fp16", B.DECODER), progress=False,
-                              log=lambda *a: None)
+    res = fp16.search_fp16(
+        model, B.DECODER, decoder_sets, make_budget("fp16", B.DECODER), progress=False, log=lambda *a: None
+    )
     assert res.kept_fp32_nodes == ()
     assert res.search.evaluations == 1  # all-FP16 passed at once: no ranking needed
     assert res.passed and res.range_report, res.report_emulated.table()
@@ -87,8 +96,9 @@ def test_overflowing_region_is_exactly_what_stays_fp32(tiny_bundle, decoder_sets
     fp32 = run_graph(ort_session(model), decoder_sets[0].inputs)[B.IMAGE]
     np.testing.assert_allclose(fp32, decoder_sets[0].expected[B.IMAGE], atol=1e-4)  # same function in FP32
 
-    res = fp16.search_fp16(model, B.DECODER, decoder_sets, make_budget("fp16", B.DECODER), progress=False,
-                              log=lambda *a: None)
+    res = fp16.search_fp16(
+        model, B.DECODER, decoder_sets, make_budget("fp16", B.DECODER), progress=False, log=lambda *a: None
+    )
     assert set(res.kept_fp32_nodes) == set(region), res.search.log
     assert res.passed, res.report_emulated.table() + "\n" + res.report_ort.table()
     assert "budget missed" in res.search.log[0] and "NaN" in res.search.log[0]
@@ -147,8 +157,11 @@ def test_cli_writes_and_registers_variants(bundle, capsys):
         assert v.kept_fp32_nodes == ()
         assert v.accuracy["passed"] and v.accuracy["onnxruntime_cpu"]["passed"]
         assert v.accuracy["fp16_storage_emulation"]["passed"] and v.accuracy["range_check"]["clean"]
-        assert v.budget == ({"image": {"min_psnr": 40.0}} if graph == B.DECODER else
-                            {"mu": {"rel_l2": 0.01}, "logvar": {"rel_l2": 0.01}})
+        assert v.budget == (
+            {"image": {"min_psnr": 40.0}}
+            if graph == B.DECODER
+            else {"mu": {"rel_l2": 0.01}, "logvar": {"rel_l2": 0.01}}
+        )
         sess = ort_session(bundle / v.file)
         assert [i.type for i in sess.get_inputs()] == ["tensor(float)"]
         assert {o.type for o in sess.get_outputs()} == {"tensor(float)"}
@@ -159,18 +172,22 @@ def test_cli_writes_and_registers_variants(bundle, capsys):
 
 def test_cli_budget_missed_writes_nothing(bundle, capsys):
     # 200 dB is more than even FP32 ONNX Runtime vs PyTorch reaches: the search itself must give up
-    assert fp16.main([str(bundle), "--graphs", "decoder", "--budget-psnr", "200", "--samples", "4",
-                         "--no-progress"]) == 1
+    assert (
+        fp16.main([str(bundle), "--graphs", "decoder", "--budget-psnr", "200", "--samples", "4", "--no-progress"]) == 1
+    )
     err = capsys.readouterr().err
     assert "decoder" in err and "not written" in err and "Traceback" not in err
     assert not (bundle / "decoder.fp16.onnx").exists()
     assert "fp16" not in B.read_manifest(bundle).graph(B.DECODER).variants
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--graphs", "middle"], "unknown graph"),
-    (["--samples", "-1"], "--samples"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--graphs", "middle"], "unknown graph"),
+        (["--samples", "-1"], "--samples"),
+    ],
+)
 def test_cli_bad_options_exit_2(bundle, capsys, args, needle):
     assert fp16.main([str(bundle), *args]) == 2
     err = capsys.readouterr().err
@@ -187,11 +204,14 @@ def test_cli_refuses_missing_or_changed_bundle(bundle, tmp_path, capsys):
     assert "decoder.onnx" in err and "sha256" in err
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--budget-psnr", "nan"], "--budget-psnr: expected a finite number > 0, got nan"),
-    (["--budget-rel-l2", "-1"], "--budget-rel-l2: expected a finite number > 0"),
-    (["--seed", "-1"], "--seed: expected an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--budget-psnr", "nan"], "--budget-psnr: expected a finite number > 0, got nan"),
+        (["--budget-rel-l2", "-1"], "--budget-rel-l2: expected a finite number > 0"),
+        (["--seed", "-1"], "--seed: expected an integer >= 0"),
+    ],
+)
 def test_cli_bad_budget_or_seed_is_a_usage_error(bundle, capsys, args, needle):
     with pytest.raises(SystemExit) as e:
         fp16.main([str(bundle), *args])

@@ -1,5 +1,6 @@
 """export.precision.int8: static INT8 QDQ that TensorRT accepts (zero point 0, per-channel weights, FP32 bias and outputs),
 calibrated on realistic data, gated on its budget, registered in vae.json; CLI exit codes."""
+
 from __future__ import annotations
 
 import shutil
@@ -100,8 +101,15 @@ def test_check_qdq_flags_asymmetric_and_per_tensor(tiny_bundle, tmp_path):
             return next(self.it, None)
 
     out = tmp_path / "asym.onnx"
-    quantize_static(str(tiny_bundle / "decoder.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8, per_channel=False)
+    quantize_static(
+        str(tiny_bundle / "decoder.onnx"),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QUInt8,
+        per_channel=False,
+    )
     check = int8.check_qdq(onnx.load(str(out)))
     assert not check
     assert check.nonzero_zero_points and check.non_int8 and check.per_tensor_weights
@@ -135,8 +143,21 @@ def test_calibration_from_an_image_folder(bundle, tmp_path):
     assert -1.0 <= x.min() and x.max() <= 1.0
     z = int8.calibration_inputs(bundle, B.DECODER, 6, 0, folder)
     assert z.shape == (6, TINY.latent_dim)
-    assert int8.main([str(bundle), "--int8", "--graphs", "encoder", "--calibration", str(folder),
-                          "--samples", "6", "--eval-samples", "4", "--no-progress"]) in (0, 1)
+    assert int8.main(
+        [
+            str(bundle),
+            "--int8",
+            "--graphs",
+            "encoder",
+            "--calibration",
+            str(folder),
+            "--samples",
+            "6",
+            "--eval-samples",
+            "4",
+            "--no-progress",
+        ]
+    ) in (0, 1)
     assert int8.main([str(bundle), "--int8", "--calibration", str(tmp_path / "missing")]) == 2
 
 
@@ -144,8 +165,9 @@ def test_graph_outputs_are_not_quantized(tiny_bundle, tmp_path):
     from export.precision.common import open_bundle, realistic_inputs
 
     data, _ = open_bundle(tiny_bundle, [B.ENCODER])
-    q = int8.Quantizer(tiny_bundle / "encoder.onnx", B.ENCODER, realistic_inputs(data, 8, 0)[B.ENCODER],
-                           workdir=tmp_path)
+    q = int8.Quantizer(
+        tiny_bundle / "encoder.onnx", B.ENCODER, realistic_inputs(data, 8, 0)[B.ENCODER], workdir=tmp_path
+    )
     model = q.quantize(())
     producers = {o: n for n in model.graph.node for o in n.output}
     assert {producers[o.name].op_type for o in model.graph.output} == {"Gemm"}
@@ -154,8 +176,10 @@ def test_graph_outputs_are_not_quantized(tiny_bundle, tmp_path):
     assert set(got) == {B.MU, B.LOGVAR} and all(np.isfinite(v).all() for v in got.values())
 
 
-@pytest.mark.parametrize("args, needle", [([], "--int8"), (["--int8", "--samples", "0"], "--samples"),
-                                          (["--int8", "--graphs", "middle"], "unknown graph")])
+@pytest.mark.parametrize(
+    "args, needle",
+    [([], "--int8"), (["--int8", "--samples", "0"], "--samples"), (["--int8", "--graphs", "middle"], "unknown graph")],
+)
 def test_bad_options_exit_2(bundle, capsys, args, needle):
     assert int8.main([str(bundle), *args]) == 2
     err = capsys.readouterr().err
@@ -163,6 +187,7 @@ def test_bad_options_exit_2(bundle, capsys, args, needle):
 
 
 # ----------------------------------------------------------------------------------------------- --decoder-form
+
 
 @pytest.fixture(scope="module")
 def ckpt_bundle(tiny_checkpoint, tmp_path_factory):
@@ -235,9 +260,8 @@ def test_subpixel_form_is_quantized_registered_and_loads(ckpt_bundle, tmp_path, 
 def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, capsys):
     import json
 
-    from vae_model import save_checkpoint
-
     from tests.conftest import make_model
+    from vae_model import save_checkpoint
 
     bundle = copy_bundle(ckpt_bundle, tmp_path / "bundle")
     args = [str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel", *FAST]
@@ -268,6 +292,7 @@ def test_subpixel_form_needs_the_exported_checkpoint(ckpt_bundle, tmp_path, caps
 
 def test_auto_form_falls_back_when_the_subpixel_form_fails(ckpt_bundle, tmp_path, capsys, monkeypatch):
     """--decoder-form auto never fails where the bundle form works; an explicit subpixel still does."""
+
     def broken(*a, **k):
         raise int8.PrecisionError("sub-pixel export broke (test)")
 
@@ -283,14 +308,27 @@ def test_auto_form_falls_back_when_the_subpixel_form_fails(ckpt_bundle, tmp_path
 
 def test_subpixel_form_of_another_model_is_refused(bundle, tmp_path, capsys):
     """Without a recorded sha256 (an in-memory export) the FP32 check is what catches the wrong weights."""
-    from vae_model import save_checkpoint
-
     from tests.conftest import make_model
+    from vae_model import save_checkpoint
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, make_model(TINY, seed=3))
-    assert int8.main([str(bundle), "--int8", "--graphs", "decoder", "--decoder-form", "subpixel",
-                          "--checkpoint", str(other), *FAST]) == 2
+    assert (
+        int8.main(
+            [
+                str(bundle),
+                "--int8",
+                "--graphs",
+                "decoder",
+                "--decoder-form",
+                "subpixel",
+                "--checkpoint",
+                str(other),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "refusing" in err and "decoder.onnx" in err and "Traceback" not in err
     assert not (bundle / "decoder.int8.onnx").exists()

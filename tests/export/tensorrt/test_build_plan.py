@@ -1,13 +1,23 @@
 """The TensorRT build plan per version (10.3 / 10.x / 11.x / TensorRT-RTX), the trtexec command, layer matching and
 the engine-inspector check. Pure functions: no TensorRT and no GPU needed."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from export.tensorrt.build_plan import (BuildOptions, ConstrainedLayer, PlanError, fp32_compute_layers, layers_to_constrain, onnx_nodes_of_layer,
-                             parse_target, plan_build, trtexec_args)
+from export.tensorrt.build_plan import (
+    BuildOptions,
+    ConstrainedLayer,
+    PlanError,
+    fp32_compute_layers,
+    layers_to_constrain,
+    onnx_nodes_of_layer,
+    parse_target,
+    plan_build,
+    trtexec_args,
+)
 from runtime import bundle as B
 from runtime.engines import GpuInfo, TrtInfo
 
@@ -24,14 +34,27 @@ KEPT = ("node_conv2d", "node_tanh")
 def manifest(variants: dict[str, B.VariantSpec] | None = None, graphs=B.GRAPHS) -> B.Manifest:
     """A manifest like export.to_onnx writes for the tiny test model (32x32 RGB, latent 8)."""
     specs = {
-        B.ENCODER: B.GraphSpec(B.ENCODER, "encoder.onnx", "e" * 64, 18,
-                               (B.TensorSpec(B.IMAGE, (B.BATCH_AXIS, CH, SIZE, SIZE)),),
-                               (B.TensorSpec(B.MU, (B.BATCH_AXIS, LATENT)), B.TensorSpec(B.LOGVAR, (B.BATCH_AXIS, LATENT)))),
-        B.DECODER: B.GraphSpec(B.DECODER, "decoder.onnx", "d" * 64, 18, (B.TensorSpec(B.Z, (B.BATCH_AXIS, LATENT)),),
-                               (B.TensorSpec(B.IMAGE, (B.BATCH_AXIS, CH, SIZE, SIZE)),), dict(variants or {})),
+        B.ENCODER: B.GraphSpec(
+            B.ENCODER,
+            "encoder.onnx",
+            "e" * 64,
+            18,
+            (B.TensorSpec(B.IMAGE, (B.BATCH_AXIS, CH, SIZE, SIZE)),),
+            (B.TensorSpec(B.MU, (B.BATCH_AXIS, LATENT)), B.TensorSpec(B.LOGVAR, (B.BATCH_AXIS, LATENT))),
+        ),
+        B.DECODER: B.GraphSpec(
+            B.DECODER,
+            "decoder.onnx",
+            "d" * 64,
+            18,
+            (B.TensorSpec(B.Z, (B.BATCH_AXIS, LATENT)),),
+            (B.TensorSpec(B.IMAGE, (B.BATCH_AXIS, CH, SIZE, SIZE)),),
+            dict(variants or {}),
+        ),
     }
-    return B.Manifest(model=B.ModelSpec(CH, CH, SIZE, LATENT, (8, 16)), pixel_range=(-1.0, 1.0),
-                      graphs={g: specs[g] for g in graphs})
+    return B.Manifest(
+        model=B.ModelSpec(CH, CH, SIZE, LATENT, (8, 16)), pixel_range=(-1.0, 1.0), graphs={g: specs[g] for g in graphs}
+    )
 
 
 FP16 = B.VariantSpec("fp16", "decoder.fp16.onnx", "f" * 64, kept_fp32_nodes=KEPT)
@@ -40,6 +63,7 @@ VARIANTS = {"fp16": FP16, "int8": INT8}
 
 
 # ----------------------------------------------------------------------------------------------- TensorRT 10
+
 
 @pytest.mark.parametrize("target", [TRT103, TRT108], ids=["10.3", "10.8"])
 def test_trt10_fp16_builds_fp32_graph_with_flag_and_kept_layers(target):
@@ -52,8 +76,12 @@ def test_trt10_fp16_builds_fp32_graph_with_flag_and_kept_layers(target):
     assert plan.engine_file == f"engines/decoder.fp16.orin-sm87-16sms-2dla.trt{target.version}.plan"
     assert plan.sidecar_file == f"engines/decoder.fp16.orin-sm87-16sms-2dla.trt{target.version}.json"
     assert plan.timing_cache == f"engines/timing.orin-sm87-16sms-2dla.trt{target.version}.cache"
-    assert (plan.profile.input, plan.profile.min, plan.profile.opt, plan.profile.max) == \
-        (B.Z, (1, LATENT), (8, LATENT), (32, LATENT))
+    assert (plan.profile.input, plan.profile.min, plan.profile.opt, plan.profile.max) == (
+        B.Z,
+        (1, LATENT),
+        (8, LATENT),
+        (32, LATENT),
+    )
 
 
 def test_trt10_fp16_without_variant_uses_flag_only_and_says_so():
@@ -91,6 +119,7 @@ def test_fp32_has_no_precision_flags_on_any_version():
 
 # ----------------------------------------------------------------------------------------------- TensorRT 11, RTX
 
+
 def test_trt11_fp16_is_strongly_typed_from_the_variant():
     plan = plan_build(TRT11, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(), H100)
     assert plan.strongly_typed
@@ -116,6 +145,7 @@ def test_rtx_is_portable_and_has_no_timing_cache():
 
 # ----------------------------------------------------------------------------------------------- options
 
+
 def test_old_tensorrt_is_refused_with_the_jetpack_hint():
     with pytest.raises(PlanError, match=r"JetPack 6\.1"):
         plan_build(TrtInfo("trt", "8.6.2"), B.DECODER, "fp16", manifest(), BuildOptions(), ORIN)
@@ -137,18 +167,22 @@ def test_dla_rules():
         plan_build(TRT11, B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=0), ORIN)
     with pytest.raises(PlanError, match="has no DLA"):
         plan_build(TrtInfo("trt", "10.8.0"), B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=0), ORIN)
-    p11 = plan_build(TrtInfo("trt", "11.4.1"), B.DECODER, "fp16", manifest(VARIANTS),
-                     BuildOptions(dla_core=0, **fixed), ORIN)
+    p11 = plan_build(
+        TrtInfo("trt", "11.4.1"), B.DECODER, "fp16", manifest(VARIANTS), BuildOptions(dla_core=0, **fixed), ORIN
+    )
     assert p11.strongly_typed and p11.onnx_file == "decoder.fp16.onnx" and p11.set_flags == ("GPU_FALLBACK",)
     assert p11.engine_file.endswith(".dla0.trt11.4.1.plan")
 
 
-@pytest.mark.parametrize("opts,match", [
-    (BuildOptions(min_batch=0), r"1 <= min \(0\)"),
-    (BuildOptions(min_batch=4, opt_batch=2), r"min \(4\) <= opt \(2\)"),
-    (BuildOptions(opt_batch=64, max_batch=32), r"opt \(64\) <= max \(32\)"),
-    (BuildOptions(workspace_mib=0), "--workspace"),
-])
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        (BuildOptions(min_batch=0), r"1 <= min \(0\)"),
+        (BuildOptions(min_batch=4, opt_batch=2), r"min \(4\) <= opt \(2\)"),
+        (BuildOptions(opt_batch=64, max_batch=32), r"opt \(64\) <= max \(32\)"),
+        (BuildOptions(workspace_mib=0), "--workspace"),
+    ],
+)
 def test_bad_options(opts, match):
     with pytest.raises(PlanError, match=match):
         plan_build(TRT103, B.DECODER, "fp32", manifest(), opts, ORIN)
@@ -171,9 +205,16 @@ def test_parse_target():
 
 # ----------------------------------------------------------------------------------------------- trtexec
 
+
 def test_trtexec_trt10_fp16_has_precision_flags_and_shapes():
-    plan = plan_build(TRT103, B.DECODER, "fp16", manifest(VARIANTS),
-                      BuildOptions(min_batch=2, opt_batch=4, max_batch=16, workspace_mib=512), ORIN)
+    plan = plan_build(
+        TRT103,
+        B.DECODER,
+        "fp16",
+        manifest(VARIANTS),
+        BuildOptions(min_batch=2, opt_batch=4, max_batch=16, workspace_mib=512),
+        ORIN,
+    )
     args = trtexec_args(plan, "/b")
     assert args[0] == "trtexec"
     assert "--onnx=/b/decoder.onnx" in args
@@ -185,16 +226,25 @@ def test_trtexec_trt10_fp16_has_precision_flags_and_shapes():
     assert "--noTF32" in args and "--memPoolSize=workspace:512" in args
     assert "--timingCacheFile=/b/engines/timing.orin-sm87-16sms-2dla.trt10.3.0.cache" in args
     # With the parser's layers (a node's extra layers are <node>_1, ...), those are what trtexec is given.
-    layers = [ConstrainedLayer("node_conv2d", 1), ConstrainedLayer("node_conv2d_1", 1),
-              ConstrainedLayer("node_tanh", 2)]
+    layers = [
+        ConstrainedLayer("node_conv2d", 1),
+        ConstrainedLayer("node_conv2d_1", 1),
+        ConstrainedLayer("node_tanh", 2),
+    ]
     args = trtexec_args(plan, "/b", layers)
     assert "--layerPrecisions=node_conv2d:fp32,node_conv2d_1:fp32,node_tanh:fp32" in args
     assert "--layerOutputTypes=node_conv2d:fp32,node_conv2d_1:fp32,node_tanh:fp32+fp32" in args
 
 
 def test_trtexec_trt10_dla_and_int8():
-    plan = plan_build(TRT103, B.DECODER, "int8", manifest(VARIANTS),
-                      BuildOptions(dla_core=0, min_batch=2, opt_batch=2, max_batch=2), ORIN)
+    plan = plan_build(
+        TRT103,
+        B.DECODER,
+        "int8",
+        manifest(VARIANTS),
+        BuildOptions(dla_core=0, min_batch=2, opt_batch=2, max_batch=2),
+        ORIN,
+    )
     args = trtexec_args(plan, "/b")
     assert "--int8" in args and "--fp16" in args and "--onnx=/b/decoder.int8.onnx" in args
     assert "--useDLACore=0" in args and "--allowGPUFallback" in args
@@ -247,13 +297,18 @@ def test_layer_to_node_prefers_parser_metadata():
 
 
 def test_layers_to_constrain_reports_unmatched_nodes():
-    layers = [("node_linear", "[ONNX Layer: node_linear]"), ("node_linear_1", "[ONNX Layer: node_linear]"),
-              ("node_linear_1_3", "[ONNX Layer: node_linear_1]"), ("node_conv2d", "[ONNX Layer: node_conv2d]")]
+    layers = [
+        ("node_linear", "[ONNX Layer: node_linear]"),
+        ("node_linear_1", "[ONNX Layer: node_linear]"),
+        ("node_linear_1_3", "[ONNX Layer: node_linear_1]"),
+        ("node_conv2d", "[ONNX Layer: node_conv2d]"),
+    ]
     chosen, unmatched = layers_to_constrain(layers, ["node_linear", "node_gone"], NODES)
     assert chosen == ["node_linear", "node_linear_1"] and unmatched == ["node_gone"]
 
 
 # ----------------------------------------------------------------------------------------------- inspector
+
 
 def _layer(name, kind, dtype_key, dtype, meta=""):
     io = [{"Name": "x", "Dimensions": [1, 8], dtype_key: dtype}]
@@ -261,37 +316,70 @@ def _layer(name, kind, dtype_key, dtype, meta=""):
 
 
 def test_fp32_compute_layers_trt10_format():
-    info = {"Layers": [
-        _layer("node_conv2d + node_leaky_relu", "CaskConvolution", "Format/Datatype",
-               "Channel major FP16 format where channel % 8 == 0", "[ONNX Layer: node_conv2d]"),
-        _layer("node_conv2d_1", "CaskConvolution", "Format/Datatype", "Row major linear FP32 format (kLINEAR)"),
-        _layer("node_tanh_conv", "CaskDeconvolution", "Format/Datatype", "Row major linear FP32 format (kLINEAR)",
-               "[ONNX Layer: node_tanh]"),
-        _layer("Reformatting CopyNode", "Reformat", "Format/Datatype", "Row major linear FP32 format (kLINEAR)"),
-    ], "Bindings": ["z", "image"]}
+    info = {
+        "Layers": [
+            _layer(
+                "node_conv2d + node_leaky_relu",
+                "CaskConvolution",
+                "Format/Datatype",
+                "Channel major FP16 format where channel % 8 == 0",
+                "[ONNX Layer: node_conv2d]",
+            ),
+            _layer("node_conv2d_1", "CaskConvolution", "Format/Datatype", "Row major linear FP32 format (kLINEAR)"),
+            _layer(
+                "node_tanh_conv",
+                "CaskDeconvolution",
+                "Format/Datatype",
+                "Row major linear FP32 format (kLINEAR)",
+                "[ONNX Layer: node_tanh]",
+            ),
+            _layer("Reformatting CopyNode", "Reformat", "Format/Datatype", "Row major linear FP32 format (kLINEAR)"),
+        ],
+        "Bindings": ["z", "image"],
+    }
     assert fp32_compute_layers(json.dumps(info), kept=["node_tanh"]) == ["node_conv2d_1"]
 
 
 def test_fp32_compute_layers_trt11_format_and_names_only():
-    info = {"Layers": [_layer("node_linear", "Gemm", "DataType", "Float"),
-                       _layer("node_linear_1", "Gemm", "DataType", "Half")]}
+    info = {
+        "Layers": [
+            _layer("node_linear", "Gemm", "DataType", "Float"),
+            _layer("node_linear_1", "Gemm", "DataType", "Half"),
+        ]
+    }
     assert fp32_compute_layers(json.dumps(info)) == ["node_linear"]
     assert fp32_compute_layers(json.dumps({"Layers": ["node_linear", "node_conv2d"]})) == []
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 
+
 def test_cli_print_trtexec_for_a_target_not_installed(tmp_path, capsys):
     from export.tensorrt.build import main
 
     B.write_manifest(tmp_path, manifest(VARIANTS))
-    assert main([str(tmp_path), "--graphs", "decoder", "--precision", "int8", "--print-trtexec", "--target",
-                 "trt:10.3.0.30", "--workspace", "256"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path),
+                "--graphs",
+                "decoder",
+                "--precision",
+                "int8",
+                "--print-trtexec",
+                "--target",
+                "trt:10.3.0.30",
+                "--workspace",
+                "256",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "# decoder int8 for TensorRT 10.3.0" in out
     assert "--fp16 \\\n" in out and "--int8 \\\n" in out
     assert f"--adopt {tmp_path}/engines/decoder.int8.unknown-gpu.trt10.3.0.plan" in out
-    assert f"--max-batch 32 --workspace 256 --adopt" in out
+    assert "--max-batch 32 --workspace 256 --adopt" in out
 
     assert main([str(tmp_path), "--print-trtexec", "--target", "trt:11.4.0", "--precision", "int8"]) == 2
     err = capsys.readouterr().err

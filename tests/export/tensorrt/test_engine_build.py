@@ -3,6 +3,7 @@ ONNX parser and ahead-of-time builder run on a CPU. No TensorRT runtime object i
 
 Also the builder's own path on a CPU: engine + sidecar written atomically, --no-verify recorded, a build that needs
 verification refused without a GPU, and the runtime's sidecar check refusing the engine after a re-export."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,14 +14,21 @@ from pathlib import Path
 
 import pytest
 
-trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu12 is not installed "
-                                                 "(pip install tensorrt-rtx-cu12==1.7.1.116, ~220 MB)")
+trt = pytest.importorskip(
+    "tensorrt_rtx", reason="tensorrt-rtx-cu12 is not installed (pip install tensorrt-rtx-cu12==1.7.1.116, ~220 MB)"
+)
 
-from export.tensorrt.engine import TrtBuildError, build_engine, parse_onnx  # noqa: E402
 from export.tensorrt.build_plan import BuildOptions, plan_build  # noqa: E402
+from export.tensorrt.engine import TrtBuildError, build_engine, parse_onnx  # noqa: E402
 from runtime import bundle as B  # noqa: E402
-from runtime.engines import (EngineMismatchError, MachineInfo, TrtInfo, host_platform, read_sidecar,  # noqa: E402
-                             require_usable)
+from runtime.engines import (
+    EngineMismatchError,
+    MachineInfo,
+    TrtInfo,
+    host_platform,
+    read_sidecar,  # noqa: E402
+    require_usable,
+)
 from runtime.files import sha256_file  # noqa: E402
 
 RTX = TrtInfo("trt_rtx", trt.__version__)
@@ -79,12 +87,20 @@ def test_parser_errors_are_listed(tmp_path):
     from onnx import TensorProto, helper
 
     node = helper.make_node("NoSuchOp", ["x"], ["y"], name="mystery", domain="vae.custom")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                      helper.make_opsetid("vae.custom", 1)]), str(path))
-    with pytest.raises(TrtBuildError, match=r"(?s)bad\.onnx: the TensorRT ONNX parser reported \d+ error\(s\).*NoSuchOp"):
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("vae.custom", 1)]),
+        str(path),
+    )
+    with pytest.raises(
+        TrtBuildError, match=r"(?s)bad\.onnx: the TensorRT ONNX parser reported \d+ error\(s\).*NoSuchOp"
+    ):
         parse_onnx(trt, path)
 
 
@@ -109,19 +125,34 @@ def test_build_without_gpu_writes_unverified_engine_and_sidecar(bundle_copy, pre
 
     # The runtime accepts it on a machine with this TensorRT-RTX ... and refuses it once the graph is re-exported.
     here = MachineInfo(RTX, None, host_platform())
-    assert require_usable(bundle_copy, res.engine, machine=here, manifest=manifest, graph="decoder",
-                          precision=precision) == side
+    assert (
+        require_usable(bundle_copy, res.engine, machine=here, manifest=manifest, graph="decoder", precision=precision)
+        == side
+    )
     src = bundle_copy / plan.onnx_file
     src.write_bytes(src.read_bytes() + b"\0")
     spec = manifest.graphs["decoder"]
-    spec = (dataclasses.replace(spec, sha256=sha256_file(src)) if precision == "fp32" else dataclasses.replace(
-        spec, variants={"fp16": dataclasses.replace(spec.variants["fp16"], sha256=sha256_file(src))}))
+    spec = (
+        dataclasses.replace(spec, sha256=sha256_file(src))
+        if precision == "fp32"
+        else dataclasses.replace(
+            spec, variants={"fp16": dataclasses.replace(spec.variants["fp16"], sha256=sha256_file(src))}
+        )
+    )
     B.write_manifest(bundle_copy, dataclasses.replace(manifest, graphs={**manifest.graphs, "decoder": spec}))
     with pytest.raises(EngineMismatchError, match="the graph changed since the build") as info:
-        require_usable(bundle_copy, res.engine, machine=here, manifest=B.read_manifest(bundle_copy),
-                       graph="decoder", precision=precision)
-    assert info.value.rebuild == (f"python -m export.tensorrt.build {bundle_copy} --graphs decoder --precision "
-                                  f"{precision} --min-batch 1 --opt-batch 2 --max-batch 4")
+        require_usable(
+            bundle_copy,
+            res.engine,
+            machine=here,
+            manifest=B.read_manifest(bundle_copy),
+            graph="decoder",
+            precision=precision,
+        )
+    assert info.value.rebuild == (
+        f"python -m export.tensorrt.build {bundle_copy} --graphs decoder --precision "
+        f"{precision} --min-batch 1 --opt-batch 2 --max-batch 4"
+    )
 
 
 def test_build_that_needs_verification_is_refused_without_gpu(bundle_copy):
@@ -138,15 +169,38 @@ def test_build_that_needs_verification_is_refused_without_gpu(bundle_copy):
 def test_cli_builds_and_prints(bundle_copy, capsys):
     from export.tensorrt.build import main
 
-    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--precision", "fp32", "--no-verify",
-                 "--max-batch", "4", "--opt-batch", "2"]) == 0
+    assert (
+        main(
+            [
+                str(bundle_copy),
+                "--flavour",
+                "trt_rtx",
+                "--precision",
+                "fp32",
+                "--no-verify",
+                "--max-batch",
+                "4",
+                "--opt-batch",
+                "2",
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in (bundle_copy / "engines").iterdir())
     tag = RTX.tag
-    assert names == [f"decoder.fp32.portable.{tag}.json", f"decoder.fp32.portable.{tag}.plan",
-                     f"encoder.fp32.portable.{tag}.json", f"encoder.fp32.portable.{tag}.plan"]
+    assert names == [
+        f"decoder.fp32.portable.{tag}.json",
+        f"decoder.fp32.portable.{tag}.plan",
+        f"encoder.fp32.portable.{tag}.json",
+        f"encoder.fp32.portable.{tag}.plan",
+    ]
     capsys.readouterr()
-    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--graphs", "encoder", "--precision", "fp32",
-                 "--print-trtexec"]) == 0
+    assert (
+        main(
+            [str(bundle_copy), "--flavour", "trt_rtx", "--graphs", "encoder", "--precision", "fp32", "--print-trtexec"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "tensorrt_rtx \\\n" in out and "--maxShapes=image:32x3x32x32" in out
     # fp16 on a strongly typed TensorRT without the variant: one line, exit 2
@@ -158,8 +212,23 @@ def test_cli_builds_and_prints(bundle_copy, capsys):
     garbage.write_bytes(b"garbage\n")
     engine = bundle_copy / "engines" / f"decoder.fp32.portable.{tag}.plan"
     before = engine.read_bytes()
-    assert main([str(bundle_copy), "--flavour", "trt_rtx", "--graphs", "decoder", "--precision", "fp32",
-                 "--no-verify", "--adopt", str(garbage)]) == 2
+    assert (
+        main(
+            [
+                str(bundle_copy),
+                "--flavour",
+                "trt_rtx",
+                "--graphs",
+                "decoder",
+                "--precision",
+                "fp32",
+                "--no-verify",
+                "--adopt",
+                str(garbage),
+            ]
+        )
+        == 2
+    )
     assert "8 bytes, too small to be a TensorRT engine" in capsys.readouterr().err
     assert engine.read_bytes() == before
 
@@ -186,6 +255,7 @@ def test_kept_nodes_map_to_the_parser_layers(bundle):
 
 
 # ----------------------------------------------------------------------------------------------- review fixes
+
 
 class _Untouchable:
     """Stands for a TensorRT module that must not be used at all: any attribute is a test failure."""
@@ -220,11 +290,14 @@ class _Config:
         return self._accept
 
 
-@pytest.mark.parametrize("create,accept,why", [
-    (lambda data: None, True, "TensorRT could not read it"),
-    (lambda data: (_ for _ in ()).throw(RuntimeError("bad magic")), True, "RuntimeError: bad magic"),
-    (lambda data: object(), False, "TensorRT could not read it"),
-])
+@pytest.mark.parametrize(
+    "create,accept,why",
+    [
+        (lambda data: None, True, "TensorRT could not read it"),
+        (lambda data: (_ for _ in ()).throw(RuntimeError("bad magic")), True, "RuntimeError: bad magic"),
+        (lambda data: object(), False, "TensorRT could not read it"),
+    ],
+)
 def test_corrupt_or_foreign_timing_cache_is_a_clear_error(tmp_path, create, accept, why):
     from export.tensorrt.engine import _timing_cache
 
@@ -242,15 +315,24 @@ def test_layer_precisions_only_on_float_layers(tmp_path):
 
     from export.tensorrt.engine import constrained_layers
 
-    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
-             helper.make_node("Cast", ["s"], ["sf"], name="cast", to=TensorProto.FLOAT),
-             helper.make_node("Constant", [], ["two"], name="two",
-                              value=helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])),
-             helper.make_node("Mul", ["x", "two"], ["y"], name="mul"),
-             helper.make_node("Reshape", ["y", "s"], ["out"], name="reshape")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4]),
-                               helper.make_tensor_value_info("sf", TensorProto.FLOAT, [2])])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Cast", ["s"], ["sf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node(
+            "Constant", [], ["two"], name="two", value=helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+        ),
+        helper.make_node("Mul", ["x", "two"], ["y"], name="mul"),
+        helper.make_node("Reshape", ["y", "s"], ["out"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4]),
+            helper.make_tensor_value_info("sf", TensorProto.FLOAT, [2]),
+        ],
+    )
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     _logger, _builder, network, _parser = parse_onnx(trt, path)
@@ -328,8 +410,10 @@ def test_adopt_unverified_never_replaces_a_verified_engine_unless_forced(bundle_
     capsys.readouterr()
     assert main([*args, "--adopt", str(random_bytes)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --adopt {random_bytes}: {engine} is already there and passed its parity check "
-                          "(on RTX); refusing to replace it with an unverified engine (--no-verify)")
+    assert err.startswith(
+        f"error: --adopt {random_bytes}: {engine} is already there and passed its parity check "
+        "(on RTX); refusing to replace it with an unverified engine (--no-verify)"
+    )
     assert "--force" in err and len(err.strip().splitlines()) == 1
     assert (engine.read_bytes(), sidecar.read_bytes()) == before
     # unverified, a TensorRT-RTX engine needs its targets named: otherwise the runtime could never accept it

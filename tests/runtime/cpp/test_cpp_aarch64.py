@@ -16,6 +16,7 @@ an aarch64 /proc/cpuinfo, without which ONNX Runtime crashes under QEMU 7.2):
 Needs the Debian packages of .ci/apt-packages.txt (`make apt-deps`; .ci/run installs them): without them these tests
 skip, saying so, unless VAE_REQUIRE_AARCH64=1 (set by .ci/run), which turns the skip into a failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,10 @@ def _missing_tools() -> list[str]:
 def _cross_tools():
     missing = _missing_tools()
     if missing:
-        msg = (f"aarch64 cross toolchain / QEMU not installed (missing: {', '.join(missing)}): install the Debian "
-               "packages of .ci/apt-packages.txt with `make apt-deps` (as root)")
+        msg = (
+            f"aarch64 cross toolchain / QEMU not installed (missing: {', '.join(missing)}): install the Debian "
+            "packages of .ci/apt-packages.txt with `make apt-deps` (as root)"
+        )
         if os.environ.get("VAE_REQUIRE_AARCH64") == "1":
             pytest.fail(msg + " [VAE_REQUIRE_AARCH64=1: required here]")
         pytest.skip(msg)
@@ -75,8 +78,19 @@ def aarch64_build(tmp_path_factory) -> CppBuild:
     t0 = time.perf_counter()
     fetched = run_checked([sys.executable, FETCH, "--only", "onnxruntime_aarch64", "--print-root"])
     ort_root = fetched.stdout.strip().split("onnxruntime_aarch64=", 1)[1].splitlines()[0]
-    conf = run_checked(["cmake", "-S", CPP, "-B", build, *cmake_args(), f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}",
-                        f"-DONNXRUNTIME_ROOT={ort_root}", f"-DVAE_AARCH64_SYSROOT={SYSROOT}"])
+    conf = run_checked(
+        [
+            "cmake",
+            "-S",
+            CPP,
+            "-B",
+            build,
+            *cmake_args(),
+            f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}",
+            f"-DONNXRUNTIME_ROOT={ort_root}",
+            f"-DVAE_AARCH64_SYSROOT={SYSROOT}",
+        ]
+    )
     run_checked(["cmake", "--build", build, "-j", str(min(os.cpu_count() or 1, 4))])
     seconds = time.perf_counter() - t0
     print(f"aarch64 cross build (fetch + configure + build): {seconds:.1f} s")
@@ -88,8 +102,7 @@ def default_size_bundle(default_checkpoint, tmp_path_factory) -> Path:
     """A bundle of the default-size model (64x64 RGB, latent 128, hidden dims 32..512). Read-only."""
     from export.to_onnx import export_bundle
 
-    return export_bundle(default_checkpoint, tmp_path_factory.mktemp("bundle-aarch64") / "default",
-                         log=lambda *a: None)
+    return export_bundle(default_checkpoint, tmp_path_factory.mktemp("bundle-aarch64") / "default", log=lambda *a: None)
 
 
 def _elf_machine(path: Path) -> int:
@@ -111,6 +124,7 @@ def _max_err(got: np.ndarray, want: np.ndarray, what: str) -> float:
 
 # ----------------------------------------------------------------------------------------------- build
 
+
 def test_cross_build_is_aarch64_against_the_python_runtimes_onnxruntime(aarch64_build):
     log = aarch64_build.configure_log
     # The ABI probe compiled with the C API 29 headers ran (under QEMU) against the aarch64 1.32 library and agreed.
@@ -122,11 +136,20 @@ def test_cross_build_is_aarch64_against_the_python_runtimes_onnxruntime(aarch64_
 
 # ----------------------------------------------------------------------------------------------- decoder parity
 
+
 def _decode_under_qemu(build: CppBuild, bundle: Path, z: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, float]:
     np.save(tmp_path / "z.npy", np.ascontiguousarray(z, dtype=np.float32))
     t0 = time.perf_counter()
-    proc = qemu(build.exe("vae_decode"), bundle, "--latents", tmp_path / "z.npy", "--format", "none",
-                "--save-npy", tmp_path / "images.npy")
+    proc = qemu(
+        build.exe("vae_decode"),
+        bundle,
+        "--latents",
+        tmp_path / "z.npy",
+        "--format",
+        "none",
+        "--save-npy",
+        tmp_path / "images.npy",
+    )
     seconds = time.perf_counter() - t0
     assert f"onnxruntime {ORT_VERSION}" in proc.stdout, proc.stdout
     return np.load(tmp_path / "images.npy"), seconds
@@ -146,12 +169,15 @@ def test_vae_decode_matches_golden_reference_default_size(aarch64_build, default
     ref = _golden(default_size_bundle, "decoder.z", "decoder.image")
     got, seconds = _decode_under_qemu(aarch64_build, default_size_bundle, ref["decoder.z"], tmp_path)
     err = _max_err(got, ref["decoder.image"], "vae_decode (aarch64, default-size bundle)")
-    print(f"aarch64 vae_decode, default-size bundle, {len(ref['decoder.z'])} latents: max abs error {err:.3g}, "
-          f"{seconds:.1f} s under QEMU")
+    print(
+        f"aarch64 vae_decode, default-size bundle, {len(ref['decoder.z'])} latents: max abs error {err:.3g}, "
+        f"{seconds:.1f} s under QEMU"
+    )
     assert err <= TOL, f"aarch64 vae_decode vs PyTorch FP32 golden (64x64 model): max abs error {err:.3g} > {TOL}"
 
 
 # ----------------------------------------------------------------------------------------------- the C ABI
+
 
 def test_c_abi_decode_and_encode_match_golden(aarch64_build, bundle, tmp_path):
     ref = _golden(bundle, "decoder.z", "decoder.image", "encoder.image", "encoder.mu", "encoder.logvar")
@@ -178,6 +204,7 @@ def test_c_abi_misuse_battery(aarch64_build, bundle):
 
 # ----------------------------------------------------------------------------------------------- images
 
+
 def test_image_prepare_on_aarch64_equals_python(aarch64_build, tmp_path):
     from runtime.images import prepare
 
@@ -185,7 +212,19 @@ def test_image_prepare_on_aarch64_equals_python(aarch64_build, tmp_path):
     for (h, w), c in (((128, 128), 3), ((61, 97), 3), ((200, 300), 4), ((218, 178), 1)):
         pixels = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
         pixels.tofile(tmp_path / "in.u8")
-        qemu(aarch64_build.exe("vae_image_check"), "prepare", tmp_path / "in.u8", w, h, c, 64, 3, 148, -1, 1,
-             tmp_path / "out.f32")
+        qemu(
+            aarch64_build.exe("vae_image_check"),
+            "prepare",
+            tmp_path / "in.u8",
+            w,
+            h,
+            c,
+            64,
+            3,
+            148,
+            -1,
+            1,
+            tmp_path / "out.f32",
+        )
         got = np.fromfile(tmp_path / "out.f32", np.float32).reshape(1, 3, 64, 64)
         np.testing.assert_array_equal(got, prepare(pixels, 64, (-1.0, 1.0)), err_msg=f"{w}x{h}x{c}")

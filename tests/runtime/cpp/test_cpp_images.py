@@ -8,6 +8,7 @@ itself proven equal to Pillow and to the training loader in tests/runtime/test_i
 - the vae_roundtrip example (PPM files of any size -> encode -> decode -> PNG) equals the Python runtime's
   prepare + reconstruct on the same bundle.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,8 +42,9 @@ def test_resize_equals_pythons_bilinear(cpp_build, tmp_path):
             for ow, oh in ((64, 64), (32, 17), (17, 32), (w, 64), (100, 130), (1, 1)):
                 _check(cpp_build, "resize", tmp_path / "in.u8", w, h, c, ow, oh, tmp_path / "out.u8")
                 got = np.fromfile(tmp_path / "out.u8", np.uint8).reshape(oh, ow, c)
-                np.testing.assert_array_equal(got, resize_bilinear(pixels, (ow, oh)),
-                                              err_msg=f"{w}x{h}x{c} -> {ow}x{oh}")
+                np.testing.assert_array_equal(
+                    got, resize_bilinear(pixels, (ow, oh)), err_msg=f"{w}x{h}x{c} -> {ow}x{oh}"
+                )
                 cases += 1
     assert cases == len(ODD_SIZES) * 3 * 6
 
@@ -57,8 +59,9 @@ def test_prepare_equals_python_within_one_level(cpp_build, tmp_path, pixel_range
             pixels = _pixels(rng, h, w, c)
             pixels.tofile(tmp_path / "in.u8")
             for model_c, crop in ((3, 148), (1, 148), (3, 64)):
-                _check(cpp_build, "prepare", tmp_path / "in.u8", w, h, c, 64, model_c, crop, lo, hi,
-                       tmp_path / "out.f32")
+                _check(
+                    cpp_build, "prepare", tmp_path / "in.u8", w, h, c, 64, model_c, crop, lo, hi, tmp_path / "out.f32"
+                )
                 got = np.fromfile(tmp_path / "out.f32", np.float32).reshape(1, model_c, 64, 64)
                 want = prepare(pixels, 64, pixel_range, channels=model_c, crop=crop)
                 worst = max(worst, float(np.abs(got - want).max()) / (hi - lo))
@@ -102,8 +105,9 @@ def test_vae_roundtrip_example_equals_the_python_runtime(cpp_build, bundle, tmp_
         _write_pnm(files[-1], pixels)
     out = tmp_path / "out"
     exe = cpp_build.exe("vae_roundtrip")
-    proc = run_checked([exe, bundle, *files, "--out", out, "--save-input", tmp_path / "x.npy",
-                        "--save-npy", tmp_path / "y.npy"])
+    proc = run_checked(
+        [exe, bundle, *files, "--out", out, "--save-input", tmp_path / "x.npy", "--save-npy", tmp_path / "y.npy"]
+    )
     for stage in ("load", "read", "prepare", "encode", "decode", "to_pixels", "write"):
         assert f"  {stage} " in proc.stdout, proc.stdout
     with runtime.load(bundle, backend="onnxruntime") as rt:
@@ -117,7 +121,7 @@ def test_vae_roundtrip_example_equals_the_python_runtime(cpp_build, bundle, tmp_
         Image = pytest.importorskip("PIL.Image")
         for i in range(len(images)):
             with Image.open(out / f"recon_{i:03d}.png") as im:
-                np.testing.assert_array_equal(np.asarray(im.convert("RGB")), rt.to_uint8(y[i:i + 1], "HWC"))
+                np.testing.assert_array_equal(np.asarray(im.convert("RGB")), rt.to_uint8(y[i : i + 1], "HWC"))
 
     # Files it would write exist: nothing happens without --overwrite (exit 2); PNG input is refused clearly.
     proc = run_checked([exe, bundle, files[0], "--out", out], check=False)

@@ -14,6 +14,7 @@ The build needs cmake and a C/C++ compiler (on the machine image); ONNX Runtime 
 runtime/cpp/scripts/fetch_deps.py (the library from PyPI, its headers from npm; nlohmann/json from PyPI) into
 third_party/ the first time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,6 +64,7 @@ def python_runtime(bundle):
 
 # ----------------------------------------------------------------------------------------------- build
 
+
 def _fetch_deps():
     import importlib.util
 
@@ -75,8 +77,11 @@ def _fetch_deps():
 def test_cpp_onnxruntime_is_the_python_runtimes_release():
     """Issue 18: the C++ library used ONNX Runtime 1.29 (npm) while Python pinned 1.32. fetch_deps.py now takes the
     library from the PyPI wheel of the version constraints.txt pins, for x86_64 and aarch64 alike."""
-    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     fd = _fetch_deps()
     assert fd.ORT_VERSION == pins["onnxruntime"].strip()
     assert sorted(fd.ORT_WHEELS) == ["aarch64", "x86_64"]
@@ -88,8 +93,10 @@ def test_build_links_the_python_runtimes_onnxruntime(cpp_build):
     fd = _fetch_deps()
     log = cpp_build.configure_log
     api = fd.ORT_HEADERS_VERSION.split(".")[1]
-    assert f"ONNX Runtime {fd.ORT_VERSION} (headers API {api}): ABI checked: the {fd.ORT_VERSION} library serves " \
-           f"C API {api}" in log, log
+    assert (
+        f"ONNX Runtime {fd.ORT_VERSION} (headers API {api}): ABI checked: the {fd.ORT_VERSION} library serves "
+        f"C API {api}" in log
+    ), log
     assert f"onnxruntime-{fd.ORT_VERSION}-linux-" in log, log
     info = c_check(cpp_build, "info", "/nonexistent", check=False)
     assert info.returncode == 1 and "VAE_ERR_BUNDLE" in info.stderr
@@ -114,8 +121,17 @@ def test_headers_newer_than_the_library_are_refused(cpp_build, tmp_path):
             text, n = re.subn(r"^#define ORT_API_VERSION \d+", "#define ORT_API_VERSION 99", text, flags=re.M)
             assert n == 1
         (future / header.name).write_text(text)
-    args = ["cmake", "-S", CPP, "-B", tmp_path / "b", *_cmake_args(), f"-DONNXRUNTIME_LIBRARY={library}",
-            "-DVAE_BUILD_EXAMPLES=OFF", "-DVAE_BUILD_TESTS=OFF"]
+    args = [
+        "cmake",
+        "-S",
+        CPP,
+        "-B",
+        tmp_path / "b",
+        *_cmake_args(),
+        f"-DONNXRUNTIME_LIBRARY={library}",
+        "-DVAE_BUILD_EXAMPLES=OFF",
+        "-DVAE_BUILD_TESTS=OFF",
+    ]
     refused = _run([*args, f"-DONNXRUNTIME_INCLUDE_DIR={future}"], check=False)
     said = " ".join(refused.stderr.split())  # CMake wraps its messages
     assert refused.returncode != 0
@@ -129,21 +145,26 @@ def test_relative_python_executable_is_resolved_or_refused(tmp_path):
     """The Makefile passed -DPython3_EXECUTABLE=.venv/bin/python, which FindPython ignored (it took another
     interpreter): a relative path is now resolved against the directory cmake runs in, or refused by name. Only the
     start of a configure is needed: a missing interpreter stops it at once."""
-    proc = _run(["cmake", "-S", CPP, "-B", tmp_path / "b", "-DPython3_EXECUTABLE=no/such/python"], check=False,
-                cwd=tmp_path)
+    proc = _run(
+        ["cmake", "-S", CPP, "-B", tmp_path / "b", "-DPython3_EXECUTABLE=no/such/python"], check=False, cwd=tmp_path
+    )
     assert proc.returncode != 0
-    assert (f"Python3_EXECUTABLE='no/such/python' is a relative path and '{tmp_path}/no/such/python' "
-            f"(relative to {tmp_path}, where cmake was started) does not exist") in " ".join(proc.stderr.split())
+    assert (
+        f"Python3_EXECUTABLE='no/such/python' is a relative path and '{tmp_path}/no/such/python' "
+        f"(relative to {tmp_path}, where cmake was started) does not exist"
+    ) in " ".join(proc.stderr.split())
 
 
 # ----------------------------------------------------------------------------------------------- parity
+
 
 def _inputs(bundle: Path, graph: str, tensor: str, shape_tail: tuple[int, ...], extra: int, lo=-1.0, hi=1.0):
     with np.load(bundle / "reference.npz") as ref:
         golden = ref[f"{graph}.{tensor}"]
     rng = np.random.default_rng(1234)
-    fresh = (rng.standard_normal((extra, *shape_tail)) if tensor == "z"
-             else rng.uniform(lo, hi, (extra, *shape_tail))).astype(np.float32)
+    fresh = (
+        rng.standard_normal((extra, *shape_tail)) if tensor == "z" else rng.uniform(lo, hi, (extra, *shape_tail))
+    ).astype(np.float32)
     return np.ascontiguousarray(np.concatenate([golden, fresh]), dtype=np.float32)
 
 
@@ -159,8 +180,18 @@ def test_decoder_matches_python_runtime_on_default_bundle(cpp_build, default_bun
 
     # The C++ API through the example, with latents from a .npy file.
     np.save(tmp_path / "z.npy", z)
-    proc = _run([cpp_build.exe("vae_decode"), default_bundle, "--latents", tmp_path / "z.npy", "--format", "none",
-                 "--save-npy", tmp_path / "images.npy"])
+    proc = _run(
+        [
+            cpp_build.exe("vae_decode"),
+            default_bundle,
+            "--latents",
+            tmp_path / "z.npy",
+            "--format",
+            "none",
+            "--save-npy",
+            tmp_path / "images.npy",
+        ]
+    )
     got_api = np.load(tmp_path / "images.npy")
     assert got_api.shape == expected.shape and got_api.dtype == np.float32
     err_api = float(np.abs(got_api - expected).max())
@@ -178,9 +209,11 @@ def test_vae_decode_never_overwrites_the_users_files_unasked(cpp_build, bundle, 
     exe = cpp_build.exe("vae_decode")
     proc = _run([exe, bundle, "--count", "3", "--out", out, "--save-npy", tmp_path / "images.npy"], check=False)
     assert proc.returncode == 2, proc
-    assert proc.stderr == (f"vae_decode: error: would overwrite 2 existing file(s): {out}/image_001.png, "
-                           f"{tmp_path}/images.npy; pass --overwrite to replace them, or choose another --out / "
-                           "--save-npy / --save-latents\n")
+    assert proc.stderr == (
+        f"vae_decode: error: would overwrite 2 existing file(s): {out}/image_001.png, "
+        f"{tmp_path}/images.npy; pass --overwrite to replace them, or choose another --out / "
+        "--save-npy / --save-latents\n"
+    )
     assert sorted(p.name for p in out.iterdir()) == ["image_001.png"]  # nothing written, nothing replaced
     assert (out / "image_001.png").read_bytes() == b"the user's picture"
     assert (tmp_path / "images.npy").read_bytes() == b"the user's array"
@@ -212,6 +245,7 @@ def test_encoder_matches_python_runtime_on_default_bundle(cpp_build, default_bun
 
 # ----------------------------------------------------------------------------------------------- the C ABI
 
+
 def test_c_abi_misuse_battery(cpp_build, bundle):
     proc = c_check(cpp_build, "errors", bundle, check=False)
     lines = proc.stdout.splitlines()
@@ -232,8 +266,10 @@ def test_large_decode_peak_memory_is_the_output_plus_one_chunk(cpp_build, bundle
     assert r["shape"] == [N, 3, 32, 32]
     assert r["extra_mib"] < BOUND_MIB, r
     z = np.random.default_rng(5).standard_normal((2 * 256 + 5, 8), dtype=np.float32)
-    with CppRuntime(bundle, library=cpp_build.library, graphs="decoder") as rt, \
-            runtime.load(bundle, backend="onnxruntime", max_chunk=None, batch_split=False) as whole:
+    with (
+        CppRuntime(bundle, library=cpp_build.library, graphs="decoder") as rt,
+        runtime.load(bundle, backend="onnxruntime", max_chunk=None, batch_split=False) as whole,
+    ):
         assert "max_chunk 256)" in rt.backend
         np.testing.assert_allclose(rt.decode(z), whole.decode(z), rtol=0, atol=TOL)  # rows in order across chunks
 
@@ -245,8 +281,10 @@ def test_batch_split_equals_one_call(cpp_build, bundle, threads):
     from benchmarks.cpp_runtime import CppRuntime
 
     rng = np.random.default_rng(3)
-    with CppRuntime(bundle, library=cpp_build.library, batch_split=False) as whole, \
-            CppRuntime(bundle, library=cpp_build.library, threads=threads, batch_split=2) as split:
+    with (
+        CppRuntime(bundle, library=cpp_build.library, batch_split=False) as whole,
+        CppRuntime(bundle, library=cpp_build.library, threads=threads, batch_split=2) as split,
+    ):
         assert "batch_split" not in whole.backend
         assert f"batch_split decoder >= 2, encoder >= 2 over {threads} cores" in split.backend
         for n in (1, 2, 5, 7):
@@ -296,8 +334,11 @@ def test_batch_split_option_checks_and_old_struct_layout(cpp_build, bundle):
     assert status == "VAE_ERR_INVALID_ARGUMENT" and "vae_options.struct_size is 12, expected" in error
     proc = c_check(cpp_build, "open", bundle)  # default: one worker per physical core, like the Python backend
     cores = physical_cores()
-    assert ((f"batch_split decoder >= 32 over {cores} cores" in proc.stdout) if cores > 1
-            else "batch_split" not in proc.stdout), proc.stdout
+    assert (
+        (f"batch_split decoder >= 32 over {cores} cores" in proc.stdout)
+        if cores > 1
+        else "batch_split" not in proc.stdout
+    ), proc.stdout
     assert "encoder" not in proc.stdout.split("backend=", 1)[1]  # the encoder is not split by default
 
 
@@ -322,13 +363,18 @@ def test_c_abi_info_matches_manifest(cpp_build, bundle):
     m = read_manifest(bundle)
     out = dict(line.split("=", 1) for line in c_check(cpp_build, "info", bundle).stdout.splitlines())
     assert (int(out["in_channels"]), int(out["out_channels"]), int(out["image_size"]), int(out["latent_dim"])) == (
-        m.model.in_channels, m.model.out_channels, m.model.image_size, m.model.latent_dim)
+        m.model.in_channels,
+        m.model.out_channels,
+        m.model.image_size,
+        m.model.latent_dim,
+    )
     assert (float(out["pixel_min"]), float(out["pixel_max"])) == m.pixel_range
     assert out["backend"].startswith(f"onnxruntime {_fetch_deps().ORT_VERSION} (CPUExecutionProvider")
     assert out["version"] == pyproject_version()  # the library's vae_version(): pyproject.toml's, through CMake
 
 
 # ----------------------------------------------------------------------------------------------- bad bundles
+
 
 def _edit_manifest(bundle: Path, edit) -> None:
     data = json.loads((bundle / "vae.json").read_text())
@@ -350,15 +396,18 @@ def test_bad_paths(cpp_build, bundle_copy, tmp_path):
     assert open_status(cpp_build, bundle_copy, "graphs=encoder")[0] == "VAE_OK"
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda d: d.update(schema="something/else"), "schema: 'something/else', expected 'vae-deploy/bundle'"),
-    (lambda d: d.update(schema_version=2), "schema_version: 2, this runtime reads 1"),
-    (lambda d: d["model"].update(latent_dim="eight"), "model.latent_dim: expected an integer, got string"),
-    (lambda d: d["model"].update(latent_dim=9), "the model config implies (N, 9)"),
-    (lambda d: d.update(pixel_range=[1, -1]), "pixel_range: expected low < high"),
-    (lambda d: d["graphs"]["decoder"].update(file="../decoder.onnx"), "must be a relative path inside the bundle"),
-    (lambda d: d["graphs"].update(flow=d["graphs"]["decoder"]), "unknown graph 'flow'"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda d: d.update(schema="something/else"), "schema: 'something/else', expected 'vae-deploy/bundle'"),
+        (lambda d: d.update(schema_version=2), "schema_version: 2, this runtime reads 1"),
+        (lambda d: d["model"].update(latent_dim="eight"), "model.latent_dim: expected an integer, got string"),
+        (lambda d: d["model"].update(latent_dim=9), "the model config implies (N, 9)"),
+        (lambda d: d.update(pixel_range=[1, -1]), "pixel_range: expected low < high"),
+        (lambda d: d["graphs"]["decoder"].update(file="../decoder.onnx"), "must be a relative path inside the bundle"),
+        (lambda d: d["graphs"].update(flow=d["graphs"]["decoder"]), "unknown graph 'flow'"),
+    ],
+)
 def test_malformed_manifest(cpp_build, bundle_copy, edit, needle):
     _edit_manifest(bundle_copy, edit)
     status, err = open_status(cpp_build, bundle_copy)
@@ -376,18 +425,29 @@ def _latent(n: int):
         d["model"]["latent_dim"] = n
         for t in (*d["graphs"]["encoder"]["outputs"], *d["graphs"]["decoder"]["inputs"]):
             t["shape"] = ["batch", n]
+
     return edit
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda d: d["graphs"]["decoder"].update(file="/etc/passwd"), "file name '/etc/passwd' must be a relative path"),
-    (_escape_by_symlink, "outside.onnx, outside the bundle"),
-    (lambda d: d["graphs"]["decoder"].update(sha256=""),
-     "graphs.decoder.sha256: expected the file's sha256 (64 hex digits), got ''"),
-    (lambda d: d["graphs"]["decoder"].update(variants={"fp16": {"file": "decoder.onnx", "sha256": ""}}),
-     "graphs.decoder.variants.fp16.sha256: expected the file's sha256 (64 hex digits), got ''"),
-    (_latent(100_000), "model.latent_dim: expected an integer in [1, 65536], got 100000"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (
+            lambda d: d["graphs"]["decoder"].update(file="/etc/passwd"),
+            "file name '/etc/passwd' must be a relative path",
+        ),
+        (_escape_by_symlink, "outside.onnx, outside the bundle"),
+        (
+            lambda d: d["graphs"]["decoder"].update(sha256=""),
+            "graphs.decoder.sha256: expected the file's sha256 (64 hex digits), got ''",
+        ),
+        (
+            lambda d: d["graphs"]["decoder"].update(variants={"fp16": {"file": "decoder.onnx", "sha256": ""}}),
+            "graphs.decoder.variants.fp16.sha256: expected the file's sha256 (64 hex digits), got ''",
+        ),
+        (_latent(100_000), "model.latent_dim: expected an integer in [1, 65536], got 100000"),
+    ],
+)
 def test_bundle_contract_files_inside_sha256_required_model_bounded(cpp_build, bundle_copy, edit, needle):
     """Issue 16, the C++ reader: names stay inside the bundle (also through symlinks), graph and variant sha256 are
     required (an empty one used to turn the check off), the model section is bounded as in runtime/bundle.py."""
@@ -430,18 +490,24 @@ def test_corrupt_onnx_is_a_clear_bundle_error(cpp_build, bundle_copy):
 
 # ----------------------------------------------------------------------------------------------- the example
 
+
 def _decode_cli(build: CppBuild, *args) -> subprocess.CompletedProcess:
     return _run([build.exe("vae_decode"), *args], check=False)
 
 
-@pytest.mark.parametrize("make, needle", [
-    (lambda d: np.zeros((2, d + 1), np.float32), "shape (2, {w}), expected (N, {d})"),
-    (lambda d: np.zeros((d,), np.float32), "a single latent needs a batch axis"),
-    (lambda d: np.zeros((2, d), np.int64), "dtype '<i8', expected float32"),
-    (lambda d: np.asfortranarray(np.zeros((3, d), np.float32)), "Fortran-ordered"),
-    (lambda d: np.where(np.arange(2 * d).reshape(2, d) == d + 1, np.nan, 0).astype(np.float32),
-     "tensor 'z': 1 NaN and 0 Inf value(s), first at index (1, 1)"),
-])
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: np.zeros((2, d + 1), np.float32), "shape (2, {w}), expected (N, {d})"),
+        (lambda d: np.zeros((d,), np.float32), "a single latent needs a batch axis"),
+        (lambda d: np.zeros((2, d), np.int64), "dtype '<i8', expected float32"),
+        (lambda d: np.asfortranarray(np.zeros((3, d), np.float32)), "Fortran-ordered"),
+        (
+            lambda d: np.where(np.arange(2 * d).reshape(2, d) == d + 1, np.nan, 0).astype(np.float32),
+            "tensor 'z': 1 NaN and 0 Inf value(s), first at index (1, 1)",
+        ),
+    ],
+)
 def test_vae_decode_rejects_bad_latents(cpp_build, bundle, tmp_path, make, needle):
     from runtime.bundle import read_manifest
 
@@ -470,8 +536,20 @@ def test_vae_decode_writes_images_like_to_uint8(cpp_build, bundle, tmp_path):
     outs = []
     for fmt in ("png", "ppm"):
         out = tmp_path / fmt
-        proc = _decode_cli(cpp_build, bundle, "--count", "3", "--seed", "7", "--out", out, "--format", fmt,
-                           "--save-npy", tmp_path / f"{fmt}.npy")
+        proc = _decode_cli(
+            cpp_build,
+            bundle,
+            "--count",
+            "3",
+            "--seed",
+            "7",
+            "--out",
+            out,
+            "--format",
+            fmt,
+            "--save-npy",
+            tmp_path / f"{fmt}.npy",
+        )
         assert proc.returncode == 0, proc.stderr
         outs.append(sorted(out.iterdir()))
     images = np.load(tmp_path / "png.npy")
@@ -493,8 +571,20 @@ def test_vae_decode_seed_draws_the_latents_python_sample_draws(cpp_build, bundle
     from runtime.rng import standard_normal
 
     n = 300
-    proc = _decode_cli(cpp_build, bundle, "--count", n, "--seed", seed, "--format", "none",
-                       "--save-latents", tmp_path / "z.npy", "--save-npy", tmp_path / "images.npy")
+    proc = _decode_cli(
+        cpp_build,
+        bundle,
+        "--count",
+        n,
+        "--seed",
+        seed,
+        "--format",
+        "none",
+        "--save-latents",
+        tmp_path / "z.npy",
+        "--save-npy",
+        tmp_path / "images.npy",
+    )
     assert proc.returncode == 0, proc.stderr
     z = np.load(tmp_path / "z.npy")
     with runtime.load(bundle, backend="onnxruntime") as vae:
@@ -503,8 +593,12 @@ def test_vae_decode_seed_draws_the_latents_python_sample_draws(cpp_build, bundle
         np.testing.assert_array_max_ulp(z, want, maxulp=1)
         assert np.count_nonzero(z != want) <= 1, "more than a rare last-bit difference"
         np.testing.assert_allclose(np.load(tmp_path / "images.npy"), vae.sample(n, seed=int(seed)), rtol=0, atol=TOL)
-    assert _decode_cli(cpp_build, bundle, "--count", 1, "--seed", seed, "--format", "none",
-                       "--save-latents", tmp_path / "z.npy").returncode == 2  # never replaced without --overwrite
+    assert (
+        _decode_cli(
+            cpp_build, bundle, "--count", 1, "--seed", seed, "--format", "none", "--save-latents", tmp_path / "z.npy"
+        ).returncode
+        == 2
+    )  # never replaced without --overwrite
     for bad in ("-1", "18446744073709551616", "1e3"):
         proc = _decode_cli(cpp_build, bundle, "--count", 1, "--seed", bad, "--format", "none")
         assert proc.returncode == 2 and "--seed: expected an integer in [0, 18446744073709551615]" in proc.stderr
@@ -581,8 +675,18 @@ def test_installed_package_is_consumable_by_find_package(cpp_build, bundle, tmp_
     (app / "old_order.cpp").write_text(OLD_ORDER_APP)
     # A clean environment: nothing but the prefix tells CMake or the loader where the runtime lives.
     env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "CMAKE_PREFIX_PATH")}
-    _run(["cmake", "-S", app, "-B", app / "build", f"-DCMAKE_PREFIX_PATH={prefix}",
-          *(["-G", "Ninja"] if shutil.which("ninja") else [])], env=env)
+    _run(
+        [
+            "cmake",
+            "-S",
+            app,
+            "-B",
+            app / "build",
+            f"-DCMAKE_PREFIX_PATH={prefix}",
+            *(["-G", "Ninja"] if shutil.which("ninja") else []),
+        ],
+        env=env,
+    )
     _run(["cmake", "--build", app / "build"], env=env)
     out = _run([app / "build" / "app", bundle], env=env).stdout
     assert "caught ShapeError: tensor 'z'" in out and "decoded" in out, out

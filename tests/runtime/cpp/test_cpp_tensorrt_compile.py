@@ -8,6 +8,7 @@ runtime/cpp/scripts/fetch_deps.py takes from PyPI wheels. A call to a TensorRT m
 signature, or a new warning in our code fails the test with the compiler's messages. What it cannot catch: link
 errors, ABI or behaviour differences, anything that happens at run time.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,12 @@ def _run(cmd, what: str, timeout: float = 600) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         out = proc.stdout + proc.stderr
         diagnostics = [line for line in out.splitlines() if re.search(r"(error|warning)[:\]]", line)]
-        pytest.fail(f"{what} failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n"
-                    f"--- diagnostics ({len(diagnostics)}):\n" + "\n".join(diagnostics[:60]) +
-                    f"\n--- output tail:\n{out[-6000:]}")
+        pytest.fail(
+            f"{what} failed (exit {proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- diagnostics ({len(diagnostics)}):\n"
+            + "\n".join(diagnostics[:60])
+            + f"\n--- output tail:\n{out[-6000:]}"
+        )
     return proc
 
 
@@ -59,13 +63,28 @@ def test_runtime_compiles_with_tensorrt_backend(version, cuda_include, tmp_path)
         pytest.fail("this test needs cmake >= 3.18, a C++17 compiler and nm (binutils) on PATH")
     trt_include = f"{TRT_HEADERS}/{version}/include"
     if not (REPO / trt_include / "NvInfer.h").is_file():
-        pytest.fail(f"{REPO / trt_include}: no NvInfer.h; expected TensorRT {version}'s published headers in shared/ "
-                    "beside the repository (../shared/third_party/tensorrt/<version>/include)")
+        pytest.fail(
+            f"{REPO / trt_include}: no NvInfer.h; expected TensorRT {version}'s published headers in shared/ "
+            "beside the repository (../shared/third_party/tensorrt/<version>/include)"
+        )
     build = tmp_path / "build"
     t0 = time.perf_counter()
-    _run(["cmake", "-S", CPP, "-B", build, *cmake_args(), "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
-          "-DVAE_BUILD_EXAMPLES=OFF", "-DVAE_BUILD_TESTS=OFF", f"-DVAE_TENSORRT_COMPILE_CHECK={trt_include}",
-          f"-DVAE_CUDA_INCLUDE_DIR={cuda_include}"], f"configure (TensorRT {version} headers)")
+    _run(
+        [
+            "cmake",
+            "-S",
+            CPP,
+            "-B",
+            build,
+            *cmake_args(),
+            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
+            "-DVAE_BUILD_EXAMPLES=OFF",
+            "-DVAE_BUILD_TESTS=OFF",
+            f"-DVAE_TENSORRT_COMPILE_CHECK={trt_include}",
+            f"-DVAE_CUDA_INCLUDE_DIR={cuda_include}",
+        ],
+        f"configure (TensorRT {version} headers)",
+    )
     t1 = time.perf_counter()
     _run(["cmake", "--build", build, "--target", TARGET, "-j", "2"], f"compile check against TensorRT {version}")
     print(f"TensorRT {version} compile check: configure {t1 - t0:.1f} s, compile {time.perf_counter() - t1:.1f} s")

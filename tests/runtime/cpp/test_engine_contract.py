@@ -4,6 +4,7 @@ engine_contract.cpp, through tests/engine_contract_check.cpp), and each mismatch
 reasons. The machine's facts are the values the libraries really report: TensorRT's version as the published C++
 headers define it (NV_TENSORRT_MAJOR.MINOR.PATCH.BUILD, read from ../shared/third_party) on the C++ side and as
 `tensorrt.__version__` says it (major.minor.patch) on the Python side; cudaDeviceProp's name "Orin" for every Orin."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,14 +16,26 @@ from pathlib import Path
 import pytest
 
 from runtime import bundle as B
-from runtime.engines import (EngineSidecar, GpuInfo, MachineInfo, PlatformInfo, Profile, TrtInfo, check_sidecar,
-                             engine_path, locate_engine, manifest_source_sha256, sidecar_path, sidecar_rebuild_command,
-                             write_sidecar)
+from runtime.engines import (
+    EngineSidecar,
+    GpuInfo,
+    MachineInfo,
+    PlatformInfo,
+    Profile,
+    TrtInfo,
+    check_sidecar,
+    engine_path,
+    locate_engine,
+    manifest_source_sha256,
+    sidecar_path,
+    sidecar_rebuild_command,
+    write_sidecar,
+)
 from runtime.files import sha256_file
 
 HEADERS = Path(__file__).resolve().parents[4] / "shared" / "third_party" / "tensorrt"
-AGX_ORIN = GpuInfo("Orin", (8, 7), 16, 2)        # AGX Orin 64GB: 16 SMs, 2 DLA cores
-ORIN_NANO = GpuInfo("Orin", (8, 7), 8, 0)        # Orin Nano 8GB: 8 SMs, no DLA
+AGX_ORIN = GpuInfo("Orin", (8, 7), 16, 2)  # AGX Orin 64GB: 16 SMs, 2 DLA cores
+ORIN_NANO = GpuInfo("Orin", (8, 7), 8, 0)  # Orin Nano 8GB: 8 SMs, no DLA
 JETPACK62 = PlatformInfo("aarch64", "36.4.3", "6.2")
 
 
@@ -50,8 +63,9 @@ def release(request) -> tuple[str, TrtInfo]:
 
 
 def contract(build, *args: str, check: bool = True) -> dict[str, list[str]]:
-    proc = subprocess.run([str(build.exe("vae_engine_contract_check")), *args], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [str(build.exe("vae_engine_contract_check")), *args], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode in ((0,) if check else (0, 1)), proc.stdout + proc.stderr
     out: dict[str, list[str]] = {}
     for line in proc.stdout.splitlines():
@@ -61,8 +75,15 @@ def contract(build, *args: str, check: bool = True) -> dict[str, list[str]]:
 
 
 def facts(cpp_version: str, gpu: GpuInfo, platform: PlatformInfo = JETPACK62, dla_core: int | None = None) -> list[str]:
-    args = [f"trt={cpp_version}", f"gpu={gpu.name}", f"cc={gpu.cc}", f"sms={gpu.sm_count}", f"dla={gpu.dla_cores}",
-            f"machine={platform.machine}", f"l4t={platform.l4t or ''}"]
+    args = [
+        f"trt={cpp_version}",
+        f"gpu={gpu.name}",
+        f"cc={gpu.cc}",
+        f"sms={gpu.sm_count}",
+        f"dla={gpu.dla_cores}",
+        f"machine={platform.machine}",
+        f"l4t={platform.l4t or ''}",
+    ]
     return args + ([f"dla_core={dla_core}"] if dla_core is not None else [])
 
 
@@ -72,12 +93,17 @@ def add_fp16_variant_entry(bundle: Path) -> None:
     m = B.read_manifest(bundle)
     spec = m.graphs[B.DECODER]
     v = B.VariantSpec("fp16", "decoder.fp16.onnx", sha256_file(bundle / "decoder.fp16.onnx"))
-    B.write_manifest(bundle, dataclasses.replace(m, graphs={**m.graphs, B.DECODER: dataclasses.replace(
-        spec, variants={**spec.variants, "fp16": v})}))
+    B.write_manifest(
+        bundle,
+        dataclasses.replace(
+            m, graphs={**m.graphs, B.DECODER: dataclasses.replace(spec, variants={**spec.variants, "fp16": v})}
+        ),
+    )
 
 
-def write_engine(bundle: Path, trt: TrtInfo, gpu: GpuInfo, *, source: str, precision: str = "fp16",
-                 dla_core: int | None = None) -> Path:
+def write_engine(
+    bundle: Path, trt: TrtInfo, gpu: GpuInfo, *, source: str, precision: str = "fp16", dla_core: int | None = None
+) -> Path:
     """An engine file and the sidecar the builder (export.tensorrt.engine.finish_engine) would write for it."""
     m = B.read_manifest(bundle)
     engine = engine_path(bundle, B.DECODER, precision, gpu, trt, dla_core)
@@ -86,11 +112,23 @@ def write_engine(bundle: Path, trt: TrtInfo, gpu: GpuInfo, *, source: str, preci
     z = m.graph(B.DECODER).inputs[0]
     batch = (4, 4, 4) if dla_core is not None else (1, 8, 32)
     profile = Profile(z.name, *((b, *z.shape[1:]) for b in batch))
-    write_sidecar(sidecar_path(engine), EngineSidecar(
-        graph=B.DECODER, precision=precision, engine_file=engine.name, engine_sha256=sha256_file(engine),
-        source_file=source, source_sha256=manifest_source_sha256(m, B.DECODER, source), trt=trt, gpu=gpu,
-        platform=JETPACK62, profile=profile, build_options={"workspace_mib": 256, "dla_core": dla_core},
-        parity={"verified": True, "passed": True}))
+    write_sidecar(
+        sidecar_path(engine),
+        EngineSidecar(
+            graph=B.DECODER,
+            precision=precision,
+            engine_file=engine.name,
+            engine_sha256=sha256_file(engine),
+            source_file=source,
+            source_sha256=manifest_source_sha256(m, B.DECODER, source),
+            trt=trt,
+            gpu=gpu,
+            platform=JETPACK62,
+            profile=profile,
+            build_options={"workspace_mib": 256, "dla_core": dla_core},
+            parity={"verified": True, "passed": True},
+        ),
+    )
     return engine
 
 
@@ -99,23 +137,46 @@ def python_problems(bundle: Path, engine: Path, machine: MachineInfo, dla_core: 
 
     side = read_sidecar(sidecar_path(engine))
     current = manifest_source_sha256(B.read_manifest(bundle), B.DECODER, side.source_file)
-    return check_sidecar(side, machine=machine, graph=B.DECODER, precision=side.precision,
-                         source_file=side.source_file if current else "(not in vae.json)",
-                         source_sha256=current or "-", engine_sha256=sha256_file(engine), dla_core=dla_core)
+    return check_sidecar(
+        side,
+        machine=machine,
+        graph=B.DECODER,
+        precision=side.precision,
+        source_file=side.source_file if current else "(not in vae.json)",
+        source_sha256=current or "-",
+        engine_sha256=sha256_file(engine),
+        dla_core=dla_core,
+    )
 
 
-def cpp_check(build, bundle: Path, engine: Path, cpp_version: str, gpu: GpuInfo, dla_core: int | None = None,
-              precision: str = "fp16") -> dict[str, list[str]]:
-    return contract(build, "check", f"bundle={bundle}", f"sidecar={sidecar_path(engine)}", f"engine={engine}",
-                    "graph=decoder", f"precision={precision}", *facts(cpp_version, gpu, dla_core=dla_core))
+def cpp_check(
+    build,
+    bundle: Path,
+    engine: Path,
+    cpp_version: str,
+    gpu: GpuInfo,
+    dla_core: int | None = None,
+    precision: str = "fp16",
+) -> dict[str, list[str]]:
+    return contract(
+        build,
+        "check",
+        f"bundle={bundle}",
+        f"sidecar={sidecar_path(engine)}",
+        f"engine={engine}",
+        "graph=decoder",
+        f"precision={precision}",
+        *facts(cpp_version, gpu, dla_core=dla_core),
+    )
 
 
 def kinds(problems: list[str]) -> list[str]:
     return sorted(p.split(":", 1)[0] for p in problems)
 
 
-@pytest.mark.parametrize("gpu,dla_core", [(AGX_ORIN, None), (AGX_ORIN, 1), (ORIN_NANO, None)],
-                         ids=["agx-gpu", "agx-dla1", "nano"])
+@pytest.mark.parametrize(
+    "gpu,dla_core", [(AGX_ORIN, None), (AGX_ORIN, 1), (ORIN_NANO, None)], ids=["agx-gpu", "agx-dla1", "nano"]
+)
 def test_cpp_names_engines_as_python_does(cpp_build, release, gpu, dla_core):
     cpp_version, trt = release
     stem = contract(cpp_build, "name", "graph=decoder", "precision=fp16", *facts(cpp_version, gpu, dla_core=dla_core))
@@ -182,8 +243,16 @@ def test_sidecars_of_another_schema_are_refused_by_both(cpp_build, bundle_copy, 
     engine = write_engine(bundle_copy, trt, AGX_ORIN, source="decoder.onnx")
     side = sidecar_path(engine)
     side.write_text(side.read_text().replace('"schema_version": 2', '"schema_version": 1'))
-    out = contract(cpp_build, "check", f"bundle={bundle_copy}", f"sidecar={side}", "graph=decoder",
-                   "precision=fp16", *facts(cpp_version, AGX_ORIN), check=False)
+    out = contract(
+        cpp_build,
+        "check",
+        f"bundle={bundle_copy}",
+        f"sidecar={side}",
+        "graph=decoder",
+        "precision=fp16",
+        *facts(cpp_version, AGX_ORIN),
+        check=False,
+    )
     assert out["error"][0].startswith("6:") and "version 1, expected 'vae-deploy/engine' version 2" in out["error"][0]
     from runtime.engines import EngineError, read_sidecar
 

@@ -1,5 +1,6 @@
 """runtime.serving.serve: a real Triton server on 127.0.0.1 serving the tiny bundle; HTTP and gRPC parity with the local
 runtime, malformed requests answered with errors while the server keeps serving, a clean stop, the CLI."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,15 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import runtime  # noqa: E402
 from runtime.serving.guard import HttpFront, Upstream  # noqa: E402
-from runtime.serving.serve import (PYTRITON_VERSION, ServerUnavailableError, find_server, group_alive,  # noqa: E402
-                           install_server, main as serve_main, serve)
+from runtime.serving.serve import (
+    PYTRITON_VERSION,
+    ServerUnavailableError,
+    find_server,
+    group_alive,  # noqa: E402
+    install_server,
+    main as serve_main,
+    serve,
+)
 
 pytestmark = pytest.mark.serve
 REPO = Path(__file__).resolve().parents[3]
@@ -53,8 +61,15 @@ def dist():
 
 @pytest.fixture(scope="module")
 def server(bundle, dist, tmp_path_factory):
-    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=16, queue_delay_us=2000, threads=1,
-              log_file=tmp_path_factory.mktemp("serve") / "tritonserver.log")
+    s = serve(
+        bundle,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        max_batch=16,
+        queue_delay_us=2000,
+        threads=1,
+        log_file=tmp_path_factory.mktemp("serve") / "tritonserver.log",
+    )
     yield s
     s.stop()
 
@@ -99,6 +114,7 @@ def close(a, b) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- parity
+
 
 def test_http_parity(server, local):
     with httpclient.InferenceServerClient(server.http_url) as c:
@@ -173,6 +189,7 @@ def test_concurrent_clients_get_their_own_rows(server, local):
 
 # ----------------------------------------------------------------------------------------------- malformed requests
 
+
 def test_malformed_requests_get_errors_and_the_server_keeps_serving(server, local):
     with httpclient.InferenceServerClient(server.http_url) as h, grpcclient.InferenceServerClient(server.grpc_url) as g:
         _malformed(server, local, h, g)
@@ -186,16 +203,28 @@ def _malformed(server, local, h, g):
     bad_inf[0, 0, 0, 0] = np.inf
     cases = [
         # refused by our runtime's validation inside the model
-        (lambda: http_infer(h, "vae_decoder", "z", bad_nan), r"tensor 'z': 1 NaN and 0 Inf value\(s\), first at index \(1, 3\)"),
+        (
+            lambda: http_infer(h, "vae_decoder", "z", bad_nan),
+            r"tensor 'z': 1 NaN and 0 Inf value\(s\), first at index \(1, 3\)",
+        ),
         (lambda: grpc_infer(g, "vae_encoder", "image", bad_inf), r"tensor 'image': 0 NaN and 1 Inf"),
         # refused by Triton against config.pbtxt before the model sees them
-        (lambda: http_infer(h, "vae_decoder", "z", np.zeros((2, local.latent_dim + 1), np.float32)),
-         r"unexpected shape for input 'z'.*Expected \[-1,8\], got \[2,9\]"),
-        (lambda: grpc_infer(g, "vae_encoder", "image", np.zeros((1, 32, 32, 3), np.float32)),
-         r"unexpected shape for input 'image'"),
-        (lambda: grpc_infer(g, "vae_decoder", "z", z.astype(np.float64), "FP64"), r"data-type is 'FP64'.*expects 'FP32'"),
-        (lambda: http_infer(h, "vae_encoder", "image", np.zeros((1, 3, 32, 32), np.uint8), "UINT8"),
-         r"data-type is 'UINT8'.*expects 'FP32'"),
+        (
+            lambda: http_infer(h, "vae_decoder", "z", np.zeros((2, local.latent_dim + 1), np.float32)),
+            r"unexpected shape for input 'z'.*Expected \[-1,8\], got \[2,9\]",
+        ),
+        (
+            lambda: grpc_infer(g, "vae_encoder", "image", np.zeros((1, 32, 32, 3), np.float32)),
+            r"unexpected shape for input 'image'",
+        ),
+        (
+            lambda: grpc_infer(g, "vae_decoder", "z", z.astype(np.float64), "FP64"),
+            r"data-type is 'FP64'.*expects 'FP32'",
+        ),
+        (
+            lambda: http_infer(h, "vae_encoder", "image", np.zeros((1, 3, 32, 32), np.uint8), "UINT8"),
+            r"data-type is 'UINT8'.*expects 'FP32'",
+        ),
         (lambda: http_infer(h, "vae_decoder", "z", latents(local, 17)), r"batch-size must be <= 16 for 'vae_decoder'"),
     ]
     for call, expect in cases:
@@ -233,8 +262,9 @@ def test_a_bad_request_in_a_batch_fails_alone(server, local):
 
 def post_json(url: str, body: dict) -> tuple[int, dict]:
     """POST a KServe JSON body with the standard library (no client-side checks): (HTTP status, decoded answer)."""
-    req = urllib.request.Request(f"http://{url}", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://{url}", data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -258,16 +288,22 @@ _1TIB = b'{"inputs":[{"name":"z","shape":[2147483648,128],"datatype":"FP32","dat
 _INFER = "/v2/models/vae_decoder/infer"
 
 OVERSIZED = [  # each once made tritonserver size a buffer from the claimed shape (1 TiB: std::bad_alloc, signal 6)
-    ({"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "data": [0]},
-     r"input 'z': shape \[2147483648, 128\] has 274877906944 element\(s\), 'data' holds 1 value\(s\)"),
+    (
+        {"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "data": [0]},
+        r"input 'z': shape \[2147483648, 128\] has 274877906944 element\(s\), 'data' holds 1 value\(s\)",
+    ),
     ({"name": "z", "shape": [1 << 40, 8], "datatype": "FP32", "data": [[0] * 8]}, r"'data' holds 8 value"),
-    ({"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
-     r"needs 1099511627776 bytes, binary_data_size is 4"),
+    (
+        {"name": "z", "shape": [2147483648, 128], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
+        r"needs 1099511627776 bytes, binary_data_size is 4",
+    ),
     ({"name": "z", "shape": [-1, 8], "datatype": "FP32", "data": [0] * 8}, r"non-negative integers, got \[-1, 8\]"),
     ({"name": "z", "shape": "2147483648,128", "datatype": "FP32", "data": [0]}, r"non-negative integers"),
     # bypasses of a front that parsed leniently or matched the path loosely: (request target, raw body)
-    ((_INFER, b'{"inputs":[{"name":"z","shape":[2147483648,128],"shape":[1,1],"datatype":"FP32","data":[0]}]}'),
-     r"duplicate key 'shape'"),  # Python keeps the last "shape", rapidjson the first
+    (
+        (_INFER, b'{"inputs":[{"name":"z","shape":[2147483648,128],"shape":[1,1],"datatype":"FP32","data":[0]}]}'),
+        r"duplicate key 'shape'",
+    ),  # Python keeps the last "shape", rapidjson the first
     ((_INFER, _1TIB + b"\x00"), r"NUL byte"),  # rapidjson stops at the NUL, Python's parser failed
     ((_INFER, _1TIB[:-1] + b',"x":Inf}'), r"not strict JSON"),  # rapidjson accepts Inf/NaN
     ((_INFER, _1TIB[:-1] + b',"x":NaN}'), r"NaN is not JSON"),
@@ -277,9 +313,24 @@ OVERSIZED = [  # each once made tritonserver size a buffer from the claimed shap
 ]
 
 
-@pytest.mark.parametrize("tensor,expect", OVERSIZED, ids=["json-1TiB", "json-2^43", "binary-1TiB", "negative", "str",
-                                                          "dup-key", "nul", "Inf", "NaN", "deep", "absolute-form",
-                                                          "other-path"])
+@pytest.mark.parametrize(
+    "tensor,expect",
+    OVERSIZED,
+    ids=[
+        "json-1TiB",
+        "json-2^43",
+        "binary-1TiB",
+        "negative",
+        "str",
+        "dup-key",
+        "nul",
+        "Inf",
+        "NaN",
+        "deep",
+        "absolute-form",
+        "other-path",
+    ],
+)
 def test_a_shape_larger_than_its_data_is_refused_and_the_server_keeps_serving(server, local, tensor, expect):
     pid = server.proc.pid
     if isinstance(tensor, dict):
@@ -295,9 +346,19 @@ def test_a_shape_larger_than_its_data_is_refused_and_the_server_keeps_serving(se
 
 def test_an_oversized_body_is_refused_before_it_is_read(bundle, dist, local):
     with serve(bundle, http_port=free_port(), grpc_port=free_port(), max_batch=4, max_request_bytes=300) as s:
-        status, answer = post_json(f"{s.http_url}/v2/models/vae_decoder/infer",
-                                   {"inputs": [{"name": "z", "shape": [4, local.latent_dim], "datatype": "FP32",
-                                                "data": [0.123456789] * (4 * local.latent_dim)}]})
+        status, answer = post_json(
+            f"{s.http_url}/v2/models/vae_decoder/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "z",
+                        "shape": [4, local.latent_dim],
+                        "datatype": "FP32",
+                        "data": [0.123456789] * (4 * local.latent_dim),
+                    }
+                ]
+            },
+        )
         assert status == 413 and "at most 300 (runtime.serving.serve --max-request-bytes)" in answer["error"], answer
         with httpclient.InferenceServerClient(s.http_url) as c:
             z = latents(local, 1)
@@ -319,6 +380,7 @@ def test_a_huge_shape_over_grpc_gets_tritons_shape_error(server):
 
 # ----------------------------------------------------------------------------------------------- the front's limits
 # HttpFront alone, in front of a scripted stand-in for Triton's HTTP endpoint: quick, and it can misbehave on cue.
+
 
 class _Fake(BaseHTTPRequestHandler):
     """Answers each POST by calling the server's `script(handler, body)`; counts the requests it read."""
@@ -468,6 +530,7 @@ def test_the_front_retries_a_stale_kept_alive_connection():
 
 # ----------------------------------------------------------------------------------------------- supervision
 
+
 def process_running(pid: int) -> bool:
     """Whether any thread of process `pid` is still alive. A zombie awaiting a reaper holds no port and runs nothing,
     but its main thread turns zombie before the others have exited (and closed its sockets): look at every thread."""
@@ -505,15 +568,32 @@ def test_a_killed_tritonserver_is_restarted_and_the_event_logged(bundle, dist, l
 
 def test_kill_9_of_serve_takes_tritonserver_with_it(bundle, dist, tmp_path):
     http, grpc = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.serving.serve", str(bundle), "--port", str(http),
-                             "--grpc-port", str(grpc), "--no-metrics", "--max-batch", "4"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})  # what a kill -9 leaves: under tmp_path
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime.serving.serve",
+            str(bundle),
+            "--port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--no-metrics",
+            "--max-batch",
+            "4",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # what a kill -9 leaves: under tmp_path
     triton = None
     try:
         assert proc.stdout.readline().startswith(f"serving {bundle}")
-        children = {int(p) for task in Path(f"/proc/{proc.pid}/task").iterdir()
-                    for p in (task / "children").read_text().split()}
+        children = {
+            int(p) for task in Path(f"/proc/{proc.pid}/task").iterdir() for p in (task / "children").read_text().split()
+        }
         assert len(children) == 1, children  # tritonserver
         triton = children.pop()
         assert process_running(triton)
@@ -577,6 +657,7 @@ def test_a_restart_that_fails_with_an_oserror_is_retried(bundle, dist, local, ca
 
 # ----------------------------------------------------------------------------------------------- lifetime, CLI
 
+
 def test_stop_leaves_no_process_and_no_files(bundle, dist, tmp_path):
     log = tmp_path / "server.log"
     s = serve(bundle, http_port=free_port(), grpc_port=free_port(), dynamic_batching=False, max_batch=4, log_file=log)
@@ -586,13 +667,15 @@ def test_stop_leaves_no_process_and_no_files(bundle, dist, tmp_path):
     assert repo.is_dir() and group_alive(pgid)
     assert s.stop() == 0
     assert not group_alive(pgid)  # the server and its Python-backend stubs are gone
-    assert not repo.exists()      # the temporary repository too
+    assert not repo.exists()  # the temporary repository too
     assert list(Path("/dev/shm").glob(s.shm_prefix + "*")) == []  # and the stubs' shared memory
-    assert s.stop() == 0          # idempotent
+    assert s.stop() == 0  # idempotent
     # each model ran the runtime copy inside the repository (model.py puts it first on the stub's sys.path)
     for model in ("vae_encoder", "vae_decoder"):
-        assert f"[vae-deploy] {model}_0_0: runtime {repo / model / '1' / 'runtime'}, onnxruntime fp32 on cpu" \
+        assert (
+            f"[vae-deploy] {model}_0_0: runtime {repo / model / '1' / 'runtime'}, onnxruntime fp32 on cpu"
             in log.read_text()
+        )
 
 
 METRIC = re.compile(r'^(nv_inference_\w+)\{model="(vae_\w+)",version="1"\} (\S+)$', re.M)
@@ -602,8 +685,7 @@ def test_metrics_count_client_requests_only_and_the_log_is_kept(bundle, dist, lo
     """The models warm up inside initialize() (zero batches of 1 and max_batch), not through Triton's model_warmup,
     which Triton would count: a fresh server reports 0 inferences, then exactly the clients' rows. stop() removes the
     repository and keeps the server log (the default one, in the temporary work folder)."""
-    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), max_batch=8,
-              threads=1)
+    s = serve(bundle, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), max_batch=8, threads=1)
     log, repo = s.log_file, s.repository
 
     def scrape() -> dict[tuple[str, str], float]:
@@ -613,8 +695,12 @@ def test_metrics_count_client_requests_only_and_the_log_is_kept(bundle, dist, lo
     try:
         fresh = scrape()
         for model in ("vae_encoder", "vae_decoder"):
-            for name in ("nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
-                         "nv_inference_compute_infer_duration_us"):
+            for name in (
+                "nv_inference_request_success",
+                "nv_inference_count",
+                "nv_inference_exec_count",
+                "nv_inference_compute_infer_duration_us",
+            ):
                 assert fresh[(name, model)] == 0, (name, model, fresh)
             assert f"[vae-deploy] {model}_0_0: warmed up with zero batches of [1, 8] in" in log.read_text()
         z = latents(local, 3)
@@ -635,10 +721,26 @@ def test_metrics_count_client_requests_only_and_the_log_is_kept(bundle, dist, lo
 
 def test_cli_serves_until_sigterm(bundle, dist, local, tmp_path):
     http = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.serving.serve", str(bundle), "--port", str(http),
-                             "--grpc-port", str(free_port()), "--no-metrics", "--max-batch", "8"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime.serving.serve",
+            str(bundle),
+            "--port",
+            str(http),
+            "--grpc-port",
+            str(free_port()),
+            "--no-metrics",
+            "--max-batch",
+            "8",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith(f"serving {bundle} as vae_encoder, vae_decoder: HTTP 127.0.0.1:{http}"), first

@@ -1,5 +1,6 @@
 """runtime.serving.to_triton: model repositories whose config.pbtxt files parse against Triton's ModelConfig schema, per platform;
 engine choice for tensorrt_plan; clear refusals; an atomic write."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from runtime.serving.to_triton import main
 from runtime import bundle as B
-from runtime.engines import (EngineSidecar, GpuInfo, PlatformInfo, Profile, TrtInfo, engine_path, sidecar_path,
-                             write_sidecar)
+from runtime.engines import (
+    EngineSidecar,
+    GpuInfo,
+    PlatformInfo,
+    Profile,
+    TrtInfo,
+    engine_path,
+    sidecar_path,
+    write_sidecar,
+)
 from runtime.files import sha256_file
 from runtime.serving.repository import RepoOptions, RepositoryError, config_text, to_pbtxt, write_repository
+from runtime.serving.to_triton import main
 
 model_config_pb2 = pytest.importorskip(
-    "tritonclient.grpc.model_config_pb2", reason="tritonclient (the `serve` extra) ships Triton's ModelConfig schema")
+    "tritonclient.grpc.model_config_pb2", reason="tritonclient (the `serve` extra) ships Triton's ModelConfig schema"
+)
 from google.protobuf import text_format  # noqa: E402
 
 A100 = GpuInfo("NVIDIA A100-SXM4-80GB", (8, 0))
@@ -46,10 +56,27 @@ def io(cfg) -> dict:
 
 # ----------------------------------------------------------------------------------------------- platforms
 
+
 def test_onnxruntime_repository(bundle, tmp_path, capsys):
     out = tmp_path / "repo"
-    assert run(bundle, "--out", out, "--max-batch", 32, "--instances", 2, "--preferred-batch", "8,16",
-               "--queue-delay-us", 250, "--accelerator", "tensorrt-fp16") == 0
+    assert (
+        run(
+            bundle,
+            "--out",
+            out,
+            "--max-batch",
+            32,
+            "--instances",
+            2,
+            "--preferred-batch",
+            "8,16",
+            "--queue-delay-us",
+            250,
+            "--accelerator",
+            "tensorrt-fp16",
+        )
+        == 0
+    )
     assert "schema-checked" in capsys.readouterr().out
     m = B.read_manifest(bundle)
     enc, dec = parse(out / "vae_encoder" / "config.pbtxt"), parse(out / "vae_decoder" / "config.pbtxt")
@@ -66,7 +93,9 @@ def test_onnxruntime_repository(bundle, tmp_path, capsys):
         (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
         assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
         assert [(w.batch_size, list(w.inputs)) for w in cfg.model_warmup] == [
-            (1, [cfg.input[0].name]), (32, [cfg.input[0].name])]
+            (1, [cfg.input[0].name]),
+            (32, [cfg.input[0].name]),
+        ]
         assert all(w.inputs[cfg.input[0].name].zero_data for w in cfg.model_warmup)
     # the bundle's graphs, byte for byte
     assert sha256_file(out / "vae_encoder" / "1" / "model.onnx") == m.graph("encoder").sha256
@@ -78,15 +107,33 @@ def test_onnxruntime_repository(bundle, tmp_path, capsys):
 
 def test_python_repository_hosts_the_runtime(bundle, tmp_path):
     out = tmp_path / "repo"
-    assert run(bundle, "--out", out, "--platform", "python", "--threads", 2, "--no-dynamic-batching",
-               "--graphs", "decoder", "--no-warmup") == 0
+    assert (
+        run(
+            bundle,
+            "--out",
+            out,
+            "--platform",
+            "python",
+            "--threads",
+            2,
+            "--no-dynamic-batching",
+            "--graphs",
+            "decoder",
+            "--no-warmup",
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["vae_decoder"]
     cfg = parse(out / "vae_decoder" / "config.pbtxt")
     assert cfg.backend == "python" and not cfg.platform
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU  # python defaults to cpu
     assert not cfg.HasField("dynamic_batching") and not cfg.model_warmup
     assert {k: v.string_value for k, v in cfg.parameters.items()} == {
-        "graph": "decoder", "backend": "onnxruntime", "precision": "fp32", "threads": "2"}
+        "graph": "decoder",
+        "backend": "onnxruntime",
+        "precision": "fp32",
+        "threads": "2",
+    }
     version = out / "vae_decoder" / "1"
     assert (version / "model.py").read_text() == (Path(B.__file__).parent / "serving" / "triton_model.py").read_text()
     assert sorted(p.name for p in (version / "bundle").iterdir()) == ["decoder.onnx", "vae.json"]
@@ -97,8 +144,10 @@ def test_python_repository_hosts_the_runtime(bundle, tmp_path):
 
     import runtime
 
-    with runtime.load(version / "bundle", backend="onnxruntime", graphs=("decoder",)) as vae, \
-            runtime.load(bundle, backend="onnxruntime") as ref:
+    with (
+        runtime.load(version / "bundle", backend="onnxruntime", graphs=("decoder",)) as vae,
+        runtime.load(bundle, backend="onnxruntime") as ref,
+    ):
         z = np.random.default_rng(0).standard_normal((2, vae.latent_dim), dtype=np.float32)
         assert np.array_equal(vae.decode(z), ref.decode(z))
 
@@ -124,11 +173,21 @@ def add_engine(bundle: Path, graph: str, *, trt=TRT10, gpu=A100, profile_max=64,
     engine.write_bytes(f"plan for {graph} {trt.tag}".encode())
     name = spec.inputs[0].name
     dims = tuple(d for d in spec.inputs[0].shape[1:])
-    write_sidecar(sidecar_path(engine), EngineSidecar(
-        graph=graph, precision="fp16", engine_file=engine.name, engine_sha256=sha256_file(engine),
-        source_file=spec.file, source_sha256=source_sha or spec.sha256, trt=trt, gpu=gpu,
-        platform=PlatformInfo("x86_64"),
-        profile=Profile(name, (profile_min, *dims), (profile_max // 2, *dims), (profile_max, *dims))))
+    write_sidecar(
+        sidecar_path(engine),
+        EngineSidecar(
+            graph=graph,
+            precision="fp16",
+            engine_file=engine.name,
+            engine_sha256=sha256_file(engine),
+            source_file=spec.file,
+            source_sha256=source_sha or spec.sha256,
+            trt=trt,
+            gpu=gpu,
+            platform=PlatformInfo("x86_64"),
+            profile=Profile(name, (profile_min, *dims), (profile_max // 2, *dims), (profile_max, *dims)),
+        ),
+    )
     return engine
 
 
@@ -150,14 +209,17 @@ def test_tensorrt_repository_from_engines(bundle_copy, tmp_path):
         assert json.loads((version / "engine.json").read_text())["tensorrt"]["version"] == TRT10.version
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("none", "no fp16 decoder engine.*python -m export.tensorrt.build"),
-    ("rtx", "TensorRT-RTX.*loads TensorRT plans only"),
-    ("stale", "not the bundle's current file"),
-    ("too_big", "--max-batch 128 exceeds the profile's max batch 64"),
-    ("min2", "starts at batch 2"),
-    ("two", "several fp16 decoder engines.*--engine-filter"),
-])
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("none", "no fp16 decoder engine.*python -m export.tensorrt.build"),
+        ("rtx", "TensorRT-RTX.*loads TensorRT plans only"),
+        ("stale", "not the bundle's current file"),
+        ("too_big", "--max-batch 128 exceeds the profile's max batch 64"),
+        ("min2", "starts at batch 2"),
+        ("two", "several fp16 decoder engines.*--engine-filter"),
+    ],
+)
 def test_tensorrt_refusals(bundle_copy, tmp_path, capsys, case, expect):
     if case == "rtx":
         add_engine(bundle_copy, "decoder", trt=TrtInfo("trt_rtx", "1.7.1.116"), gpu=None)
@@ -171,8 +233,10 @@ def test_tensorrt_refusals(bundle_copy, tmp_path, capsys, case, expect):
             add_engine(bundle_copy, "decoder", trt=TrtInfo("trt", "10.3.0"))
     extra = ["--max-batch", "128"] if case == "too_big" else []
     out = tmp_path / "repo"
-    assert run(bundle_copy, "--out", out, "--platform", "tensorrt", "--precision", "fp16", "--graphs", "decoder",
-               *extra) == 2
+    assert (
+        run(bundle_copy, "--out", out, "--platform", "tensorrt", "--precision", "fp16", "--graphs", "decoder", *extra)
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(expect, err, re.S), err
     assert not out.exists()
@@ -182,24 +246,45 @@ def test_engine_filter_picks_one(bundle_copy, tmp_path):
     add_engine(bundle_copy, "decoder")
     add_engine(bundle_copy, "decoder", trt=TrtInfo("trt", "10.3.0"))  # the version as tensorrt.__version__ says it
     out = tmp_path / "repo"
-    assert run(bundle_copy, "--out", out, "--platform", "tensorrt", "--precision", "fp16", "--graphs", "decoder",
-               "--engine-filter", "trt10.3.0") == 0
+    assert (
+        run(
+            bundle_copy,
+            "--out",
+            out,
+            "--platform",
+            "tensorrt",
+            "--precision",
+            "fp16",
+            "--graphs",
+            "decoder",
+            "--engine-filter",
+            "trt10.3.0",
+        )
+        == 0
+    )
     assert json.loads((out / "vae_decoder" / "1" / "engine.json").read_text())["tensorrt"]["version"] == "10.3.0"
 
 
 # ----------------------------------------------------------------------------------------------- refusals, atomicity
 
-@pytest.mark.parametrize("argv, expect", [
-    (["--preferred-batch", "8,128"], r"--preferred-batch: \[128\] outside 1..max_batch \(64\)"),
-    (["--max-batch", "0"], "--max-batch: expected an integer from 1"),
-    (["--instances", "0"], "--instances: expected >= 1"),
-    (["--queue-delay-us", "-1"], "--queue-delay-us: expected >= 0"),
-    (["--accelerator", "tensorrt", "--kind", "cpu"], "--accelerator tensorrt: only for --platform onnxruntime with"),
-    (["--platform", "tensorrt", "--kind", "cpu"], "tensorrt runs on GPU instances only"),
-    (["--no-dynamic-batching", "--preferred-batch", "8"], "--preferred-batch needs dynamic batching"),
-    (["--precision", "fp16"], "has no 'fp16' variant.*export.precision.fp16"),
-    (["--graphs", "decoder,vae"], "--graphs: expected some of"),
-])
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["--preferred-batch", "8,128"], r"--preferred-batch: \[128\] outside 1..max_batch \(64\)"),
+        (["--max-batch", "0"], "--max-batch: expected an integer from 1"),
+        (["--instances", "0"], "--instances: expected >= 1"),
+        (["--queue-delay-us", "-1"], "--queue-delay-us: expected >= 0"),
+        (
+            ["--accelerator", "tensorrt", "--kind", "cpu"],
+            "--accelerator tensorrt: only for --platform onnxruntime with",
+        ),
+        (["--platform", "tensorrt", "--kind", "cpu"], "tensorrt runs on GPU instances only"),
+        (["--no-dynamic-batching", "--preferred-batch", "8"], "--preferred-batch needs dynamic batching"),
+        (["--precision", "fp16"], "has no 'fp16' variant.*export.precision.fp16"),
+        (["--graphs", "decoder,vae"], "--graphs: expected some of"),
+    ],
+)
 def test_bad_options_exit_2(bundle, tmp_path, capsys, argv, expect):
     out = tmp_path / "repo"
     assert run(bundle, "--out", out, *argv) == 2
@@ -247,14 +332,38 @@ def test_schema_rejects_what_triton_would(bundle):
 
 
 def test_pbtxt_writer_escapes_and_nests():
-    text = to_pbtxt({"name": 'a"b\\c', "n": 3, "flag": False, "dims": [1, 2], "empty": [], "skip": None,
-                     "sub": {"x": 1.5}, "rep": [{"k": "v"}]})
-    assert text.splitlines() == ['name: "a\\"b\\\\c"', "n: 3", "flag: false", "dims: [ 1, 2 ]", "sub {", "  x: 1.5",
-                                 "}", "rep [", "  {", '    k: "v"', "  }", "]"]
+    text = to_pbtxt(
+        {
+            "name": 'a"b\\c',
+            "n": 3,
+            "flag": False,
+            "dims": [1, 2],
+            "empty": [],
+            "skip": None,
+            "sub": {"x": 1.5},
+            "rep": [{"k": "v"}],
+        }
+    )
+    assert text.splitlines() == [
+        'name: "a\\"b\\\\c"',
+        "n: 3",
+        "flag: false",
+        "dims: [ 1, 2 ]",
+        "sub {",
+        "  x: 1.5",
+        "}",
+        "rep [",
+        "  {",
+        '    k: "v"',
+        "  }",
+        "]",
+    ]
 
 
 def test_write_repository_api_validates_when_asked(bundle, tmp_path):
     repo = write_repository(bundle, tmp_path / "r", RepoOptions(kind="cpu"), validate=True)
     assert repo.validated and repo.models == ("vae_encoder", "vae_decoder")
-    assert parse(repo.path / "vae_encoder" / "config.pbtxt").instance_group[0].kind == \
-        model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert (
+        parse(repo.path / "vae_encoder" / "config.pbtxt").instance_group[0].kind
+        == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    )

@@ -1,4 +1,5 @@
 """runtime.verify.metrics: known-answer numbers, pass/fail logic, every failing output collected, numpy-only import."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.verify.metrics import (DEFAULT_TOLERANCES, Tolerance, compare_arrays, compare_outputs, default_tolerance,
-                             tolerance_for)
+from runtime.verify.metrics import (
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    compare_arrays,
+    compare_outputs,
+    default_tolerance,
+    tolerance_for,
+)
 
 
 def test_known_answers():
@@ -68,20 +75,40 @@ def test_passes_and_smallest_passing_tolerance():
     assert not c.passes(Tolerance(max_abs=np.nextafter(tight.max_abs, 0)))  # ... and nothing tighter does
     assert not c.passes(Tolerance(rel_l2=tight.rel_l2 * 0.999))
     assert not c.passes(Tolerance(min_psnr=tight.min_psnr + 0.01))
-    assert c.needed() == {"max_abs": tight.max_abs, "rel_l2": tight.rel_l2, "min_cosine": tight.min_cosine,
-                          "min_psnr": tight.min_psnr}
+    assert c.needed() == {
+        "max_abs": tight.max_abs,
+        "rel_l2": tight.rel_l2,
+        "min_cosine": tight.min_cosine,
+        "min_psnr": tight.min_psnr,
+    }
 
 
 def test_compare_outputs_collects_every_failure():
-    exp = {"decoder.image": np.zeros((2, 3, 4, 4), np.float32), "encoder.mu": np.zeros((2, 8), np.float32),
-           "encoder.logvar": np.zeros((2, 8), np.float32), "realistic.decoder.image": np.zeros((1, 3, 4, 4), np.float32)}
-    act = {"decoder.image": exp["decoder.image"] + 0.5, "encoder.mu": exp["encoder.mu"],
-           "encoder.logvar": np.zeros((2, 9), np.float32), "unused": np.zeros(1)}
-    r = compare_outputs(act, exp, DEFAULT_TOLERANCES["fp32"],
-                        image_outputs={"decoder.image": (-1, 1), "realistic.decoder.image": (-1, 1)}, label="t")
+    exp = {
+        "decoder.image": np.zeros((2, 3, 4, 4), np.float32),
+        "encoder.mu": np.zeros((2, 8), np.float32),
+        "encoder.logvar": np.zeros((2, 8), np.float32),
+        "realistic.decoder.image": np.zeros((1, 3, 4, 4), np.float32),
+    }
+    act = {
+        "decoder.image": exp["decoder.image"] + 0.5,
+        "encoder.mu": exp["encoder.mu"],
+        "encoder.logvar": np.zeros((2, 9), np.float32),
+        "unused": np.zeros(1),
+    }
+    r = compare_outputs(
+        act,
+        exp,
+        DEFAULT_TOLERANCES["fp32"],
+        image_outputs={"decoder.image": (-1, 1), "realistic.decoder.image": (-1, 1)},
+        label="t",
+    )
     assert not r and [o.name for o in r.outputs] == list(exp)
-    assert r.failures() == ["decoder.image: max_abs 0.5 > 0.0001", "encoder.logvar: shape (2, 9) != expected (2, 8)",
-                            "realistic.decoder.image: output missing"]
+    assert r.failures() == [
+        "decoder.image: max_abs 0.5 > 0.0001",
+        "encoder.logvar: shape (2, 9) != expected (2, 8)",
+        "realistic.decoder.image: output missing",
+    ]
     assert r.outputs[1] and r.outputs[0].psnr == pytest.approx(10 * math.log10(4 / 0.25))
     # No tolerance excuses a wrong shape or a missing output; a loose one excuses the 0.5 error.
     assert not r.passes(Tolerance(max_abs=1.0)) and r.outputs[0].passes(Tolerance(max_abs=1.0))
@@ -113,7 +140,9 @@ def test_default_tolerances():
 
 
 def test_import_pulls_numpy_only():
-    code = ("import sys, runtime.verify.metrics; "
-            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, runtime.verify.metrics; "
+        "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -1,4 +1,5 @@
 """The parity tool: passes on a good bundle, fails on a perturbed graph and points at the perturbed node."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import pytest
 
 from runtime.verify.metrics import Tolerance
 from runtime.verify.parity import ParityReport, check_parity, main
-
 from tests.conftest import perturb_initializer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -22,8 +22,7 @@ def test_passes_against_the_golden_reference(bundle):
     assert isinstance(report, ParityReport) and report and report.passed
     assert report.reference == "golden" and report.backend == "onnxruntime" and report.precision == "fp32"
     names = {o.name for o in report.comparison.outputs}
-    assert names == {f"{p}{k}" for p in ("", "realistic.")
-                     for k in ("encoder.mu", "encoder.logvar", "decoder.image")}
+    assert names == {f"{p}{k}" for p in ("", "realistic.") for k in ("encoder.mu", "encoder.logvar", "decoder.image")}
     img = next(o for o in report.comparison.outputs if o.name == "decoder.image")
     assert img.psnr is not None and img.psnr > 100 and img.nan_count == img.inf_count == 0
     assert 0 < report.smallest_passing()["decoder.image"]["max_abs"] < 1e-4
@@ -41,14 +40,16 @@ def test_torch_backend_reproduces_the_golden_reference(bundle):
 
 
 def test_tight_tolerance_fails_and_says_what_would_pass(bundle):
-    report = check_parity(bundle, backend="onnxruntime", graphs=["decoder"],
-                          tolerances={"image": Tolerance(max_abs=1e-12)})
+    report = check_parity(
+        bundle, backend="onnxruntime", graphs=["decoder"], tolerances={"image": Tolerance(max_abs=1e-12)}
+    )
     assert not report
     assert any("decoder.image: max_abs" in f and "> 1e-12" in f for f in report.failures())
     # the tightest tolerance that passes every image output (golden and realistic inputs) is their largest need
     needed = max(v["max_abs"] for k, v in report.smallest_passing().items() if k.endswith("decoder.image"))
-    assert check_parity(bundle, backend="onnxruntime", graphs=["decoder"],
-                        tolerances={"image": Tolerance(max_abs=needed)})
+    assert check_parity(
+        bundle, backend="onnxruntime", graphs=["decoder"], tolerances={"image": Tolerance(max_abs=needed)}
+    )
 
 
 def test_cli_pass_writes_json(bundle, tmp_path, capsys):
@@ -70,12 +71,15 @@ def test_cli_fail_exit_1_and_names_the_finder(bundle_copy, capsys):
     assert f"python -m export.divergence {bundle_copy} --precision fp32 --graphs decoder" in out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--precision", "fp16"], "has no 'fp16' variant"),
-    (["--backend", "nope"], "backend: expected 'auto' or one of"),
-    (["--device", "tpu"], "device: expected 'cpu', 'cuda' or 'cuda:N'"),
-    (["--checkpoint", "/nonexistent.pt"], "option checkpoint: /nonexistent.pt is not a file"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--precision", "fp16"], "has no 'fp16' variant"),
+        (["--backend", "nope"], "backend: expected 'auto' or one of"),
+        (["--device", "tpu"], "device: expected 'cpu', 'cuda' or 'cuda:N'"),
+        (["--checkpoint", "/nonexistent.pt"], "option checkpoint: /nonexistent.pt is not a file"),
+    ],
+)
 def test_cli_bad_input_exit_2(bundle, capsys, args, message):
     assert main([str(bundle), *args]) == 2
     err = capsys.readouterr().err
@@ -83,8 +87,13 @@ def test_cli_bad_input_exit_2(bundle, capsys, args, message):
 
 
 def test_cli_missing_bundle_in_a_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "runtime.verify.parity", str(tmp_path / "none")], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.verify.parity", str(tmp_path / "none")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no bundle manifest here" in proc.stderr
 

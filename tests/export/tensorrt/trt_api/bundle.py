@@ -6,6 +6,7 @@ name (the Q/DQ content is irrelevant to which TensorRT API calls our builder mak
 vae.json but not blocked in the fp16 file (onnxconverter-common's node_block_list writes graphs onnxruntime rejects);
 only TensorRT 10's path, which builds from the FP32 graph, reads the list.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,11 @@ def add_variants(bundle: Path, graph: str = B.DECODER) -> None:
     shutil.copyfile(src, int8)
     m = B.read_manifest(bundle)
     spec = m.graphs[graph]
-    variants = {**spec.variants,
-                "fp16": B.VariantSpec("fp16", fp16.name, sha256_file(fp16), kept_fp32_nodes=(kept,)),
-                "int8": B.VariantSpec("int8", int8.name, sha256_file(int8))}
+    variants = {
+        **spec.variants,
+        "fp16": B.VariantSpec("fp16", fp16.name, sha256_file(fp16), kept_fp32_nodes=(kept,)),
+        "int8": B.VariantSpec("int8", int8.name, sha256_file(int8)),
+    }
     graphs = {**m.graphs, graph: dataclasses.replace(spec, variants=variants)}
     B.write_manifest(bundle, dataclasses.replace(m, graphs=graphs))
 

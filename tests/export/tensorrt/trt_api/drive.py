@@ -8,6 +8,7 @@ then runs the scenarios below through the project's own entry points (plan_build
 runtime.load, the backend's CUDA-graph and DLA paths). The scenarios name *what* to exercise; which TensorRT
 attributes that touches is whatever our code does when it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,36 @@ from tests.export.tensorrt.trt_api.proxy import ApiMissing, ApiTypeError, Module
 from tests.export.tensorrt.trt_api.sim import ADA, ORIN, FakeCudart, TrtSim
 
 # Classes whose public names are recorded as facts (what differs between versions).
-FACT_CLASSES = ("BuilderFlag", "NetworkDefinitionCreationFlag", "ILayer", "IBuilderConfig", "Builder", "Runtime",
-                "ICudaEngine", "IExecutionContext", "OnnxParser", "MemoryPoolType", "ProfilingVerbosity",
-                "LayerInformationFormat", "DeviceType", "DataType", "TensorIOMode", "IHostMemory", "ITimingCache",
-                "EngineInspector", "IEngineInspector", "INetworkDefinition", "ITensor")
+FACT_CLASSES = (
+    "BuilderFlag",
+    "NetworkDefinitionCreationFlag",
+    "ILayer",
+    "IBuilderConfig",
+    "Builder",
+    "Runtime",
+    "ICudaEngine",
+    "IExecutionContext",
+    "OnnxParser",
+    "MemoryPoolType",
+    "ProfilingVerbosity",
+    "LayerInformationFormat",
+    "DeviceType",
+    "DataType",
+    "TensorIOMode",
+    "IHostMemory",
+    "ITimingCache",
+    "EngineInspector",
+    "IEngineInspector",
+    "INetworkDefinition",
+    "ITensor",
+)
 
 
 def facts(real: types.ModuleType) -> dict[str, Any]:
-    out: dict[str, Any] = {"__version__": getattr(real, "__version__", None),
-                           "module": sorted(n for n in dir(real) if not n.startswith("_"))}
+    out: dict[str, Any] = {
+        "__version__": getattr(real, "__version__", None),
+        "module": sorted(n for n in dir(real) if not n.startswith("_")),
+    }
     for c in FACT_CLASSES:
         cls = getattr(real, c, None)
         out[c] = None if cls is None else sorted(n for n in dir(cls) if not n.startswith("_"))
@@ -94,18 +116,20 @@ class Driver:
                     api.issue.fatal = True
                     self.rec.forgiven.add(api.issue.key)
                     continue
-                return {"status": "error", "reruns": attempt,
-                        "error": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]}
+                return {
+                    "status": "error",
+                    "reruns": attempt,
+                    "error": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:],
+                }
         return {"status": "error", "reruns": 40, "error": "too many fatal API errors"}
 
     # ------------------------------------------------------------------------------------------- scenarios
 
     def scenarios(self, control: bool) -> dict[str, dict[str, Any]]:
         from export.tensorrt import build as tensorrt_build
-        from export.tensorrt.engine import build_engine
         from export.tensorrt.build_plan import BuildOptions, plan_build
-        from runtime import bundle as B
-        from runtime import load
+        from export.tensorrt.engine import build_engine
+        from runtime import bundle as B, load
         from runtime.backends.tensorrt import import_tensorrt
         from runtime.engines import TrtInfo
 
@@ -127,31 +151,40 @@ class Driver:
             def control_build():
                 plan = plan_build(TrtInfo("trt", "10.3.0"), "decoder", "fp16", manifest, BuildOptions(), None)
                 build_engine(self.bundle, plan, trt=trt, verify=False, log=self.log)
+
             out["control-10.x-fp16-plan"] = self.run("control-10.x-fp16-plan", control_build)
             return out
 
         def cli(*args: str) -> Callable[[], None]:
             """python -m export.tensorrt.build BUNDLE ARGS, in process; a non-zero exit fails the scenario."""
+
             def go() -> None:
                 err, std = io.StringIO(), io.StringIO()
                 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
                     rc = tensorrt_build.main([str(self.bundle), "--flavour", info.flavour, *args])
-                self.log(f"export.tensorrt.build {' '.join(args)} -> {rc}\n{std.getvalue()[-1500:]}{err.getvalue()[-1500:]}")
+                self.log(
+                    f"export.tensorrt.build {' '.join(args)} -> {rc}\n{std.getvalue()[-1500:]}{err.getvalue()[-1500:]}"
+                )
                 if rc != 0:
-                    raise AssertionError(f"export.tensorrt.build {' '.join(args)} exited {rc}:\n"
-                                         f"{std.getvalue()[-2000:]}\n{err.getvalue()[-2000:]}")
+                    raise AssertionError(
+                        f"export.tensorrt.build {' '.join(args)} exited {rc}:\n"
+                        f"{std.getvalue()[-2000:]}\n{err.getvalue()[-2000:]}"
+                    )
+
             return go
 
         # Unverified first: the runtime scenarios below need engines even if verification is broken.
-        out["build-fp32-unverified"] = self.run("build-fp32-unverified",
-                                                cli("--precision", "fp32", "--no-verify", "--workspace", "64"))
+        out["build-fp32-unverified"] = self.run(
+            "build-fp32-unverified", cli("--precision", "fp32", "--no-verify", "--workspace", "64")
+        )
         # Verified: engine inspector + the runtime's parity check on its own backend (and, for TensorRT, the timing
         # cache written above read back).
         out["build-fp32"] = self.run("build-fp32", cli("--graphs", "decoder", "--precision", "fp32"))
         out["build-fp16"] = self.run("build-fp16", cli("--graphs", "decoder", "--precision", "fp16"))
         out["build-int8"] = self.run("build-int8", cli("--graphs", "decoder", "--precision", "int8"))
-        out["print-trtexec-fp16"] = self.run("print-trtexec-fp16",
-                                             cli("--graphs", "decoder", "--precision", "fp16", "--print-trtexec"))
+        out["print-trtexec-fp16"] = self.run(
+            "print-trtexec-fp16", cli("--graphs", "decoder", "--precision", "fp16", "--print-trtexec")
+        )
 
         def adopt():
             made = sorted((self.bundle / "engines").glob("decoder.fp32.*.plan"))
@@ -159,10 +192,23 @@ class Driver:
             copy = self.bundle.parent / "adopt.plan"
             shutil.copyfile(made[0], copy)
             cli("--graphs", "decoder", "--precision", "fp32", "--adopt", str(copy))()
+
         out["adopt"] = self.run("adopt", adopt)
         if legacy:
-            dla = ("--graphs", "decoder", "--precision", "fp16", "--dla-core", "0", "--min-batch", "4",
-                   "--opt-batch", "4", "--max-batch", "4")
+            dla = (
+                "--graphs",
+                "decoder",
+                "--precision",
+                "fp16",
+                "--dla-core",
+                "0",
+                "--min-batch",
+                "4",
+                "--opt-batch",
+                "4",
+                "--max-batch",
+                "4",
+            )
             out["build-dla-unverified"] = self.run("build-dla-unverified", cli(*dla, "--no-verify"))
             out["build-dla"] = self.run("build-dla", cli(*dla))
 
@@ -184,8 +230,15 @@ class Driver:
             launches = self.cudart.calls.count("cudaGraphLaunch")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                rt = load(self.bundle, backend="tensorrt", device="cuda:0", precision="fp32", graphs=("decoder",),
-                          flavour=info.flavour, cuda_graph=True)
+                rt = load(
+                    self.bundle,
+                    backend="tensorrt",
+                    device="cuda:0",
+                    precision="fp32",
+                    graphs=("decoder",),
+                    flavour=info.flavour,
+                    cuda_graph=True,
+                )
                 try:
                     runs = [rt.decode(z) for _ in range(4)] + [rt.decode(z[:2]) for _ in range(3)]
                 finally:
@@ -202,13 +255,22 @@ class Driver:
         out["cuda-graph"] = self.run("cuda-graph", cuda_graph)
 
         if legacy:
+
             def dla_runtime():
-                rt = load(self.bundle, backend="tensorrt", device="cuda:0", precision="fp16", graphs=("decoder",),
-                          flavour=info.flavour, dla_core=0)
+                rt = load(
+                    self.bundle,
+                    backend="tensorrt",
+                    device="cuda:0",
+                    precision="fp16",
+                    graphs=("decoder",),
+                    flavour=info.flavour,
+                    dla_core=0,
+                )
                 try:
                     assert np.isfinite(rt.decode(np.repeat(z[:1], 4, axis=0))).all()
                 finally:
                     rt.close()
+
             out["dla-runtime"] = self.run("dla-runtime", dla_runtime)
         return out
 
@@ -223,11 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     d = Driver(a.real, a.as_name, a.bundle, a.work)
     scenarios = d.scenarios(a.control)
-    report = {"real": a.real, "as": a.as_name, "version": getattr(d.real, "__version__", None),
-              "scenarios": scenarios, "issues": [i.to_dict() for i in d.rec.issues.values()],
-              "touched": sorted([o, n, sorted(h)] for (o, n), h in d.rec.touched.items()),
-              "notes": sorted(set(d.sim.notes)), "cudart_calls": sorted(set(d.cudart.calls)),
-              "log": d.log_lines[-40:], "facts": facts(d.real)}
+    report = {
+        "real": a.real,
+        "as": a.as_name,
+        "version": getattr(d.real, "__version__", None),
+        "scenarios": scenarios,
+        "issues": [i.to_dict() for i in d.rec.issues.values()],
+        "touched": sorted([o, n, sorted(h)] for (o, n), h in d.rec.touched.items()),
+        "notes": sorted(set(d.sim.notes)),
+        "cudart_calls": sorted(set(d.cudart.calls)),
+        "log": d.log_lines[-40:],
+        "facts": facts(d.real),
+    }
     print("\n@@REPORT@@" + json.dumps(report))
     return 0
 

@@ -13,6 +13,7 @@ the real module would, so `hasattr` / `getattr(x, name, default)` keep their mea
 error that escapes a scenario as fatal, "forgives" that one call site (the proxy then returns an absorbing stand-in
 there) and re-runs, so one run lists every fatal problem, not only the first.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -32,6 +33,7 @@ _INT_NAMES = {"int", "typing.SupportsInt", "SupportsInt", "typing.SupportsIndex"
 
 
 # ----------------------------------------------------------------------------------------------- signatures
+
 
 @dataclass(frozen=True)
 class Param:
@@ -102,19 +104,19 @@ def parse_signatures(doc: str | None) -> list[Signature]:
     for ln in cands:
         m = _SIG.match(ln) or _ANON_SIG.match(ln)
         if m and "*args, **kwargs" not in m.group("params"):
-            sigs.append(Signature(tuple(_param(p) for p in _split_top(m.group("params"))), m.group("ret"),
-                                  ln.strip()))
+            sigs.append(Signature(tuple(_param(p) for p in _split_top(m.group("params"))), m.group("ret"), ln.strip()))
     return sigs
 
 
 # ----------------------------------------------------------------------------------------------- issues
 
+
 @dataclass
 class Issue:
-    kind: str      # missing | bad_call | read_only | not_settable | bad_value
-    owner: str     # class name, or "<module>"
+    kind: str  # missing | bad_call | read_only | not_settable | bad_value
+    owner: str  # class name, or "<module>"
     attr: str
-    site: str      # file:line (function) in our code
+    site: str  # file:line (function) in our code
     detail: str = ""
     fatal: bool = False
     scenarios: list[str] = field(default_factory=list)
@@ -161,7 +163,7 @@ class Recorder:
     def __init__(self) -> None:
         self.issues: dict[tuple, Issue] = {}
         self.forgiven: set[tuple] = set()
-        self.touched: dict[tuple[str, str], set[str]] = {}   # (owner, attr) -> {"get", "set", "call"}
+        self.touched: dict[tuple[str, str], set[str]] = {}  # (owner, attr) -> {"get", "set", "call"}
         self.scenario = ""
         self.sim: Any = None
 
@@ -212,6 +214,7 @@ class Absorb:
 
 # ----------------------------------------------------------------------------------------------- the module's types
 
+
 class Api:
     """The real module's classes and annotations."""
 
@@ -232,7 +235,7 @@ class Api:
         for pre in (self.prefix + ".", self.real.__name__ + "."):
             if ann.startswith(pre):
                 obj: Any = self.real
-                for part in ann[len(pre):].split("."):
+                for part in ann[len(pre) :].split("."):
                     obj = getattr(obj, part, None)
                     if obj is None:
                         return None
@@ -264,7 +267,7 @@ class Api:
             if m:
                 return value is None or self.accepts(m.group(1), value) is not False
         if " | " in ann or ann.startswith(("typing.Union[", "Union[")):
-            inner = ann[ann.index("[") + 1: -1] if ann.endswith("]") and "Union[" in ann else ann
+            inner = ann[ann.index("[") + 1 : -1] if ann.endswith("]") and "Union[" in ann else ann
             parts = _split_top(inner, "|") if " | " in ann else _split_top(inner)
             verdicts = [self.accepts(p, value) for p in parts]
             return True if any(v is not False for v in verdicts) else False
@@ -339,8 +342,9 @@ def describe(value: Any) -> str:
         return value._p_cls.__name__
     if isinstance(value, ClassProxy):
         return f"class {value._p_cls.__name__}"
-    return type(value).__name__ + (f" {value!r}" if isinstance(value, (int, str, tuple)) and len(repr(value)) < 40
-                                   else "")
+    return type(value).__name__ + (
+        f" {value!r}" if isinstance(value, (int, str, tuple)) and len(repr(value)) < 40 else ""
+    )
 
 
 # ----------------------------------------------------------------------------------------------- proxies
@@ -388,8 +392,18 @@ def _bind(api: Api, sig: Signature, args: tuple, kwargs: dict, skip_self: bool) 
     return None
 
 
-def checked_call(api: Api, rec: Recorder, owner: str, attr: str, sigs: list[Signature], args: tuple,
-                 kwargs: dict, skip_self: bool, handler: Handler | None, receiver: Any) -> Any:
+def checked_call(
+    api: Api,
+    rec: Recorder,
+    owner: str,
+    attr: str,
+    sigs: list[Signature],
+    args: tuple,
+    kwargs: dict,
+    skip_self: bool,
+    handler: Handler | None,
+    receiver: Any,
+) -> Any:
     rec.touch(owner, attr, "call")
     if not sigs:  # no signature in the docstring: nothing to check against
         return handler(receiver, *args, **kwargs) if handler else Absorb(f"{owner}.{attr}()")
@@ -414,8 +428,10 @@ def checked_call(api: Api, rec: Recorder, owner: str, attr: str, sigs: list[Sign
         return api.default(sig.returns, rec)
     value = handler(receiver, *args, **kwargs)
     if api.accepts(sig.returns, value) is False:
-        raise AssertionError(f"harness bug: the simulation of {owner}.{attr} returned {describe(value)}, the real "
-                             f"binding returns {sig.returns}")
+        raise AssertionError(
+            f"harness bug: the simulation of {owner}.{attr} returned {describe(value)}, the real "
+            f"binding returns {sig.returns}"
+        )
     return value
 
 
@@ -449,8 +465,9 @@ class InstanceProxy:
             else:
                 value = api.default(ret, rec)
             if ret and api.accepts(ret, value) is False:
-                raise AssertionError(f"harness bug: simulated {cls.__name__}.{name} is {describe(value)}, "
-                                     f"the real property is {ret}")
+                raise AssertionError(
+                    f"harness bug: simulated {cls.__name__}.{name} is {describe(value)}, the real property is {ret}"
+                )
             return value
         if callable(desc) and not isinstance(desc, type):
             sigs = api.signatures(desc)
@@ -509,8 +526,18 @@ class ClassProxy:
         obj = InstanceProxy(api, rec, cls, {})
         init = api.lookup(cls, "__init__")
         fn = rec.sim.handler(cls, "__init__")
-        checked_call(api, rec, cls.__name__, "__init__", api.signatures(init), args, kwargs, True,
-                     fn or (lambda _o, *a, **k: None), obj)
+        checked_call(
+            api,
+            rec,
+            cls.__name__,
+            "__init__",
+            api.signatures(init),
+            args,
+            kwargs,
+            True,
+            fn or (lambda _o, *a, **k: None),
+            obj,
+        )
         return obj
 
     def __getattr__(self, name: str) -> Any:

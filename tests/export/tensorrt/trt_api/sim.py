@@ -10,6 +10,7 @@ memory is host memory (ctypes buffers, bounds-checked); CUDA graph capture recor
 The CUDA side (`FakeCudart`) is not checked against cuda-python's real API (out of scope here); it accepts any
 function name, records it, and models the ones our backend uses.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,8 +26,15 @@ from tests.export.tensorrt.trt_api.proxy import Api, InstanceProxy, Recorder, Si
 
 PLAN_MAGIC = b"VAE-DEPLOY-SIMULATED-PLAN\n"
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 3: "int8", 2: "uint8"}
-_TRT_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "bool": "bool",
-               "int8": "int8", "uint8": "uint8"}
+_TRT_DTYPES = {
+    "float32": "float32",
+    "float16": "float16",
+    "int64": "int64",
+    "int32": "int32",
+    "bool": "bool",
+    "int8": "int8",
+    "uint8": "uint8",
+}
 
 
 def _dt(api: Api, name: str) -> Any:
@@ -65,22 +73,26 @@ class TrtSim(Sim):
 
 def on(*keys: str):
     """Register a handler for Class.attr (several names: classes renamed across versions)."""
+
     def deco(fn):
         for k in keys:
             cls, attr = k.split(".", 1)
             TrtSim.handlers[(cls, attr)] = fn
         return fn
+
     return deco
 
 
 # ----------------------------------------------------------------------------------------------- builder side
 
+
 @on("Builder.create_network")
 def _create_network(sim, builder, flags=0):
     strong_bit = getattr(getattr(sim.api.real, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
     strong = strong_bit is not None and bool(int(flags) & (1 << int(strong_bit)))
-    return sim.new("INetworkDefinition", {"flags": int(flags), "strongly_typed": strong, "layers": [],
-                                          "inputs": [], "outputs": []})
+    return sim.new(
+        "INetworkDefinition", {"flags": int(flags), "strongly_typed": strong, "layers": [], "inputs": [], "outputs": []}
+    )
 
 
 @on("Builder.create_builder_config")
@@ -115,15 +127,34 @@ def _parse_from_file(sim, parser, model):
     api = sim.api
     layers = []
     for node in g.node:
-        outs = [sim.new("ITensor", {"name": o, "dtype": _dt(api, _ONNX_DTYPES.get(elem.get(o, 1), "float32"))})
-                for o in node.output]
-        ins = [sim.new("ITensor", {"name": i, "dtype": _dt(api, _ONNX_DTYPES.get(elem.get(i, 1), "float32"))})
-               for i in node.input if i]
-        layers.append(sim.new("ILayer", {"name": node.name, "metadata": f"[ONNX Layer: {node.name}]",
-                                         "inputs": ins, "outputs": outs, "op": node.op_type}))
+        outs = [
+            sim.new("ITensor", {"name": o, "dtype": _dt(api, _ONNX_DTYPES.get(elem.get(o, 1), "float32"))})
+            for o in node.output
+        ]
+        ins = [
+            sim.new("ITensor", {"name": i, "dtype": _dt(api, _ONNX_DTYPES.get(elem.get(i, 1), "float32"))})
+            for i in node.input
+            if i
+        ]
+        layers.append(
+            sim.new(
+                "ILayer",
+                {
+                    "name": node.name,
+                    "metadata": f"[ONNX Layer: {node.name}]",
+                    "inputs": ins,
+                    "outputs": outs,
+                    "op": node.op_type,
+                },
+            )
+        )
     inits = {t.name for t in g.initializer}
-    net._p_state.update(onnx=str(model), layers=layers,
-                        inputs=[io(vi) for vi in g.input if vi.name not in inits], outputs=[io(vi) for vi in g.output])
+    net._p_state.update(
+        onnx=str(model),
+        layers=layers,
+        inputs=[io(vi) for vi in g.input if vi.name not in inits],
+        outputs=[io(vi) for vi in g.output],
+    )
     return True
 
 
@@ -153,8 +184,10 @@ def _num_outputs(sim, net):
 
 
 def _io_tensor(sim, spec):
-    return sim.new("ITensor", {"name": spec["name"], "dtype": _dt(sim.api, spec["dtype"]),
-                               "shape": sim.api.real.Dims(tuple(spec["shape"]))})
+    return sim.new(
+        "ITensor",
+        {"name": spec["name"], "dtype": _dt(sim.api, spec["dtype"]), "shape": sim.api.real.Dims(tuple(spec["shape"]))},
+    )
 
 
 @on("INetworkDefinition.get_input")
@@ -258,32 +291,51 @@ def _build(sim, builder, network, config):
         return None
     flags = sorted(c["flags"])
     reduced = "FP16" in flags or "INT8" in flags or n["strongly_typed"]
-    plan = {"onnx": n["onnx"], "inputs": n["inputs"], "outputs": n["outputs"], "profile": c["profiles"][0],
-            "flags": flags, "strongly_typed": n["strongly_typed"],
-            "dla_core": c.get("DLA_core") if "default_device_type" in c and c["default_device_type"].name == "DLA"
-            else None,
-            "layers": [{"Name": lay._p_state["name"], "LayerType": lay._p_state["op"],
-                        "Metadata": lay._p_state["metadata"],
-                        "Inputs": [{"Format/Datatype": "Row major linear FP32 format (kLINEAR)"
-                                    if not reduced or "precision" in lay._p_state
-                                    else "Row major linear FP16 format (kLINEAR)"}]}
-                       for lay in n["layers"]]}
+    plan = {
+        "onnx": n["onnx"],
+        "inputs": n["inputs"],
+        "outputs": n["outputs"],
+        "profile": c["profiles"][0],
+        "flags": flags,
+        "strongly_typed": n["strongly_typed"],
+        "dla_core": c.get("DLA_core")
+        if "default_device_type" in c and c["default_device_type"].name == "DLA"
+        else None,
+        "layers": [
+            {
+                "Name": lay._p_state["name"],
+                "LayerType": lay._p_state["op"],
+                "Metadata": lay._p_state["metadata"],
+                "Inputs": [
+                    {
+                        "Format/Datatype": "Row major linear FP32 format (kLINEAR)"
+                        if not reduced or "precision" in lay._p_state
+                        else "Row major linear FP16 format (kLINEAR)"
+                    }
+                ],
+            }
+            for lay in n["layers"]
+        ],
+    }
     data = PLAN_MAGIC + json.dumps(plan).encode()
     return sim.new("IHostMemory", {"data": data + b"\0" * max(0, 8192 - len(data))})
 
 
 # ----------------------------------------------------------------------------------------------- runtime side
 
+
 @on("Runtime.deserialize_cuda_engine")
 def _deserialize(sim, runtime, data):
     raw = bytes(data)
     if not raw.startswith(PLAN_MAGIC):
         return None
-    plan = json.loads(raw[len(PLAN_MAGIC):].rstrip(b"\0"))
+    plan = json.loads(raw[len(PLAN_MAGIC) :].rstrip(b"\0"))
     core = runtime._p_state.get("DLA_core")
     if plan["dla_core"] is not None and core != plan["dla_core"]:
-        sim.notes.append(f"a DLA engine built for core {plan['dla_core']} was deserialized on a runtime whose "
-                         f"DLA_core is {core!r} (not set: TensorRT's default)")
+        sim.notes.append(
+            f"a DLA engine built for core {plan['dla_core']} was deserialized on a runtime whose "
+            f"DLA_core is {core!r} (not set: TensorRT's default)"
+        )
     return sim.new("ICudaEngine", {"plan": plan, "names": [t["name"] for t in plan["inputs"] + plan["outputs"]]})
 
 
@@ -365,8 +417,11 @@ def _set_input_shape(sim, ctx, name, shape):
     plan = ctx._p_state["engine"]._p_state["plan"]
     prof = plan["profile"].get(name)
     shape = [int(d) for d in shape]
-    if prof is None or len(shape) != len(prof[0]) or not all(lo <= d <= hi for lo, d, hi
-                                                            in zip(prof[0], shape, prof[2])):
+    if (
+        prof is None
+        or len(shape) != len(prof[0])
+        or not all(lo <= d <= hi for lo, d, hi in zip(prof[0], shape, prof[2]))
+    ):
         return False
     ctx._p_state["shapes"][name] = shape
     return True
@@ -410,6 +465,7 @@ def _run_engine(sim, ctx):
 
 # ----------------------------------------------------------------------------------------------- CUDA
 
+
 class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
@@ -434,10 +490,22 @@ class _Names:
         return name
 
 
-ORIN = {"name": b"Simulated Orin\x00", "major": 8, "minor": 7, "multiProcessorCount": 16, "integrated": 1,
-        "totalGlobalMem": 8 << 30}
-ADA = {"name": b"Simulated RTX 4090\x00", "major": 8, "minor": 9, "multiProcessorCount": 128, "integrated": 0,
-       "totalGlobalMem": 24 << 30}
+ORIN = {
+    "name": b"Simulated Orin\x00",
+    "major": 8,
+    "minor": 7,
+    "multiProcessorCount": 16,
+    "integrated": 1,
+    "totalGlobalMem": 8 << 30,
+}
+ADA = {
+    "name": b"Simulated RTX 4090\x00",
+    "major": 8,
+    "minor": 9,
+    "multiProcessorCount": 128,
+    "integrated": 0,
+    "totalGlobalMem": 24 << 30,
+}
 
 
 class _DeviceProp:
@@ -475,8 +543,12 @@ class FakeCudart(types.ModuleType):
         def call(*args: Any) -> tuple:
             self.calls.append(name)
             out = fn(*args) if fn else ()
-            return out if isinstance(out, tuple) and out and isinstance(out[0], cudaError_t) \
+            return (
+                out
+                if isinstance(out, tuple) and out and isinstance(out[0], cudaError_t)
                 else (cudaError_t.cudaSuccess, *((out,) if not isinstance(out, tuple) else out))
+            )
+
         return call
 
     # memory (device memory is host memory here)
