@@ -51,7 +51,7 @@ from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_n
 from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport
 
-from ..cli import non_negative_int, positive_float
+from ..cli import add_budget_arguments, add_evaluation_arguments
 from .common import (
     BudgetError,
     PrecisionError,
@@ -212,35 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="LIST",
         help=graphs_help("graphs to measure"),
     )
-    p.add_argument(
-        "--budget-psnr",
-        type=positive_float,
-        default=None,
-        metavar="DB",
-        help="decoder image PSNR floor in dB (default 40, the FP16 budget)",
-    )
-    p.add_argument(
-        "--budget-rel-l2",
-        type=positive_float,
-        default=None,
-        metavar="X",
-        help="encoder mu/logvar rel L2 ceiling (default 1e-2, the FP16 budget)",
-    )
-    p.add_argument(
-        "--samples",
-        type=non_negative_int,
-        default=32,
-        metavar="N",
-        help="fresh realistic inputs per graph (default 32)",
-    )
-    p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the fresh inputs")
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder of images for the realistic inputs (default: the embedded shapes dataset)",
-    )
+    add_budget_arguments(p, psnr="40, the FP16 budget", rel_l2="1e-2, the FP16 budget")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--threads", type=int, default=None, metavar="N", help="OpenVINO inference threads (default: its choice)"
     )
@@ -248,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.threads is not None and args.threads < 1:
             raise PrecisionError(f"--threads must be >= 1, got {args.threads}")
+        if args.samples < 0:
+            raise PrecisionError(f"--samples must be >= 0, got {args.samples}")
         _, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
         cpu = check_bf16_support()
     except VaeError as e:  # PrecisionError, BundleError, BackendUnavailableError (no openvino)

@@ -31,7 +31,7 @@ from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
-from ..cli import non_negative_int, positive_float
+from ..cli import add_budget_arguments, add_evaluation_arguments
 from .common import (
     FP16_MAX,
     BudgetError,
@@ -473,29 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
     add_graphs_argument(p, what="graphs to convert")
-    p.add_argument(
-        "--budget-psnr",
-        type=positive_float,
-        default=None,
-        metavar="DB",
-        help="decoder image PSNR floor in dB (default 40)",
-    )
-    p.add_argument(
-        "--budget-rel-l2",
-        type=positive_float,
-        default=None,
-        metavar="X",
-        help="encoder mu/logvar rel L2 ceiling (default 1e-2)",
-    )
-    p.add_argument("--samples", type=int, default=32, metavar="N", help="fresh realistic inputs per graph (default 32)")
-    p.add_argument("--seed", type=non_negative_int, default=1, help="seed of the fresh inputs")
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder of images for the realistic inputs (default: the embedded shapes dataset)",
-    )
+    add_budget_arguments(p, psnr="40", rel_l2="1e-2")
+    add_evaluation_arguments(p)
     p.add_argument(
         "--no-progress", action="store_true", help="no progress output (a bar on a terminal, a few lines in a log)"
     )

@@ -33,7 +33,7 @@ from runtime.errors import VaeError
 from runtime.files import temp_prefix
 from runtime.verify.metrics import ComparisonReport, Tolerance
 
-from ..cli import non_negative_int, positive_float
+from ..cli import add_budget_arguments, non_negative_int
 from .common import (
     BudgetError,
     EvalSet,
@@ -703,20 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-samples", type=int, default=32, metavar="N", help="fresh realistic evaluation inputs (default 32)"
     )
     p.add_argument("--method", default="minmax", choices=METHODS, help="calibration method (default minmax)")
-    p.add_argument(
-        "--budget-psnr",
-        type=positive_float,
-        default=None,
-        metavar="DB",
-        help="decoder image PSNR floor in dB (default 30)",
-    )
-    p.add_argument(
-        "--budget-rel-l2",
-        type=positive_float,
-        default=None,
-        metavar="X",
-        help="encoder mu/logvar rel L2 ceiling (default 0.1)",
-    )
+    add_budget_arguments(p, psnr="30", rel_l2="0.1")
     p.add_argument(
         "--max-kept", type=int, default=2, metavar="N", help="most nodes left unquantized to meet the budget"
     )
