@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_name, progress
+from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name, progress
 
 from . import environment, peer as peer_row
 from .ceiling import ENGINE_OF_BACKEND, Probe, build_probes, ceiling_precision
@@ -733,13 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help=f"comma-separated, some of {', '.join(BACKENDS)}",
     )
-    # runtime.cli's --graphs convention; None (the deprecated 'both') means every graph, as when omitted
-    p.add_argument(
-        "--graphs",
-        type=lambda text: list(parse_graphs(text) or ("encoder", "decoder")),
-        default=["encoder", "decoder"],
-        metavar="LIST",
-        help=graphs_help("graphs to time", "encoder,decoder; a graph the bundle lacks gives skipped rows"),
+    add_graphs_argument(
+        p, what="graphs to time", default="encoder,decoder; a graph the bundle lacks gives skipped rows"
     )
     p.add_argument(
         "--batch",
@@ -906,6 +901,7 @@ def _peer_bundle(args: argparse.Namespace, manifest) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.graphs = list(args.graphs or ("encoder", "decoder"))  # omitted (or 'both'): both graphs
     from runtime.backends.base import Device
     from runtime.bundle import read_manifest
     from runtime.errors import VaeError

@@ -47,7 +47,7 @@ from runtime.backends.openvino import (
     kernel_precisions,
     read_onnx,
 )
-from runtime.cli import HelpFormatter, epilog, graphs_help, parse_graphs, prog_name
+from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from runtime.errors import VaeError
 from runtime.verify.metrics import ComparisonReport
 
@@ -204,14 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder written by export.to_onnx")
-    # runtime.cli's --graphs, handed to the code below as the comma string it splits ("" for every graph)
-    p.add_argument(
-        "--graphs",
-        type=lambda text: ",".join(parse_graphs(text) or ()),
-        default=None,
-        metavar="LIST",
-        help=graphs_help("graphs to measure"),
-    )
+    add_graphs_argument(p, what="graphs to measure")
     add_budget_arguments(p, psnr="40, the FP16 budget", rel_l2="1e-2, the FP16 budget")
     add_evaluation_arguments(p)
     p.add_argument(
@@ -223,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PrecisionError(f"--threads must be >= 1, got {args.threads}")
         if args.samples < 0:
             raise PrecisionError(f"--samples must be >= 0, got {args.samples}")
-        _, graphs = open_bundle(args.bundle, args.graphs.split(",") if args.graphs else None)
+        _, graphs = open_bundle(args.bundle, args.graphs)
         cpu = check_bf16_support()
     except VaeError as e:  # PrecisionError, BundleError, BackendUnavailableError (no openvino)
         print(f"error: {e}", file=sys.stderr)
