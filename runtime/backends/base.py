@@ -66,6 +66,26 @@ def check_max_chunk(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def check_option_types(
+    positive_ints: Mapping[str, Any] | None = None, bools: Mapping[str, Any] | None = None, batch_split: Any = None
+) -> None:
+    """The option checks every backend shares: positive integers, True/False flags (None: the engine's default each),
+    and batch_split (None, False, or a batch size >= 2). BackendError names the option and the value."""
+    for opt, value in (positive_ints or {}).items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
+    for opt, value in (bools or {}).items():
+        if value is not None and not isinstance(value, bool):
+            raise BackendError(f"option {opt}: expected True or False, got {value!r}")
+    split = batch_split
+    if (
+        split is not None
+        and split is not False
+        and (not isinstance(split, int) or isinstance(split, bool) or split < 2)
+    ):
+        raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {split!r}")
+
+
 @dataclass(frozen=True)
 class Device:
     """Where a backend runs: 'cpu', or 'cuda' with a device index ('cuda' means 'cuda:0')."""

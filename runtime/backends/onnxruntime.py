@@ -27,7 +27,7 @@ import numpy as np
 
 from ..bundle import BundleError, Manifest, resolve_file
 from ..errors import BackendError, BackendUnavailableError
-from .base import Backend, Device, check_graph_io, engine_installed, import_engine
+from .base import Backend, Device, check_graph_io, check_option_types, engine_installed, import_engine
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -87,21 +87,11 @@ class OrtOptions:
     batch_split: int | bool | None = None
 
     def __post_init__(self) -> None:
-        for opt in ("threads", "inter_op_threads", "max_batch"):
-            value = getattr(self, opt)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise BackendError(f"option {opt}: expected a positive integer, got {value!r}")
-        for opt in ("spinning", "preload", "io_binding"):
-            value = getattr(self, opt)
-            if value is not None and not isinstance(value, bool):
-                raise BackendError(f"option {opt}: expected True or False, got {value!r}")
-        split = self.batch_split
-        if (
-            split is not None
-            and split is not False
-            and (not isinstance(split, int) or isinstance(split, bool) or split < 2)
-        ):
-            raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {split!r}")
+        check_option_types(
+            positive_ints={opt: getattr(self, opt) for opt in ("threads", "inter_op_threads", "max_batch")},
+            bools={opt: getattr(self, opt) for opt in ("spinning", "preload", "io_binding")},
+            batch_split=self.batch_split,
+        )
         if not isinstance(self.graph_optimization_level, str) or self.graph_optimization_level not in OPT_LEVELS:
             raise BackendError(
                 f"option graph_optimization_level: expected one of {list(OPT_LEVELS)}, "

@@ -63,7 +63,7 @@ import numpy as np
 
 from ..bundle import ENGINE_PRECISIONS, BundleError, Manifest, resolve_file
 from ..errors import BackendError, BackendUnavailableError
-from .base import Backend, Device, check_graph_io, engine_installed, import_engine
+from .base import Backend, Device, check_graph_io, check_option_types, engine_installed, import_engine
 from .onnxruntime import physical_cores  # no onnxruntime import: that module imports it lazily too
 
 OV_DEVICE = "CPU"
@@ -198,19 +198,10 @@ class OpenVinoBackend(Backend):
         preload: bool = False,
         batch_split: int | bool | None = None,
     ) -> "OpenVinoBackend":
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise BackendError(f"option threads: expected a positive integer, got {threads!r}")
+        check_option_types(positive_ints={"threads": threads})
         if performance_hint not in HINTS:
             raise BackendError(f"option performance_hint: expected one of {list(HINTS)}, got {performance_hint!r}")
-        for opt, value in (("cpu_pinning", cpu_pinning), ("preload", preload)):
-            if value is not None and not isinstance(value, bool):
-                raise BackendError(f"option {opt}: expected True or False, got {value!r}")
-        if (
-            batch_split is not None
-            and batch_split is not False
-            and (not isinstance(batch_split, int) or isinstance(batch_split, bool) or batch_split < 2)
-        ):
-            raise BackendError(f"option batch_split: expected False or a batch size >= 2, got {batch_split!r}")
+        check_option_types(bools={"cpu_pinning": cpu_pinning, "preload": preload}, batch_split=batch_split)
         files: dict[str, Path] = {}
         hashes: dict[str, str] = {}
         records: dict[str, Any] = {}
