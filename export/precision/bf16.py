@@ -61,7 +61,7 @@ from .common import (
     make_budget,
     measure,
     open_bundle,
-    precision_table,
+    run_for_graphs,
     summarize,
     timestamp,
     worst_case,
@@ -221,9 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VaeError as e:  # PrecisionError, BundleError, BackendUnavailableError (no openvino)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    missed = []
-    for graph in graphs:
-        try:
+    return run_for_graphs(
+        args.bundle,
+        graphs,
+        lambda graph: (
             record_bf16(
                 args.bundle,
                 graph,
@@ -234,15 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 calibration=args.calibration,
                 threads=args.threads,
                 cpu=cpu,
-            )
-        except BudgetError as e:
-            print(f"error: {e}; bf16 not recorded for {graph}", file=sys.stderr)
-            missed.append(graph)
-        except VaeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(precision_table(args.bundle))
-    return 1 if missed else 0
+            ).passed
+        ),
+        "bf16 not recorded for {graph}",
+    )
 
 
 def _cpu_model() -> str:

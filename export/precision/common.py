@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -780,3 +781,26 @@ def precision_table(bundle: str | os.PathLike) -> str:
 
 def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def run_for_graphs(
+    bundle: str | os.PathLike, graphs: Sequence[str], make: Callable[[str], bool | None], not_done: str
+) -> int:
+    """The precision tools' loop: make(graph) for each graph, then the side-by-side table; the CLI's exit code.
+
+    make returns False when it wrote a variant that misses its budget (--force). A BudgetError is reported with
+    `not_done` (formatted with graph=) and the loop goes on: exit 1. Any other VaeError stops it: exit 2.
+    """
+    missed = []
+    for graph in graphs:
+        try:
+            if make(graph) is False:
+                missed.append(graph)
+        except BudgetError as e:
+            print(f"error: {e}; {not_done.format(graph=graph)}", file=sys.stderr)
+            missed.append(graph)
+        except VaeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(precision_table(bundle))
+    return 1 if missed else 0

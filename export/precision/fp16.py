@@ -50,9 +50,9 @@ from .common import (
     open_bundle,
     ort_session,
     plural,
-    precision_table,
     quiet,
     recover_variants,
+    run_for_graphs,
     run_graph,
     search_kept_nodes,
     summarize,
@@ -490,9 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VaeError as e:  # PrecisionError, BundleError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
-    missed = []
-    for graph in graphs:
-        try:
+    return run_for_graphs(
+        args.bundle,
+        graphs,
+        lambda graph: (
             make_fp16_variant(
                 args.bundle,
                 graph,
@@ -502,15 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 calibration=args.calibration,
                 progress=not args.no_progress,
-            )
-        except BudgetError as e:
-            print(f"error: {e}; {graph}.fp16.onnx not written", file=sys.stderr)
-            missed.append(graph)
-        except VaeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(precision_table(args.bundle))
-    return 1 if missed else 0
+            ).passed
+        ),
+        "{graph}.fp16.onnx not written",
+    )
 
 
 if __name__ == "__main__":

@@ -50,10 +50,10 @@ from .common import (
     measure,
     open_bundle,
     plural,
-    precision_table,
     quiet,
     realistic_inputs,
     recover_variants,
+    run_for_graphs,
     search_kept_nodes,
     summarize,
     timestamp,
@@ -753,10 +753,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VaeError as e:  # PrecisionError, BundleError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
-    missed = []
-    for graph in graphs:
-        try:
-            res = make_int8_variant(
+    return run_for_graphs(
+        args.bundle,
+        graphs,
+        lambda graph: (
+            make_int8_variant(
                 args.bundle,
                 graph,
                 budget_psnr=args.budget_psnr,
@@ -771,17 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.no_progress,
                 decoder_form=args.decoder_form,
                 checkpoint=args.checkpoint,
-            )
-            if not res.passed:
-                missed.append(graph)
-        except BudgetError as e:
-            print(f"error: {e}; {graph}.int8.onnx not written", file=sys.stderr)
-            missed.append(graph)
-        except VaeError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(precision_table(args.bundle))
-    return 1 if missed else 0
+            ).passed
+        ),
+        "{graph}.int8.onnx not written",
+    )
 
 
 if __name__ == "__main__":
