@@ -26,12 +26,18 @@
 #include <sys/stat.h>
 #include <vector>
 
+#include "cli.hpp"
 #include "image_write.hpp"
 #include "normal_stream.hpp"
 #include "npy.hpp"
 #include "vae/runtime.hpp"
 
 namespace {
+
+using vae_examples::check_output_format;
+using vae_examples::runtime_option;
+using vae_examples::to_long;
+using vae_examples::UsageError;
 
 struct Args {
     std::string bundle, latents, out, format = "png", save_npy, save_latents;
@@ -42,25 +48,12 @@ struct Args {
     vae::Options options;
 };
 
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
 const char* kUsage =
     "usage: vae_decode BUNDLE [--latents z.npy | --count N [--seed S]] [--out DIR] [--format png|ppm|none]\n"
     "                  [--save-npy images.npy] [--save-latents z.npy] [--backend onnxruntime|tensorrt]\n"
     "                  [--device cpu|cuda:N] [--precision fp32|fp16|int8] [--threads N] [--batch-split N|off]\n"
     "                  [--dla-core N] [--repeat R] [--overwrite]\n"
     "--seed S: latents of runtime.rng's portable stream, the ones Python's sample(N, seed=S) draws\n";
-
-long to_long(const std::string& flag, const std::string& v, long lo, long hi) {
-    char* end = nullptr;
-    const long x = std::strtol(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || x < lo || x > hi)
-        throw UsageError(flag + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                         "], got '" + v + "'");
-    return x;
-}
 
 // A seed in [0, 2^64), decimal digits only (strtoull alone would accept "-1" as 2^64 - 1).
 std::uint64_t to_seed(const std::string& flag, const std::string& v) {
@@ -91,10 +84,7 @@ Args parse(int argc, char** argv) {
         else if (k == "--format") a.format = value();
         else if (k == "--save-npy") a.save_npy = value();
         else if (k == "--save-latents") a.save_latents = value();
-        else if (k == "--backend") a.options.backend = value();
-        else if (k == "--device") a.options.device = value();
-        else if (k == "--precision") a.options.precision = value();
-        else if (k == "--threads") a.options.threads = static_cast<int>(to_long(k, value(), 0, 1024));
+        else if (runtime_option(k, value, a.options)) continue;
         else if (k == "--batch-split") {  // smallest batch cut into one chunk per core; off: never
             const std::string v = value();
             a.options.batch_split = v == "off" ? -1 : static_cast<int>(to_long(k, v, 2, 1 << 20));
@@ -108,9 +98,7 @@ Args parse(int argc, char** argv) {
     if (pos.size() != 1) throw UsageError("expected one BUNDLE argument");
     a.bundle = pos[0];
     if (a.latents.empty() == (a.count == 0)) throw UsageError("give exactly one of --latents FILE or --count N");
-    if (a.format != "png" && a.format != "ppm" && a.format != "none")
-        throw UsageError("--format: expected png, ppm or none, got '" + a.format + "'");
-    if (a.format != "none" && a.out.empty()) throw UsageError("--out DIR is required unless --format none");
+    check_output_format(a.format, a.out);
     a.options.graphs = {"decoder"};  // a decoder-only app never needs the encoder loaded
     return a;
 }
@@ -245,23 +233,4 @@ int run(const Args& a) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    Args args;
-    try {
-        args = parse(argc, argv);
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "vae_decode: error: %s\n%s", e.what(), kUsage);
-        return 2;
-    }
-    try {
-        return run(args);
-    } catch (const vae::Error& e) {
-        std::fprintf(stderr, "vae_decode: error: %s\n", e.what());
-        // Like the Python CLIs: 2 for bad input or something not available here, 1 for a failure while running.
-        const vae_status st = e.status();
-        return st == VAE_ERR_BACKEND || st == VAE_ERR_INTERNAL ? 1 : 2;
-    } catch (const std::exception& e) {  // writing the images
-        std::fprintf(stderr, "vae_decode: error: %s\n", e.what());
-        return 1;
-    }
-}
+int main(int argc, char** argv) { return vae_examples::run_main("vae_decode", kUsage, argc, argv, parse, run); }

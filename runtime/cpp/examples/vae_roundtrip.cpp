@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <vector>
 
+#include "cli.hpp"
 #include "image_read.hpp"
 #include "image_write.hpp"
 #include "npy.hpp"
@@ -25,6 +26,11 @@
 #include "vae/runtime.hpp"
 
 namespace {
+
+using vae_examples::check_output_format;
+using vae_examples::runtime_option;
+using vae_examples::to_long;
+using vae_examples::UsageError;
 
 struct Args {
     std::string bundle, out, format = "png", save_input, save_npy;
@@ -34,23 +40,10 @@ struct Args {
     vae::Options options;
 };
 
-struct UsageError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
-
 const char* kUsage =
     "usage: vae_roundtrip BUNDLE IMAGE.ppm [IMAGE.pgm ...] [--out DIR] [--format png|ppm|none] [--crop N]\n"
     "                     [--save-input x.npy] [--save-npy recon.npy] [--backend onnxruntime|tensorrt]\n"
     "                     [--device cpu|cuda:N] [--precision fp32|fp16|int8] [--threads N] [--overwrite]\n";
-
-int to_int(const std::string& flag, const std::string& v, int lo, int hi) {
-    char* end = nullptr;
-    const long x = std::strtol(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || x < lo || x > hi)
-        throw UsageError(flag + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                         "], got '" + v + "'");
-    return static_cast<int>(x);
-}
 
 Args parse(int argc, char** argv) {
     Args a;
@@ -66,13 +59,10 @@ Args parse(int argc, char** argv) {
             std::exit(0);
         } else if (k == "--out") a.out = value();
         else if (k == "--format") a.format = value();
-        else if (k == "--crop") a.crop = to_int(k, value(), 1, 1 << 16);
+        else if (k == "--crop") a.crop = static_cast<int>(to_long(k, value(), 1, 1 << 16));
         else if (k == "--save-input") a.save_input = value();
         else if (k == "--save-npy") a.save_npy = value();
-        else if (k == "--backend") a.options.backend = value();
-        else if (k == "--device") a.options.device = value();
-        else if (k == "--precision") a.options.precision = value();
-        else if (k == "--threads") a.options.threads = to_int(k, value(), 0, 1024);
+        else if (runtime_option(k, value, a.options)) continue;
         else if (k == "--overwrite") a.overwrite = true;
         else if (!k.empty() && k[0] == '-') throw UsageError("unknown option " + k);
         else pos.push_back(k);
@@ -80,9 +70,7 @@ Args parse(int argc, char** argv) {
     if (pos.size() < 2) throw UsageError("expected a BUNDLE and at least one IMAGE");
     a.bundle = pos[0];
     a.images.assign(pos.begin() + 1, pos.end());
-    if (a.format != "png" && a.format != "ppm" && a.format != "none")
-        throw UsageError("--format: expected png, ppm or none, got '" + a.format + "'");
-    if (a.format != "none" && a.out.empty()) throw UsageError("--out DIR is required unless --format none");
+    check_output_format(a.format, a.out);
     return a;
 }
 
@@ -183,22 +171,4 @@ int run(const Args& a) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    Args args;
-    try {
-        args = parse(argc, argv);
-    } catch (const UsageError& e) {
-        std::fprintf(stderr, "vae_roundtrip: error: %s\n%s", e.what(), kUsage);
-        return 2;
-    }
-    try {
-        return run(args);
-    } catch (const vae::Error& e) {
-        std::fprintf(stderr, "vae_roundtrip: error: %s\n", e.what());
-        const vae_status st = e.status();
-        return st == VAE_ERR_BACKEND || st == VAE_ERR_INTERNAL ? 1 : 2;
-    } catch (const std::exception& e) {  // writing the images
-        std::fprintf(stderr, "vae_roundtrip: error: %s\n", e.what());
-        return 1;
-    }
-}
+int main(int argc, char** argv) { return vae_examples::run_main("vae_roundtrip", kUsage, argc, argv, parse, run); }
