@@ -22,6 +22,7 @@ import numpy as np
 from .bundle import IMAGE, LOGVAR, MU, TensorSpec, Z
 from .errors import DTypeError, EmptyBatchError, NonFiniteError, ShapeError
 
+_FLOAT32 = np.dtype(np.float32)  # native byte order: a big-endian float32 array compares unequal
 _FINITE_BLOCK = 1 << 20  # values per NaN/Inf check: its mask stays ~1 MiB whatever the batch
 
 # What each axis means, for messages ("channels 1, expected 3" reads better than "axis 1").
@@ -80,17 +81,24 @@ def check_input(spec: TensorSpec, value: Any, *, check_finite: bool = True) -> n
         )
     if arr.shape[0] == 0:
         raise EmptyBatchError(f"tensor {name!r}: empty batch, shape {tuple(arr.shape)}; expected at least 1 item")
-    # One copy at most: dtype conversion, byte order and contiguity are fixed together.
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, reported just below
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if check_finite:
-        # Block by block: a mask of the whole batch would be a quarter of its size again (issue 16: memory bounded).
-        rows = max(1, _FINITE_BLOCK // max(1, arr[0].size))
-        if not all(np.isfinite(arr[i : i + rows]).all() for i in range(0, arr.shape[0], rows)):
-            finite = np.isfinite(arr)
-            nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-            first = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise NonFiniteError(
-                f"tensor {name!r}: {nan} NaN and {inf} Inf value(s), first at index {first}; expected finite values"
-            )
+    if arr.dtype != _FLOAT32 or not arr.flags.c_contiguous:
+        # One copy at most: dtype conversion, byte order and contiguity are fixed together.
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, reported just below
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if check_finite and not _all_finite(arr):
+        finite = np.isfinite(arr)
+        nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise NonFiniteError(
+            f"tensor {name!r}: {nan} NaN and {inf} Inf value(s), first at index {first}; expected finite values"
+        )
     return arr
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """No NaN or Inf in a C-contiguous float32 array. A batch larger than _FINITE_BLOCK values is checked block by
+    block, so the mask never grows with the batch (issue 16: memory bounded)."""
+    if arr.size <= _FINITE_BLOCK:
+        return bool(np.isfinite(arr).all())
+    rows = max(1, _FINITE_BLOCK // max(1, arr[0].size))
+    return all(np.isfinite(arr[i : i + rows]).all() for i in range(0, arr.shape[0], rows))
