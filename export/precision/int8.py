@@ -1,7 +1,7 @@
 """Static INT8 (QDQ) variants of a bundle's graphs, calibrated on realistic inputs, gated on measured accuracy.
 
     python -m export.precision.int8 BUNDLE --int8 [--graphs encoder,decoder] [--calibration DIR] [--samples N]
-        [--method minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1] [--max-kept 2] [--force]
+        [--method auto|minmax|percentile|entropy] [--budget-psnr 30] [--budget-rel-l2 0.1] [--max-kept 2] [--force]
         [--no-progress] [--decoder-form auto|subpixel|bundle] [--checkpoint CKPT]
 
 Writes BUNDLE/<graph>.int8.onnx and registers it under graphs.<graph>.variants.int8 in vae.json. --decoder-form:
@@ -19,6 +19,7 @@ Exit codes: 0 ok, 1 a budget missed (nothing written for that graph unless --for
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .common import (
     EvalSet,
     PrecisionError,
     SearchResult,
+    badness,
     budget_to_dict,
     bundle_locked,
     commit_variant,
@@ -62,6 +64,10 @@ from .common import (
 
 PRECISION = "int8"
 METHODS = ("minmax", "percentile", "entropy")
+#: What --method auto calibrates with, each searched and measured; the most accurate passing variant is kept
+#: (docs/performance.md#int8-quantization-settings). Entropy is left out: on both models measured it gave exactly
+#: minmax's errors.
+AUTO_METHODS = ("minmax", "percentile")
 DECODER_FORMS = ("auto", "bundle", "subpixel")
 # rewrite_decoder's options for the sub-pixel INT8 form (the fastest INT8 form: docs/performance.md#int8-decoder-form)
 SUBPIXEL_OPTIONS = {"layers": "all", "form": "nhwc", "absorb_head": True, "fold_stem": True}
@@ -163,11 +169,11 @@ class Quantizer:
         batch: int = 16,
         workdir: Path,
     ) -> None:
-        if method not in METHODS:
+        if method not in METHODS:  # "auto" is resolved by make_int8_variant, one Quantizer per method
             raise PrecisionError(f"--method: expected one of {list(METHODS)}, got {method!r}")
         self.fp32_path, self.graph, self.method, self.workdir = Path(fp32_path), graph, method, Path(workdir)
         self.calibration, self.batch = calibration, batch
-        self.cache = self.workdir / f"{graph}.calibration.json"
+        self.cache = self.workdir / f"{graph}.{method}.calibration.json"
         self._count = 0
 
     def _reader(self):
@@ -435,7 +441,7 @@ def make_int8_variant(
     eval_samples: int = 32,
     seed: int = 1,
     calibration: Path | None = None,
-    method: str = "minmax",
+    method: str = "auto",
     max_kept: int = 2,
     force: bool = False,
     progress: bool = True,
@@ -454,7 +460,9 @@ def make_int8_variant(
         eval_samples: Fresh realistic inputs measured besides reference.npz's sets (other seeds than calibration).
         seed: Seed of the evaluation inputs (calibration uses seed + 1000).
         calibration: A folder of images for calibration and evaluation (default: the embedded shapes dataset).
-        method: Calibration method: "minmax", "percentile" or "entropy".
+        method: Calibration method: "minmax", "percentile", "entropy", or "auto" (default): each of AUTO_METHODS
+            calibrated, searched and measured, and the most accurate passing variant kept (fewest unquantized
+            nodes first, then the smallest error as a share of the budget); the record names all of them.
         max_kept: Most nodes the search may leave in FP32.
         force: Write and register a variant that misses its budget (recorded as passed: false).
         progress: Show progress bars.
@@ -478,7 +486,7 @@ def make_int8_variant(
     data, _ = open_bundle(bundle, [graph])
     for line in recover_variants(bundle):  # a run killed earlier in this bundle (.quantize.* folders, staged files)
         log(f"recovered: {line}")
-    _check_int8_options(samples, decoder_form)
+    _check_int8_options(samples, decoder_form, method)
     budget = make_budget(PRECISION, graph, psnr=budget_psnr, rel_l2=budget_rel_l2)
     fp32_path = data.graph_path(graph)
     # Calibration and evaluation use different seeds: accuracy is measured on inputs the ranges were not fitted to.
@@ -488,8 +496,14 @@ def make_int8_variant(
     with tempfile.TemporaryDirectory(prefix=temp_prefix("quantize"), suffix=".tmp", dir=Path(bundle)) as tmp:
         source = _graph_to_quantize(data, graph, fp32_path, decoder_form, checkpoint, Path(tmp), log)
         model_fp32 = onnx.load(str(source.path))
-        quantizer = _calibrated_quantizer(source.path, graph, calib, method, Path(tmp), progress)
-        res = search_int8(quantizer, model_fp32, graph, sets, budget, max_kept=max_kept, progress=progress)
+        tried = {}
+        for m in AUTO_METHODS if method == "auto" else (method,):
+            quantizer = _calibrated_quantizer(source.path, graph, calib, m, Path(tmp), progress)
+            tried[m] = search_int8(quantizer, model_fp32, graph, sets, budget, max_kept=max_kept, progress=progress)
+    method = choose_method(tried)
+    res = tried[method]
+    if len(tried) > 1:
+        log(f"{graph}: INT8 calibration methods compared: {describe_methods(tried)} -> {method}")
     _log_int8_result(res, graph, method, len(calib), describe_sets(sets), log)
     _refuse_unusable(res, graph, force)
     accuracy = _int8_accuracy(
@@ -497,6 +511,7 @@ def make_int8_variant(
         graph,
         force=force,
         method=method,
+        compared={m: _method_summary(r) for m, r in tried.items()} if len(tried) > 1 else None,
         calibrated_on=len(calib),
         calibration=calibration,
         seed=seed,
@@ -507,6 +522,33 @@ def make_int8_variant(
     return res
 
 
+def choose_method(tried: Mapping[str, Int8Result]) -> str:
+    """The calibration method whose variant to keep: passing first, then the fewest unquantized nodes, then the
+    smallest error as a multiple of the budget (common.badness), then the order tried."""
+    order = list(tried)
+    return min(
+        order,
+        key=lambda m: (not tried[m].passed, len(tried[m].kept_fp32_nodes), badness(tried[m].report), order.index(m)),
+    )
+
+
+def describe_methods(tried: Mapping[str, Int8Result]) -> str:
+    """'minmax 0.61x budget, 0 kept; percentile 0.54x budget, 0 kept' (x budget: common.badness)."""
+    return "; ".join(
+        f"{m} {badness(r.report):.3g}x budget, {len(r.kept_fp32_nodes)} kept" + ("" if r.passed else " (missed)")
+        for m, r in tried.items()
+    )
+
+
+def _method_summary(res: Int8Result) -> dict:
+    worst = badness(res.report)
+    return {
+        "passed": res.passed,
+        "kept_fp32_nodes": list(res.kept_fp32_nodes),
+        "x_budget": worst if math.isfinite(worst) else "inf",
+    }
+
+
 @dataclass(frozen=True)
 class _QuantizeSource:
     """The FP32 graph to quantize, and vae.json's source_form for it ({}: the bundle's own graph)."""
@@ -515,7 +557,9 @@ class _QuantizeSource:
     source_form: dict
 
 
-def _check_int8_options(samples: int, decoder_form: str) -> None:
+def _check_int8_options(samples: int, decoder_form: str, method: str) -> None:
+    if method not in ("auto", *METHODS):
+        raise PrecisionError(f"--method: expected one of {['auto', *METHODS]}, got {method!r}")
     if samples < 1:
         raise PrecisionError(f"--samples must be >= 1, got {samples}")
     if decoder_form not in DECODER_FORMS:
@@ -611,6 +655,7 @@ def _int8_accuracy(
     *,
     force: bool,
     method: str,
+    compared: dict | None,
     calibrated_on: int,
     calibration: Path | None,
     seed: int,
@@ -626,6 +671,7 @@ def _int8_accuracy(
         "onnxruntime_cpu": summarize(res.report),
         "calibration": {
             "method": method,
+            **({"compared": compared} if compared else {}),
             "samples": int(calibrated_on),
             "seed": seed + 1000,
             "data": str(calibration)
@@ -702,7 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-samples", type=int, default=32, metavar="N", help="fresh realistic evaluation inputs (default 32)"
     )
-    p.add_argument("--method", default="minmax", choices=METHODS, help="calibration method (default minmax)")
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=("auto", *METHODS),
+        help=f"calibration method; auto (default): each of {', '.join(AUTO_METHODS)} measured, the most accurate "
+        "passing variant kept",
+    )
     add_budget_arguments(p, psnr="30", rel_l2="0.1")
     p.add_argument(
         "--max-kept", type=int, default=2, metavar="N", help="most nodes left unquantized to meet the budget"

@@ -82,6 +82,44 @@ def test_int8_variants_meet_budget_and_are_registered(bundle, capsys):
     psnrs = [o["psnr"] for o in dec.accuracy["onnxruntime_cpu"]["outputs"].values()]
     assert psnrs and min(psnrs) >= 30
     assert precision_table(bundle) in out
+    # the default calibration (auto) measured both methods and kept the more accurate one, saying so
+    for graph in B.GRAPHS:
+        cal = m.graph(graph).variants["int8"].accuracy["calibration"]
+        compared = cal["compared"]
+        assert set(compared) == set(int8.AUTO_METHODS)
+        best = min(compared.values(), key=lambda c: (not c["passed"], len(c["kept_fp32_nodes"]), c["x_budget"]))
+        assert compared[cal["method"]] == best
+        assert f"{graph}: INT8 calibration methods compared: " in out and f"-> {cal['method']}" in out
+
+
+def test_explicit_method_is_the_only_one_calibrated(bundle, capsys):
+    assert int8.main([str(bundle), "--int8", "--graphs", "encoder", "--method", "percentile", *FAST]) == 0
+    cal = B.read_manifest(bundle).graph(B.ENCODER).variants["int8"].accuracy["calibration"]
+    assert cal["method"] == "percentile" and "compared" not in cal
+    assert "methods compared" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "tried, chosen",
+    [
+        # passing beats failing, whatever the error
+        ({"minmax": (False, 0, 0.1), "percentile": (True, 0, 0.9)}, "percentile"),
+        # then fewer unquantized nodes
+        ({"minmax": (True, 0, 0.9), "percentile": (True, 1, 0.1)}, "minmax"),
+        # then the smaller error as a share of the budget
+        ({"minmax": (True, 0, 0.6), "percentile": (True, 0, 0.5)}, "percentile"),
+        # a tie keeps the first method tried
+        ({"minmax": (True, 0, 0.5), "percentile": (True, 0, 0.5)}, "minmax"),
+    ],
+)
+def test_choose_method_rule(monkeypatch, tried, chosen):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(int8, "badness", lambda report: report)
+    results = {
+        m: SimpleNamespace(passed=p, kept_fp32_nodes=("n",) * kept, report=x) for m, (p, kept, x) in tried.items()
+    }
+    assert int8.choose_method(results) == chosen
 
 
 def test_check_qdq_flags_asymmetric_and_per_tensor(tiny_bundle, tmp_path):
