@@ -17,6 +17,10 @@ Every backend is loaded on `--device` (cpu, cuda or cuda:N; the tensorrt backend
 sees CUDA) with only the graphs in `--graphs`, so a bundle whose engines cover the decoder alone can be measured. A
 backend that cannot load there gives skipped rows (and a skipped cold start) that say why. The cold start runs on the
 same device and loads the decoder only.
+
+With `--record-auto` the CPU medians of onnxruntime and openvino are written into the bundle's vae.json as this
+machine's record, from which `runtime.load(BUNDLE, backend="auto")` then picks on this machine
+(benchmarks/auto_record.py, runtime/backends/auto.py); a line per precision says which backend that is and why.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -717,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog(
             {
                 0: "measured and reported (also when interrupted, or when --compare finds regressions: said on stderr)",
+                1: "--record-auto recorded nothing: the run was interrupted, or no onnxruntime / openvino row was "
+                "measured (said on stderr)",
                 2: "bad input or option (one line on stderr)",
             },
             "%(prog)s runs/bundle --out runs/latency",
@@ -862,6 +869,14 @@ def build_parser() -> argparse.ArgumentParser:
         "per backend, precision and graph, before the timed rounds)",
     )
     p.add_argument(
+        "--record-auto",
+        action="store_true",
+        help="write the CPU medians of onnxruntime and openvino into the bundle's vae.json as this machine's record "
+        "(CPU model, ISA flags, usable CPUs, --threads): runtime.load(backend='auto') then picks the backend with "
+        "the best geometric mean of median / best median at the precision and graphs it loads, on this machine "
+        "only; needs --device cpu and the backends' defaults (no --spinning, --batch-split)",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="no progress output (a bar on a terminal, a few lines in a log)"
     )
     return p
@@ -925,6 +940,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.warmup < 0 or (args.duration is not None and not args.duration > 0):
             raise BenchError(f"--warmup must be >= 0 and --duration > 0, got {args.warmup} and {args.duration}")
         check_batch_sizes(manifest, args.graphs, args.batch, physical_memory())
+        if args.record_auto:
+            from .auto_record import check_options
+
+            check_options(args.backends, device, args.spinning, args.batch_split)
         if args.out is not None:
             check_out_dir(args.out)
         old = None
@@ -977,6 +996,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
         if any(c.verdict == "regression" for c in changes):
             print("regressions beyond the measured noise were found", file=sys.stderr)
+    if args.record_auto:
+        command = shlex.join(["python", "-m", "benchmarks.latency", *(sys.argv[1:] if argv is None else argv)])
+        return _record_auto(report, plan, command)
+    return 0
+
+
+def _record_auto(report: dict[str, Any], plan: Plan, command: str) -> int:
+    """--record-auto after the run: write the record and print what it says; 1 when there is nothing to record."""
+    from runtime.errors import VaeError
+
+    from .auto_record import build_record, record
+
+    try:
+        rec = build_record(report, plan, command)
+        if rec is None:
+            why = "the run was interrupted" if report["interrupted"] else "no onnxruntime / openvino row was measured"
+            print(f"--record-auto: nothing recorded: {why}", file=sys.stderr)
+            return 1
+        print("\n".join(record(plan.bundle, rec)))
+    except VaeError as e:  # the bundle changed during the run, or vae.json cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,6 +8,8 @@ Written by export, read by the Python and C++ runtimes, parity and benchmarks. L
     <graph>.<precision>.onnx   reduced-precision variants, listed under graphs.<graph>.variants
     (no file)         precisions an engine applies to the FP32 graph (bf16 on OpenVINO), listed with their measured
                       accuracy under graphs.<graph>.engine_precisions (optional; the C++ runtime ignores the key)
+    (no file)         the CPU backends' measured speed per machine, under "auto" (AutoRecord: backend="auto"'s
+                      recorded choice; optional, written by `benchmarks.latency --record-auto`; C++ ignores it)
 
 read_manifest checks, once for every reader, that each file named is a relative name staying inside the bundle
 (resolve_file), each graph and variant carries its sha256, and the model section is bounded (MODEL_BOUNDS) and agrees
@@ -21,7 +23,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -319,6 +321,83 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class MachineSpec:
+    """What a CPU speed measurement depends on besides the bundle: the CPU model (/proc/cpuinfo), the ISA flags the
+    engines pick kernels by, the CPUs this process may run on (its affinity) and the threads option (None: the
+    backends' default). Two records are for the same machine when all four are equal."""
+
+    cpu: str
+    isa: tuple[str, ...]
+    cpus: int
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "isa": list(self.isa), "cpus": self.cpus, "threads": self.threads}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MachineSpec":
+        threads = d.get("threads")
+        isa = tuple(sorted({str(f) for f in d["isa"]}))  # a set of flags: equal machines compare equal
+        return cls(str(d["cpu"]), isa, int(d["cpus"]), None if threads is None else int(threads))
+
+
+@dataclass(frozen=True)
+class MeasuredGraph:
+    """One graph at one precision as measured for an AutoRecord: the file that ran (the FP32 graph for an engine
+    precision) with its sha256 then, and the median latency per batch and backend."""
+
+    file: str
+    sha256: str
+    median_ms: dict[int, dict[str, float]]  # batch -> backend -> median ms
+
+    def to_dict(self) -> dict[str, Any]:
+        times = {str(n): dict(sorted(by.items())) for n, by in sorted(self.median_ms.items())}
+        return {"file": self.file, "sha256": self.sha256, "median_ms": times}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MeasuredGraph":
+        times = {int(n): {str(b): float(ms) for b, ms in by.items()} for n, by in dict(d["median_ms"]).items()}
+        return cls(str(d["file"]), str(d["sha256"]), times)
+
+
+@dataclass(frozen=True)
+class AutoRecord:
+    """The CPU backends' speed measured on one machine, from which backend="auto" picks there
+    (runtime/backends/auto.py): precision -> graph -> MeasuredGraph, with the engine versions, when, and how
+    (the harness's command line and settings). Written by `python -m benchmarks.latency BUNDLE --record-auto`."""
+
+    machine: MachineSpec
+    versions: dict[str, str]  # backend -> its engine's version ("onnxruntime": "1.32.0")
+    precisions: dict[str, dict[str, MeasuredGraph]]
+    measured: str  # ISO 8601 date and time of the run
+    harness: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine.to_dict(),
+            "versions": dict(sorted(self.versions.items())),
+            "measured": self.measured,
+            "harness": self.harness,
+            "precisions": {
+                p: {g: m.to_dict() for g, m in sorted(graphs.items())} for p, graphs in sorted(self.precisions.items())
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AutoRecord":
+        return cls(
+            machine=MachineSpec.from_dict(d["machine"]),
+            versions={str(k): str(v) for k, v in dict(d["versions"]).items()},
+            precisions={
+                p: {g: MeasuredGraph.from_dict(m) for g, m in dict(graphs).items()}
+                for p, graphs in dict(d["precisions"]).items()
+            },
+            measured=str(d["measured"]),
+            harness=dict(d.get("harness", {})),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     model: ModelSpec
     pixel_range: tuple[float, float]
@@ -329,9 +408,10 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)  # export-time parity summary
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    auto: tuple[AutoRecord, ...] = ()  # measured CPU speeds, one record per machine (optional)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema": SCHEMA,
             "schema_version": self.schema_version,
             "created": self.created,
@@ -343,6 +423,9 @@ class Manifest:
             "reference": self.reference,
             "parity": self.parity,
         }
+        if self.auto:  # bundles without records read and write exactly as before
+            d["auto"] = [r.to_dict() for r in self.auto]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = MANIFEST_NAME) -> "Manifest":
@@ -366,11 +449,19 @@ class Manifest:
                 parity=dict(d.get("parity", {})),
                 created=str(d.get("created", "")),
                 schema_version=int(version),
+                auto=tuple(AutoRecord.from_dict(r) for r in d.get("auto", [])),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source}: malformed manifest: {type(e).__name__}: {e}") from None
         _check_shapes(m, source)
         return m
+
+    def with_auto_record(self, record: AutoRecord) -> "Manifest":
+        """This manifest with `record` in place of the one for the same machine (appended if there is none); the
+        records of other machines are kept."""
+        records = [r for r in self.auto if r.machine != record.machine]
+        at = next((i for i, r in enumerate(self.auto) if r.machine == record.machine), len(records))
+        return replace(self, auto=(*records[:at], record, *records[at:]))
 
     def graph(self, name: str) -> GraphSpec:
         if name not in self.graphs:
@@ -633,6 +724,87 @@ class _Checker:
         if ref:  # the golden data parity is judged by: named, and hashed, like the graphs
             check_name(ref.get("file", REFERENCE_NAME), source=self.source, field="reference.file")
             self.sha256(ref, "reference")
+        if "auto" in d:
+            self.auto_records(d["auto"])
+
+    # ---------------------------------------------------------------- "auto": measured CPU speeds (AutoRecord)
+    def auto_records(self, records: Any) -> None:
+        if not isinstance(records, list):
+            raise self.fail("auto", f"expected a list of records, one per machine, got {_json_type(records)}")
+        machines: dict[str, int] = {}
+        for i, r in enumerate(records):
+            where = f"auto[{i}]"
+            key = self.machine(self.get(r, "machine", where), f"{where}.machine")
+            if key in machines:
+                raise self.fail(
+                    f"{where}.machine",
+                    f"expected one record per machine, got the machine of auto[{machines[key]}] again",
+                )
+            machines[key] = i
+            self.auto_record(r, where)
+
+    def machine(self, m: Any, where: str) -> str:
+        """Checks a MachineSpec; returns a key equal for equal machines."""
+        cpu = self.get(m, "cpu", where)
+        if not isinstance(cpu, str) or not cpu:
+            raise self.fail(f"{where}.cpu", f"expected the CPU model name, got {_show(cpu)}")
+        isa = self.get(m, "isa", where)
+        if not isinstance(isa, list) or not all(isinstance(f, str) and f for f in isa):
+            raise self.fail(f"{where}.isa", f"expected a list of CPU flag names, got {json.dumps(isa)[:80]}")
+        self.integer(self.get(m, "cpus", where), 1, MAX_STATIC_AXIS, f"{where}.cpus")
+        threads = self.get(m, "threads", where)
+        if threads is not None:
+            self.integer(threads, 1, MAX_STATIC_AXIS, f"{where}.threads")
+        return json.dumps([cpu, sorted(set(isa)), m["cpus"], threads])
+
+    def auto_record(self, r: Mapping[str, Any], where: str) -> None:
+        versions = self.get(r, "versions", where)
+        if not isinstance(versions, Mapping) or not all(isinstance(v, str) for v in versions.values()):
+            raise self.fail(
+                f"{where}.versions", f"expected an object backend -> engine version string, got {_show(versions)}"
+            )
+        measured = self.get(r, "measured", where)
+        if not isinstance(measured, str) or not measured:
+            raise self.fail(f"{where}.measured", f"expected the date and time it was measured, got {_show(measured)}")
+        if not isinstance(r.get("harness", {}), Mapping):
+            raise self.fail(f"{where}.harness", f"expected an object, got {_json_type(r['harness'])}")
+        precisions = self.get(r, "precisions", where)
+        if not isinstance(precisions, Mapping) or not precisions:
+            raise self.fail(
+                f"{where}.precisions", f"expected an object precision -> graph -> measurement, got {_show(precisions)}"
+            )
+        known = PRECISIONS + ENGINE_PRECISIONS
+        for p, graphs in precisions.items():
+            pwhere = f"{where}.precisions.{p}"
+            if p not in known:
+                raise self.fail(pwhere, f"unknown precision; expected one of {list(known)}")
+            if not isinstance(graphs, Mapping) or not graphs:
+                raise self.fail(pwhere, f"expected an object with one or both of {list(GRAPHS)}, got {_show(graphs)}")
+            for g, m in graphs.items():
+                if g not in GRAPHS:
+                    raise self.fail(pwhere, f"unknown graph {g!r}; expected one or both of {list(GRAPHS)}")
+                self.measured_graph(m, f"{pwhere}.{g}")
+
+    def measured_graph(self, m: Any, where: str) -> None:
+        self.file(m, where)
+        self.sha256(m, where)
+        times = self.get(m, "median_ms", where)
+        if not isinstance(times, Mapping) or not times:
+            raise self.fail(
+                f"{where}.median_ms", f"expected an object batch -> backend -> median ms, got {_show(times)}"
+            )
+        for n, by in times.items():
+            if not re.fullmatch(r"[1-9][0-9]{0,9}", n):
+                raise self.fail(f"{where}.median_ms", f"expected batch sizes (positive integers) as keys, got {n!r}")
+            if not isinstance(by, Mapping) or not by:
+                raise self.fail(f"{where}.median_ms.{n}", f"expected an object backend -> median ms, got {_show(by)}")
+            for b, ms in by.items():
+                number = isinstance(ms, (int, float)) and not isinstance(ms, bool)
+                if not b or not number or not (math.isfinite(ms) and ms > 0):
+                    raise self.fail(
+                        f"{where}.median_ms.{n}.{b}",
+                        f"expected a backend name and a positive number of milliseconds, got {b!r}: {_show(ms)}",
+                    )
 
 
 def _check_shapes(m: Manifest, source: str) -> None:

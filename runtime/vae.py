@@ -248,9 +248,13 @@ def load(
 
     Args:
         bundle: The bundle folder, or its vae.json.
-        backend: "auto" (cpu: onnxruntime, or openvino for bf16; cuda: tensorrt when its engines are usable here,
-            else onnxruntime), "onnxruntime", "tensorrt", "openvino" (CPU) or "torch" (the PyTorch reference;
-            parity and benchmarks only).
+        backend: "auto", "onnxruntime", "tensorrt", "openvino" (CPU) or "torch" (the PyTorch reference; parity and
+            benchmarks only). "auto" on the CPU takes the backend vae.json's record for this machine measured
+            fastest at this precision over the graphs loaded (`python -m benchmarks.latency BUNDLE --record-auto`
+            writes it; used only for the same CPU, ISA flags, usable CPUs and threads option, unchanged graph files
+            and engine version), else the fixed order: onnxruntime, or openvino for bf16; on cuda: tensorrt when
+            its engines are usable here, else onnxruntime. describe()["chosen"] says which applied and why
+            (runtime/backends/__init__.py).
         device: "cpu", "cuda" or "cuda:N".
         precision: "fp32", "fp16" or "int8" (a variant listed in vae.json), or "bf16" (OpenVINO's bf16 execution of
             the FP32 graph, where vae.json records it met its budget). fp16 is for GPUs (TensorRT, CUDA), not a CPU
@@ -288,7 +292,7 @@ def load(
     missing = [g for g in wanted if g not in manifest.graphs]
     if missing or not wanted:
         raise BackendError(f"graphs: asked for {list(wanted)}, the bundle {root} has {sorted(manifest.graphs)}")
-    cls, chosen = resolve(backend, root, manifest, dev, precision)
+    cls, chosen = resolve(backend, root, manifest, dev, precision, wanted, options.get("threads"))
     if precision not in cls.precisions:
         hint = (
             f" ({precision} is an engine setting on the FP32 graph, not a graph file: backend 'openvino' runs it "

@@ -8,26 +8,30 @@ Other installed packages add backends through the `vae_deploy.backends` entry-po
 runtime never imports them: this project's pyproject.toml registers `torch` (export/reference.py: the PyTorch model
 itself, the reference for parity and benchmarks).
 
-backend="auto" picks, in order, the first of AUTO_ORDER[device kind] whose module imports, which runs the precision
-asked for, and whose `unavailable_reason(...)` is None; the reference backend is never picked automatically. What
-that means:
+backend="auto" on the CPU is a recorded, per-machine choice where vae.json has one, else a fixed order:
 
-    cpu   fp32 / fp16 / int8 -> onnxruntime (openvino only where onnxruntime is not installed); bf16 -> openvino,
-          the only backend that runs it
-    cuda  tensorrt where its engines are usable here, else onnxruntime (its CUDA provider)
+    recorded  `python -m benchmarks.latency BUNDLE --record-auto` writes the CPU backends' measured medians into
+              vae.json, one record per machine (CPU model, ISA flags, usable CPUs, threads option). "auto" takes the
+              usable backend with the best geometric mean of median / best median over the recorded points of the
+              precision and graphs being loaded - only on that machine, for the graph files measured, with the
+              engine version measured (runtime/backends/auto.py has the contract).
+    fixed     otherwise: the first of AUTO_ORDER[device kind] whose module imports, which runs the precision asked
+              for, and whose `unavailable_reason(...)` is None:
+              cpu   fp32 / fp16 / int8 -> onnxruntime (openvino where it is not installed); bf16 -> openvino
+              cuda  tensorrt where its engines are usable here, else onnxruntime (its CUDA provider); never a record
 
-Why a fixed order and not the fastest backend measured on this machine: "auto" never changes the precision (that is
-the caller's accuracy choice), and at fp32 neither CPU engine wins everywhere - ONNX Runtime, which the CPU graphs
-were shaped for (the decoder rewrite, the batch split), led on the decoder at batch 64, OpenVINO on the encoder at
-batch 64, batch 1 changed from run to run. Where another choice is clearly faster (OpenVINO's bf16, int8) it is
-another precision, so it is asked for by name. docs/performance.md#precision-and-backend-on-the-cpu has the measurements and the open
-question of a machine-specific choice. describe()["chosen"] says which backend "auto" took and what it skipped.
+"auto" never changes the precision (the caller's accuracy choice) and never picks the reference backend. The fixed
+order is the fallback, not a speed claim: neither CPU engine wins everywhere and which one wins depends on the
+machine, so a choice by speed is measured on it and recorded (docs/performance.md#precision-and-backend-on-the-cpu).
+describe()["chosen"] says which rule applied, what was skipped and, for the fixed order on the CPU, why no record
+applied.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Sequence
 
 from ..bundle import Manifest
 from ..errors import BackendError, BackendUnavailableError
@@ -77,27 +81,95 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(mod, cls)
 
 
-def resolve(name: str, bundle: Path, manifest: Manifest, device: Device, precision: str) -> tuple[type[Backend], str]:
-    """(backend class, why it was chosen) for a backend name, resolving 'auto'."""
+def resolve(
+    name: str,
+    bundle: Path,
+    manifest: Manifest,
+    device: Device,
+    precision: str,
+    graphs: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> tuple[type[Backend], str]:
+    """(backend class, why it was chosen) for a backend name, resolving 'auto' for loading `graphs` (None: all of
+    the bundle's) with the threads option `threads`: on the CPU by vae.json's record for this machine where one
+    applies (runtime/backends/auto.py), else by AUTO_ORDER."""
     if name != "auto":
         return backend_class(name), "requested"
+    no_record = ""
+    if device.kind == "cpu":
+        loaded = tuple(graphs) if graphs is not None else tuple(manifest.graphs)
+        recorded = _recorded_choice(bundle, manifest, device, precision, loaded, threads)
+        if not isinstance(recorded, str):
+            return recorded
+        no_record = f" (no recorded choice: {recorded})"
     reasons = []
     for candidate in AUTO_ORDER[device.kind]:
-        try:
-            cls = backend_class(candidate)
-        except BackendUnavailableError as e:
-            reasons.append(str(e))
-            continue
-        why = (
-            f"does not run precision {precision!r}"
-            if precision not in cls.precisions
-            else cls.unavailable_reason(bundle, manifest, device, precision)
-        )
-        if why is None:
+        cls, why = _usable(candidate, bundle, manifest, device, precision)
+        if cls is not None:
             skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
-            return cls, f"auto: first usable of {list(AUTO_ORDER[device.kind])} on {device}{skipped}"
-        reasons.append(f"{candidate}: {why}")
-    raise BackendUnavailableError(f"backend 'auto' on {device}: no usable backend: " + "; ".join(reasons))
+            return cls, f"auto: first usable of {list(AUTO_ORDER[device.kind])} on {device}{skipped}{no_record}"
+        reasons.append(why)
+    raise BackendUnavailableError(f"backend 'auto' on {device}: no usable backend: " + "; ".join(reasons) + no_record)
+
+
+def _usable(
+    candidate: str, bundle: Path, manifest: Manifest, device: Device, precision: str
+) -> tuple[type[Backend] | None, str]:
+    """(its class, "") if backend `candidate` imports, runs `precision` and is usable here, else (None, why not)."""
+    try:
+        cls = backend_class(candidate)
+    except BackendUnavailableError as e:
+        return None, str(e)
+    why = (
+        f"does not run precision {precision!r}"
+        if precision not in cls.precisions
+        else cls.unavailable_reason(bundle, manifest, device, precision)
+    )
+    return (cls, "") if why is None else (None, f"{candidate}: {why}")
+
+
+def _recorded_choice(
+    bundle: Path, manifest: Manifest, device: Device, precision: str, graphs: tuple[str, ...], threads: int | None
+) -> tuple[type[Backend], str] | str:
+    """The fastest usable backend by vae.json's record for this machine, with why; or why no record applies."""
+    if not manifest.auto:  # the common case: no /proc/cpuinfo read, no module imported
+        return "no record in vae.json"
+    from . import auto
+
+    record = auto.record_for(manifest, auto.this_machine(threads))
+    if isinstance(record, str):
+        return record
+    ranking = auto.stale(record, manifest, precision, graphs) or auto.rank(record, precision, graphs, AUTO_ORDER["cpu"])
+    if isinstance(ranking, str):
+        return ranking
+    reasons = []
+    for candidate in ranking.order:
+        cls, why = _usable(candidate, bundle, manifest, device, precision)
+        if cls is None:
+            reasons.append(why)
+            continue
+        changed = _engine_changed(candidate, record.versions.get(candidate))
+        if changed:
+            return changed
+        skipped = f" (skipped: {'; '.join(reasons)})" if reasons else ""
+        return cls, (
+            f"auto: recorded choice for {precision} on this machine ({auto.describe_machine(record.machine)}, "
+            f"measured {record.measured[:10]}: {ranking.describe()}){skipped}"
+        )
+    return "no backend the record ranks is usable here: " + "; ".join(reasons)
+
+
+def _engine_changed(backend: str, recorded: str | None) -> str | None:
+    """Why the record's numbers do not hold for `backend`'s engine as installed (None: same version)."""
+    from . import auto
+
+    try:
+        here = auto.engine_version(backend)
+    except (ImportError, OSError, AttributeError) as e:
+        return f"engine version differs: cannot read {backend}'s version here ({e})"
+    if here != recorded:
+        return f"engine version differs: {backend} {recorded or '(none recorded)'} measured, {here} here"
+    return None
 
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "PLUGIN_GROUP", "Backend", "Device", "backend_class", "resolve"]

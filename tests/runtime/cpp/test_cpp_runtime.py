@@ -414,6 +414,24 @@ def test_malformed_manifest(cpp_build, bundle_copy, edit, needle):
     assert status == "VAE_ERR_BUNDLE" and needle in err and "vae.json" in err, err
 
 
+def test_recorded_auto_choice_is_ignored(cpp_build, bundle_copy):
+    """vae.json's "auto" records (benchmarks.latency --record-auto: the Python runtime's backend="auto" on the CPU)
+    are not the C++ runtime's business: it opens and runs such a bundle as before."""
+    from runtime import bundle as B
+
+    m = B.read_manifest(bundle_copy)
+    spec = m.graphs["decoder"]
+    measured = B.MeasuredGraph(spec.file, spec.sha256, {1: {"onnxruntime": 1.0, "openvino": 0.5}})
+    record = B.AutoRecord(
+        B.MachineSpec("Some CPU", ("avx2",), 2), {"openvino": "2026.4.1"}, {"fp32": {"decoder": measured}}, "2026-12-03"
+    )
+    B.write_manifest(bundle_copy, m.with_auto_record(record))
+    assert json.loads((bundle_copy / "vae.json").read_text())["auto"][0]["machine"]["cpu"] == "Some CPU"
+    assert open_status(cpp_build, bundle_copy) == ("VAE_OK", "")
+    out = dict(line.split("=", 1) for line in c_check(cpp_build, "info", bundle_copy).stdout.splitlines())
+    assert int(out["latent_dim"]) == m.model.latent_dim
+
+
 def _escape_by_symlink(bundle: Path) -> None:
     outside = bundle.parent / "outside.onnx"
     (bundle / "decoder.onnx").rename(outside)
