@@ -520,10 +520,16 @@ class TritonServer:
             self._supervisor.join(poll)
 
     def ready(self) -> bool:
+        """HTTP health says ready and, when metrics are served, the metrics endpoint answers too: Triton starts its
+        metrics service after the HTTP one, so a scrape right after an HTTP-only check could be refused."""
         port = self.internal_http_port or self.http_port
+        urls = [f"http://127.0.0.1:{port}/v2/health/ready"] + ([self.metrics_url] if self.metrics_url else [])
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            return True
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
