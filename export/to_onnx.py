@@ -13,7 +13,8 @@ FP32 model on seeded golden and realistic inputs, max abs <= 1e-4 per output (--
 The bundle is built next to DIR and swapped in only when everything passed, keeping DIR/engines/; a file in DIR that
 the exporter cannot prove it wrote makes it refuse before any work. vae.json's `source` records the checkpoint's name,
 sha256, size and kind, and its path relative to DIR only when it lies under DIR's parent folder (source_record): no
-absolute path of the build machine travels with the bundle.
+absolute path of the build machine travels with the bundle. Its `preprocess` records the centre crop the model was
+trained with, read from the checkpoint's training options (preprocess_record), which the runtimes then apply by default.
 Exit codes: 0 ok, 1 parity failure, 2 bad input (one line on stderr).
 """
 
@@ -41,6 +42,7 @@ from runtime.cli import HelpFormatter, add_graphs_argument, epilog, prog_name
 from runtime.engines import ENGINES_DIR
 from runtime.errors import VaeError
 from runtime.files import OutputError, begin_output_dir, make_dir_public, replace_dir, sha256_file
+from runtime.images import TRAIN_CENTER_CROP
 from runtime.verify.metrics import ComparisonReport, Tolerance, compare_outputs, default_tolerance, tolerance_for
 from runtime.version import package_version
 
@@ -54,6 +56,13 @@ PRODUCER_VERSION = package_version()  # pyproject.toml's [project] version, via 
 # runtime refuses one whose source graph changed (the sidecar's sha256 against vae.json's, with the rebuild command),
 # and one built from an unchanged graph stays valid.
 KEPT_ON_REEXPORT = (ENGINES_DIR,)
+# vae.json's preprocess.source: where the recorded centre crop came from (preprocess_record).
+FROM_OPTIONS = "training options"
+PYTORCH_VAE_DEFAULT = "PyTorch-VAE's default (CenterCrop(148) for CelebA): a Lightning checkpoint records no crop"
+NO_OPTIONS_DEFAULT = "vae_model.train's default --center-crop"
+NO_TRAINING_OPTIONS = B.PreprocessSpec(
+    TRAIN_CENTER_CROP, source=f"{NO_OPTIONS_DEFAULT}: no training options were given"
+)
 
 
 class ExportError(VaeError, ValueError):
@@ -289,6 +298,7 @@ def export_model(
     *,
     pixel_range: tuple[float, float],
     source: Mapping | None = None,
+    preprocess: B.PreprocessSpec = NO_TRAINING_OPTIONS,
     opset: int = DEFAULT_OPSET,
     graphs: Sequence[str] = B.GRAPHS,
     verify: bool = True,
@@ -306,6 +316,9 @@ def export_model(
         pixel_range: The (min, max) pixel range the model's images use, recorded in vae.json.
         source: Provenance of the weights (checkpoint name, sha256, size, kind, relative_path: source_record),
             recorded in vae.json.
+        preprocess: How training prepared the model's images (the centre crop), recorded in vae.json for the runtimes
+            to repeat: preprocess_record(checkpoint) for a checkpoint; by default vae_model.train's --center-crop
+            default, 148, saying that no training options were given.
         opset: The ONNX opset (MIN_OPSET up to what the installed onnx supports).
         graphs: The graphs to export, some of ("encoder", "decoder").
         verify: Run the parity gate against the PyTorch model (False: skip it, with a warning).
@@ -337,6 +350,7 @@ def export_model(
             out_dir,
             pixel_range=pixel_range,
             source=source,
+            preprocess=preprocess,
             opset=opset,
             graphs=graphs,
             verify=verify,
@@ -378,6 +392,7 @@ def _export_into(
     *,
     pixel_range,
     source,
+    preprocess,
     opset,
     graphs,
     verify,
@@ -415,6 +430,7 @@ def _export_into(
         },
         parity=_parity_record(report),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        preprocess=preprocess,
     )
     B.write_manifest(tmp, manifest)
     make_dir_public(tmp)
@@ -613,6 +629,30 @@ def source_record(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, 
     return record
 
 
+def preprocess_record(ck) -> B.PreprocessSpec:
+    """vae.json's `preprocess` for a loaded checkpoint (vae_model.LoadedCheckpoint): the centre crop its model was
+    trained with. vae_model.train saves its options in the checkpoint (training.options): with --data, the crop is
+    --center-crop; without, the embedded shapes dataset is generated at image_size and never cropped (None). A
+    PyTorch-VAE Lightning checkpoint records no crop: PyTorch-VAE's CenterCrop(148). Any other checkpoint without
+    options gets vae_model.train's default (148), saying so. ExportError for a malformed recorded crop."""
+    options = ck.training.get("options")
+    if ck.kind == "lightning":
+        return B.PreprocessSpec(TRAIN_CENTER_CROP, source=PYTORCH_VAE_DEFAULT)
+    if not isinstance(options, Mapping) or "center_crop" not in options:
+        return B.PreprocessSpec(TRAIN_CENTER_CROP, source=f"{NO_OPTIONS_DEFAULT}: the checkpoint records none")
+    if "data" in options and options["data"] is None:
+        return B.PreprocessSpec(
+            None, source=f"{FROM_OPTIONS}: the embedded shapes dataset (generated at image_size, not cropped)"
+        )
+    crop = options["center_crop"]
+    if isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= B.MAX_CENTER_CROP:
+        raise ExportError(
+            f"{ck.path}: training.options.center_crop: expected an integer in [1, {B.MAX_CENTER_CROP}] "
+            f"(vae_model.train --center-crop), got {crop!r}"
+        )
+    return B.PreprocessSpec(crop, source=f"{FROM_OPTIONS}: --center-crop")
+
+
 def export_bundle(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -646,11 +686,15 @@ def export_bundle(
 
     ck = load_checkpoint(checkpoint)
     source = source_record(checkpoint, out_dir, sha256=ck.sha256, kind=ck.kind)
+    preprocess = preprocess_record(ck)
+    crop = "none" if preprocess.center_crop is None else f"{preprocess.center_crop} px"
+    log(f"preprocess: centre crop {crop}, {preprocess.resize} resize ({preprocess.source})")
     return export_model(
         ck.model,
         out_dir,
         pixel_range=ck.pixel_range,
         source=source,
+        preprocess=preprocess,
         opset=opset or DEFAULT_OPSET,
         graphs=graphs,
         verify=verify,

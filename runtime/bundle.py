@@ -10,6 +10,8 @@ Written by export, read by the Python and C++ runtimes, parity and benchmarks. L
                       accuracy under graphs.<graph>.engine_precisions (optional; the C++ runtime ignores the key)
     (no file)         the CPU backends' measured speed per machine, under "auto" (AutoRecord: backend="auto"'s
                       recorded choice; optional, written by `benchmarks.latency --record-auto`; C++ ignores it)
+    (no file)         how training prepared its images, under "preprocess" (PreprocessSpec: the centre crop before
+                      the resize; optional: bundles without it get TRAIN_CENTER_CROP, 148, as before it was recorded)
 
 read_manifest checks, once for every reader, that each file named is a relative name staying inside the bundle
 (resolve_file), each graph and variant carries its sha256, and the model section is bounded (MODEL_BOUNDS) and agrees
@@ -29,6 +31,7 @@ from typing import Any, Mapping
 
 from .errors import VaeError
 from .files import sha256_file, write_json_atomic  # noqa: F401 - re-exported: part of the bundle API
+from .images import TRAIN_CENTER_CROP
 
 SCHEMA = "vae-deploy/bundle"
 SCHEMA_VERSION = 1
@@ -69,6 +72,10 @@ MODEL_BOUNDS = {
     "latent_dim": MAX_LATENT_DIM,
 }
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# "preprocess": the resize filters the runtimes reproduce (Pillow's BILINEAR: runtime/images.py, image_prep.cpp), and
+# the largest centre crop, an int32_t in the C ABI (vae_image_prepare's center_crop).
+RESIZE_FILTERS = ("bilinear",)
+MAX_CENTER_CROP = 2**31 - 1
 
 
 class BundleError(VaeError, ValueError):
@@ -321,6 +328,31 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class PreprocessSpec:
+    """How training turned its images into the model's input, so that inference does the same (runtime/images.py
+    prepare, vae/image.hpp prepare_image): the largest centred square of at most `center_crop` pixels, resized to
+    image_size with `resize` (Pillow's BILINEAR). center_crop None (JSON null): training cropped nothing - e.g.
+    vae_model.train's embedded shapes, generated at image_size - so an image of any size gives its largest centred
+    square. `source` says where the values came from (the checkpoint's training options, or the default used because
+    the checkpoint records none): for people, not checked beyond being a string.
+
+    A top-level section, not part of "model" (the network's shape) or of a graph: it describes the data the model
+    was trained on, which every graph and both runtimes share."""
+
+    center_crop: int | None
+    resize: str = "bilinear"
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"center_crop": self.center_crop, "resize": self.resize, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessSpec":
+        crop = d["center_crop"]
+        return cls(None if crop is None else int(crop), str(d.get("resize", "bilinear")), str(d.get("source", "")))
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """What a CPU speed measurement depends on besides the bundle: the CPU model (/proc/cpuinfo), the ISA flags the
     engines pick kernels by, the CPUs this process may run on (its affinity) and the threads option (None: the
@@ -409,6 +441,13 @@ class Manifest:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
     auto: tuple[AutoRecord, ...] = ()  # measured CPU speeds, one record per machine (optional)
+    preprocess: PreprocessSpec | None = None  # None: vae.json has no "preprocess" (exported before it was recorded)
+
+    @property
+    def center_crop(self) -> int | None:
+        """The centre crop images get before the resize: preprocess.center_crop (None: no crop, the largest centred
+        square), or TRAIN_CENTER_CROP (148) for a bundle that records none, as before vae.json carried it."""
+        return self.preprocess.center_crop if self.preprocess is not None else TRAIN_CENTER_CROP
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -417,6 +456,8 @@ class Manifest:
             "created": self.created,
             "model": self.model.to_dict(),
             "pixel_range": list(self.pixel_range),
+            # bundles without it read and write exactly as before
+            **({"preprocess": self.preprocess.to_dict()} if self.preprocess is not None else {}),
             "source": self.source,
             "versions": self.versions,
             "graphs": {g: s.to_dict() for g, s in self.graphs.items()},
@@ -450,6 +491,7 @@ class Manifest:
                 created=str(d.get("created", "")),
                 schema_version=int(version),
                 auto=tuple(AutoRecord.from_dict(r) for r in d.get("auto", [])),
+                preprocess=PreprocessSpec.from_dict(d["preprocess"]) if "preprocess" in d else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{source}: malformed manifest: {type(e).__name__}: {e}") from None
@@ -724,8 +766,30 @@ class _Checker:
         if ref:  # the golden data parity is judged by: named, and hashed, like the graphs
             check_name(ref.get("file", REFERENCE_NAME), source=self.source, field="reference.file")
             self.sha256(ref, "reference")
+        if "preprocess" in d:
+            self.preprocess(d["preprocess"])
         if "auto" in d:
             self.auto_records(d["auto"])
+
+    def preprocess(self, p: Any) -> None:
+        """The optional "preprocess" section (PreprocessSpec)."""
+        crop = self.get(p, "center_crop", "preprocess")
+        if crop is not None and (
+            isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= MAX_CENTER_CROP
+        ):
+            raise self.fail(
+                "preprocess.center_crop",
+                f"expected an integer in [1, {MAX_CENTER_CROP}] (training's --center-crop) or null (no crop), "
+                f"got {_show(crop)}",
+            )
+        resize = p.get("resize", "bilinear")
+        if resize not in RESIZE_FILTERS:
+            raise self.fail(
+                "preprocess.resize",
+                f"expected one of {list(RESIZE_FILTERS)} (the filter the runtimes reproduce), got {_show(resize)}",
+            )
+        if not isinstance(p.get("source", ""), str):
+            raise self.fail("preprocess.source", f"expected a string, got {_show(p['source'])}")
 
     # ---------------------------------------------------------------- "auto": measured CPU speeds (AutoRecord)
     def auto_records(self, records: Any) -> None:

@@ -10,8 +10,11 @@ image gets a batch axis of 1); to_uint8 takes an NCHW batch and returns the layo
 batch of exactly one).
 
 Images of any size: prepare() (NumPy only) converts, centre-crops and resizes uint8 images exactly like the training
-loader (vae_model.data.ImageFolderDataset: Pillow's convert, crop to the largest centred square of at most 148
+loader (vae_model.data.ImageFolderDataset: Pillow's convert, crop to the largest centred square of at most `crop`
 pixels, Pillow's BILINEAR resize), then maps them to the pixel range; resize_bilinear is Pillow's filter bit for bit.
+`crop` is training's --center-crop: 148 by default here; a loaded runtime (runtime.load) defaults to the crop its
+vae.json records ("preprocess"), and None means no crop limit (the largest centred square: a model trained on images
+that were never cropped, like vae_model.train's embedded shapes).
 load_image / read_image / to_pil / save_image add file I/O through Pillow (the `images` extra), imported when called.
 
     x = load_image("photo.png", 64, (-1.0, 1.0))            # any size -> float32 (1, 3, 64, 64)
@@ -98,13 +101,14 @@ class ImageError(VaeError, ValueError):
     """An image file cannot be read, or an image cannot be prepared as asked; the message names it."""
 
 
-def center_crop_box(width: int, height: int, crop: int = TRAIN_CENTER_CROP) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the largest centred square of at most `crop` pixels, as in training."""
+def center_crop_box(width: int, height: int, crop: int | None = TRAIN_CENTER_CROP) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the largest centred square of at most `crop` pixels, as in training (None: no
+    limit, the largest centred square)."""
     if width < 1 or height < 1:
         raise ImageError(f"image: expected width and height >= 1, got {width}x{height}")
-    if crop < 1:
-        raise ImageError(f"crop: expected a size >= 1 (training's --center-crop), got {crop}")
-    c = min(crop, width, height)
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1):
+        raise ImageError(f"crop: expected a size >= 1 (training's --center-crop) or None (no crop), got {crop!r}")
+    c = min(width, height) if crop is None else min(int(crop), width, height)
     left, top = (width - c) // 2, (height - c) // 2
     return left, top, left + c, top + c
 
@@ -200,8 +204,11 @@ def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     return luma.astype(np.uint8)[:, :, None]
 
 
-def crop_and_resize(pixels: np.ndarray, size: int, crop: int = TRAIN_CENTER_CROP, layout: str = "HWC") -> np.ndarray:
-    """One uint8 image of any size (HWC or CHW) -> uint8 (size, size, C), cropped and resized as in training."""
+def crop_and_resize(
+    pixels: np.ndarray, size: int, crop: int | None = TRAIN_CENTER_CROP, layout: str = "HWC"
+) -> np.ndarray:
+    """One uint8 image of any size (HWC or CHW) -> uint8 (size, size, C), cropped and resized as in training (crop
+    None: the largest centred square)."""
     if layout not in ("HWC", "CHW"):
         raise ValueError(f"layout: expected 'HWC' or 'CHW' for one image, got {layout!r}")
     arr = np.asarray(pixels)
@@ -223,15 +230,15 @@ def prepare(
     pixel_range: tuple[float, float],
     *,
     channels: int = 3,
-    crop: int = TRAIN_CENTER_CROP,
+    crop: int | None = TRAIN_CENTER_CROP,
     layout: str = "HWC",
 ) -> np.ndarray:
     """uint8 images of any size -> the model's input: a float32 NCHW batch (N, channels, size, size) in pixel_range.
 
     `images`: one image ("HWC" / "CHW"), a batch of equal-sized images ("NHWC" / "NCHW"), or a list of single images
     in `layout` ("HWC" / "CHW"), each of its own size. Each is converted to `channels` like Pillow's convert, centre-
-    cropped to at most `crop` pixels and resized with Pillow's BILINEAR filter (crop_and_resize): the training
-    loader's pipeline, in NumPy alone.
+    cropped to at most `crop` pixels (None: no limit) and resized with Pillow's BILINEAR filter (crop_and_resize):
+    the training loader's pipeline, in NumPy alone.
     """
     _check_layout(layout)
     per_image = layout[-3:]
@@ -291,7 +298,12 @@ def read_image(source: Any, channels: int = 3) -> np.ndarray:
 
 
 def load_image(
-    source: Any, size: int, pixel_range: tuple[float, float], *, channels: int = 3, crop: int = TRAIN_CENTER_CROP
+    source: Any,
+    size: int,
+    pixel_range: tuple[float, float],
+    *,
+    channels: int = 3,
+    crop: int | None = TRAIN_CENTER_CROP,
 ) -> np.ndarray:
     """An image file (path) or a PIL image of any size -> the model's input, a float32 (1, channels, size, size)
     batch in pixel_range: read and converted like the training loader, then prepare(). Needs Pillow."""

@@ -7,7 +7,8 @@ From an image file of any size to latents and back (Pillow for the file I/O: the
         vae.save_image(vae.decode(z), "out.png")        # (1, latent_dim) -> image_size x image_size PNG
 
 vae.prepare(pixels) does the same for uint8 arrays of any size without Pillow; vae.from_uint8 / to_uint8 map
-pixels that already have the model's size.
+pixels that already have the model's size. The centre crop is the one vae.json records (vae.center_crop: training's
+--center-crop; 148 for bundles that record none); crop=N or crop=None (no crop limit) overrides it per call.
 
 Arrays in and out are NumPy: images are float32 NCHW batches in the bundle's pixel range (vae.pixel_range, from
 vae.json), latents are float32 (N, latent_dim). Inputs are checked once at the boundary (runtime.validation: float64
@@ -45,6 +46,9 @@ from .bundle import (
 )
 from .errors import BackendError, ShapeError
 from .validation import check_input
+
+# prepare / load_image's default crop: the one the bundle's vae.json records (VAERuntime.center_crop).
+BUNDLE_CROP = "bundle"
 
 
 @dataclass(frozen=True)
@@ -113,12 +117,30 @@ class VAERuntime:
     def graphs(self) -> tuple[str, ...]:
         return self.backend.graphs
 
+    @property
+    def center_crop(self) -> int | None:
+        """The centre crop prepare / load_image apply by default: vae.json's preprocess.center_crop (training's
+        --center-crop; None: training cropped nothing, so the largest centred square), or 148 (TRAIN_CENTER_CROP)
+        for a bundle that records none."""
+        return self.manifest.center_crop
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.backend.describe(),
             "bundle": str(self.bundle),
             "chosen": self.chosen,
             "source_sha256": self.manifest.source.get("sha256", ""),
+            "preprocess": self._preprocess_record(),
+        }
+
+    def _preprocess_record(self) -> dict[str, Any]:
+        """describe()'s "preprocess": vae.json's, or what a bundle without one gets and why."""
+        if self.manifest.preprocess is not None:
+            return self.manifest.preprocess.to_dict()
+        return {
+            "center_crop": _images.TRAIN_CENTER_CROP,
+            "resize": "bilinear",
+            "source": f"default: {MANIFEST_NAME} records no preprocess (exported before it was recorded)",
         }
 
     # ------------------------------------------------------------------ the model
@@ -193,16 +215,29 @@ class VAERuntime:
         return _images.to_uint8(images, self.pixel_range, layout)
 
     # ------------------------------------------------------------------ images of any size (runtime/images.py)
-    def prepare(self, images: Any, layout: str = "HWC", *, crop: int = _images.TRAIN_CENTER_CROP) -> np.ndarray:
+    def prepare(self, images: Any, layout: str = "HWC", *, crop: int | None | str = BUNDLE_CROP) -> np.ndarray:
         """uint8 images of any size (one, a batch, or a list of differently sized ones) -> the encoder's input:
-        converted to in_channels, centre-cropped and resized like the training data (NumPy only)."""
+        converted to in_channels, centre-cropped and resized like the training data (NumPy only). crop: "bundle"
+        (the default: center_crop, as vae.json records it), a size in pixels, or None (no crop limit)."""
         c, size, _ = self.image_shape
-        return _images.prepare(images, size, self.pixel_range, channels=c, crop=crop, layout=layout)
+        return _images.prepare(images, size, self.pixel_range, channels=c, crop=self._crop(crop), layout=layout)
 
-    def load_image(self, source: Any, *, crop: int = _images.TRAIN_CENTER_CROP) -> np.ndarray:
-        """An image file or PIL image of any size -> the encoder's input (1, C, H, W), as in training. Needs Pillow."""
+    def load_image(self, source: Any, *, crop: int | None | str = BUNDLE_CROP) -> np.ndarray:
+        """An image file or PIL image of any size -> the encoder's input (1, C, H, W), as in training; crop as for
+        prepare. Needs Pillow."""
         c, size, _ = self.image_shape
-        return _images.load_image(source, size, self.pixel_range, channels=c, crop=crop)
+        return _images.load_image(source, size, self.pixel_range, channels=c, crop=self._crop(crop))
+
+    def _crop(self, crop: int | None | str) -> int | None:
+        """The crop to apply: the bundle's for BUNDLE_CROP, else the caller's (checked by runtime.images)."""
+        if isinstance(crop, str):
+            if crop != BUNDLE_CROP:
+                raise _images.ImageError(
+                    f"crop: expected {BUNDLE_CROP!r} (the crop {MANIFEST_NAME} records), a size >= 1 or None "
+                    f"(no crop), got {crop!r}"
+                )
+            return self.center_crop
+        return crop
 
     def to_pil(self, image: np.ndarray):
         """One decoded image (CHW or a batch of one) -> a PIL image. Needs Pillow."""

@@ -515,7 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="channels of the encoder's conv blocks, comma-separated (the decoder mirrors them)",
     )
     p.add_argument(
-        "--center-crop", type=int, default=d.center_crop, metavar="PX", help="--data: centre crop before resizing"
+        "--center-crop",
+        type=int,
+        default=d.center_crop,
+        metavar="PX",
+        help="--data: centre crop before resizing (saved in the checkpoint; export records it in vae.json, and the "
+        "runtimes crop images the same way)",
     )
     p.add_argument("--resume", type=Path, default=None, metavar="CKPT", help="continue from a last.pt checkpoint")
     p.add_argument(

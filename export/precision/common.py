@@ -191,14 +191,17 @@ def run_graph(session, inputs: Mapping[str, np.ndarray], chunk: int = 64) -> dic
 
 
 def dataset_images(n: int, manifest: B.Manifest, seed: int, folder: Path | None = None) -> np.ndarray:
-    """n images in the bundle's pixel range: from `folder` (recursively, PyTorch-VAE's crop) or the embedded shapes."""
+    """n images in the bundle's pixel range: from `folder` (recursively, centre-cropped as vae.json records training
+    did: manifest.center_crop) or the embedded shapes."""
     from vae_model.data import DataError, ImageFolderDataset, make_shapes
 
     model = manifest.model
     lo, hi = manifest.pixel_range
     if folder is not None:
+        # No crop recorded (None): the largest centred square, i.e. a crop no image side exceeds.
+        crop = B.MAX_CENTER_CROP if manifest.center_crop is None else manifest.center_crop
         try:
-            ds = ImageFolderDataset(folder, model.image_size, channels=3 if model.in_channels == 3 else 1)
+            ds = ImageFolderDataset(folder, model.image_size, crop, channels=3 if model.in_channels == 3 else 1)
             rng = np.random.default_rng(seed)
             idx = rng.permutation(len(ds))[:n]
             u8 = np.stack([ds[int(i)].numpy() for i in idx])

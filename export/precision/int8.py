@@ -148,8 +148,8 @@ def check_qdq(model) -> QdqCheck:
 
 def calibration_inputs(bundle, graph: str, samples: int, seed: int, folder: Path | None = None) -> np.ndarray:
     """Realistic calibration inputs for `graph`, never the golden noise: encoder: `samples` images from `folder`
-    (recursively, PyTorch-VAE's centre crop) or the embedded shapes dataset, in the bundle's pixel range; decoder:
-    the FP32 encoder's means of those images plus prior draws N(0, I)."""
+    (recursively, centre-cropped as vae.json records training did) or the embedded shapes dataset, in the bundle's
+    pixel range; decoder: the FP32 encoder's means of those images plus prior draws N(0, I)."""
     data, _ = open_bundle(bundle, [graph])
     if graph == B.ENCODER:
         return dataset_images(samples, data.manifest, seed, folder)

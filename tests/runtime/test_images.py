@@ -142,6 +142,8 @@ def test_center_crop_box_is_the_training_loaders():
     assert center_crop_box(128, 128) == (0, 0, 128, 128)  # smaller than the crop: the largest centred square
     assert center_crop_box(97, 61) == (18, 0, 79, 61)  # odd margins round down on the left/top, as in training
     assert center_crop_box(300, 200, crop=64) == (118, 68, 182, 132)
+    assert center_crop_box(300, 200, crop=None) == (50, 0, 250, 200)  # no crop limit: the largest centred square
+    assert center_crop_box(178, 218, crop=None) == (0, 20, 178, 198)
 
 
 def _write_images(folder: Path) -> list[tuple[Path, tuple[int, ...]]]:
@@ -220,8 +222,12 @@ def test_prepare_errors_name_the_image():
         prepare(ok[:, :, 0], 64, (-1, 1))
     with pytest.raises(runtime.ShapeError, match="1-4 channels, got shape"):
         prepare(rng.integers(0, 256, (4, 5, 6), dtype=np.uint8), 64, (-1, 1))
-    with pytest.raises(ImageError, match=r"crop: expected a size >= 1 \(training's --center-crop\), got 0"):
+    with pytest.raises(
+        ImageError, match=r"crop: expected a size >= 1 \(training's --center-crop\) or None \(no crop\), got 0"
+    ):
         prepare(ok, 64, (-1, 1), crop=0)
+    with pytest.raises(ImageError, match=r"or None \(no crop\), got '148'"):
+        prepare(ok, 64, (-1, 1), crop="148")
     with pytest.raises(ImageError, match="channels: expected 1 \\(grey\\) or 3 \\(RGB\\), got 2"):
         prepare(ok, 64, (-1, 1), channels=2)
     with pytest.raises(runtime.EmptyBatchError, match="an empty list"):

@@ -5,8 +5,10 @@
 //                 [--threads N] [--overwrite]
 //
 // Each image (binary PPM / PGM, any size: convert PNG / JPEG first, see image_read.hpp) is prepared as the training
-// data was (vae/image.hpp: the model's channels, the largest centred square of at most --crop pixels, default 148,
-// Pillow's bilinear resize to image_size), encoded to its posterior mean, decoded, and written as DIR/recon_000.png
+// data was (vae/image.hpp: the model's channels, the largest centred square of at most --crop pixels - by default
+// the crop the bundle's vae.json records, Runtime::center_crop(): training's --center-crop, 148 for bundles that
+// record none, no limit for a model trained on uncropped images - Pillow's bilinear resize to image_size), encoded
+// to its posterior mean, decoded, and written as DIR/recon_000.png
 // ... (8-bit, like runtime.images.to_uint8). --save-input writes the prepared batch (N, C, S, S) float32,
 // --save-npy the decoded one. Existing files are never replaced without --overwrite (exit 2, nothing written).
 // Timing: load, read, prepare, encode, decode, to_pixels, write. Exit codes: 0 ok, 1 a failure while running,
@@ -14,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <sys/stat.h>
 #include <vector>
@@ -35,7 +38,7 @@ using vae_examples::UsageError;
 struct Args {
     std::string bundle, out, format = "png", save_input, save_npy;
     std::vector<std::string> images;
-    int crop = vae::kTrainCenterCrop;
+    std::optional<int> crop;  // --crop; unset: the bundle's (Runtime::center_crop)
     bool overwrite = false;
     vae::Options options;
 };
@@ -106,6 +109,7 @@ int run(const Args& a) {
     vae::Runtime rt(a.bundle, a.options);
     const double t_load = ms_since(t0);
     const vae::ModelInfo& info = rt.info();
+    const int crop = a.crop.value_or(rt.center_crop());
     check_outputs(a, info.out_channels);
 
     t0 = Clock::now();
@@ -122,7 +126,7 @@ int run(const Args& a) {
     t0 = Clock::now();
     std::vector<float> x;
     for (const vae::Pixels& p : inputs) {
-        const std::vector<float> one = vae::prepare_image(p.view(), info, a.crop);
+        const std::vector<float> one = vae::prepare_image(p.view(), info, crop);
         x.insert(x.end(), one.begin(), one.end());
     }
     const double t_prepare = ms_since(t0);
@@ -156,9 +160,11 @@ int run(const Args& a) {
     if (!a.save_npy.empty()) npy::save(a.save_npy, {n, info.out_channels, S, S}, y.data());
     const double t_write = ms_since(t0);
 
-    std::printf("vae_roundtrip: %s, %lld image(s) -> %d x %d x %d (centre crop <= %d, Pillow bilinear) -> latent %d\n",
-                rt.backend_description().c_str(), static_cast<long long>(n), info.in_channels, S, S, a.crop,
-                info.latent_dim);
+    const std::string crop_text = (crop == vae::kNoCenterCrop ? std::string("none") : "<= " + std::to_string(crop)) +
+                                  (a.crop ? " from --crop" : " from the bundle");
+    std::printf("vae_roundtrip: %s, %lld image(s) -> %d x %d x %d (centre crop %s, Pillow bilinear) -> latent %d\n",
+                rt.backend_description().c_str(), static_cast<long long>(n), info.in_channels, S, S,
+                crop_text.c_str(), info.latent_dim);
     for (std::size_t i = 0; i < inputs.size() && i < 8; ++i)
         std::printf("  %s: %d x %d x %d\n", a.images[i].c_str(), inputs[i].width, inputs[i].height,
                     inputs[i].channels);

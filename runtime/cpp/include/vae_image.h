@@ -6,7 +6,7 @@
  *
  * The steps and numbers are the training loader's (vae_model.data.ImageFolderDataset) and runtime/images.py's:
  * convert to the model's channels like Pillow's convert("RGB"/"L"), crop the largest centred square of at most
- * center_crop pixels (training's --center-crop: VAE_IMAGE_TRAIN_CENTER_CROP unless the model was trained otherwise),
+ * center_crop pixels (training's --center-crop, which the bundle's vae.json records: vae_runtime_center_crop),
  * resize it to image_size x image_size with Pillow's BILINEAR filter (bit for bit), map 0..255 to the pixel range.
  *
  * Pixels are 8-bit HWC (rows of pixels of `channels` interleaved bytes, no padding): channels 1 grey, 2 grey + alpha,
@@ -14,8 +14,9 @@
  *
  * Example (one photo of any size through the model):
  *   vae_model_info info; info.struct_size = sizeof info; vae_runtime_info(rt, &info);
+ *   int32_t crop; vae_runtime_center_crop(rt, &crop);                          (the crop training used)
  *   size_t n = (size_t)info.in_channels * info.image_size * info.image_size;   (room for the prepared image)
- *   vae_image_prepare(rgb, width, height, 3, (size_t)width * height * 3, &info, VAE_IMAGE_TRAIN_CENTER_CROP, x, n);
+ *   vae_image_prepare(rgb, width, height, 3, (size_t)width * height * 3, &info, crop, x, n);
  *   ... vae_encode(rt, x, 1, n, mu, ...); vae_decode(rt, mu, 1, ..., y, ...);
  *   vae_image_to_pixels(y, out_count, &info, out_rgb, out_capacity);       (image_size^2 x out_channels bytes)
  */
@@ -33,10 +34,21 @@ extern "C" {
 
 /* vae_model.train's --center-crop default (PyTorch-VAE's CenterCrop(148) for CelebA). */
 #define VAE_IMAGE_TRAIN_CENTER_CROP 148
+/* No crop limit: the largest centred square of any image (vae.json's preprocess.center_crop null: training cropped
+ * nothing, e.g. vae_model.train's embedded dataset, generated at image_size). */
+#define VAE_IMAGE_NO_CENTER_CROP INT32_MAX
+
+/* The centre crop the runtime's model was trained with, for vae_image_prepare: vae.json's preprocess.center_crop,
+ * written to *center_crop. VAE_IMAGE_NO_CENTER_CROP when training cropped nothing; VAE_IMAGE_TRAIN_CENTER_CROP (148)
+ * when the bundle records none (exported before vae.json carried it). VAE_ERR_INVALID_ARGUMENT for NULL pointers
+ * (*center_crop is then left alone). An addition to ABI 1 (no struct or existing function changed): a library built
+ * before it lacks this symbol. */
+VAE_API vae_status vae_runtime_center_crop(const vae_runtime* runtime, int32_t* center_crop);
 
 /* pixels (width x height x channels bytes, pixels_count of them) -> one model input: info->in_channels x
  * info->image_size x info->image_size floats in [info->pixel_min, info->pixel_max] written to image (room for
- * image_capacity floats). info: from vae_runtime_info (struct_size set). VAE_ERR_SHAPE when a count does not match,
+ * image_capacity floats). info: from vae_runtime_info (struct_size set). center_crop: from vae_runtime_center_crop
+ * (or any size >= 1; VAE_IMAGE_NO_CENTER_CROP for none). VAE_ERR_SHAPE when a count does not match,
  * VAE_ERR_INVALID_ARGUMENT for NULL pointers, sizes < 1, channels outside 1..4, center_crop < 1. */
 VAE_API vae_status vae_image_prepare(const uint8_t* pixels, int32_t width, int32_t height, int32_t channels,
                                      size_t pixels_count, const vae_model_info* info, int32_t center_crop,

@@ -96,6 +96,29 @@ private:
     std::string source_;
 };
 
+// "preprocess" (optional; runtime/bundle.py PreprocessSpec): the centre crop training applied before the resize.
+// Absent: kTrainCenterCrop, as before vae.json recorded it; null: no crop (kNoCenterCrop, the largest centred square).
+int read_center_crop(const Reader& r, const json& doc) {
+    const auto it = doc.find("preprocess");
+    if (it == doc.end()) return kTrainCenterCrop;
+    const json& crop = r.get(*it, "center_crop", "preprocess");
+    if (!crop.is_null()) {
+        const bool ok = crop.is_number_integer() && crop.get<std::int64_t>() >= 1 &&
+                        crop.get<std::int64_t>() <= std::int64_t{kNoCenterCrop};
+        if (!ok)
+            r.fail("preprocess.center_crop", "expected an integer in [1, " + std::to_string(kNoCenterCrop) +
+                                                 "] (training's --center-crop) or null (no crop), got " + crop.dump());
+    }
+    const auto resize = it->find("resize");
+    if (resize != it->end() && *resize != "bilinear")
+        r.fail("preprocess.resize", "expected one of [bilinear] (the filter the runtimes reproduce), got " +
+                                        resize->dump());
+    const auto source = it->find("source");
+    if (source != it->end() && !source->is_string())
+        r.fail("preprocess.source", std::string("expected a string, got ") + source->type_name());
+    return crop.is_null() ? kNoCenterCrop : static_cast<int>(crop.get<std::int64_t>());
+}
+
 }  // namespace
 
 std::string shape_str(const std::vector<std::int64_t>& shape) {
@@ -193,6 +216,7 @@ Manifest read_manifest(const std::string& bundle) {
     m.pixel_min = pr[0].get<float>();
     m.pixel_max = pr[1].get<float>();
     if (!(m.pixel_min < m.pixel_max)) r.fail("pixel_range", "expected low < high, got " + pr.dump());
+    m.center_crop = read_center_crop(r, doc);
 
     const json& graphs = r.get(doc, "graphs", "");
     if (!graphs.is_object() || graphs.empty()) r.fail("graphs", "expected one or both of [encoder, decoder]");

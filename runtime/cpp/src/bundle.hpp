@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "vae/image.hpp"  // kTrainCenterCrop, kNoCenterCrop
+
 namespace vae::detail {
 
 inline constexpr const char* kSchema = "vae-deploy/bundle";
@@ -46,6 +48,9 @@ struct Manifest {
     std::string path;  // its vae.json
     ModelSpec model;
     float pixel_min = 0.f, pixel_max = 0.f;
+    // "preprocess".center_crop: the centre crop training applied; kNoCenterCrop for null (none), kTrainCenterCrop
+    // when vae.json has no "preprocess" (bundles exported before it was recorded).
+    int center_crop = kTrainCenterCrop;
     std::map<std::string, GraphSpec> graphs;
 
     const GraphSpec& graph(const std::string& name) const;
@@ -53,8 +58,8 @@ struct Manifest {
     std::pair<std::string, std::string> graph_file(const std::string& graph, const std::string& precision) const;
 };
 
-// BUNDLE is a folder holding vae.json, or the path of a vae.json. Validates schema, model, graph names and tensor
-// shapes against the model (the same checks runtime/bundle.py makes, plus shape consistency).
+// BUNDLE is a folder holding vae.json, or the path of a vae.json. Validates schema, model, preprocess, graph names and
+// tensor shapes against the model (the same checks runtime/bundle.py makes, plus shape consistency).
 Manifest read_manifest(const std::string& bundle);
 
 // The absolute path of a file the manifest names; checks it exists, stays inside the bundle, and (sha256 non-empty)

@@ -7,8 +7,13 @@
 #include <string>
 
 #include "c_status.hpp"
+#include "vae/image.hpp"
 #include "vae/runtime.hpp"
+#include "vae_image.h"
 #include "vae_runtime.h"
+
+static_assert(vae::kNoCenterCrop == VAE_IMAGE_NO_CENTER_CROP && vae::kTrainCenterCrop == VAE_IMAGE_TRAIN_CENTER_CROP,
+              "vae/image.hpp and vae_image.h must agree");
 
 struct vae_runtime {
     vae::Runtime rt;
@@ -147,6 +152,15 @@ vae_status vae_runtime_info(const vae_runtime* runtime, vae_model_info* info) {
         info->pixel_max = m.pixel_max;
         info->has_encoder = m.has_encoder;
         info->has_decoder = m.has_decoder;
+    });
+}
+
+// Declared in vae_image.h (it feeds vae_image_prepare); defined here, where the handle's layout is known.
+vae_status vae_runtime_center_crop(const vae_runtime* runtime, int32_t* center_crop) {
+    return guarded([&] {
+        if (!runtime || !center_crop)
+            throw vae::InvalidArgumentError("vae_runtime_center_crop: runtime or center_crop is NULL");
+        *center_crop = runtime->rt.center_crop();
     });
 }
 

@@ -182,6 +182,7 @@ Runtime& Runtime::operator=(Runtime&&) noexcept = default;
 const ModelInfo& Runtime::info() const noexcept { return impl_->info; }
 const std::string& Runtime::backend_description() const noexcept { return impl_->backend->description(); }
 const std::string& Runtime::bundle_dir() const noexcept { return impl_->manifest.root; }
+int Runtime::center_crop() const noexcept { return impl_->manifest.center_crop; }
 
 std::size_t Runtime::latent_elements(std::int64_t batch) const {
     return static_cast<std::size_t>(batch < 0 ? 0 : batch) * static_cast<std::size_t>(impl_->info.latent_dim);

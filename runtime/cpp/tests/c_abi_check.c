@@ -1,7 +1,8 @@
 /*
  * c_abi_check.c - a plain C99 program that drives the C ABI (vae_runtime.h); tests/runtime/cpp/test_cpp_runtime.py runs it.
  *
- *   vae_c_abi_check info   BUNDLE                          print the model info, one key=value per line
+ *   vae_c_abi_check info   BUNDLE                          print the model info (and vae_runtime_center_crop), one
+ *                                                          key=value per line
  *   vae_c_abi_check open   BUNDLE [key=value ...]          create with options (backend= device= precision=
  *                                                          graphs= verify_sha256=0), print status= and error= lines
  *   vae_c_abi_check decode BUNDLE Z.f32 OUT.f32            raw float32 files; the batch is the count / latent_dim
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vae_image.h" /* vae_runtime_center_crop */
 #include "vae_runtime.h"
 
 static int failures = 0;
@@ -74,12 +76,14 @@ static int get_info(vae_runtime* rt, vae_model_info* info) {
 
 static int cmd_info(const char* bundle) {
     vae_model_info info;
+    int32_t crop = 0;
     vae_runtime* rt = open_or_report(bundle, NULL);
     if (!rt || !get_info(rt, &info)) return 1;
+    if (vae_runtime_center_crop(rt, &crop) != VAE_OK) return 1;
     printf("in_channels=%d\nout_channels=%d\nimage_size=%d\nlatent_dim=%d\npixel_min=%g\npixel_max=%g\n"
-           "has_encoder=%d\nhas_decoder=%d\nbackend=%s\nversion=%s\nabi=%d\n",
+           "has_encoder=%d\nhas_decoder=%d\ncenter_crop=%d\nbackend=%s\nversion=%s\nabi=%d\n",
            info.in_channels, info.out_channels, info.image_size, info.latent_dim, info.pixel_min, info.pixel_max,
-           info.has_encoder, info.has_decoder, vae_runtime_backend(rt), vae_version(), vae_abi_version());
+           info.has_encoder, info.has_decoder, (int)crop, vae_runtime_backend(rt), vae_version(), vae_abi_version());
     vae_runtime_destroy(rt);
     return 0;
 }
@@ -307,6 +311,16 @@ static int cmd_errors(const char* bundle) {
     check(strcmp(vae_last_error(), "") == 0, "success_clears_last_error", vae_last_error());
     info.struct_size = 1;
     expect(vae_runtime_info(rt, &info), VAE_ERR_INVALID_ARGUMENT, "struct_size", "info_bad_struct_size");
+    {
+        int32_t crop = -7;
+        expect(vae_runtime_center_crop(NULL, &crop), VAE_ERR_INVALID_ARGUMENT, "runtime or center_crop is NULL",
+               "center_crop_null_runtime");
+        expect(vae_runtime_center_crop(rt, NULL), VAE_ERR_INVALID_ARGUMENT, "runtime or center_crop is NULL",
+               "center_crop_null_out");
+        check(crop == -7, "center_crop_failure_leaves_out_alone", "*center_crop was written on failure");
+        check(vae_runtime_center_crop(rt, &crop) == VAE_OK && crop >= 1 && strcmp(vae_last_error(), "") == 0,
+              "center_crop_ok", vae_last_error());
+    }
     if (!get_info(rt, &info)) return 1;
     D = (size_t)info.latent_dim;
     P = (size_t)info.out_channels * info.image_size * info.image_size;

@@ -199,6 +199,28 @@ def test_calibration_from_an_image_folder(bundle, tmp_path):
     assert int8.main([str(bundle), "--int8", "--calibration", str(tmp_path / "missing")]) == 2
 
 
+@pytest.mark.parametrize("crop", [20, None])
+def test_calibration_images_are_cropped_as_vae_json_records(bundle, tmp_path, crop):
+    """Calibration images from a folder get the crop the model was trained with (vae.json's preprocess), as the
+    runtime's prepare gives them at inference; not always PyTorch-VAE's 148."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from export.precision.common import dataset_images
+    from runtime.images import prepare
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 255, (160, 200, 3), dtype=np.uint8)  # both sides > 148
+    Image.fromarray(pixels).save(folder / "0.png")
+    m = replace(B.read_manifest(bundle), preprocess=B.PreprocessSpec(crop))
+    got = dataset_images(1, m, 0, folder)
+    size = m.model.image_size
+    np.testing.assert_allclose(got, prepare(pixels, size, m.pixel_range, crop=crop), atol=1e-6)
+    assert not np.allclose(got, prepare(pixels, size, m.pixel_range, crop=148), atol=1e-6)
+
+
 def test_graph_outputs_are_not_quantized(tiny_bundle, tmp_path):
     from export.precision.common import open_bundle, realistic_inputs
 

@@ -131,3 +131,35 @@ def test_vae_roundtrip_example_equals_the_python_runtime(cpp_build, bundle, tmp_
     proc = run_checked([exe, bundle, png, "--format", "none"], check=False)
     assert proc.returncode == 2, proc.stderr
     assert f"{png}: not a binary PPM (P6) or PGM (P5) file" in proc.stderr and "convert PNG" in proc.stderr
+
+
+@pytest.mark.parametrize("recorded, shown", [(100, "<= 100"), (None, "none")])
+def test_vae_roundtrip_uses_the_bundles_recorded_crop(cpp_build, bundle_copy, tmp_path, recorded, shown):
+    """vae.json's preprocess.center_crop (100, as a run with --center-crop 100 exports it; null, as a run on the
+    embedded shapes does) is vae_roundtrip's default, as it is the Python runtime's; --crop still wins."""
+    import json
+
+    import runtime
+
+    manifest = bundle_copy / "vae.json"
+    data = json.loads(manifest.read_text())
+    data["preprocess"] = {"center_crop": recorded, "resize": "bilinear", "source": "training options"}
+    manifest.write_text(json.dumps(data))
+    rng = np.random.default_rng(5)
+    images = [_pixels(rng, 170, 230, 3), _pixels(rng, 161, 203, 3)]  # larger than 100 and 148 both ways
+    files = [tmp_path / f"in_{i}.ppm" for i in range(len(images))]
+    for path, pixels in zip(files, images):
+        _write_pnm(path, pixels)
+    exe = cpp_build.exe("vae_roundtrip")
+    run = [exe, bundle_copy, *files, "--format", "none", "--save-input"]
+    proc = run_checked([*run, tmp_path / "x.npy"])
+    assert f"centre crop {shown} from the bundle" in proc.stdout, proc.stdout
+    proc = run_checked([*run, tmp_path / "x148.npy", "--crop", "148"])
+    assert "centre crop <= 148 from --crop" in proc.stdout, proc.stdout
+    with runtime.load(bundle_copy, backend="onnxruntime") as rt:
+        assert rt.center_crop == recorded
+        want, want_148 = rt.prepare(images), rt.prepare(images, crop=148)
+    x, x148 = np.load(tmp_path / "x.npy"), np.load(tmp_path / "x148.npy")
+    np.testing.assert_array_equal(x, want)  # integer arithmetic, then the same float32 mapping: exactly
+    np.testing.assert_array_equal(x148, want_148)
+    assert not np.array_equal(x, x148)  # the crops differ on these images

@@ -369,6 +369,7 @@ def test_c_abi_info_matches_manifest(cpp_build, bundle):
         m.model.latent_dim,
     )
     assert (float(out["pixel_min"]), float(out["pixel_max"])) == m.pixel_range
+    assert int(out["center_crop"]) == m.center_crop == 148  # exported from a checkpoint without training options
     assert out["backend"].startswith(f"onnxruntime {_fetch_deps().ORT_VERSION} (CPUExecutionProvider")
     assert out["version"] == pyproject_version()  # the library's vae_version(): pyproject.toml's, through CMake
 
@@ -406,12 +407,45 @@ def test_bad_paths(cpp_build, bundle_copy, tmp_path):
         (lambda d: d.update(pixel_range=[1, -1]), "pixel_range: expected low < high"),
         (lambda d: d["graphs"]["decoder"].update(file="../decoder.onnx"), "must be a relative path inside the bundle"),
         (lambda d: d["graphs"].update(flow=d["graphs"]["decoder"]), "unknown graph 'flow'"),
+        (
+            lambda d: d["preprocess"].update(center_crop=0),
+            "preprocess.center_crop: expected an integer in [1, 2147483647] (training's --center-crop) or null "
+            "(no crop), got 0",
+        ),
+        (lambda d: d["preprocess"].update(center_crop="100"), "preprocess.center_crop: expected an integer"),
+        (lambda d: d["preprocess"].update(center_crop=2**31), "(no crop), got 2147483648"),
+        (lambda d: d["preprocess"].update(center_crop=2**64 - 1), "(no crop), got 18446744073709551615"),
+        (lambda d: d["preprocess"].pop("center_crop"), "preprocess.center_crop: missing"),
+        (lambda d: d["preprocess"].update(resize="bicubic"), "preprocess.resize: expected one of [bilinear]"),
+        (lambda d: d["preprocess"].update(source=7), "preprocess.source: expected a string, got number"),
+        (lambda d: d.update(preprocess=[148]), "preprocess: expected an object, got array"),
     ],
 )
 def test_malformed_manifest(cpp_build, bundle_copy, edit, needle):
     _edit_manifest(bundle_copy, edit)
     status, err = open_status(cpp_build, bundle_copy)
     assert status == "VAE_ERR_BUNDLE" and needle in err and "vae.json" in err, err
+
+
+@pytest.mark.parametrize(
+    "preprocess, expected",
+    [
+        ({"center_crop": 100, "resize": "bilinear", "source": "training options: --center-crop"}, 100),
+        ({"center_crop": None, "resize": "bilinear", "source": "training options: the embedded shapes"}, 2**31 - 1),
+        ({"center_crop": 64}, 64),  # resize and source are optional
+        (None, 148),  # a bundle exported before vae.json recorded the crop
+    ],
+)
+def test_vae_runtime_center_crop_is_the_recorded_one(cpp_build, bundle_copy, preprocess, expected):
+    """vae_runtime_center_crop (vae_image.h): vae.json's preprocess.center_crop; VAE_IMAGE_NO_CENTER_CROP (INT32_MAX)
+    for null, VAE_IMAGE_TRAIN_CENTER_CROP (148) without the key. The Python runtime reads the same."""
+    from runtime.bundle import read_manifest
+
+    _edit_manifest(bundle_copy, lambda d: d.update(preprocess=preprocess) if preprocess else d.pop("preprocess"))
+    out = dict(line.split("=", 1) for line in c_check(cpp_build, "info", bundle_copy).stdout.splitlines())
+    assert int(out["center_crop"]) == expected
+    python = read_manifest(bundle_copy).center_crop
+    assert (2**31 - 1 if python is None else python) == expected
 
 
 def test_recorded_auto_choice_is_ignored(cpp_build, bundle_copy):

@@ -2,14 +2,15 @@
 //
 // The same steps, with the same numbers, as the training loader (vae_model.data.ImageFolderDataset) and the Python
 // runtime (runtime/images.py): convert to the model's channels like Pillow's convert("RGB") / convert("L"), crop the
-// largest centred square of at most `crop` pixels (training's --center-crop, 148 by default), resize it to
-// image_size x image_size with Pillow's BILINEAR filter (a triangle filter widened by the reduction factor, in 22-bit
-// fixed point: bit for bit Pillow's result), then map 0..255 to the bundle's pixel range like runtime.images.from_uint8.
+// largest centred square of at most `crop` pixels (training's --center-crop, which vae.json records: pass
+// Runtime::center_crop(); the default argument here is 148), resize it to image_size x image_size with Pillow's
+// BILINEAR filter (a triangle filter widened by the reduction factor, in 22-bit fixed point: bit for bit Pillow's
+// result), then map 0..255 to the bundle's pixel range like runtime.images.from_uint8.
 // The C ABI of the same functions is vae_image.h.
 //
 //   vae::Runtime rt("bundle/");
 //   vae::Pixels photo = ...;                                  // e.g. 640 x 480 RGB, HWC
-//   std::vector<float> x = vae::prepare_image(photo.view(), rt.info());   // in_channels x image_size^2 floats
+//   std::vector<float> x = vae::prepare_image(photo.view(), rt.info(), rt.center_crop());  // in_channels x S^2
 //   std::vector<float> mu(rt.latent_elements(1)), logvar(mu.size());
 //   rt.encode(x, mu, logvar);
 //   vae::Pixels back = vae::to_pixels(rt.decode(mu).data(), rt.info());   // image_size x image_size
@@ -20,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "vae/runtime.hpp"  // VAE_API, ModelInfo, the error types
@@ -28,6 +30,9 @@ namespace vae {
 
 // vae_model.train's --center-crop default (PyTorch-VAE: CenterCrop(148) on CelebA's 178 x 218 images).
 inline constexpr int kTrainCenterCrop = 148;
+// No crop limit: the largest centred square of any image (a model trained on images that were never cropped, e.g.
+// vae_model.train's embedded dataset: vae.json's preprocess.center_crop null). VAE_IMAGE_NO_CENTER_CROP in C.
+inline constexpr int kNoCenterCrop = std::numeric_limits<std::int32_t>::max();
 
 // Borrowed 8-bit pixels, HWC: height rows of width pixels of `channels` bytes, no padding. Channels: 1 grey,
 // 2 grey + alpha, 3 RGB, 4 RGBA.

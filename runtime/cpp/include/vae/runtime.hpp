@@ -95,6 +95,10 @@ public:
     const ModelInfo& info() const noexcept;
     const std::string& backend_description() const noexcept;  // e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
     const std::string& bundle_dir() const noexcept;
+    // The centre crop the model was trained with (vae.json's preprocess.center_crop), for vae::prepare_image
+    // (vae/image.hpp): kNoCenterCrop when training cropped nothing, kTrainCenterCrop (148) when the bundle records
+    // none (exported before vae.json carried it). Not part of ModelInfo, whose layout is fixed.
+    int center_crop() const noexcept;
 
     std::size_t latent_elements(std::int64_t batch) const;  // batch * latent_dim
     std::size_t image_elements(std::int64_t batch) const;   // batch * out_channels * image_size^2 (decoder output)
