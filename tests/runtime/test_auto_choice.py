@@ -44,7 +44,7 @@ def make_record(
     }
     if versions is None:
         backends = {b for graphs in times.values() for by in graphs.values() for t in by.values() for b in t}
-        versions = {b: auto.engine_version(b) for b in backends}
+        versions = {b: _installed_version(b) for b in backends}
     return B.AutoRecord(
         machine=machine or auto.this_machine(None),
         versions=versions,
@@ -52,6 +52,13 @@ def make_record(
         measured="2026-12-03T10:00:00+0000",
         harness={"command": "python -m benchmarks.latency B --record-auto", "duration_s": 1.0, "rounds": 3},
     )
+
+
+def _installed_version(backend: str) -> str:
+    """The engine's version here; a placeholder where it is not installed (JetPack has no OpenVINO): a record of it
+    is still a valid record, only never a match."""
+    installed = importlib.util.find_spec(auto.ENGINE_MODULES[backend]) is not None
+    return auto.engine_version(backend) if installed else "not installed"
 
 
 def add_record(bundle: Path, record: B.AutoRecord) -> None:
