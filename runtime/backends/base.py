@@ -38,6 +38,7 @@ _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 #: Largest batch one engine call gets unless load(..., max_chunk=N) says otherwise: time is flat from 32 to 1024 on a
 #: CPU while memory grows with the chunk; why 256: docs/performance.md#bounded-memory.
 DEFAULT_MAX_CHUNK = 256
+_FLOAT32 = np.dtype(np.float32)
 
 
 # The one lazy-import idiom for inference engines: a backend module imports its engine (onnxruntime, openvino,
@@ -210,14 +211,12 @@ class Backend(abc.ABC):
     def run(self, graph: str, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate `feeds`, run `graph` (in chunks of chunk_size(graph)), return {output name: float32 array}."""
         spec = self.spec(graph)
-        want = [t.name for t in spec.inputs]
-        if set(feeds) != set(want):
-            raise BackendError(f"graph {graph!r}: expected inputs {want}, got {sorted(feeds)}")
-        arrays = {t.name: check_input(t, feeds[t.name], check_finite=self.check_finite) for t in spec.inputs}
-        sizes = {n: a.shape[0] for n, a in arrays.items()}
-        if len(set(sizes.values())) > 1:
-            raise ShapeError(f"graph {graph!r}: inputs have different batch sizes {sizes}")
-        n = next(iter(sizes.values()))
+        if len(spec.inputs) == 1 and len(feeds) == 1 and spec.inputs[0].name in feeds:  # one input: fewer steps
+            t = spec.inputs[0]
+            arrays = {t.name: check_input(t, feeds[t.name], check_finite=self.check_finite)}
+            n = arrays[t.name].shape[0]
+        else:
+            arrays, n = self._checked_inputs(graph, spec, feeds)
         limit = self.chunk_size(graph)
         self._enter()
         try:
@@ -226,6 +225,18 @@ class Backend(abc.ABC):
             return self._chunked_run(graph, spec, arrays, n, limit)
         finally:
             self._leave()
+
+    def _checked_inputs(
+        self, graph: str, spec: GraphSpec, feeds: Mapping[str, Any]
+    ) -> tuple[dict[str, np.ndarray], int]:
+        want = [t.name for t in spec.inputs]
+        if set(feeds) != set(want):
+            raise BackendError(f"graph {graph!r}: expected inputs {want}, got {sorted(feeds)}")
+        arrays = {t.name: check_input(t, feeds[t.name], check_finite=self.check_finite) for t in spec.inputs}
+        sizes = {n: a.shape[0] for n, a in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise ShapeError(f"graph {graph!r}: inputs have different batch sizes {sizes}")
+        return arrays, next(iter(sizes.values()))
 
     def _chunked_run(
         self, graph: str, spec: GraphSpec, arrays: dict[str, np.ndarray], n: int, limit: int
@@ -265,7 +276,17 @@ class Backend(abc.ABC):
         for t in spec.outputs:
             if t.name not in raw:
                 raise BackendError(f"{self.name} backend: graph {graph!r} returned {sorted(raw)}, missing {t.name!r}")
-            arr = np.asarray(raw[t.name])
+            arr = raw[t.name]
+            if (
+                type(arr) is np.ndarray
+                and arr.dtype == _FLOAT32
+                and arr.ndim == len(t.shape)
+                and arr.shape[0] == n
+                and arr.shape[1:] == t.shape[1:]
+            ):
+                out[t.name] = arr  # the common case, in as few steps as possible
+                continue
+            arr = np.asarray(arr)
             ok = (
                 arr.ndim == len(t.shape)
                 and arr.shape[0] == n
@@ -288,7 +309,8 @@ class Backend(abc.ABC):
     def _leave(self) -> None:
         with self._state:
             self._in_flight -= 1
-            self._state.notify_all()
+            if self._closed:  # only close() waits on it, and it sets _closed (under the lock) before waiting
+                self._state.notify_all()
 
     def close(self) -> None:
         """Wait for calls in flight, then release the engine. Safe to call twice."""
