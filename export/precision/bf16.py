@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from runtime import bundle as B
+from runtime.backends.base import cpu_model
 from runtime.backends.openvino import (
     OV_DEVICE,
     compile_onnx,
@@ -242,15 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return cpu_model() or platform.processor()
 
 
 if __name__ == "__main__":

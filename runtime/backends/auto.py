@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..bundle import ENGINE_PRECISIONS, AutoRecord, BundleError, MachineSpec, Manifest
+from .base import CPUINFO, cpu_flags, cpu_model
 
 #: CPU flags that change which kernels the engines run (x86: vector widths, VNNI / bf16 / fp16 dot products, AMX;
 #: aarch64: dot products, SVE, bf16, int8 matmul). A record applies only where the same ones are present.
@@ -51,21 +52,10 @@ LEAD_MARGIN = 0.15
 ENGINE_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
-def this_machine(threads: int | None, cpuinfo: str = "/proc/cpuinfo") -> MachineSpec:
+def this_machine(threads: int | None, cpuinfo: str = CPUINFO) -> MachineSpec:
     """This machine as a record names it: the CPU model and ISA_FLAGS from `cpuinfo`, the CPUs this process may run
     on (its affinity, not the host's count), and the threads option (None: the backends' default)."""
-    model, flags = "", set()
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key.lower() in ("model name", "hardware", "cpu model") and not model:
-            model = value
-        elif key in ("flags", "Features"):
-            flags.update(value.split())
+    model, flags = cpu_model(cpuinfo), cpu_flags(cpuinfo)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return MachineSpec(model or os.uname().machine, tuple(sorted(flags & set(ISA_FLAGS))), cpus, threads)
 

@@ -41,6 +41,34 @@ DEFAULT_MAX_CHUNK = 256
 _FLOAT32 = np.dtype(np.float32)
 
 
+# This CPU as /proc/cpuinfo describes it, parsed one way for the OpenVINO backend (native bf16), backend="auto"'s
+# machine fingerprint (auto.py), the bf16 precision tool and the benchmark's environment record.
+CPUINFO = "/proc/cpuinfo"
+#: Keys that name the CPU model: x86 "model name"; on some aarch64 kernels "Hardware" or "cpu model".
+MODEL_KEYS = ("model name", "hardware", "cpu model")
+#: Keys that list the feature flags: x86 "flags", aarch64 "Features".
+FLAG_KEYS = ("flags", "Features")
+
+
+def _fields(path: str) -> list[tuple[str, str]]:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return [(key.strip(), value.strip()) for key, _, value in (line.partition(":") for line in text.splitlines())]
+
+
+def cpu_model(path: str = CPUINFO) -> str:
+    """The CPU's model name (the first MODEL_KEYS entry); "" where none is listed or the file cannot be read."""
+    return next((value for key, value in _fields(path) if key.lower() in MODEL_KEYS), "")
+
+
+def cpu_flags(path: str = CPUINFO) -> set[str]:
+    """The CPU's feature flags (every FLAG_KEYS line); empty where the file cannot be read."""
+    return {flag for key, value in _fields(path) if key in FLAG_KEYS for flag in value.split()}
+
+
 # The one lazy-import idiom for inference engines: a backend module imports its engine (onnxruntime, openvino,
 # tensorrt) only through these, when it opens, so `import runtime` stays numpy-only (tests/runtime/test_import.py).
 # Everything else is imported at the top of its module.

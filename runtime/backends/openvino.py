@@ -63,7 +63,7 @@ import numpy as np
 
 from ..bundle import ENGINE_PRECISIONS, BundleError, Manifest, resolve_file
 from ..errors import BackendError, BackendUnavailableError
-from .base import Backend, Device, check_graph_io, check_option_types, engine_installed, import_engine
+from .base import Backend, Device, check_graph_io, check_option_types, cpu_flags, engine_installed, import_engine
 from .onnxruntime import physical_cores  # no onnxruntime import: that module imports it lazily too
 
 OV_DEVICE = "CPU"
@@ -105,21 +105,6 @@ class Bf16Support:
             f"{', '.join(BF16_CPU_FLAGS)}); OpenVINO {self.openvino_version} CPU OPTIMIZATION_CAPABILITIES: "
             f"{', '.join(self.openvino_capabilities) or 'none'} (needed: BF16)"
         )
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags (x86 'flags', aarch64 'Features'); empty where /proc/cpuinfo cannot be read."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return set()
-    found: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            found.update(value.split())
-    return found
 
 
 def cpu_bf16_support(core: Any = None) -> Bf16Support:

@@ -20,6 +20,7 @@ import pytest
 import runtime
 from runtime import bundle as B
 from runtime.backends import Device, auto, resolve
+from runtime.backends.base import engine_installed
 from runtime.backends.openvino import OpenVinoBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,8 +58,7 @@ def make_record(
 def _installed_version(backend: str) -> str:
     """The engine's version here; a placeholder where it is not installed (JetPack has no OpenVINO): a record of it
     is still a valid record, only never a match."""
-    installed = importlib.util.find_spec(auto.ENGINE_MODULES[backend]) is not None
-    return auto.engine_version(backend) if installed else "not installed"
+    return auto.engine_version(backend) if engine_installed(auto.ENGINE_MODULES[backend]) else "not installed"
 
 
 def add_record(bundle: Path, record: B.AutoRecord) -> None:
