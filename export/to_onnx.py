@@ -645,7 +645,7 @@ def preprocess_record(ck) -> B.PreprocessSpec:
             None, source=f"{FROM_OPTIONS}: the embedded shapes dataset (generated at image_size, not cropped)"
         )
     crop = options["center_crop"]
-    if isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= B.MAX_CENTER_CROP:
+    if not B.is_center_crop(crop):
         raise ExportError(
             f"{ck.path}: training.options.center_crop: expected an integer in [1, {B.MAX_CENTER_CROP}] "
             f"(vae_model.train --center-crop), got {crop!r}"

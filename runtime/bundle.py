@@ -78,6 +78,11 @@ RESIZE_FILTERS = ("bilinear",)
 MAX_CENTER_CROP = 2**31 - 1
 
 
+def is_center_crop(value: object) -> bool:
+    """A crop size vae.json can record: an integer (not a bool) in [1, MAX_CENTER_CROP]."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CENTER_CROP
+
+
 class BundleError(VaeError, ValueError):
     """A bundle is missing, malformed or inconsistent; the message names the file and what is wrong."""
 
@@ -774,9 +779,7 @@ class _Checker:
     def preprocess(self, p: Any) -> None:
         """The optional "preprocess" section (PreprocessSpec)."""
         crop = self.get(p, "center_crop", "preprocess")
-        if crop is not None and (
-            isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= MAX_CENTER_CROP
-        ):
+        if crop is not None and not is_center_crop(crop):
             raise self.fail(
                 "preprocess.center_crop",
                 f"expected an integer in [1, {MAX_CENTER_CROP}] (training's --center-crop) or null (no crop), "
